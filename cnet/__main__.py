@@ -1,0 +1,36 @@
+"""`python -m cnet <command>`: each command lives in its own module, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "generate": ("cnet.cli.generate", "make images from a control map and a prompt"),
+    "detect": ("cnet.cli.detect", "turn an image into a control map"),
+    "synth": ("cnet.synth.cli", "render, export and preview the synthetic scene world"),
+    "train": ("cnet.train.cli", "train a ControlNet, or the embedded base model"),
+    "eval": ("cnet.evaluate", "measure control and prompt fidelity on held-out scenes"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m cnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage / error and exits
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(
+        prog=f"python -m cnet {name}", description=COMMANDS[name][1]
+    )
+    module.configure(command_parser)
+    return module.run(command_parser.parse_args(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line front ends for `python -m cnet`."""
