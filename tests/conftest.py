@@ -1,0 +1,59 @@
+"""Shared fixtures: an offline environment and a tiny random-weight model in the embedded layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import pytest  # noqa: E402
+
+CONDITION_KEYS = ("scribble", "canny", "hough", "pose", "seg", "depth", "normal")
+TINY_CORPUS = (
+    "a red sphere and a blue cube on a white background",
+    "a green cylinder, a yellow cone and a person on a grey background",
+    "a professional, detailed, high-quality image",
+    "best quality, extremely detailed",
+)
+
+
+def build_tiny_model_dir(root: Path) -> Path:
+    """Write base/ (a diffusers pipeline), controlnet/<key>/ and preset.json under `root`.
+
+    The ControlNets' zero convolutions get small random weights, each condition its own, so a
+    test can tell them apart (at true initialisation every ControlNet leaves the base unchanged).
+    """
+    import torch
+
+    from cnet.architecture import (
+        TINY,
+        build_components,
+        build_controlnet,
+        build_tokenizer,
+        save_pipeline_dir,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(TINY_CORPUS, root / "tokenizer-build", TINY.tokenizer_merges)
+    components = build_components(TINY, tokenizer)
+    save_pipeline_dir(components, root / "base", TINY)
+    for i, key in enumerate(CONDITION_KEYS):
+        torch.manual_seed(100 + i)
+        controlnet = build_controlnet(components["unet"], TINY)
+        zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+        with torch.no_grad():
+            for conv in zero_convs:
+                conv.weight.normal_(0.0, 0.05)
+        controlnet.save_pretrained(root / "controlnet" / key, safe_serialization=True)
+    (root / "preset.json").write_text(json.dumps({"name": "tiny", "resolution": TINY.sample_size}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))

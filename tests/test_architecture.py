@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import torch
+
+from cnet.architecture import TINY, build_tokenizer
+
+
+def test_tokenizer_keeps_corpus_words_whole_and_still_tokenizes_any_word(tmp_path: Path):
+    tokenizer = build_tokenizer(["a red sphere", "a blue cube"] * 5, tmp_path, num_merges=50)
+    tokens = tokenizer.tokenize("a red sphere")
+    assert tokens == ["a</w>", "red</w>", "sphere</w>"]
+    unseen = tokenizer("zqxjk ünïcödé 🙂", add_special_tokens=False).input_ids
+    assert tokenizer.unk_token_id not in unseen
+    assert tokenizer.decode(unseen, skip_special_tokens=True) == "zqxjk ünïcödé 🙂"
+    assert tokenizer.model_max_length == 77
+
+
+def test_tiny_model_dir_opens_as_a_controlnet_pipeline(tiny_model_dir: Path):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    controlnet = ControlNetModel.from_pretrained(tiny_model_dir / "controlnet" / "canny")
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_model_dir / "base", controlnet=controlnet
+    )
+    assert pipe.vae_scale_factor == TINY.vae_scale_factor == 8
+    size = TINY.sample_size
+    image = torch.zeros(1, 3, size, size)
+    out = pipe(
+        "a red sphere",
+        image=image,
+        num_inference_steps=2,
+        height=size,
+        width=size,
+        output_type="np",
+    ).images
+    assert out.shape == (1, size, size, 3)
