@@ -1,0 +1,69 @@
+"""What every detector shares: the image-in, control-map-out call and its two resolutions.
+
+As in controlnet-aux, a detector works on the input resized so its short side is
+`detect_resolution`, and its map is then resized to the size `image_resolution` gives (sides
+rounded to multiples of 64). Subclasses implement `detect` at detect resolution only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cnet.imageio import ImageLike, resize_to_resolution, target_size, to_rgb_array
+
+
+def as_rgb(control: np.ndarray) -> np.ndarray:
+    """A single-channel map (HxW or HxWx1) -> HxWx3; a 3-channel map unchanged."""
+    if control.ndim == 3 and control.shape[2] == 3:
+        return control
+    return np.repeat(control.reshape(control.shape[:2] + (1,)), 3, axis=2)
+
+
+def resize_map(
+    control: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """Resize a control map to (height, width); linear like controlnet-aux unless told otherwise."""
+    height, width = size
+    if control.shape[:2] == (height, width):
+        return control
+    return cv2.resize(control, (width, height), interpolation=interpolation)
+
+
+class Detector(ABC):
+    """`detector(image, detect_resolution, image_resolution, **params)` -> uint8 HxWx3 map."""
+
+    #: how the map is brought to the output size (nearest keeps label colours exact)
+    output_interpolation: int = cv2.INTER_LINEAR
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        **params: Any,
+    ) -> np.ndarray:
+        small = resize_to_resolution(to_rgb_array(image), detect_resolution)
+        control = as_rgb(self.detect(small, **params))
+        size = target_size(*small.shape[:2], image_resolution)
+        return resize_map(control, size, self.output_interpolation)
+
+    @abstractmethod
+    def detect(self, image: np.ndarray, **params: Any) -> np.ndarray:
+        """uint8 HxWx3 RGB at detect resolution -> uint8 map of the same height and width."""
+
+
+class Passthrough:
+    """The "none" backend: the input already is a control map; only made 3-channel and resized."""
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        **params: Any,
+    ) -> np.ndarray:
+        return resize_to_resolution(to_rgb_array(image), image_resolution)

@@ -1,0 +1,81 @@
+"""Depth maps, near = bright, as control_v11f1p_sd15_depth was trained on (MiDaS-style).
+
+MiDaS, DPT and Depth Anything predict relative inverse depth (large = near), so their output is
+min-max scaled to 0..255 unchanged. Uploaded depth maps keep their 16-bit or float precision
+until that scaling; `invert` is for renderers that write far = bright (e.g. a Z pass).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnet.detectors.base import Detector, as_rgb, resize_map
+from cnet.imageio import ImageLike, resize_to_resolution, target_size, to_grey_float
+
+
+def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Any-scale depth (HxW, large = near unless `invert`) -> uint8 HxW, near = 255, far = 0."""
+    values = np.nan_to_num(np.asarray(depth, dtype=np.float32))
+    values = values - values.min()
+    values = values / max(float(values.max()), 1e-6)
+    if invert:
+        values = 1.0 - values
+    return (values * 255.0).round().clip(0, 255).astype(np.uint8)
+
+
+def load_depth(image: ImageLike, resolution: int, invert: bool = False) -> np.ndarray:
+    """An uploaded depth image -> uint8 HxW near-is-bright map at `resolution` (short side)."""
+    depth = resize_to_resolution(to_grey_float(image), resolution)
+    return depth_to_map(depth, invert)
+
+
+class DepthMapDetector:
+    """An uploaded depth map (8/16-bit or float), normalised to near = bright; no weights."""
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        invert: bool = False,
+        **_: Any,
+    ) -> np.ndarray:
+        depth = load_depth(image, detect_resolution, invert)
+        return resize_map(as_rgb(depth), target_size(*depth.shape, image_resolution))
+
+
+class MidasDepthDetector(Detector):
+    """MiDaS DPT-Hybrid through controlnet-aux (weights: dpt_hybrid-midas-501f0c75.pt)."""
+
+    def __init__(self, weights_dir: Path):
+        from controlnet_aux.midas import MidasDetector
+
+        self.model = MidasDetector.from_pretrained(str(weights_dir))
+
+    def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
+        side = min(image.shape[:2])
+        return self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
+
+
+class DepthAnythingDetector(Detector):
+    """Depth Anything (transformers), loaded from a local `from_pretrained` folder."""
+
+    def __init__(self, model_dir: Path):
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        self.processor = AutoImageProcessor.from_pretrained(model_dir)
+        self.model = AutoModelForDepthEstimation.from_pretrained(model_dir).eval()
+
+    def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
+        import torch
+
+        inputs = self.processor(images=image, return_tensors="pt")
+        with torch.no_grad():
+            depth = self.model(**inputs).predicted_depth
+        depth = torch.nn.functional.interpolate(
+            depth[:, None], size=image.shape[:2], mode="bicubic", align_corners=False
+        )
+        return depth_to_map(depth[0, 0].numpy())

@@ -1,0 +1,89 @@
+"""Normal maps in the axis convention of control_v11p_sd15_normalbae.
+
+Convention (ControlNet 1.1 README, "blue is front, red is left, green is top"; the ScanNet /
+NYU-v2 visualisation of Bae et al.'s estimator): a unit normal n = (left, up, toward-viewer) is
+stored as RGB = round-down(n * 127.5 + 127.5). A surface facing the viewer is (127, 127, 255),
+facing left (255, 127, 127)-ish, facing up (127, 255, 127)-ish; facing right has low red and
+facing down low green. NormalBae's own output (`NormalBaeDetector`) is this convention by
+definition; `normal_from_depth` produces it from a near-is-bright depth map.
+
+Note: controlnet-aux's MiDaS normal (ControlNet 1.0's `control_sd15_normal`) reverses the
+channels to BGR; that is the 1.0 model's convention and is not used here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cnet.detectors.base import Detector, resize_map
+from cnet.detectors.depth import MidasDepthDetector, load_depth
+from cnet.imageio import ImageLike, target_size
+
+
+def normal_from_depth(
+    depth: np.ndarray, bg_threshold: float = 0.1, a: float = np.pi * 2.0
+) -> np.ndarray:
+    """Near-is-bright depth (HxW, any dtype) -> uint8 HxWx3 normal map, as ControlNet 1.0 did.
+
+    The depth is min-max scaled to 0..255 (an 8-bit depth map's range), differentiated with 3x3
+    Sobel filters, and (dx, dy, a) normalised: a sets how steep a slope reads as tilted. Pixels
+    nearer than `bg_threshold` (fraction of the depth range) are background and face the viewer.
+    """
+    values = np.asarray(depth, dtype=np.float32)
+    if values.ndim == 3:
+        values = values[:, :, 0]
+    values = values - values.min()
+    values = values / max(float(values.max()), 1e-6)
+    scaled = values * 255.0
+    x = cv2.Sobel(scaled, cv2.CV_32F, 1, 0, ksize=3)  # > 0 where the surface turns to the left
+    y = cv2.Sobel(scaled, cv2.CV_32F, 0, 1, ksize=3)  # > 0 where it turns up (image y points down)
+    background = values < bg_threshold
+    x[background] = 0
+    y[background] = 0
+    normal = np.stack([x, y, np.full_like(x, a)], axis=2)
+    normal /= np.sqrt((normal**2).sum(axis=2, keepdims=True))
+    return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)
+
+
+class NormalFromDepthDetector:
+    """An uploaded depth map (near = bright; 8/16-bit or float) -> normal map, no weights."""
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        bg_threshold: float = 0.1,
+        invert: bool = False,
+        **_: Any,
+    ) -> np.ndarray:
+        depth = load_depth(image, detect_resolution, invert)
+        control = normal_from_depth(depth, bg_threshold)
+        return resize_map(control, target_size(*depth.shape, image_resolution))
+
+
+class MidasNormalDetector(Detector):
+    """Photo -> MiDaS depth (controlnet-aux) -> `normal_from_depth`: the ControlNet 1.0 recipe."""
+
+    def __init__(self, weights_dir: Path):
+        self.depth = MidasDepthDetector(weights_dir)
+
+    def detect(self, image: np.ndarray, bg_threshold: float = 0.1, **_: Any) -> np.ndarray:
+        return normal_from_depth(self.depth.detect(image)[:, :, 0], bg_threshold)
+
+
+class NormalBaeDetector(Detector):
+    """Bae et al.'s normal estimator through controlnet-aux (weights: scannet.pt)."""
+
+    def __init__(self, weights_dir: Path):
+        from controlnet_aux.normalbae import NormalBaeDetector as AuxNormalBae
+
+        self.model = AuxNormalBae.from_pretrained(str(weights_dir))
+
+    def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
+        side = min(image.shape[:2])
+        return self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
