@@ -1,0 +1,392 @@
+"""The condition registry: what the app builds one tab per entry from.
+
+A condition is data: its label, its backends (detectors, in order of preference) with their
+parameters, and the ControlNet checkpoint per preset. Adding a condition means adding one entry
+here (and its detector); the tab follows. Weight-based backends report, through
+`availability()`, which file is missing in which folder and the command that fetches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from cnet.detectors import depth, edges, lines, normal, pose, scribble, seg
+from cnet.detectors.base import Passthrough
+from cnet.detectors.weights import (
+    ANNOTATORS_REPO,
+    Availability,
+    Weights,
+    annotators_dir,
+    package_availability,
+    set_annotators_dir,
+)
+
+__all__ = [
+    "CONDITIONS",
+    "Availability",
+    "Backend",
+    "BackendUnavailable",
+    "Condition",
+    "Param",
+    "annotators_dir",
+    "detect",
+    "set_annotators_dir",
+]
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One detector parameter, rendered as one UI control."""
+
+    name: str
+    label: str
+    default: float | int | bool | str
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+
+
+# what a backend reads: a picture, the sketch pad's value, or an OpenPose JSON file
+ACCEPTS = ("image", "sketch", "openpose_json")
+
+_LOADED: dict[tuple[Any, str], Any] = {}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    label: str
+    params: tuple[Param, ...] = ()
+    #: builds the detector; called with the weights folder when `weights` is set
+    factory: Callable[..., Any] = field(default=Passthrough, kw_only=True, compare=False)
+    weights: Weights | None = field(default=None, kw_only=True)
+    #: (import name, pip name) of the library the detector needs beyond the core requirements
+    package: tuple[str, str] | None = field(default=None, kw_only=True)
+    accepts: str = field(default="image", kw_only=True)
+
+    def availability(self) -> Availability:
+        if self.package is not None:
+            found = package_availability(*self.package)
+            if not found.ok:
+                return found
+        return Availability(True) if self.weights is None else self.weights.availability()
+
+    def load(self) -> Any:
+        """The detector, built once per annotators folder; raises BackendUnavailable."""
+        available = self.availability()
+        if not available.ok:
+            raise BackendUnavailable(f"{self.label}: {available.reason}")
+        folder = None if self.weights is None else self.weights.folder()
+        key = (self.factory, str(folder))
+        if key not in _LOADED:
+            _LOADED[key] = self.factory() if folder is None else self.factory(folder)
+        return _LOADED[key]
+
+    def defaults(self) -> dict[str, Any]:
+        return {param.name: param.default for param in self.params}
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    label: str
+    backends: tuple[Backend, ...]
+    controlnet: Mapping[str, str]
+    sketch: bool = False
+    example_prompt: str = ""
+    examples: tuple[str, ...] = ()
+
+    def backend(self, name: str) -> Backend:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        names = ", ".join(b.name for b in self.backends)
+        raise ValueError(f"{self.label} has no backend {name!r}; choose one of: {names}")
+
+    def default_backend(self) -> Backend:
+        """The first backend that can run now (the classical ones always can)."""
+        for backend in self.backends:
+            if backend.availability().ok:
+                return backend
+        raise BackendUnavailable(f"No {self.label} backend can run here.")
+
+
+def _annotator(*files: str) -> Weights:
+    return Weights(ANNOTATORS_REPO, files)
+
+
+def _controlnet(key: str, sd15: str) -> Mapping[str, str]:
+    return MappingProxyType({"sd15": sd15, "embedded": key})
+
+
+_AUX = ("controlnet_aux", "controlnet-aux==0.0.10")
+_TRANSFORMERS = ("transformers", "transformers")
+_EXAMPLES = "assets/examples"
+_TORCH_WEIGHTS = "model.safetensors|pytorch_model.bin"  # transformers reads either
+
+NONE_BACKEND = Backend("none", "None — my image already is a control map")
+THICKNESS = Param("thickness", "Thicken strokes (px)", 0, 0, 12, 1)
+
+CONDITIONS: dict[str, Condition] = {
+    condition.key: condition
+    for condition in (
+        Condition(
+            key="scribble",
+            label="Scribble",
+            sketch=True,
+            backends=(
+                Backend(
+                    "canvas",
+                    "Drawing canvas",
+                    (THICKNESS,),
+                    factory=scribble.CanvasDetector,
+                    accepts="sketch",
+                ),
+                Backend(
+                    "drawing",
+                    "Uploaded drawing (dark on light or light on dark)",
+                    (THICKNESS,),
+                    factory=scribble.DrawingDetector,
+                ),
+                Backend(
+                    "hed",
+                    "Photo → HED scribble",
+                    factory=scribble.HEDScribbleDetector,
+                    weights=_annotator("ControlNetHED.pth"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "pidinet",
+                    "Photo → PidiNet scribble",
+                    factory=scribble.PidiNetScribbleDetector,
+                    weights=_annotator("table5_pidinet.pth"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "fake_scribble",
+                    "Photo → fake scribble (no weights)",
+                    (Param("edge_strength", "Edge strength", 0.5, 0.05, 1.0, 0.05),),
+                    factory=scribble.FakeScribbleDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("scribble", "lllyasviel/control_v11p_sd15_scribble"),
+            example_prompt="a hot air balloon over a lake",
+            examples=(f"{_EXAMPLES}/scribble_balloon.png",),
+        ),
+        Condition(
+            key="canny",
+            label="Canny edges",
+            backends=(
+                Backend(
+                    "canny",
+                    "Canny (OpenCV)",
+                    (
+                        Param("low_threshold", "Low threshold", 100, 1, 255, 1),
+                        Param("high_threshold", "High threshold", 200, 1, 255, 1),
+                    ),
+                    factory=edges.CannyDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("canny", "lllyasviel/control_v11p_sd15_canny"),
+            example_prompt="a red sphere and a blue cube on a wooden table",
+            examples=(f"{_EXAMPLES}/scene.png",),
+        ),
+        Condition(
+            key="hough",
+            label="Hough lines",
+            backends=(
+                Backend(
+                    "mlsd",
+                    "M-LSD",
+                    (
+                        Param("value_threshold", "Value threshold", 0.1, 0.01, 2.0, 0.01),
+                        Param("distance_threshold", "Distance threshold", 0.1, 0.01, 20.0, 0.01),
+                    ),
+                    factory=lines.MLSDDetector,
+                    weights=_annotator("mlsd_large_512_fp32.pth"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "lines",
+                    "Line segments (OpenCV LSD, no weights)",
+                    (
+                        Param("min_length", "Minimum length (px)", 20, 2, 256, 1),
+                        Param("contrast", "Minimum contrast", 20, 1, 255, 1),
+                    ),
+                    factory=lines.LineSegmentDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("hough", "lllyasviel/control_v11p_sd15_mlsd"),
+            example_prompt="a bright modern room with a large window",
+            examples=(f"{_EXAMPLES}/room.png",),
+        ),
+        Condition(
+            key="pose",
+            label="Human pose",
+            backends=(
+                Backend(
+                    "openpose",
+                    "OpenPose",
+                    (
+                        Param("include_hands", "Hands", False),
+                        Param("include_face", "Face", False),
+                    ),
+                    factory=pose.OpenPoseDetector,
+                    weights=_annotator("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "keypoints_json",
+                    "OpenPose JSON keypoints (no weights)",
+                    (
+                        Param("include_hands", "Hands", True),
+                        Param("include_face", "Face", True),
+                    ),
+                    factory=pose.KeypointsJSONDetector,
+                    accepts="openpose_json",
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("pose", "lllyasviel/control_v11p_sd15_openpose"),
+            example_prompt="an astronaut dancing on the moon",
+            examples=(f"{_EXAMPLES}/pose.json",),
+        ),
+        Condition(
+            key="seg",
+            label="Segmentation",
+            backends=(
+                Backend(
+                    "upernet",
+                    "UperNet (ADE20K)",
+                    factory=seg.UperNetDetector,
+                    weights=Weights(
+                        "openmmlab/upernet-convnext-small",
+                        ("config.json", "preprocessor_config.json", _TORCH_WEIGHTS),
+                        subfolder="upernet-convnext-small",
+                    ),
+                    package=_TRANSFORMERS,
+                ),
+                Backend(
+                    "palette",
+                    "Uploaded map, snapped to the ADE20K palette",
+                    factory=seg.PaletteSnapDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("seg", "lllyasviel/control_v11p_sd15_seg"),
+            example_prompt="a cozy living room",
+            examples=(f"{_EXAMPLES}/seg.png",),
+        ),
+        Condition(
+            key="depth",
+            label="Depth",
+            backends=(
+                Backend(
+                    "midas",
+                    "MiDaS (DPT-Hybrid)",
+                    factory=depth.MidasDepthDetector,
+                    weights=_annotator("dpt_hybrid-midas-501f0c75.pt"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "depth_anything",
+                    "Depth Anything V2 (small)",
+                    factory=depth.DepthAnythingDetector,
+                    weights=Weights(
+                        "depth-anything/Depth-Anything-V2-Small-hf",
+                        ("config.json", "preprocessor_config.json", _TORCH_WEIGHTS),
+                        subfolder="Depth-Anything-V2-Small-hf",
+                    ),
+                    package=_TRANSFORMERS,
+                ),
+                Backend(
+                    "depth_map",
+                    "Uploaded depth map (8/16-bit; near = bright)",
+                    (Param("invert", "Invert (my map has far = bright)", False),),
+                    factory=depth.DepthMapDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("depth", "lllyasviel/control_v11f1p_sd15_depth"),
+            example_prompt="a stone statue in a garden",
+            examples=(f"{_EXAMPLES}/depth.png",),
+        ),
+        Condition(
+            key="normal",
+            label="Normal map",
+            backends=(
+                Backend(
+                    "normalbae",
+                    "NormalBae",
+                    factory=normal.NormalBaeDetector,
+                    weights=_annotator("scannet.pt"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "midas",
+                    "MiDaS depth → normals",
+                    (Param("bg_threshold", "Background threshold", 0.4, 0.0, 1.0, 0.01),),
+                    factory=normal.MidasNormalDetector,
+                    weights=_annotator("dpt_hybrid-midas-501f0c75.pt"),
+                    package=_AUX,
+                ),
+                Backend(
+                    "depth_map",
+                    "Uploaded depth map → normals (no weights)",
+                    (
+                        Param("bg_threshold", "Background threshold", 0.1, 0.0, 1.0, 0.01),
+                        Param("invert", "Invert (my map has far = bright)", False),
+                    ),
+                    factory=normal.NormalFromDepthDetector,
+                ),
+                NONE_BACKEND,
+            ),
+            controlnet=_controlnet("normal", "lllyasviel/control_v11p_sd15_normalbae"),
+            example_prompt="a marble bust in a museum",
+            examples=(f"{_EXAMPLES}/depth.png",),
+        ),
+    )
+}
+
+
+def _condition(key: str) -> Condition:
+    if key not in CONDITIONS:
+        raise ValueError(f"Unknown condition {key!r}; choose one of: {', '.join(CONDITIONS)}")
+    return CONDITIONS[key]
+
+
+def detect(
+    condition: str,
+    image: Any,
+    backend: str | None = None,
+    detect_resolution: int = 512,
+    image_resolution: int = 512,
+    **params: Any,
+) -> np.ndarray:
+    """Control map (uint8 HxWx3) for `condition` from `image` with `backend` (default: the
+    first available). Unknown parameters are an error; missing ones take their defaults."""
+    entry = _condition(condition)
+    chosen = entry.default_backend() if backend is None else entry.backend(backend)
+    values = chosen.defaults()
+    unknown = sorted(set(params) - set(values))
+    if unknown:
+        known = ", ".join(values) or "none"
+        raise ValueError(f"{chosen.label} has no parameter {unknown[0]!r} (parameters: {known})")
+    values.update(params)
+    detector = chosen.load()
+    return detector(
+        image, detect_resolution=detect_resolution, image_resolution=image_resolution, **values
+    )

@@ -1,0 +1,185 @@
+"""Scribble maps: binary white strokes on black, as control_v11p_sd15_scribble was trained on.
+
+Three sources: the browser canvas (strokes read from the drawing layer's alpha, so the canvas
+background and the theme do not matter), an uploaded drawing (dark-on-light or light-on-dark,
+detected), and a photo turned into a "fake scribble" by thinning soft edges, blurring and
+thresholding as the original fake-scribble app did (HED/PidiNet edges when their weights are
+present, image gradients otherwise). The model was trained on strokes 1 to 24 px wide at 512 px.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from cnet.detectors.base import Detector, as_rgb, resize_map
+from cnet.imageio import ImageLike, target_size, to_grey_float, to_rgba_array
+
+# scale of the gradient soft edges: about as wide as HED's edge responses
+_SOFT_EDGE_SIGMA = 2.5
+
+_LINE_KERNELS = [
+    np.array(kernel, np.uint8)
+    for kernel in (
+        [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
+        [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+    )
+]
+
+
+def thin_edges(soft_edges: np.ndarray, threshold: float = 127, sigma: float = 3.0) -> np.ndarray:
+    """Soft edge map -> binary ridge lines: blur, keep pixels that are a maximum along at least
+    one of four directions, then keep those above `threshold` (uint8 HxW, 0 or 255)."""
+    blurred = cv2.GaussianBlur(soft_edges.astype(np.float32), (0, 0), sigma)
+    ridges = np.zeros_like(blurred)
+    for kernel in _LINE_KERNELS:
+        is_max = cv2.dilate(blurred, kernel) == blurred
+        ridges[is_max] = blurred[is_max]
+    return np.where(ridges > threshold, 255, 0).astype(np.uint8)
+
+
+def edges_to_scribble(soft_edges: np.ndarray) -> np.ndarray:
+    """The fake-scribble recipe: thin soft edges, blur (sigma 3), any trace -> a 255 stroke."""
+    strokes = cv2.GaussianBlur(thin_edges(soft_edges, 127, 3.0), (0, 0), 3.0)
+    return np.where(strokes > 4, 255, 0).astype(np.uint8)
+
+
+def thicken(strokes: np.ndarray, width: int) -> np.ndarray:
+    """Grow binary strokes by about `width` pixels (0 = unchanged)."""
+    if width <= 0:
+        return strokes
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    return cv2.dilate(strokes, kernel)
+
+
+def _binary_map(coverage: np.ndarray, size: tuple[int, int], width: int) -> np.ndarray:
+    """Stroke coverage (float HxW, 0..1) at any size -> 0/255 HxWx3 map of `size`."""
+    small = resize_map(coverage.astype(np.float32), size, cv2.INTER_AREA)
+    return as_rgb(thicken(np.where(small >= 0.25, 255, 0).astype(np.uint8), width))
+
+
+def drawing_strokes(image: ImageLike) -> np.ndarray:
+    """A drawing on plain paper -> stroke mask (float HxW, 1 = ink) at the drawing's size.
+
+    The paper is the median grey; dark paper means light ink, so both polarities give the same
+    mask. Ink is whatever Otsu's threshold separates from the paper.
+    """
+    grey = to_grey_float(image)
+    paper = float(np.median(grey))
+    ink = paper - grey if paper > 0.5 else grey - paper
+    ink_u8 = (ink.clip(0, 1) * 255).round().astype(np.uint8)
+    if int(ink_u8.max()) < 16:  # blank page
+        return np.zeros(grey.shape, np.float32)
+    level, _ = cv2.threshold(ink_u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return (ink_u8 > max(level, 8)).astype(np.float32)
+
+
+def _layers_alpha(layers: list) -> np.ndarray | None:
+    alphas = [to_rgba_array(layer)[:, :, 3] for layer in layers if layer is not None]
+    return np.maximum.reduce(alphas) if alphas else None
+
+
+def canvas_strokes(value: Any) -> np.ndarray:
+    """Canvas input -> stroke mask (float HxW, 1 = stroke).
+
+    Accepts a Gradio image-editor value ({"background", "layers", "composite"}), an RGBA
+    strokes layer, or a plain image. Strokes come from layer alpha; an input with no painted
+    layer (e.g. a drawing uploaded into the sketch pad) is read as a drawing instead.
+    """
+    if isinstance(value, Mapping):
+        alpha = _layers_alpha(list(value.get("layers") or []))
+        if alpha is not None and alpha.any():
+            return alpha.astype(np.float32) / 255.0
+        fallback = value.get("composite")
+        fallback = value.get("background") if fallback is None else fallback
+        if fallback is None:
+            raise ValueError("The canvas is empty: draw something first.")
+        return drawing_strokes(fallback)
+    rgba = to_rgba_array(value)
+    alpha = rgba[:, :, 3]
+    if alpha.min() < 255:
+        return alpha.astype(np.float32) / 255.0
+    return drawing_strokes(value)
+
+
+class CanvasDetector:
+    """Browser-canvas strokes (layer alpha) -> scribble map; no weights."""
+
+    def __call__(
+        self,
+        image: Any,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        thickness: int = 0,
+        **_: Any,
+    ) -> np.ndarray:
+        strokes = canvas_strokes(image)
+        return _binary_map(strokes, target_size(*strokes.shape, image_resolution), thickness)
+
+
+class DrawingDetector:
+    """An uploaded drawing, either polarity -> white-on-black scribble map; no weights."""
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        thickness: int = 0,
+        **_: Any,
+    ) -> np.ndarray:
+        strokes = drawing_strokes(image)
+        return _binary_map(strokes, target_size(*strokes.shape, image_resolution), thickness)
+
+
+class FakeScribbleDetector(Detector):
+    """A photo -> scribble with no weights: gradient soft edges through the fake-scribble recipe."""
+
+    def detect(self, image: np.ndarray, edge_strength: float = 0.5, **_: Any) -> np.ndarray:
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        grey = cv2.GaussianBlur(grey, (0, 0), _SOFT_EDGE_SIGMA)
+        magnitude = cv2.magnitude(
+            cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+        )
+        # Sobel peak over a blurred step of height h: 8 h / (sigma sqrt(2 pi)). A step of
+        # `edge_strength` x the grey range reads as a certain edge (255), like a strong HED edge.
+        step = max(edge_strength, 1e-3) * 255.0
+        peak = 8.0 * step / (_SOFT_EDGE_SIGMA * np.sqrt(2.0 * np.pi))
+        return edges_to_scribble(magnitude / peak * 255.0)
+
+
+class _AuxScribble(Detector):
+    """HED / PidiNet soft edges (controlnet-aux) through the same fake-scribble recipe."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
+        side = min(image.shape[:2])
+        return self.model(
+            image, detect_resolution=side, image_resolution=side, scribble=True, output_type="np"
+        )
+
+
+class HEDScribbleDetector(_AuxScribble):
+    """HED scribble (weights: ControlNetHED.pth)."""
+
+    def __init__(self, weights_dir: Path):
+        from controlnet_aux.hed import HEDdetector
+
+        super().__init__(HEDdetector.from_pretrained(str(weights_dir)))
+
+
+class PidiNetScribbleDetector(_AuxScribble):
+    """PidiNet scribble (weights: table5_pidinet.pth)."""
+
+    def __init__(self, weights_dir: Path):
+        from controlnet_aux.pidi import PidiNetDetector
+
+        super().__init__(PidiNetDetector.from_pretrained(str(weights_dir)))
