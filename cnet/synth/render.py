@@ -1,0 +1,90 @@
+"""Ray-cast a scene into per-pixel buffers: object ids, depth, normals, albedo and the shaded image.
+
+Each solid is intersected only inside the screen box of its bounding sphere, and a z-buffer keeps
+the nearest hit. Shading is Lambert with one directional light plus ambient, no shadows, so that
+every intensity edge of the image is an object boundary or a crease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from cnet.synth import palette
+from cnet.synth.scene import Scene
+
+BACKGROUND, FLOOR = 0, 1  # pixel ids; object i of scene.objects has id i + FIRST_OBJECT
+FIRST_OBJECT = 2
+FLOOR_DEPTH = 40.0  # the ground plane ends here, which draws the horizon
+AMBIENT, DIFFUSE = 0.35, 0.65
+
+
+@dataclass(frozen=True)
+class Render:
+    ids: np.ndarray  # (H, W) uint8
+    depth: np.ndarray  # (H, W) float32 distance along the optical axis, inf where nothing is hit
+    normals: np.ndarray  # (H, W, 3) float32 unit, camera frame (right, up, towards the viewer)
+    albedo: np.ndarray  # (H, W, 3) float32 in [0, 1], unshaded surface colour
+    rgb: np.ndarray  # (H, W, 3) uint8, the target image
+
+    def mask(self, index: int) -> np.ndarray:
+        """Visible pixels of scene.objects[index]."""
+        return self.ids == index + FIRST_OBJECT
+
+
+def _screen_box(scene: Scene, hull: np.ndarray, size: int) -> tuple[slice, slice]:
+    xy, _ = scene.camera.project(hull, size)
+    x0, y0 = np.maximum(np.floor(xy.min(axis=0)).astype(int), 0)
+    x1, y1 = np.minimum(np.ceil(xy.max(axis=0)).astype(int) + 1, size)
+    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+
+
+def render(scene: Scene, size: int) -> Render:
+    camera = scene.camera
+    dirs = camera.rays(size)
+    depth = np.full((size, size), np.inf, np.float32)
+    ids = np.zeros((size, size), np.uint8)
+    albedo = np.zeros((size, size, 3), np.float32)
+    normals = np.empty((size, size, 3), np.float32)  # world frame until the end
+    normals[:] = -camera.rotation[:, 2]  # the background faces the viewer
+
+    # Masked writes go through cv2.copyTo: numpy's boolean assignment of 3-vectors is ~10x slower.
+    if scene.floor is not None:
+        # The camera has no roll, so the ground fills whole rows from the horizon down.
+        down = dirs[:, 0, 1]
+        with np.errstate(divide="ignore"):
+            t = -camera.eye[1] / down
+        on_ground = (down < 0) & (t < FLOOR_DEPTH)
+        if on_ground.any():
+            top = int(on_ground.argmax())
+            depth[top:] = t[top:, None]
+            ids[top:] = FLOOR
+            normals[top:] = [0.0, 1.0, 0.0]
+            albedo[top:] = np.array(palette.FLOOR_COLORS[scene.floor]) / 255
+
+    for index, obj in enumerate(scene.objects):
+        for piece in obj.pieces:
+            rows, cols = _screen_box(scene, piece.hull(), size)
+            region = dirs[rows, cols]
+            shape = region.shape[:2]
+            t, n, a = piece.intersect(camera.eye, region.reshape(-1, 3))
+            t = t.reshape(shape).astype(np.float32)
+            nearer = t < depth[rows, cols]
+            mask = nearer.view(np.uint8)
+            cv2.copyTo(t, mask, depth[rows, cols])
+            ids[rows, cols][nearer] = index + FIRST_OBJECT
+            cv2.copyTo(n.reshape(*shape, 3).astype(np.float32), mask, normals[rows, cols])
+            a = np.broadcast_to(a, (t.size, 3)).reshape(*shape, 3).astype(np.float32)
+            cv2.copyTo(a, mask, albedo[rows, cols])
+
+    light = scene.light.astype(np.float32)
+    shade = AMBIENT + DIFFUSE * np.maximum(normals.reshape(-1, 3) @ light, 0.0)
+    rgb = (albedo * (shade.reshape(size, size, 1) * 255) + 0.5).astype(np.uint8)
+    backdrop = np.empty_like(rgb)
+    backdrop[:] = palette.BACKGROUND_COLORS[scene.background]
+    cv2.copyTo(backdrop, (ids == BACKGROUND).view(np.uint8), rgb)
+    # world -> camera (right, up, towards the viewer)
+    to_camera = (camera.rotation.T * [[1.0], [1.0], [-1.0]]).astype(np.float32)
+    return Render(ids, depth, cv2.transform(normals, to_camera), albedo, rgb)

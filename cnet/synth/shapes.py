@@ -1,0 +1,408 @@
+"""Solids of the scene world and their analytic ray intersections.
+
+Every solid stands on the ground plane y = 0 and turns by `yaw` about its vertical axis. All rays of
+one image start at the camera eye, so `intersect(eye, dirs)` takes one origin and per-pixel
+directions (P, 3) and returns the ray parameter t (P,) (inf where missed), the unit outward
+normals (P, 3) and the albedo (P, 3) of the surface hit. Directions have a camera-z component of 1,
+so t is the depth along the optical axis and t values of different solids compare directly.
+
+`lines(eye)` lists the straight edges a line detector would find on the solid: polyhedron edges
+with a face towards the eye, and the straight silhouette generators of curved solids.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from itertools import combinations
+
+import numpy as np
+
+Segment = tuple[np.ndarray, np.ndarray]
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def _sphere_hits(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Nearest positive root of a t^2 + 2 b t + c = 0 (inf where none)."""
+    disc = b * b - a * c
+    with np.errstate(invalid="ignore"):
+        t = (-b - np.sqrt(disc)) / a
+    return np.where((disc >= 0) & (t > 0), t, np.inf)
+
+
+_OCTAGON = np.array([[np.cos(a), np.sin(a)] for a in np.arange(8) * np.pi / 4]) / np.cos(
+    np.pi / 8
+)  # circumscribes the unit circle
+
+
+def _prism(radius: float, bottom: float, top: float | None) -> np.ndarray:
+    """Corners of an octagonal prism around a vertical circle (pyramid to an apex if top is None)."""
+    ring = radius * _OCTAGON
+    lower = np.stack([ring[:, 0], np.full(8, bottom), ring[:, 1]], axis=1)
+    return lower if top is None else np.concatenate([lower, lower + [0.0, top - bottom, 0.0]])
+
+
+def _tangent_points(center: np.ndarray, radius: float, point: np.ndarray) -> list[np.ndarray]:
+    """Points of the circle (x, z plane) whose tangent passes through `point` (x, z)."""
+    offset = point - center
+    dist = float(np.hypot(*offset))
+    if dist <= radius:
+        return []
+    base = np.arctan2(offset[1], offset[0])
+    half = np.arccos(radius / dist)
+    return [
+        center + radius * np.array([np.cos(base + s * half), np.sin(base + s * half)])
+        for s in (-1, 1)
+    ]
+
+
+@dataclass
+class Solid(ABC):
+    kind: str
+    color: str
+    albedo: np.ndarray  # (3,) float in [0, 1]
+    base: np.ndarray  # (3,) centre of the footprint on the ground
+    yaw: float
+    rotation: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rotation = yaw_matrix(self.yaw)
+
+    def to_local(self, eye: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rotation.T @ (eye - self.base), dirs @ self.rotation
+
+    def to_world(self, points: np.ndarray) -> np.ndarray:
+        return points @ self.rotation.T + self.base
+
+    @abstractmethod
+    def bounding_sphere(self) -> tuple[np.ndarray, float]: ...
+
+    @abstractmethod
+    def hull(self) -> np.ndarray:
+        """World points whose convex hull contains the solid: they bound its screen box."""
+
+    @abstractmethod
+    def intersect(
+        self, eye: np.ndarray, dirs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def lines(self, eye: np.ndarray) -> list[Segment]:
+        return []
+
+    @property
+    def pieces(self) -> tuple[Solid, ...]:
+        """What the renderer intersects, each inside its own screen box."""
+        return (self,)
+
+    def moved(self, offset: np.ndarray) -> Solid:
+        return replace(self, base=self.base + offset)
+
+
+@dataclass
+class Sphere(Solid):
+    radius: float
+
+    def bounding_sphere(self):
+        return self.base + np.array([0.0, self.radius, 0.0]), self.radius
+
+    def hull(self):
+        r = self.radius
+        return (
+            self.base
+            + [0.0, r, 0.0]
+            + r * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)])
+        )
+
+    def intersect(self, eye, dirs):
+        center, r = self.bounding_sphere()
+        oc = eye - center
+        t = _sphere_hits(np.einsum("pi,pi->p", dirs, dirs), dirs @ oc, oc @ oc - r * r)
+        with np.errstate(invalid="ignore"):
+            normals = (eye + t[:, None] * dirs - center) / r
+        return t, normals, self.albedo
+
+
+@dataclass
+class Polyhedron(Solid):
+    """A convex solid given by its vertices and faces n . x <= d (local frame)."""
+
+    vertices: np.ndarray  # (V, 3)
+    normals: np.ndarray  # (K, 3) unit
+    offsets: np.ndarray  # (K,)
+    edges: tuple[tuple[int, int, int, int], ...]  # (vertex, vertex, face, face)
+
+    def hull(self):
+        return self.to_world(self.vertices)
+
+    def bounding_sphere(self):
+        world = self.to_world(self.vertices)
+        center = world.mean(axis=0)
+        return center, float(np.linalg.norm(world - center, axis=1).max())
+
+    def intersect(self, eye, dirs):
+        o, v = self.to_local(eye, dirs)
+        denom = v @ self.normals.T  # (P, K)
+        num = self.offsets - self.normals @ o  # (K,)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = num / denom
+        t_in = np.where(denom < 0, t, -np.inf)
+        face = t_in.argmax(axis=1)
+        t_enter = np.take_along_axis(t_in, face[:, None], axis=1)[:, 0]
+        t_exit = np.where(denom > 0, t, np.inf).min(axis=1)
+        outside_parallel = ((denom == 0) & (num < 0)).any(axis=1)
+        hit = (t_enter <= t_exit) & (t_enter > 0) & ~outside_parallel
+        normals = self.normals[face] @ self.rotation.T
+        return np.where(hit, t_enter, np.inf), normals, self.albedo
+
+    def lines(self, eye):
+        o = self.rotation.T @ (eye - self.base)
+        facing = self.normals @ o > self.offsets  # the eye is on the outer side of the face
+        world = self.to_world(self.vertices)
+        return [(world[i], world[j]) for i, j, f, g in self.edges if facing[f] or facing[g]]
+
+
+def _edges(vertices: np.ndarray, normals: np.ndarray, offsets: np.ndarray):
+    """Pairs of vertices that share exactly two faces, with those faces."""
+    on_face = np.abs(vertices @ normals.T - offsets) < 1e-6  # (V, K)
+    edges = []
+    for i, j in combinations(range(len(vertices)), 2):
+        faces = np.flatnonzero(on_face[i] & on_face[j])
+        if len(faces) == 2:
+            edges.append((i, j, int(faces[0]), int(faces[1])))
+    return tuple(edges)
+
+
+def _box_faces(half: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    corners = np.array(
+        [[x, y, z] for x in (-half, half) for y in (0, 2 * half) for z in (-half, half)]
+    )
+    normals = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+    return corners, normals, np.array([half, half, 2 * half, 0, half, half])
+
+
+def _pyramid_faces(half: float, height: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    corners = np.array(
+        [[x, 0.0, z] for x in (-half, half) for z in (-half, half)] + [[0, height, 0]]
+    )
+    slope = np.hypot(height, half)
+    sides = [
+        [height * sx / slope, half / slope, height * sz / slope]
+        for sx, sz in ((1, 0), (-1, 0), (0, 1), (0, -1))
+    ]
+    normals = np.array([[0.0, -1.0, 0.0], *sides])
+    return corners, normals, np.array([0.0] + [height * half / slope] * 4)
+
+
+_BOX_EDGES = _edges(*_box_faces(1.0))
+_PYRAMID_EDGES = _edges(*_pyramid_faces(1.0, 1.0))
+
+
+def box(kind: str, color: str, albedo, base, yaw: float, half: float) -> Polyhedron:
+    return Polyhedron(kind, color, albedo, base, yaw, *_box_faces(half), _BOX_EDGES)
+
+
+def pyramid(
+    kind: str, color: str, albedo, base, yaw: float, half: float, height: float
+) -> Polyhedron:
+    return Polyhedron(kind, color, albedo, base, yaw, *_pyramid_faces(half, height), _PYRAMID_EDGES)
+
+
+@dataclass
+class Cylinder(Solid):
+    radius: float
+    height: float
+
+    def bounding_sphere(self):
+        return self.base + np.array([0.0, self.height / 2, 0.0]), float(
+            np.hypot(self.radius, self.height / 2)
+        )
+
+    def hull(self):
+        return self.to_world(_prism(self.radius, 0.0, self.height))
+
+    def intersect(self, eye, dirs):
+        o, v = self.to_local(eye, dirs)
+        r, h = self.radius, self.height
+        a = v[:, 0] ** 2 + v[:, 2] ** 2
+        t_side = _sphere_hits(a, v[:, 0] * o[0] + v[:, 2] * o[2], o[0] ** 2 + o[2] ** 2 - r * r)
+        y = o[1] + t_side * v[:, 1]
+        t_side = np.where((y >= 0) & (y <= h), t_side, np.inf)
+        # The eye is always above the ground, so of the two caps only the top one can be seen.
+        t_cap = np.full_like(t_side, np.inf)
+        if o[1] > h:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t_top = (h - o[1]) / v[:, 1]
+            x, z = o[0] + t_top * v[:, 0], o[2] + t_top * v[:, 2]
+            t_cap = np.where((t_top > 0) & (x * x + z * z <= r * r), t_top, np.inf)
+        t = np.minimum(t_side, t_cap)
+        p = o + t[:, None] * v
+        n = np.where((t_cap < t_side)[:, None], [0.0, 1.0, 0.0], p * [1, 0, 1] / r)
+        return t, n @ self.rotation.T, self.albedo
+
+    def lines(self, eye):
+        o = self.rotation.T @ (eye - self.base)
+        points = _tangent_points(np.zeros(2), self.radius, o[[0, 2]])
+        return [
+            (self.to_world(np.array([x, 0.0, z])), self.to_world(np.array([x, self.height, z])))
+            for x, z in points
+        ]
+
+
+@dataclass
+class Cone(Solid):
+    radius: float
+    height: float
+
+    def bounding_sphere(self):
+        r, h = self.radius, self.height
+        center_y = max(0.0, (h * h - r * r) / (2 * h))  # circumsphere of apex and base circle
+        return self.base + np.array([0.0, center_y, 0.0]), float(np.hypot(r, center_y))
+
+    def hull(self):
+        return self.to_world(
+            np.concatenate([_prism(self.radius, 0.0, None), [[0.0, self.height, 0.0]]])
+        )
+
+    def intersect(self, eye, dirs):
+        o, v = self.to_local(eye, dirs)
+        k2 = (self.radius / self.height) ** 2
+        q0, q1 = self.height - o[1], -v[:, 1]  # height below the apex along the ray: q0 + t q1
+        a = v[:, 0] ** 2 + v[:, 2] ** 2 - k2 * q1 * q1
+        b = v[:, 0] * o[0] + v[:, 2] * o[2] - k2 * q0 * q1
+        c = o[0] ** 2 + o[2] ** 2 - k2 * q0 * q0
+        disc = b * b - a * c
+        with np.errstate(invalid="ignore", divide="ignore"):
+            root = np.sqrt(disc)
+            roots = np.stack([(-b - root) / a, (-b + root) / a])
+        q = q0 + roots * q1
+        valid = (disc >= 0) & (roots > 0) & (q >= 0) & (q <= self.height)
+        # The base disc faces the ground and the eye is always above it: only the side is seen.
+        t = np.where(valid, roots, np.inf).min(axis=0)
+        p = o + t[:, None] * v
+        n = np.stack([p[:, 0], k2 * (self.height - p[:, 1]), p[:, 2]], axis=1)
+        with np.errstate(invalid="ignore"):
+            n /= np.linalg.norm(n, axis=1, keepdims=True)
+        return t, n @ self.rotation.T, self.albedo
+
+    def lines(self, eye):
+        o = self.rotation.T @ (eye - self.base)
+        if np.isclose(o[1], self.height):
+            return []
+        # The silhouette generators touch the base circle where the planes through eye and apex do.
+        apex = np.array([0.0, self.height, 0.0])
+        hit = apex + (o - apex) * (apex[1] / (apex[1] - o[1]))
+        points = _tangent_points(np.zeros(2), self.radius, hit[[0, 2]])
+        return [(self.to_world(apex), self.to_world(np.array([x, 0.0, z]))) for x, z in points]
+
+
+@dataclass
+class Capsule(Solid):
+    """A segment swept by a sphere; `start` and `end` are world points (base and yaw unused)."""
+
+    start: np.ndarray
+    end: np.ndarray
+    radius: float
+
+    def bounding_sphere(self):
+        return (self.start + self.end) / 2, float(
+            np.linalg.norm(self.end - self.start) / 2 + self.radius
+        )
+
+    def hull(self):
+        axis = self.end - self.start
+        u = axis / np.linalg.norm(axis)
+        e1 = np.cross(u, [0.0, 0.0, 1.0] if abs(u[2]) < 0.9 else [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(u, e1)
+        r = self.radius
+        return np.array(
+            [
+                end + r * (a * u + b * e1 + c * e2)
+                for end, a in ((self.start, -1), (self.end, 1))
+                for b in (-1, 1)
+                for c in (-1, 1)
+            ]
+        )
+
+    def intersect(self, eye, dirs):
+        axis = self.end - self.start
+        length = float(np.linalg.norm(axis))
+        u = axis / length
+        w = eye - self.start
+        wu = w @ u
+        vu = dirs @ u
+        w_perp = w - wu * u
+        vv = np.einsum("pi,pi->p", dirs, dirs)
+        r2 = self.radius**2
+        # v_perp . w_perp == v . w_perp because w_perp is orthogonal to the axis
+        t_side = _sphere_hits(vv - vu * vu, dirs @ w_perp, w_perp @ w_perp - r2)
+        along = wu + t_side * vu
+        t_side = np.where((along >= 0) & (along <= length), t_side, np.inf)
+        w_end = eye - self.end
+        t_caps = np.minimum(
+            _sphere_hits(vv, dirs @ w, w @ w - r2),
+            _sphere_hits(vv, dirs @ w_end, w_end @ w_end - r2),
+        )
+        t = np.minimum(t_side, t_caps)
+        p = eye + t[:, None] * dirs - self.start
+        along = np.clip(p @ u, 0.0, length)
+        with np.errstate(invalid="ignore"):
+            n = (p - along[:, None] * u) / self.radius
+        return t, n, self.albedo
+
+    def lines(self, eye):
+        side = np.cross(self.end - self.start, (self.start + self.end) / 2 - eye)
+        side *= self.radius / np.linalg.norm(side)
+        return [(self.start + side, self.end + side), (self.start - side, self.end - side)]
+
+    def moved(self, offset: np.ndarray) -> Capsule:
+        return replace(
+            self, base=self.base + offset, start=self.start + offset, end=self.end + offset
+        )
+
+
+@dataclass
+class Person(Solid):
+    """The humanoid: capsules with their own albedo (skin or clothes) and its OpenPose keypoints."""
+
+    parts: tuple[Capsule, ...]
+    keypoints: np.ndarray  # (18, 3) world, OpenPose COCO order
+    outline_parts: tuple[int, ...]  # limbs and torso: their straight sides count as lines
+
+    def bounding_sphere(self):
+        points = np.concatenate([[p.start, p.end] for p in self.parts])
+        center = points.mean(axis=0)
+        return center, float(
+            np.linalg.norm(points - center, axis=1).max() + max(p.radius for p in self.parts)
+        )
+
+    def hull(self):
+        return np.concatenate([part.hull() for part in self.parts])
+
+    def intersect(self, eye, dirs):
+        hits = [part.intersect(eye, dirs) for part in self.parts]
+        nearest = np.argmin([t for t, _, _ in hits], axis=0)
+        pick = np.arange(len(dirs))
+        t = np.stack([h[0] for h in hits])[nearest, pick]
+        normals = np.stack([h[1] for h in hits])[nearest, pick]
+        albedo = np.stack([np.broadcast_to(h[2], normals.shape) for h in hits])[nearest, pick]
+        return t, normals, albedo
+
+    @property
+    def pieces(self):
+        return self.parts
+
+    def lines(self, eye):
+        return [line for k in self.outline_parts for line in self.parts[k].lines(eye)]
+
+    def moved(self, offset: np.ndarray) -> Person:
+        return replace(
+            self,
+            base=self.base + offset,
+            parts=tuple(part.moved(offset) for part in self.parts),
+            keypoints=self.keypoints + offset,
+        )
