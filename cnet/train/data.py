@@ -1,0 +1,193 @@
+"""Training data: where (image, control map, prompt) triples come from, and in which order.
+
+Three sources give the same example, a dict with
+  "pixel_values"               float CHW in [-1, 1] (the target image, as the VAE expects it)
+  "conditioning_pixel_values"  float CHW in [0, 1]  (the control map, as ControlNet expects it)
+  "prompt"                     str
+- the fill50k layout: `prompt.json` (one JSON object a line: source, target, prompt) beside the
+  `source/` (control maps) and `target/` (images) folders;
+- an image folder with `metadata.jsonl` (one JSON object a line: image or file_name,
+  conditioning_image, text), file names relative to the folder;
+- the synthetic scene world (`cnet.synth`), rendered on the fly.
+
+The order is a pure function of (seed, step), so a resumed run reads exactly the batches the
+uninterrupted run would have read, and each process of a multi-GPU run reads its own share.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+SYNTHETIC = "synth"
+TENSORS = ("pixel_values", "conditioning_pixel_values")
+
+
+def load_square(path: Path, resolution: int) -> Image.Image:
+    """Open an image as RGB, scale its short side to `resolution` and crop the centre square."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+    scale = resolution / min(image.size)
+    width, height = (max(resolution, round(side * scale)) for side in image.size)
+    image = image.resize((width, height), Image.BICUBIC)
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def to_unit_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 HWC RGB -> float CHW in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def make_example(image: Image.Image, control: Image.Image, prompt: str) -> dict:
+    return {
+        "pixel_values": to_unit_tensor(image) * 2.0 - 1.0,
+        "conditioning_pixel_values": to_unit_tensor(control),
+        "prompt": prompt,
+    }
+
+
+class PairedImageDataset(Dataset):
+    """(image, control map, prompt) triples listed in a JSON-lines file inside a folder."""
+
+    def __init__(self, root: Path, records: list[tuple[str, str, str]], resolution: int):
+        if not records:
+            raise ValueError(f"{root} lists no examples: its index file is empty.")
+        self.root, self.records, self.resolution = root, records, resolution
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        image_name, control_name, prompt = self.records[index]
+        image = load_square(self.root / image_name, self.resolution)
+        control = load_square(self.root / control_name, self.resolution)
+        return make_example(image, control, prompt)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def fill50k(root: str | Path, resolution: int) -> PairedImageDataset:
+    """The fill50k layout of the ControlNet paper's tutorial: prompt.json, source/, target/."""
+    root = Path(root)
+    rows = _read_jsonl(root / "prompt.json")
+    records = [(row["target"], row["source"], row["prompt"]) for row in rows]
+    return PairedImageDataset(root, records, resolution)
+
+
+def metadata_folder(root: str | Path, resolution: int) -> PairedImageDataset:
+    """An image folder with metadata.jsonl: image (or file_name), conditioning_image, text."""
+    root = Path(root)
+    records = []
+    for i, row in enumerate(_read_jsonl(root / "metadata.jsonl"), start=1):
+        image = row.get("image", row.get("file_name"))
+        if image is None or "conditioning_image" not in row:
+            raise ValueError(
+                f"{root / 'metadata.jsonl'} line {i}: each line needs 'image' (or 'file_name'), "
+                f"'conditioning_image' and 'text'; found keys {sorted(row)}."
+            )
+        records.append((image, row["conditioning_image"], row.get("text", "")))
+    return PairedImageDataset(root, records, resolution)
+
+
+def open_dataset(
+    source: str,
+    resolution: int,
+    condition: str | None = None,
+    length: int = 50_000,
+    split: str = "train",
+) -> Dataset:
+    """`source` is "synth" (the synthetic world), a fill50k folder, or a metadata.jsonl folder."""
+    if source == SYNTHETIC:
+        from cnet.synth.dataset import SynthDataset
+
+        return SynthDataset(split, resolution, condition, length)
+    root = Path(source)
+    if (root / "prompt.json").is_file():
+        return fill50k(root, resolution)
+    if (root / "metadata.jsonl").is_file():
+        return metadata_folder(root, resolution)
+    raise FileNotFoundError(
+        f"{root} is not a training set: expected {root / 'prompt.json'} (fill50k layout) or "
+        f"{root / 'metadata.jsonl'} (image folder). Export one from the synthetic world with "
+        f"`python -m cnet synth`, or pass --data {SYNTHETIC} to render scenes on the fly."
+    )
+
+
+class StepBatches(Sampler[list[int]]):
+    """Endless batches of dataset indices, a pure function of (seed, micro-batch number).
+
+    Epoch e visits the dataset in the order torch.randperm(n, seed + e). The stream is cut into
+    global micro-batches of `batch_size * num_processes` indices; process p takes its slice of
+    each. Starting at micro-batch k skips straight to it, which is what makes resume exact.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        seed: int,
+        start: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ):
+        if num_examples < batch_size * num_processes:
+            raise ValueError(
+                f"The dataset has {num_examples} examples, fewer than one global batch "
+                f"({batch_size} per process x {num_processes} processes)."
+            )
+        self.n, self.batch_size, self.seed, self.start = num_examples, batch_size, seed, start
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.num_processes
+        position = self.start * global_batch + self.process_index * self.batch_size
+        epoch, order = -1, None
+        while True:
+            indices = []
+            for i in range(position, position + self.batch_size):
+                if i // self.n != epoch:
+                    epoch = i // self.n
+                    order = self._epoch_order(epoch)
+                indices.append(int(order[i % self.n]))
+            yield indices
+            position += global_batch
+
+
+def collate(examples: list[dict]) -> dict:
+    batch = {key: torch.stack([e[key] for e in examples]) for key in TENSORS}
+    batch["prompt"] = [e["prompt"] for e in examples]
+    return batch
+
+
+def batch_stream(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    start: int = 0,
+    process_index: int = 0,
+    num_processes: int = 1,
+    num_workers: int = 0,
+) -> Iterator[dict]:
+    """Collated batches from micro-batch `start` on, read by `num_workers` loader processes."""
+    sampler = StepBatches(len(dataset), batch_size, seed, start, process_index, num_processes)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        persistent_workers=num_workers > 0,
+    )
+    return iter(loader)
