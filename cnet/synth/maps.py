@@ -27,8 +27,8 @@ from cnet.synth.scene import Scene
 # The pose ControlNets saw skeletons drawn at ~512 px; drawing at that scale and resizing keeps
 # limb width relative to the image the same as the app's keypoint detector at any size.
 POSE_CANVAS = 512
-HIDDEN_LINE_TOLERANCE = 0.03  # relative depth by which a line may lie behind the visible surface
-SAMPLES_PER_LINE = 32
+
+SCRIBBLE_POINTS_PER_EDGE = 8
 
 _canny = CannyDetector()
 
@@ -38,78 +38,49 @@ def canny(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     return as_rgb(_canny.detect(render.rgb))
 
 
-def visible_segments(scene: Scene, render: Render, objects_only: bool = False) -> np.ndarray:
-    """(N, 4) float pixel segments (x1, y1, x2, y2): the parts of every straight edge of the scene
-    that are not hidden behind a nearer surface, plus the horizon where the floor meets the
-    background (unless `objects_only`)."""
-    size = render.ids.shape[0]
-    lines = [line for obj in scene.objects for line in obj.lines(scene.camera.eye)]
-    found = []
-    if lines:
-        ends = np.array(lines)  # (S, 2, 3)
-        t = np.linspace(0.0, 1.0, SAMPLES_PER_LINE)[None, :, None]
-        points = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * t  # (S, T, 3)
-        xy, depth = scene.camera.project(points.reshape(-1, 3), size)
-        col, row = np.floor(xy).astype(int).T
-        inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
-        # the farthest surface around the pixel: a line on a silhouette is in front of what
-        # lies beside it, a line behind an object is behind everything around it
-        farthest = cv2.dilate(render.depth, np.ones((3, 3), np.uint8))
-        surface = farthest[np.clip(row, 0, size - 1), np.clip(col, 0, size - 1)]
-        shown = inside & (depth <= surface * (1 + HIDDEN_LINE_TOLERANCE))
-        shown = shown.reshape(len(lines), -1)
-        xy = xy.reshape(len(lines), -1, 2)
-        for line_shown, line_xy in zip(shown, xy, strict=True):
-            edges = np.diff(np.concatenate([[0], line_shown.astype(np.int8), [0]]))
-            for start, stop in zip(
-                np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True
-            ):
-                if stop - start >= 2:
-                    found.append([*line_xy[start], *line_xy[stop - 1]])
-    if not objects_only and scene.floor is not None:
-        horizon = np.flatnonzero((render.ids == FLOOR).any(axis=1))
-        if len(horizon) and horizon[0] > 0:
-            row = int(horizon[0])
-            on_floor = np.concatenate([[0], (render.ids[row] == FLOOR).astype(np.int8), [0]])
-            steps = np.diff(on_floor)
-            for start, stop in zip(
-                np.flatnonzero(steps == 1), np.flatnonzero(steps == -1), strict=True
-            ):
-                found.append([start, row, stop - 1, row])
-    return np.array(found, np.float32).reshape(-1, 4)
+def horizon_segments(scene: Scene, render: Render) -> np.ndarray:
+    """(N, 4) pixel segments along the first row of floor: where it meets the background."""
+    if scene.floor is None:
+        return np.zeros((0, 4), np.float32)
+    rows = np.flatnonzero((render.ids == FLOOR).any(axis=1))
+    if not len(rows) or rows[0] == 0:
+        return np.zeros((0, 4), np.float32)
+    row = int(rows[0])
+    steps = np.diff(np.concatenate([[0], (render.ids[row] == FLOOR).astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(steps == 1), np.flatnonzero(steps == -1)
+    return np.array([[a, row, b - 1, row] for a, b in zip(starts, stops, strict=True)], np.float32)
 
 
 def hough(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Straight visible edges as 1-pixel white segments, the way M-LSD maps are drawn."""
     size = render.ids.shape[0]
-    return as_rgb(draw_segments(visible_segments(scene, render), size, size))
+    segments = np.concatenate([render.edges, horizon_segments(scene, render)])
+    return as_rgb(draw_segments(segments, size, size))
 
 
 def scribble(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Object outlines and straight edges redrawn with a wobbly hand and a thick pen."""
     size = render.ids.shape[0]
     scale = size / 128
-    canvas = np.zeros((size, size), np.uint8)
+    step = max(1, round(3 * scale))
     strokes: list[np.ndarray] = []
     for index in range(len(scene.objects)):
         mask = render.mask(index).view(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        for contour in contours:
-            step = max(1, int(3 * scale))
-            strokes.append(contour[::step, 0].astype(np.float64))
-    for x1, y1, x2, y2 in visible_segments(scene, render, objects_only=True):
-        count = max(2, int(np.hypot(x2 - x1, y2 - y1) / (3 * scale)))
-        strokes.append(np.linspace([x1, y1], [x2, y2], count))
-    for points in strokes:
-        if len(points) < 2:
-            continue
-        # low-frequency wobble: random offsets smoothed along the stroke
-        wobble = rng.normal(0.0, 1.2 * scale, (len(points) + 4, 2))
-        wobble = np.cumsum(wobble, axis=0)
-        wobble = (wobble[4:] - wobble[:-4]) / 4
-        drawn = np.round((points + wobble) * 4).astype(np.int32)  # 2 fractional bits
-        cv2.polylines(canvas, [drawn], False, 255, thickness=1, lineType=cv2.LINE_8, shift=2)
-    return as_rgb(thicken(canvas, int(rng.integers(0, 2) + round(scale - 1))))
+        strokes += [np.append(c[::step, 0], c[:1, 0], axis=0) for c in contours if len(c) > step]
+    edges = render.edges.reshape(-1, 2, 2)
+    t = np.linspace(0.0, 1.0, SCRIBBLE_POINTS_PER_EDGE)[None, :, None]
+    strokes += list(edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * t)
+    canvas = np.zeros((size, size), np.uint8)
+    if strokes:
+        points = np.concatenate(strokes).astype(np.float64)
+        # A hand's wobble: a random walk, band-passed by a moving average over 4 points.
+        walk = np.cumsum(rng.normal(0.0, 1.2 * scale, (len(points) + 4, 2)), axis=0)
+        points += (walk[4:] - walk[:-4]) / 4
+        drawn = np.round(points * 4).astype(np.int32)  # 2 fractional bits for cv2's `shift`
+        splits = np.cumsum([len(stroke) for stroke in strokes])[:-1]
+        cv2.polylines(canvas, np.split(drawn, splits), False, 255, thickness=1, shift=2)
+    return as_rgb(thicken(canvas, int(rng.integers(0, 2)) + round(scale - 1)))
 
 
 def keypoints(scene: Scene, render: Render) -> list[np.ndarray]:
@@ -154,7 +125,10 @@ def seg_colors(scene: Scene) -> np.ndarray:
 
 def seg(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Every pixel painted with the ADE20K colour of its class."""
-    return seg_colors(scene)[render.ids]
+    table = np.zeros((256, 1, 3), np.uint8)
+    colors = seg_colors(scene)
+    table[: len(colors), 0] = colors
+    return cv2.LUT(cv2.merge([render.ids] * 3), table)
 
 
 def depth(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:

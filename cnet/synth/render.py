@@ -7,7 +7,8 @@ every intensity edge of the image is an object boundary or a crease.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -19,10 +20,13 @@ BACKGROUND, FLOOR = 0, 1  # pixel ids; object i of scene.objects has id i + FIRS
 FIRST_OBJECT = 2
 FLOOR_DEPTH = 40.0  # the ground plane ends here, which draws the horizon
 AMBIENT, DIFFUSE = 0.35, 0.65
+SAMPLES_PER_EDGE = 32
+HIDDEN_EDGE_TOLERANCE = 0.03  # relative depth by which an edge may lie behind the visible surface
 
 
-@dataclass(frozen=True)
+@dataclass
 class Render:
+    scene: Scene = field(repr=False)
     ids: np.ndarray  # (H, W) uint8
     depth: np.ndarray  # (H, W) float32 distance along the optical axis, inf where nothing is hit
     normals: np.ndarray  # (H, W, 3) float32 unit, camera frame (right, up, towards the viewer)
@@ -32,6 +36,37 @@ class Render:
     def mask(self, index: int) -> np.ndarray:
         """Visible pixels of scene.objects[index]."""
         return self.ids == index + FIRST_OBJECT
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        """(N, 4) float pixel segments (x1, y1, x2, y2): the parts of the objects' straight edges
+        that no nearer surface hides."""
+        scene, size = self.scene, self.ids.shape[0]
+        lines = [line for obj in scene.objects for line in obj.lines(scene.camera.eye)]
+        if not lines:
+            return np.zeros((0, 4), np.float32)
+        ends = np.array(lines)  # (S, 2, 3)
+        t = np.linspace(0.0, 1.0, SAMPLES_PER_EDGE)[None, :, None]
+        points = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * t  # (S, T, 3)
+        xy, depth = scene.camera.project(points.reshape(-1, 3), size)
+        col, row = np.floor(xy).astype(int).T
+        inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+        # The farthest surface around the pixel: a line on a silhouette is in front of what lies
+        # beside it, a line behind an object is behind everything around it.
+        farthest = cv2.dilate(self.depth, np.ones((3, 3), np.uint8))
+        surface = farthest[np.clip(row, 0, size - 1), np.clip(col, 0, size - 1)]
+        shown = (inside & (depth <= surface * (1 + HIDDEN_EDGE_TOLERANCE))).reshape(len(lines), -1)
+        # runs of shown samples become segments
+        padded = np.zeros((len(lines), SAMPLES_PER_EDGE + 2), np.int8)
+        padded[:, 1:-1] = shown
+        steps = np.diff(padded, axis=1)
+        line_start, first = np.nonzero(steps == 1)
+        _, stop = np.nonzero(steps == -1)
+        keep = stop - first >= 2
+        xy = xy.reshape(len(lines), -1, 2)
+        starts = xy[line_start[keep], first[keep]]
+        ends_xy = xy[line_start[keep], stop[keep] - 1]
+        return np.concatenate([starts, ends_xy], axis=1).astype(np.float32)
 
 
 def _screen_box(scene: Scene, hull: np.ndarray, size: int) -> tuple[slice, slice]:
@@ -87,4 +122,4 @@ def render(scene: Scene, size: int) -> Render:
     cv2.copyTo(backdrop, (ids == BACKGROUND).view(np.uint8), rgb)
     # world -> camera (right, up, towards the viewer)
     to_camera = (camera.rotation.T * [[1.0], [1.0], [-1.0]]).astype(np.float32)
-    return Render(ids, depth, cv2.transform(normals, to_camera), albedo, rgb)
+    return Render(scene, ids, depth, cv2.transform(normals, to_camera), albedo, rgb)

@@ -1,4 +1,4 @@
-"""One synthetic training / evaluation example: the target image and every control map of a scene."""
+"""One synthetic example: the target image and every control map of one scene."""
 
 from __future__ import annotations
 

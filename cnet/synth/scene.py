@@ -92,6 +92,19 @@ def _describe(obj: Solid) -> str:
     return f"{article} {obj.color} {obj.kind}"
 
 
+@lru_cache(maxsize=64)
+def _visible_colors(background: str, floor: str | None) -> tuple[str, ...]:
+    """Object colours that stand out from the background and the floor."""
+    behind = [palette.BACKGROUND_COLORS[background]]
+    if floor is not None:
+        behind.append(palette.FLOOR_COLORS[floor])
+    return tuple(
+        name
+        for name, rgb in palette.OBJECT_COLORS.items()
+        if all(palette.contrast(rgb, other) >= MIN_CONTRAST for other in behind)
+    )
+
+
 def _camera(rng: np.random.Generator, count: int) -> Camera:
     pitch = rng.uniform(0.12, 0.45)
     distance = rng.uniform(4.3, 5.3) + 1.1 * (count - 1)
@@ -142,14 +155,7 @@ def sample_scene(seed: int) -> Scene:
     count = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     background = str(rng.choice(list(palette.BACKGROUND_COLORS)))
     floor = str(rng.choice(list(palette.FLOOR_COLORS))) if rng.random() < 0.5 else None
-    behind = [palette.BACKGROUND_COLORS[background]]
-    if floor is not None:
-        behind.append(palette.FLOOR_COLORS[floor])
-    colors = [
-        name
-        for name, rgb in palette.OBJECT_COLORS.items()
-        if all(palette.contrast(rgb, other) >= MIN_CONTRAST for other in behind)
-    ]
+    colors = _visible_colors(background, floor)
     camera = _camera(rng, count)
     spread = 0.8 + 0.9 * (count - 1)
     placed: list[Solid] = []

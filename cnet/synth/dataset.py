@@ -1,0 +1,45 @@
+"""A PyTorch dataset that renders scenes on the fly: no files, deterministic per index."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cnet.synth.sample import CONDITION_KEYS, generate
+from cnet.synth.splits import split_seeds
+
+
+class SynthDataset(Dataset):
+    """Item i is scene `split_seeds(split)[i]` rendered at `size` with the control map `condition`.
+
+    Items are dicts in the layout of diffusers' ControlNet training example:
+    "pixel_values" float (3, size, size) in [-1, 1], "conditioning_pixel_values" float
+    (3, size, size) in [0, 1], "prompt" str, and "seed" int.
+    """
+
+    def __init__(
+        self, split: str, size: int = 128, condition: str = "canny", length: int | None = None
+    ):
+        if condition not in CONDITION_KEYS:
+            raise ValueError(
+                f"Unknown condition {condition!r}; choose from {', '.join(CONDITION_KEYS)}."
+            )
+        self.seeds = split_seeds(split, length)
+        self.size = size
+        self.condition = condition
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = generate(self.seeds[index], self.size, [self.condition])
+        image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
+        control = sample.conditions[self.condition].transpose(2, 0, 1)
+        return {
+            "pixel_values": image.float() / 127.5 - 1.0,
+            "conditioning_pixel_values": torch.from_numpy(np.ascontiguousarray(control)).float()
+            / 255.0,
+            "prompt": sample.prompt,
+            "seed": sample.seed,
+        }
