@@ -1,0 +1,416 @@
+"""Train the embedded preset's captioner: a small BLIP that reads a scene back as its prompt.
+
+The model is transformers' BlipForConditionalGeneration (a ViT image encoder and a BERT text
+decoder that cross-attends to it), narrowed to cnet.captioner.EMBEDDED, with a WordPiece
+tokenizer learned from the training prompts. The objective is BLIP's captioning loss: next-token
+cross-entropy on the prompt, starting from the decoder's "[DEC]" token, given the image.
+The automatic prompt mode runs it on generated images, which are softer than the renders, so
+the training images are blurred, noised and re-lit a little (never re-hued: colours are labels).
+
+Train:      python -m cnet train captioner --output-dir runs/captioner --max-steps 5000
+Resume:     the same command with --resume latest
+Measure:    python -m cnet train captioner --evaluate runs/captioner/captioner
+The result, <output-dir>/captioner/, is a folder cnet.captioner.load_captioner opens.
+Everything a run needs is in TrainConfig; the loop in `train` is the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnet import captioner as cap
+from cnet.train import checkpoint as ckpt
+from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
+from cnet.train.report import plot_losses, tensor_to_image
+
+SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/captioner"
+    size: str = "embedded"  # a key of SIZES; ignored when continuing from --init
+    init: str | None = None  # continue from this captioner folder (model + processor)
+    # data
+    data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
+    condition: str = "canny"  # the synthetic world renders one control map per scene; unused here
+    synth_length: int = 200_000  # scenes per synthetic epoch
+    vocabulary_examples: int = 2000  # the tokenizer learns its words from these prompts
+    num_workers: int = 0
+    augment: bool = True
+    # optimisation (per process; the global batch is batch_size x accumulation x processes)
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    warmup_steps: int = 200
+    cooldown_steps: int = 1000  # the learning rate falls linearly to 0 over the last steps
+    weight_decay: float = 0.05
+    max_grad_norm: float | None = 1.0
+    max_steps: int = 5000
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    # bookkeeping
+    checkpoint_every: int = 250
+    checkpoints_to_keep: int | None = 3
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validate_every: int = 500  # caption accuracy on held-out scenes; 0: never
+    num_validation_scenes: int = 100
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]  # one per optimizer step, mean over processes and accumulation
+    captioner_dir: Path
+    accuracy: float | None  # on the validation scenes at the end; None without validation
+
+
+@dataclass
+class CaptionReport:
+    accuracy: float  # share of captions whose object and colour words are all correct
+    count: int
+    mistakes: list[tuple[str, str]]  # (reference prompt, caption)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def blip_pixels(pixel_values: torch.Tensor, processor) -> torch.Tensor:
+    """Images in [-1, 1] (the training data's convention) as BLIP's normalised input."""
+    images = (pixel_values.float() + 1.0) / 2.0
+    size = processor.image_processor.size
+    if images.shape[-2:] != (size["height"], size["width"]):
+        images = torch.nn.functional.interpolate(
+            images, (size["height"], size["width"]), mode="bicubic", antialias=True
+        ).clamp(0, 1)
+    mean = torch.tensor(processor.image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_processor.image_std).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def augment(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Blur, noise, brightness and contrast: what separates a generated image from a render."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    images = (pixel_values.float() + 1.0) / 2.0
+    n = images.shape[0]
+    u = torch.rand(n, 5, generator=generator)
+    out = []
+    for image, (blur, sigma, contrast, brightness, noise) in zip(images, u, strict=True):
+        if blur < 0.5:
+            image = gaussian_blur(image, kernel_size=5, sigma=0.3 + 1.2 * float(sigma))
+        mean = image.mean()
+        image = (image - mean) * (0.85 + 0.3 * contrast) + mean + 0.12 * (brightness - 0.5)
+        image = image + 0.03 * noise * torch.randn(image.shape, generator=generator)
+        out.append(image.clamp(0, 1))
+    return torch.stack(out) * 2.0 - 1.0
+
+
+def caption_targets(tokenizer, prompts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Decoder inputs and labels: "[DEC] words [SEP]", padding ignored by the loss.
+
+    BERT tokenizers start with [CLS]; BLIP's decoder starts from [DEC] (its bos token), which is
+    also what generate() feeds it, so training and captioning see the same first token.
+    """
+    encoded = tokenizer(
+        prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    input_ids = encoded.input_ids.clone()
+    input_ids[:, 0] = tokenizer.bos_token_id
+    labels = input_ids.masked_fill(encoded.attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": encoded.attention_mask, "labels": labels}
+
+
+def caption_loss(
+    model, processor, pixel_values: torch.Tensor, prompts: list[str], max_length: int
+) -> torch.Tensor:
+    """BLIP's captioning objective on a batch of [-1, 1] images and their prompts."""
+    device = next(model.parameters()).device
+    targets = caption_targets(processor.tokenizer, prompts, max_length)
+    return model(
+        pixel_values=blip_pixels(pixel_values, processor).to(device),
+        **{k: v.to(device) for k, v in targets.items()},
+    ).loss
+
+
+def vocabulary(dataset, count: int) -> list[str]:
+    """The prompts of `count` examples spread over the dataset: the tokenizer's corpus."""
+    count = min(count, len(dataset))
+    return [dataset[i * len(dataset) // count]["prompt"] for i in range(count)]
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+def evaluate_captioner(
+    captioner: cap.Captioner,
+    count: int = 100,
+    data: str = SYNTHETIC,
+    split: str = "test",
+    condition: str = "canny",
+    batch_size: int = 32,
+) -> CaptionReport:
+    """Caption `count` held-out scenes; score object and colour words against their prompts."""
+    resolution = captioner.processor.image_processor.size["height"]
+    dataset = open_dataset(data, resolution, condition, max(count, 1), split)
+    count = min(count, len(dataset))
+    examples = [dataset[i * len(dataset) // count] for i in range(count)]
+    references = [e["prompt"] for e in examples]
+    captions: list[str] = []
+    for start in range(0, count, batch_size):
+        chunk = examples[start : start + batch_size]
+        captions += captioner(
+            [tensor_to_image(e["pixel_values"]) for e in chunk], max_new_tokens=40
+        )
+    mistakes = [
+        (ref, caption)
+        for ref, caption in zip(references, captions, strict=True)
+        if not cap.caption_is_correct(caption, ref)
+    ]
+    return CaptionReport(cap.caption_accuracy(captions, references), count, mistakes)
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Path):
+    """Model and processor: from the checkpoint, from --init's folder, or a new BLIP."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    if resume_dir:
+        # from_pretrained, not load_state_dict: it re-ties BLIP's shared word embeddings.
+        model = BlipForConditionalGeneration.from_pretrained(
+            resume_dir / "captioner", dtype=torch.float32
+        )
+        return model, BlipProcessor.from_pretrained(processor_dir)
+    if config.init:
+        model = BlipForConditionalGeneration.from_pretrained(config.init, dtype=torch.float32)
+        return model, BlipProcessor.from_pretrained(config.init)
+    if config.size not in SIZES:
+        raise ValueError(f"--size must be one of {sorted(SIZES)}, got {config.size!r}.")
+    size = SIZES[config.size]
+    dataset = open_dataset(config.data, size.image_size, config.condition, config.synth_length)
+    tokenizer = cap.build_tokenizer(vocabulary(dataset, config.vocabulary_examples))
+    return cap.build_captioner(size, tokenizer)
+
+
+def model_card(config: TrainConfig, model, step: int, losses: list[float], accuracy) -> str:
+    vision, text = model.config.vision_config, model.config.text_config
+    params = sum(p.numel() for p in model.parameters())
+    measured = "not measured" if accuracy is None else f"{accuracy:.3f}"
+    return f"""# Embedded captioner (BLIP architecture)
+
+BlipForConditionalGeneration trained from scratch by `python -m cnet train captioner` to caption
+the synthetic scene world for the automatic prompt mode. Load with
+`cnet.captioner.load_captioner(this_folder)`.
+
+- Vision: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size},
+  {vision.image_size} px input, {vision.patch_size} px patches.
+- Text decoder: BERT, {text.num_hidden_layers} layers, width {text.hidden_size},
+  {text.vocab_size} WordPiece tokens learned from the training prompts (any word tokenizes).
+- Parameters: {params / 1e6:.2f} M (stored in fp16).
+- Data: {config.data} (rendered scenes -> their prompts), augmented: {config.augment}.
+- Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps},
+  learning rate {config.learning_rate}.
+- Final loss (mean of the last 100 steps): {np.mean(losses[-100:]) if losses else float("nan"):.4f}
+- Caption accuracy (object and colour words all correct) on {config.num_validation_scenes}
+  held-out scenes: {measured}
+"""
+
+
+def train(config: TrainConfig) -> TrainResult:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    output_dir = Path(config.output_dir)
+    resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    device, rank = accelerator.device, accelerator.process_index
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+
+    # A run writes its processor (tokenizer) once; checkpoints hold only the weights.
+    processor_dir = output_dir / "processor"
+    model, processor = start_model(config, resume_dir, processor_dir)
+    if not resume_dir and accelerator.is_main_process:
+        processor.save_pretrained(processor_dir)
+    resolution = processor.image_processor.size["height"]
+    max_length = model.config.text_config.max_position_embeddings
+    dataset = open_dataset(config.data, resolution, config.condition, config.synth_length)
+    model.to(device).train()
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    generators = {"augment": torch.Generator().manual_seed(config.seed * 1000 + rank)}
+    step, losses, accuracies = 0, [], []
+    if resume_dir:
+        # The weights came in through start_model: here the optimizer and random streams.
+        optimizers = {"optimizer": optimizer}
+        saved = ckpt.load_checkpoint(accelerator, resume_dir, {}, optimizers, generators)
+        step, losses, accuracies = saved["step"], saved["losses"], saved["accuracies"]
+        accelerator.print(f"Resumed from {resume_dir} at step {step}.")
+
+    batches = batch_stream(
+        dataset,
+        config.batch_size,
+        config.seed,
+        start=step * config.gradient_accumulation_steps,
+        process_index=rank,
+        num_processes=accelerator.num_processes,
+        num_workers=config.num_workers,
+    )
+    params = sum(p.numel() for p in model.parameters())
+    accelerator.print(
+        f"Training a {params / 1e6:.2f} M-parameter BLIP captioner on {config.data} "
+        f"({len(dataset)} examples, {resolution} px) on {accelerator.num_processes} x {device}."
+    )
+
+    def validate() -> float:
+        unwrapped = accelerator.unwrap_model(model)
+        live = cap.Captioner(unwrapped, processor, device, torch.float32, source="training")
+        report = evaluate_captioner(
+            live, config.num_validation_scenes, config.data, "test", config.condition
+        )
+        unwrapped.train()
+        return report.accuracy
+
+    def save(step: int) -> None:
+        state = {"step": step, "losses": losses, "accuracies": accuracies, "config": asdict(config)}
+        ckpt.save_checkpoint(
+            accelerator,
+            ckpt.checkpoint_dir(output_dir, step),
+            {"captioner": model},
+            {"optimizer": optimizer},
+            state,
+            generators,
+            keep=config.checkpoints_to_keep,
+        )
+        if accelerator.is_main_process:
+            plot_losses({"caption": losses}, output_dir / "loss.png", "Captioner training")
+
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        disable=not accelerator.is_local_main_process,
+        desc="captioner",
+        unit="step",
+    )
+    while step < config.max_steps:
+        warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        remaining = (
+            (config.max_steps - step) / config.cooldown_steps if config.cooldown_steps else 1
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * min(warmup, remaining, 1.0)
+
+        step_loss = torch.zeros((), device=device)
+        for micro_step in range(config.gradient_accumulation_steps):
+            batch = next(batches)
+            pixel_values = batch["pixel_values"]
+            if config.augment:
+                pixel_values = augment(pixel_values, generators["augment"])
+            last = micro_step == config.gradient_accumulation_steps - 1
+            # Skip the gradient all-reduce on accumulation micro-steps (no-op on one process).
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with accelerator.autocast():
+                    loss = caption_loss(model, processor, pixel_values, batch["prompt"], max_length)
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            step_loss += loss.detach() / config.gradient_accumulation_steps
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        losses.append(accelerator.gather(step_loss[None]).mean().item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(
+                f"The loss became {losses[-1]} at step {step}; lower --learning-rate."
+            )
+        progress.update(1)
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        if config.validate_every and step % config.validate_every == 0:
+            if accelerator.is_main_process:
+                accuracies.append((step, validate()))
+                accelerator.print(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
+            accelerator.wait_for_everyone()
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            save(step)
+    progress.close()
+
+    captioner_dir = output_dir / "captioner"
+    accuracy = accuracies[-1][1] if accuracies and accuracies[-1][0] == step else None
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if accuracy is None and config.validate_every:
+            accuracy = validate()
+        cap.save_captioner(unwrapped, processor, captioner_dir, dtype=torch.float16)
+        (captioner_dir / "README.md").write_text(
+            model_card(config, unwrapped, step, losses, accuracy)
+        )
+        summary = {
+            "steps": step,
+            "final_loss": losses[-1] if losses else None,
+            "mean_loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+            "accuracies": accuracies,
+            "accuracy": accuracy,
+            "config": asdict(config),
+        }
+        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return TrainResult(step, losses, captioner_dir, accuracy)
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """`python -m cnet train captioner`: one flag per TrainConfig field, plus --evaluate."""
+    defaults = TrainConfig()
+    for field in fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            continue
+        kind = {"int": int, "float": float}.get(str(field.type).split(" |")[0], str)
+        parser.add_argument(flag, type=kind, default=default, metavar=field.name.upper())
+    parser.add_argument(
+        "--evaluate",
+        metavar="CAPTIONER",
+        help="do not train: measure this captioner (folder or hub id) on held-out scenes",
+    )
+    parser.add_argument("--scenes", type=int, default=200, help="held-out scenes for --evaluate")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.evaluate:
+        try:
+            captioner = cap.load_captioner(args.evaluate)
+        except cap.CaptionerUnavailable as err:
+            print(err)
+            return 1
+        report = evaluate_captioner(captioner, args.scenes, args.data, "test", args.condition)
+        print(f"caption accuracy: {report.accuracy:.3f} on {report.count} held-out scenes")
+        for reference, caption in report.mistakes[:10]:
+            print(f"  expected: {reference}\n  captioned: {caption}")
+        return 0
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    result = train(TrainConfig(**values))
+    print(f"Saved the captioner to {result.captioner_dir} after {result.step} steps.")
+    return 0

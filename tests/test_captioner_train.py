@@ -1,0 +1,175 @@
+"""Training the small BLIP captioner: targets, loss, augmentation, the loop, resume, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnet import captioner as cap
+from cnet.train import captioner as train_cap
+
+COLOURS = {
+    "red": (200, 30, 35),
+    "blue": (35, 75, 200),
+    "green": (40, 150, 60),
+    "yellow": (235, 205, 40),
+}
+PROMPTS = [f"a {name} cube on a white background" for name in COLOURS]
+
+
+def colour_images(size: int = 32) -> torch.Tensor:
+    """One [-1, 1] image per colour: a coloured square on white."""
+    images = []
+    for rgb in COLOURS.values():
+        array = np.full((size, size, 3), 245, np.uint8)
+        array[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = rgb
+        images.append(torch.from_numpy(array).permute(2, 0, 1).float() / 127.5 - 1.0)
+    return torch.stack(images)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return ((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return cap.build_captioner(cap.TINY, cap.build_tokenizer(PROMPTS))
+
+
+def test_targets_start_at_dec_end_at_sep_and_ignore_padding(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    targets = train_cap.caption_targets(tok, ["a red cube", "a cube"], max_length=16)
+    ids, labels = targets["input_ids"], targets["labels"]
+    assert (ids[:, 0] == tok.bos_token_id).all()
+    assert ids[0].tolist().count(tok.sep_token_id) == 1
+    assert (labels[1, -1] == -100) and (ids[1, -1] == tok.pad_token_id)
+    assert (labels[targets["attention_mask"] == 1] >= 0).all()
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny):
+    model, processor = tiny
+    images = colour_images()
+    max_length = model.config.text_config.max_position_embeddings
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = train_cap.caption_loss(model, processor, images, PROMPTS, max_length)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_blip_pixels_match_the_processor(tiny):
+    _, processor = tiny
+    images = colour_images()
+    pil = [
+        Image.fromarray(((x.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()) for x in images
+    ]
+    expected = processor(images=pil, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(train_cap.blip_pixels(images, processor), expected, atol=1e-2)
+
+
+def test_augmentation_is_reproducible_and_keeps_the_colours():
+    images = colour_images()
+    first = train_cap.augment(images, torch.Generator().manual_seed(1))
+    again = train_cap.augment(images, torch.Generator().manual_seed(1))
+    other = train_cap.augment(images, torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.shape == images.shape and first.min() >= -1 and first.max() <= 1
+    centre = first[:, :, 14:18, 14:18].mean(dim=(2, 3))  # the square's colour, per image
+    assert (centre.argmax(dim=1) == images[:, :, 16, 16].argmax(dim=1)).all()
+
+
+@pytest.fixture
+def caption_folder(tmp_path) -> Path:
+    """An image folder with metadata.jsonl, as cnet.train.data reads it."""
+    root = tmp_path / "data"
+    root.mkdir()
+    lines = []
+    for i, (image, prompt) in enumerate(zip(colour_images(), PROMPTS, strict=True)):
+        array = to_uint8(image)
+        Image.fromarray(array).save(root / f"{i}.png")
+        Image.fromarray(255 - array).save(root / f"{i}-map.png")
+        line = {"image": f"{i}.png", "conditioning_image": f"{i}-map.png", "text": prompt}
+        lines.append(json.dumps(line))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_config(data: Path, out: Path, **changes) -> train_cap.TrainConfig:
+    settings = dict(
+        output_dir=str(out),
+        size="tiny",
+        data=str(data),
+        batch_size=2,
+        learning_rate=3e-3,
+        warmup_steps=0,
+        cooldown_steps=0,
+        max_steps=4,
+        checkpoint_every=2,
+        validate_every=4,
+        num_validation_scenes=4,
+        vocabulary_examples=4,
+    )
+    settings.update(changes)
+    return train_cap.TrainConfig(**settings)
+
+
+def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder, tmp_path):
+    whole = train_cap.train(tiny_config(caption_folder, tmp_path / "whole"))
+    out = tmp_path / "whole"
+    assert whole.step == 4 and len(whole.losses) == 4
+    assert (out / "loss.png").is_file()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]
+    assert 0.0 <= whole.accuracy <= 1.0
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == 4 and summary["accuracy"] == whole.accuracy
+
+    captioner = cap.load_captioner(whole.captioner_dir, device="cpu")
+    assert "Caption accuracy" in (whole.captioner_dir / "README.md").read_text()
+    assert len(captioner([Image.new("RGB", (32, 32), "red")])) == 1
+
+    resumed = train_cap.train(
+        tiny_config(
+            caption_folder,
+            out,
+            resume=str(out / "checkpoints" / "step-0000002"),
+            checkpoints_to_keep=None,
+        )
+    )
+    assert resumed.losses[:2] == whole.losses[:2]  # the history comes back from the checkpoint
+    assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
+
+
+def test_evaluate_scores_captions_against_the_held_out_prompts(caption_folder, tmp_path):
+    result = train_cap.train(
+        tiny_config(caption_folder, tmp_path / "run", max_steps=2, validate_every=0)
+    )
+    captioner = cap.load_captioner(result.captioner_dir, device="cpu")
+    report = train_cap.evaluate_captioner(captioner, count=4, data=str(caption_folder))
+    assert report.count == 4
+    assert report.accuracy == pytest.approx(1 - len(report.mistakes) / 4)
+    assert {ref for ref, _ in report.mistakes} <= set(PROMPTS)
+
+
+def test_command_line_flags_and_a_missing_captioner(capsys, tmp_path):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    train_cap.configure(parser)
+    args = parser.parse_args(["--max-steps", "3", "--learning-rate", "1e-3", "--no-augment"])
+    assert args.max_steps == 3 and args.learning_rate == 1e-3 and args.augment is False
+    assert args.threads is None and args.resume is None
+
+    missing = tmp_path / "nothing-here"
+    assert train_cap.run(parser.parse_args(["--evaluate", str(missing)])) == 1
+    assert str(missing) in capsys.readouterr().out
