@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from cnet.evaluate import (
+    color_accuracy,
+    edge_f1,
+    empty_scene,
+    foreground_iou,
+    format_table,
+    mean_scores,
+    object_colors,
+    score,
+)
+from cnet.synth import generate, split_seeds
+from cnet.synth.palette import OBJECT_COLORS
+
+SEEDS = list(split_seeds("test", 12))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [generate(seed, 128) for seed in SEEDS]
+
+
+def test_the_target_itself_scores_high_and_the_empty_scene_scores_zero(samples):
+    for sample in samples:
+        assert foreground_iou(sample.image, sample) > 0.8
+        assert color_accuracy(sample.image, sample) == 1.0
+        assert foreground_iou(empty_scene(sample), sample) == 0.0
+
+
+def test_a_repainted_object_is_read_as_its_new_colour(samples):
+    sample = samples[0]
+    obj = sample.attributes["objects"][0]
+    other = next(c for c in ("blue", "yellow") if c != obj["color"])
+    albedo = sample.render.albedo * 255
+    shade = sample.image.astype(np.float32).sum(2) / np.maximum(albedo.sum(2), 1e-3)
+    repainted = sample.image.copy()
+    mask = sample.masks[0]
+    painted = shade[mask][:, None] * np.array(OBJECT_COLORS[other], np.float32)
+    repainted[mask] = np.clip(painted, 0, 255).astype(np.uint8)
+    assert object_colors(repainted, sample)[0] == other
+    assert color_accuracy(repainted, sample) < 1.0
+
+
+def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
+    sample = samples[1]
+    canny = sample.conditions["canny"]
+    assert edge_f1(sample.image, canny) == pytest.approx(1.0)
+    assert edge_f1(np.zeros_like(sample.image), canny) == 0.0
+    assert score(sample.image, sample, "canny").edge_f1 == pytest.approx(1.0)
+    assert score(sample.image, sample, "depth").edge_f1 is None
+
+
+def test_hough_lines_of_the_target_are_mostly_found_in_its_edges(samples):
+    with_lines = [s for s in samples if s.conditions["hough"].any()]
+    assert with_lines
+    assert np.mean([edge_f1(s.image, s.conditions["hough"]) for s in with_lines]) > 0.4
+
+
+def test_mean_and_table():
+    rows = mean_scores([score_obj(0.5, 1.0, None), score_obj(1.0, 0.0, 0.5)])
+    assert (rows.iou, rows.color_accuracy, rows.edge_f1) == (0.75, 0.5, 0.5)
+    text = format_table({"canny": {"user prompt": rows}})
+    assert "| canny | user prompt | 0.750 | 0.500 | 0.500 |" in text
+
+
+def score_obj(iou, color, edge):
+    from cnet.evaluate import Scores
+
+    return Scores(iou, color, edge)
