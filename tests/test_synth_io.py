@@ -1,0 +1,76 @@
+"""The scene world's ways out: the torch dataset, the two export layouts and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnet.__main__ import main
+from cnet.synth.sample import generate
+from cnet.synth.splits import split_seeds
+
+
+def test_dataset_items_follow_the_diffusers_layout():
+    torch = pytest.importorskip("torch")
+    from cnet.synth.dataset import SynthDataset
+
+    data = SynthDataset("validation", size=64, condition="depth", length=4)
+    assert len(data) == 4
+    item = data[1]
+    assert item["seed"] == split_seeds("validation")[1]
+    assert item["pixel_values"].shape == (3, 64, 64) and item["pixel_values"].dtype == torch.float32
+    assert item["pixel_values"].min() >= -1.0 and item["pixel_values"].max() <= 1.0
+    control = item["conditioning_pixel_values"]
+    assert control.shape == (3, 64, 64) and control.min() >= 0.0 and control.max() <= 1.0
+    expected = generate(item["seed"], 64)
+    assert item["prompt"] == expected.prompt
+    assert np.allclose(
+        control.numpy().transpose(1, 2, 0) * 255, expected.conditions["depth"], atol=1e-3
+    )
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
+    assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["prompt"]) == 2
+    with pytest.raises(ValueError, match="choose from"):
+        SynthDataset("train", condition="sketch")
+
+
+def test_fill50k_export(tmp_path):
+    assert main(["synth", "export", "fill50k", str(tmp_path), "--condition", "scribble",
+                 "--count", "3", "--size", "64", "--split", "test"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "prompt.json").read_text().splitlines()]
+    assert len(lines) == 3
+    for number, line in enumerate(lines):
+        seed = split_seeds("test")[number]
+        expected = generate(seed, 64, ["scribble"])
+        assert line == {"source": f"source/{number}.png", "target": f"target/{number}.png",
+                        "prompt": expected.prompt}  # fmt: skip
+        assert np.array_equal(np.array(Image.open(tmp_path / line["target"])), expected.image)
+        source = np.array(Image.open(tmp_path / line["source"]))
+        assert np.array_equal(source, expected.conditions["scribble"])
+    attributes = [
+        json.loads(line) for line in (tmp_path / "attributes.jsonl").read_text().splitlines()
+    ]
+    assert [a["seed"] for a in attributes] == list(split_seeds("test", 3))
+
+
+def test_imagefolder_export(tmp_path):
+    assert main(["synth", "export", "imagefolder", str(tmp_path), "--condition", "seg",
+                 "--count", "2", "--size", "64", "--start", "5"]) == 0  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert [sorted(line) for line in lines] == [["conditioning_image", "image", "text"]] * 2
+    assert lines[0]["text"] == generate(5, 64).prompt
+    for line in lines:
+        assert Image.open(tmp_path / line["image"]).size == (64, 64)
+        assert Image.open(tmp_path / line["conditioning_image"]).mode == "RGB"
+
+
+def test_contact_sheet_and_render_commands(tmp_path):
+    sheet = tmp_path / "sheet.png"
+    assert main(["synth", "contact-sheet", str(sheet), "--count", "2", "--size", "64"]) == 0
+    width, height = Image.open(sheet).size
+    assert width >= 8 * 64 and height >= 2 * 64
+    assert main(["synth", "render", "4", str(tmp_path / "one"), "--size", "64"]) == 0
+    names = {p.name for p in (tmp_path / "one").iterdir()}
+    assert {"target.png", "canny.png", "normal.png", "attributes.json"} <= names
