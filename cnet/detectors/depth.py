@@ -20,7 +20,9 @@ def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
     """Any-scale depth (HxW, large = near unless `invert`) -> uint8 HxW, near = 255, far = 0."""
     values = np.nan_to_num(np.asarray(depth, dtype=np.float32))
     values = values - values.min()
-    values = values / max(float(values.max()), 1e-6)
+    span = float(values.max())
+    if span > 0:  # a flat map stays flat
+        values = values / span
     if invert:
         values = 1.0 - values
     return (values * 255.0).round().clip(0, 255).astype(np.uint8)

@@ -37,7 +37,9 @@ def normal_from_depth(
     if values.ndim == 3:
         values = values[:, :, 0]
     values = values - values.min()
-    values = values / max(float(values.max()), 1e-6)
+    span = float(values.max())
+    if span > 0:  # a flat map stays flat
+        values = values / span
     scaled = values * 255.0
     x = cv2.Sobel(scaled, cv2.CV_32F, 1, 0, ksize=3)  # > 0 where the surface turns to the left
     y = cv2.Sobel(scaled, cv2.CV_32F, 0, 1, ksize=3)  # > 0 where it turns up (image y points down)

@@ -13,7 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.detectors.base import Detector
+from cnet.detectors.base import Detector, resize_map
+from cnet.imageio import ImageLike, target_size, to_rgb_array
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -86,21 +87,37 @@ def colorize(labels: np.ndarray) -> np.ndarray:
 
 def snap_to_palette(image: np.ndarray, palette: np.ndarray = ADE20K_PALETTE) -> np.ndarray:
     """Replace every pixel by the nearest palette colour (Euclidean in RGB)."""
-    pixels = image.reshape(-1, 3)
-    colors, inverse = np.unique(pixels, axis=0, return_inverse=True)
-    difference = colors[:, None, :].astype(np.int32) - palette[None].astype(np.int32)
-    distances = (difference**2).sum(axis=-1)
-    snapped = palette[distances.argmin(axis=1)]
-    return snapped[inverse.ravel()].reshape(image.shape)
+    pixels = image.reshape(-1, 3).astype(np.int32)
+    keys = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    unique_keys, inverse = np.unique(keys, return_inverse=True)
+    colors = np.stack([unique_keys >> 16, (unique_keys >> 8) & 255, unique_keys & 255], axis=1)
+    nearest = np.empty(len(colors), np.intp)
+    reference = palette.astype(np.int32)
+    for start in range(0, len(colors), 8192):  # bounded memory for photo-like uploads
+        chunk = colors[start : start + 8192]
+        distances = ((chunk[:, None, :] - reference[None]) ** 2).sum(axis=-1)
+        nearest[start : start + 8192] = distances.argmin(axis=1)
+    return palette[nearest[inverse.ravel()]].reshape(image.shape)
 
 
-class PaletteSnapDetector(Detector):
-    """An uploaded segmentation map, snapped to the ADE20K palette."""
+class PaletteSnapDetector:
+    """An uploaded segmentation map, snapped to the ADE20K palette.
 
-    output_interpolation = cv2.INTER_NEAREST
+    Resized with nearest-neighbour on both sides so no blended border colours appear.
+    """
 
-    def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
-        return snap_to_palette(image)
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        **_: Any,
+    ) -> np.ndarray:
+        rgb = to_rgb_array(image)
+        small = resize_map(rgb, target_size(*rgb.shape[:2], detect_resolution), cv2.INTER_NEAREST)
+        snapped = snap_to_palette(small)
+        size = target_size(*small.shape[:2], image_resolution)
+        return resize_map(snapped, size, cv2.INTER_NEAREST)
 
 
 class UperNetDetector(Detector):

@@ -1,0 +1,74 @@
+"""Normal maps: a sphere's normals point outward, in control_v11p_sd15_normalbae's colours.
+
+Convention: red = left, green = up, blue = toward the viewer (ControlNet 1.1 README).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnet.conditions import detect
+from cnet.detectors.normal import normal_from_depth
+
+SIZE, RADIUS = 256, 100
+
+
+def _sphere_depth() -> np.ndarray:
+    """Near-is-bright depth of a sphere in front of a far background (0)."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    inside = RADIUS**2 - (xx - SIZE // 2) ** 2 - (yy - SIZE // 2) ** 2
+    return np.where(inside > 0, 100 + np.sqrt(np.clip(inside, 0, None)), 0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("name", "offset", "channel", "high"),
+    [
+        ("left", (0, -70), 0, True),
+        ("right", (0, 70), 0, False),
+        ("top", (-70, 0), 1, True),
+        ("bottom", (70, 0), 1, False),
+    ],
+)
+def test_sphere_normals_point_outward(name, offset, channel, high):
+    normals = normal_from_depth(_sphere_depth())
+    y, x = SIZE // 2 + offset[0], SIZE // 2 + offset[1]
+    pixel = normals[y, x].astype(int)
+    other = 1 - channel
+    if high:
+        assert pixel[channel] > 200, (name, pixel)
+    else:
+        assert pixel[channel] < 55, (name, pixel)
+    assert abs(pixel[other] - 127) <= 2  # a horizontal/vertical tilt only
+    assert 127 < pixel[2] < 255  # still partly toward the viewer
+
+
+def test_sphere_centre_and_background_face_the_viewer():
+    normals = normal_from_depth(_sphere_depth())
+    assert tuple(normals[SIZE // 2, SIZE // 2]) == (127, 127, 255)
+    assert tuple(normals[3, 3]) == (127, 127, 255)
+
+
+def test_diagonal_quadrant_mixes_left_and_up():
+    normals = normal_from_depth(_sphere_depth()).astype(int)
+    top_left = normals[SIZE // 2 - 50, SIZE // 2 - 50]
+    bottom_right = normals[SIZE // 2 + 50, SIZE // 2 + 50]
+    assert top_left[0] > 160 and top_left[1] > 160
+    assert bottom_right[0] < 95 and bottom_right[1] < 95
+
+
+def test_normals_are_unit_vectors():
+    n = normal_from_depth(_sphere_depth()).astype(np.float32) / 127.5 - 1.0
+    assert np.allclose(np.linalg.norm(n, axis=2), 1.0, atol=0.03)
+
+
+def test_uploaded_depth_backend_and_invert():
+    depth = _sphere_depth()
+    control = detect("normal", depth, backend="depth_map", detect_resolution=SIZE,
+                     image_resolution=SIZE)  # fmt: skip
+    assert control.shape == (SIZE, SIZE, 3)
+    assert control[SIZE // 2, SIZE // 2 - 70, 0] > 200
+    far_bright = depth.max() - depth
+    inverted = detect("normal", far_bright, backend="depth_map", invert=True,
+                      detect_resolution=SIZE, image_resolution=SIZE)  # fmt: skip
+    assert np.abs(inverted.astype(int) - control.astype(int)).max() <= 1

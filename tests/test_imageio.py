@@ -1,0 +1,129 @@
+"""Input conversion: every kind of upload becomes uint8 HxWx3 RGB, the right way up."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnet.imageio import (
+    ImageInputError,
+    resize_to_resolution,
+    target_size,
+    to_grey_float,
+    to_rgb_array,
+    to_rgba_array,
+)
+
+
+def _gradient(height: int = 40, width: int = 60) -> np.ndarray:
+    y, x = np.mgrid[:height, :width]
+    return np.stack([x * 4, y * 6, (x + y) * 2], axis=2).clip(0, 255).astype(np.uint8)
+
+
+def test_rgb_passes_through_unchanged():
+    rgb = _gradient()
+    assert np.array_equal(to_rgb_array(rgb), rgb)
+    assert np.array_equal(to_rgb_array(Image.fromarray(rgb)), rgb)
+
+
+def test_grey_becomes_three_equal_channels():
+    grey = _gradient()[:, :, 0]
+    for source in (grey, grey[:, :, None], Image.fromarray(grey)):
+        out = to_rgb_array(source)
+        assert out.shape == grey.shape + (3,)
+        assert np.array_equal(out[:, :, 0], grey) and np.array_equal(out[:, :, 2], grey)
+
+
+def test_rgba_is_composited_on_white_or_given_background():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:2, :, 3] = 255  # top half opaque red-ish, bottom half transparent
+    out = to_rgb_array(rgba)
+    assert tuple(out[0, 0]) == (200, 0, 0)
+    assert tuple(out[3, 0]) == (255, 255, 255)
+    assert tuple(to_rgb_array(rgba, background=(51, 51, 51))[3, 0]) == (51, 51, 51)
+    assert tuple(to_rgb_array(rgba, background=None)[3, 0]) == (200, 0, 0)
+
+
+def test_palette_image_with_transparency():
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([10, 20, 30, 250, 0, 0] + [0] * 762)
+    image.putpixel((1, 1), 1)
+    image.info["transparency"] = 0
+    out = to_rgb_array(image)
+    assert tuple(out[1, 1]) == (250, 0, 0)
+    assert tuple(out[0, 0]) == (255, 255, 255)  # transparent index composited on white
+
+
+def test_16_bit_images_keep_their_range():
+    wide = (np.linspace(0, 65535, 64).reshape(8, 8)).astype(np.uint16)
+    out = to_rgb_array(wide)
+    assert out.dtype == np.uint8 and out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+    png = io.BytesIO()
+    Image.fromarray(wide).save(png, format="PNG")
+    png.seek(0)
+    grey = to_grey_float(Image.open(png))
+    assert grey.dtype == np.float32
+    assert len(np.unique(grey)) == 64  # 16-bit steps survive, 8-bit would merge some
+    assert grey.min() == 0.0 and grey.max() == 1.0
+
+
+def test_float_images_in_unit_range():
+    out = to_rgb_array(np.full((3, 3, 3), 0.5, np.float32))
+    assert out[0, 0, 0] == 128
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = np.zeros((20, 40, 3), np.uint8)
+    rgb[:, :20] = (255, 0, 0)  # left half red, landscape
+    image = Image.fromarray(rgb)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored image must be rotated 90 degrees clockwise to display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=95)
+    out = to_rgb_array(path)
+    assert out.shape[:2] == (40, 20)  # portrait after applying orientation
+    assert out[5, 10, 0] > 200 and out[35, 10, 0] < 60  # red is now on top
+
+
+def test_cmyk_and_path_inputs(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (10, 10), (0, 255, 255, 0)).save(path)
+    out = to_rgb_array(str(path))
+    assert out.shape == (10, 10, 3) and out[0, 0, 0] > 200 and out[0, 0, 1] < 60
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((0, 5, 3), np.uint8), np.zeros((4, 4, 2), np.uint8), "missing.png", 42],
+)
+def test_bad_inputs_raise_a_user_facing_error(bad):
+    with pytest.raises(ImageInputError):
+        to_rgb_array(bad)
+
+
+def test_corrupt_file_raises(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ImageInputError, match="broken.png"):
+        to_rgb_array(path)
+
+
+def test_rgba_of_opaque_image_is_opaque():
+    assert (to_rgba_array(_gradient())[:, :, 3] == 255).all()
+
+
+@pytest.mark.parametrize(
+    ("shape", "resolution", "expected"),
+    [((512, 512), 512, (512, 512)), ((300, 451), 512, (512, 768)), ((1080, 1920), 512, (512, 896))],
+)
+def test_target_size_rounds_to_multiples_of_64(shape, resolution, expected):
+    assert target_size(*shape, resolution) == expected
+
+
+def test_resize_to_resolution_shapes():
+    out = resize_to_resolution(_gradient(300, 451), 512)
+    assert out.shape == (512, 768, 3) and out.dtype == np.uint8
