@@ -24,7 +24,7 @@ SAMPLES_PER_EDGE = 32
 HIDDEN_EDGE_TOLERANCE = 0.03  # relative depth by which an edge may lie behind the visible surface
 
 
-@dataclass
+@dataclass(eq=False)
 class Render:
     scene: Scene = field(repr=False)
     ids: np.ndarray  # (H, W) uint8
