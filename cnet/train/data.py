@@ -123,6 +123,18 @@ def open_dataset(
     )
 
 
+def prompts_of(dataset: Dataset, count: int) -> list[str]:
+    """The first `count` prompts of a data source, without loading or rendering images."""
+    if isinstance(dataset, PairedImageDataset):
+        return [prompt for _, _, prompt in dataset.records[:count]]
+    from cnet.synth.dataset import SynthDataset
+    from cnet.synth.scene import sample_scene
+
+    if isinstance(dataset, SynthDataset):
+        return [sample_scene(seed).prompt for seed in dataset.seeds[:count]]
+    return [dataset[i]["prompt"] for i in range(min(count, len(dataset)))]
+
+
 class StepBatches(Sampler[list[int]]):
     """Endless batches of dataset indices, a pure function of (seed, micro-batch number).
 

@@ -1,0 +1,1 @@
+"""Training: ControlNets as the paper describes (controlnet.py) and the embedded base (base.py)."""

@@ -1,0 +1,398 @@
+"""Train the embedded preset's base model from scratch: the SD 1.5 families, small.
+
+Three parts, as Stable Diffusion 1.5 has, trained in two phases on the same data:
+1. the VAE (8x down-sampling, 4 latent channels): reconstruction (L1) plus a small KL term, as
+   SD's autoencoder without its perceptual and adversarial terms, which flat-shaded synthetic
+   scenes do not need; then the latent scaling factor is measured (1 / std of the latents);
+2. the UNet with cross-attention, and with it the CLIP text encoder: SD borrows a text encoder
+   trained contrastively on web captions; we have no such corpus, so the text encoder learns
+   through the diffusion loss itself (prompts dropped 10 % of the time for classifier-free
+   guidance). The tokenizer is a byte-level BPE learned from the data's prompts, so any word
+   still tokenizes.
+The result is one diffusers pipeline folder (`<output_dir>/base/`, model_index.json) that
+StableDiffusionControlNetPipeline.from_pretrained opens, ready for `cnet train controlnet`.
+
+Run:  python -m cnet train base --output-dir runs/base   (resume: add --resume latest)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnet.train import checkpoint as ckpt
+from cnet.train.controlnet import drop_prompts, lock, place, tokenize
+from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
+from cnet.train.report import image_grid, plot_losses, tensor_to_image
+
+PHASES = ("vae", "unet")
+# Fixed phrases the app adds to prompts: learned as merges, they cost few tokens.
+APP_PHRASES = (
+    "a professional, detailed, high-quality image",
+    "best quality, extremely detailed",
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality",
+)
+
+
+@dataclass
+class BaseTrainConfig:
+    output_dir: str = "runs/base"
+    architecture: str = "small"  # "small" | "tiny": the widths in cnet.architecture
+    # data
+    data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
+    synth_length: int = 50_000  # scenes per synthetic epoch
+    condition: str = "canny"  # read along by the data source; the base never sees it
+    corpus: str | None = None  # a text file, one sentence a line, for the tokenizer
+    corpus_examples: int = 5_000  # else: this many of the data's prompts
+    num_workers: int = 0
+    # optimisation (per process)
+    batch_size: int = 16
+    vae_steps: int = 5_000
+    vae_learning_rate: float = 2e-4
+    kl_weight: float = 1e-6
+    unet_steps: int = 30_000
+    unet_learning_rate: float = 2e-4
+    text_encoder_learning_rate: float = 1e-4
+    proportion_empty_prompts: float = 0.1  # unconditional examples for classifier-free guidance
+    warmup_steps: int = 200
+    weight_decay: float = 1e-2
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    # bookkeeping
+    checkpoint_every: int = 500
+    checkpoints_to_keep: int | None = 2
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validate_every: int = 1_000  # 0: never
+    num_validation_images: int = 4
+    validation_inference_steps: int = 20
+    validation_guidance_scale: float = 9.0
+
+
+class VAEObjective(torch.nn.Module):
+    """Encode, sample, decode: forward() returns (reconstruction loss, KL) so DDP can wrap it."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator):
+        posterior = self.vae.encode(pixel_values).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator)).sample
+        return F.l1_loss(reconstruction.float(), pixel_values.float()), posterior.kl().mean()
+
+
+def vae_loss(objective, batch, generator, kl_weight: float) -> torch.Tensor:
+    pixel_values = batch["pixel_values"].to(generator.device)
+    reconstruction, kl = objective(pixel_values, generator)
+    return reconstruction + kl_weight * kl
+
+
+def unet_loss(parts: dict, batch, generator, prompt_generator, proportion_empty: float):
+    """The plain diffusion objective: predict the added noise, text through cross-attention."""
+    device, vae = generator.device, parts["vae"]
+    with torch.no_grad():
+        pixel_values = batch["pixel_values"].to(device, vae.dtype)
+        latents = vae.encode(pixel_values).latent_dist.sample(generator)
+        latents = latents * vae.config.scaling_factor
+    prompts = drop_prompts(batch["prompt"], proportion_empty, prompt_generator)
+    text = parts["text_encoder"](tokenize(parts["tokenizer"], prompts).to(device))[0]
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    scheduler = parts["scheduler"]
+    timesteps = torch.randint(
+        0,
+        scheduler.config.num_train_timesteps,
+        (latents.shape[0],),
+        generator=generator,
+        device=device,
+    )
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    prediction = parts["unet"](noisy, timesteps, text, return_dict=False)[0]
+    return F.mse_loss(prediction.float(), noise.float())
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, dataset, batch_size: int, device, batches: int = 8) -> float:
+    """1 / std of the latents, so the UNet sees unit-variance inputs (SD 1.5: 0.18215)."""
+    generator = torch.Generator(device).manual_seed(0)
+    stream = batch_stream(dataset, batch_size, seed=12345)
+    latents = [
+        vae.encode(next(stream)["pixel_values"].to(device, vae.dtype)).latent_dist.sample(generator)
+        for _ in range(batches)
+    ]
+    return float(1.0 / torch.cat(latents).float().std())
+
+
+def build_tokenizer_for(config: BaseTrainConfig, dataset, out_dir: Path):
+    from cnet.architecture import build_tokenizer
+
+    if config.corpus:
+        sentences = Path(config.corpus).read_text(encoding="utf-8").splitlines()
+    else:
+        sentences = prompts_of(dataset, config.corpus_examples)
+    arch = architecture(config.architecture)
+    return build_tokenizer(
+        [*sentences, *APP_PHRASES], out_dir, arch.tokenizer_merges, arch.max_text_length
+    )
+
+
+def architecture(name: str):
+    from cnet.architecture import SMALL, TINY
+
+    known = {"small": SMALL, "tiny": TINY}
+    if name not in known:
+        raise ValueError(f"Unknown architecture {name!r}; choose from {', '.join(known)}.")
+    return known[name]
+
+
+@torch.no_grad()
+def validate(accelerator, phase: str, parts: dict, examples: list[dict], config, path: Path):
+    """VAE phase: rows of (image, reconstruction). UNet phase: rows of (reference, sample)."""
+    from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
+
+    vae = accelerator.unwrap_model(parts["vae"])
+    images = [tensor_to_image(e["pixel_values"]) for e in examples]
+    if phase == "vae":
+        pixels = torch.stack([e["pixel_values"] for e in examples]).to(accelerator.device)
+        decoded = vae.decode(vae.encode(pixels.to(vae.dtype)).latent_dist.mode()).sample
+        samples = [tensor_to_image(d) for d in decoded]
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=accelerator.unwrap_model(parts["text_encoder"]),
+            tokenizer=parts["tokenizer"],
+            unet=accelerator.unwrap_model(parts["unet"]),
+            scheduler=UniPCMultistepScheduler.from_config(parts["scheduler"].config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        size = images[0].size[0]
+        with accelerator.autocast():
+            samples = pipe(
+                [e["prompt"] for e in examples],
+                height=size,
+                width=size,
+                num_inference_steps=config.validation_inference_steps,
+                guidance_scale=config.validation_guidance_scale,
+                generator=torch.Generator(accelerator.device).manual_seed(config.seed),
+            ).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid([list(pair) for pair in zip(images, samples, strict=True)]).save(path)
+    path.with_suffix(".txt").write_text("\n".join(e["prompt"] for e in examples) + "\n")
+
+
+def save(accelerator, config, phase, step, models, optimizer, losses, generators) -> None:
+    state = {"phase": phase, "step": step, "losses": losses, "config": asdict(config)}
+    if phase == "unet":
+        state["scaling_factor"] = models["vae"].config.scaling_factor
+    # Checkpoints count steps across both phases, so "latest" is the newest of either.
+    offset = config.vae_steps if phase == "unet" else 0
+    directory = ckpt.checkpoint_dir(config.output_dir, offset + step)
+    ckpt.save_checkpoint(
+        accelerator,
+        directory,
+        models,
+        {"optimizer": optimizer},
+        state,
+        generators,
+        keep=config.checkpoints_to_keep,
+    )
+    if accelerator.is_main_process:
+        plot_losses(losses, Path(config.output_dir) / "loss.png", "Base model training")
+
+
+def train_base(config: BaseTrainConfig) -> Path:
+    """Train (or resume) both phases; returns the saved pipeline folder."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import CLIPTokenizer
+
+    from cnet.architecture import build_components, save_pipeline_dir
+
+    output_dir = Path(config.output_dir)
+    arch = architecture(config.architecture)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    device, rank = accelerator.device, accelerator.process_index
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    dataset = open_dataset(config.data, arch.sample_size, config.condition, config.synth_length)
+
+    # Every process builds the same random initial weights from the same seed.
+    tokenizer_dir = output_dir / "tokenizer"
+    if accelerator.is_main_process and not (tokenizer_dir / "vocab.json").is_file():
+        build_tokenizer_for(config, dataset, tokenizer_dir)
+    accelerator.wait_for_everyone()
+    torch.manual_seed(config.seed)
+    parts = build_components(arch, CLIPTokenizer.from_pretrained(tokenizer_dir))
+    torch.manual_seed(config.seed + rank)
+
+    resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    saved = ckpt.read_state(resume_dir) if resume_dir else {}
+    losses = saved.get("losses", {phase: [] for phase in PHASES})
+    generators = {
+        "noise": torch.Generator(device).manual_seed(config.seed * 1000 + rank),
+        "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
+    }
+    if config.validate_every and accelerator.is_main_process:
+        held_out = (
+            open_dataset(
+                SYNTHETIC,
+                arch.sample_size,
+                config.condition,
+                config.num_validation_images,
+                "validation",
+            )
+            if config.data == SYNTHETIC
+            else dataset
+        )
+        count = min(config.num_validation_images, len(held_out))
+        examples = [held_out[i * len(held_out) // count] for i in range(count)]
+    for model in parts.values():
+        if isinstance(model, torch.nn.Module):
+            place(model, device, torch.float32)
+
+    for phase_index, phase in enumerate(PHASES):
+        if saved and PHASES.index(saved["phase"]) > phase_index:
+            continue  # finished before the checkpoint we resume from
+        if phase == "vae":
+            steps = config.vae_steps
+            objective = VAEObjective(parts["vae"])
+            objective.train()
+            groups = [
+                {"params": list(parts["vae"].parameters()), "peak_lr": config.vae_learning_rate}
+            ]
+        else:
+            steps = config.unet_steps
+            lock(parts["vae"])
+            place(parts["vae"], device, weight_dtype)
+            parts["unet"].train()
+            parts["text_encoder"].train()
+            groups = [
+                {"params": list(parts["unet"].parameters()), "peak_lr": config.unet_learning_rate},
+                {
+                    "params": list(parts["text_encoder"].parameters()),
+                    "peak_lr": config.text_encoder_learning_rate,
+                },
+            ]
+        optimizer = torch.optim.AdamW(
+            groups, lr=groups[0]["peak_lr"], weight_decay=config.weight_decay
+        )
+        if phase == "vae":
+            objective, optimizer = accelerator.prepare(objective, optimizer)
+            trained = {"vae": objective}
+        else:
+            parts["unet"], parts["text_encoder"], optimizer = accelerator.prepare(
+                parts["unet"], parts["text_encoder"], optimizer
+            )
+            trained = {"unet": parts["unet"], "text_encoder": parts["text_encoder"]}
+
+        step = 0
+        if saved and saved["phase"] == phase:
+            models = {**trained, "vae": parts["vae"]} if phase == "unet" else {"vae": parts["vae"]}
+            ckpt.load_checkpoint(
+                accelerator, resume_dir, models, {"optimizer": optimizer}, generators
+            )
+            step = saved["step"]
+            accelerator.print(f"Resumed the {phase} phase from {resume_dir} at step {step}.")
+        if phase == "unet":
+            if "scaling_factor" in saved:
+                scaling = saved["scaling_factor"]
+            else:
+                scaling = latent_scaling_factor(parts["vae"], dataset, config.batch_size, device)
+            parts["vae"].register_to_config(scaling_factor=scaling)
+            accelerator.print(f"Latent scaling factor {scaling:.5f}.")
+        saved = {}  # resumed: later phases start from their beginning
+
+        batches = batch_stream(
+            dataset,
+            config.batch_size,
+            config.seed + phase_index,
+            start=step,
+            process_index=rank,
+            num_processes=accelerator.num_processes,
+            num_workers=config.num_workers,
+        )
+
+        progress = tqdm(
+            total=steps,
+            initial=step,
+            disable=not accelerator.is_local_main_process,
+            desc=phase,
+            unit="step",
+        )
+        while step < steps:
+            warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * warmup
+            batch = next(batches)
+            with accelerator.autocast():
+                if phase == "vae":
+                    loss = vae_loss(objective, batch, generators["noise"], config.kl_weight)
+                else:
+                    loss = unet_loss(
+                        parts,
+                        batch,
+                        generators["noise"],
+                        generators["prompts"],
+                        config.proportion_empty_prompts,
+                    )
+            accelerator.backward(loss)
+            if config.max_grad_norm:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            losses[phase].append(accelerator.gather(loss.detach()[None]).mean().item())
+            if not math.isfinite(losses[phase][-1]):
+                raise FloatingPointError(
+                    f"The {phase} loss became {losses[phase][-1]} at step {step}; lower the "
+                    f"--{phase}-learning-rate."
+                )
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[phase][-1]:.4f}")
+            if step % config.checkpoint_every == 0 or step == steps:
+                models = {"vae": parts["vae"], **(trained if phase == "unet" else {})}
+                save(accelerator, config, phase, step, models, optimizer, losses, generators)
+            if config.validate_every and step % config.validate_every == 0:
+                if accelerator.is_main_process:
+                    path = output_dir / "validation" / f"{phase}-step-{step:07d}.png"
+                    validate(accelerator, phase, parts, examples, config, path)
+                accelerator.wait_for_everyone()
+        progress.close()
+        if phase == "vae":
+            parts["vae"] = accelerator.unwrap_model(objective).vae
+
+    base_dir = output_dir / "base"
+    if accelerator.is_main_process:
+        components = {
+            name: accelerator.unwrap_model(part) if isinstance(part, torch.nn.Module) else part
+            for name, part in parts.items()
+        }
+        components["vae"].to(torch.float32)
+        save_pipeline_dir(components, base_dir, arch)
+        summary = {
+            "final_loss": {
+                phase: values[-1] if values else None for phase, values in losses.items()
+            },
+            "steps": {phase: len(values) for phase, values in losses.items()},
+            "scaling_factor": components["vae"].config.scaling_factor,
+            "config": asdict(config),
+        }
+        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return base_dir

@@ -1,0 +1,149 @@
+"""Checkpoints that resume exactly: weights, optimizer, loop state and every random number stream.
+
+A checkpoint is a folder `<output_dir>/checkpoints/step-0000500/` holding
+  <model>/            one diffusers / transformers folder per trained model (safetensors)
+  optimizer.pt        the optimizer state (and grad-scaler state under fp16)
+  state.json          the loop's own state: step, loss history, mode flags, config
+  rng-<process>.pt    each process's random states (python, numpy, torch, CUDA, named generators)
+It is written under a temporary name and renamed when complete, so a run killed while saving
+never leaves a half-written checkpoint for `--resume latest` to pick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE).is_file())
+
+
+def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
+    """`resume` is None, "latest" (the newest checkpoint of output_dir, if any) or a folder."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a checkpoint (no {STATE} in it). Checkpoints are the folders under "
+            f"{Path(output_dir) / CHECKPOINTS}; pass one of them, or --resume latest."
+        )
+    return path
+
+
+def read_state(directory: Path) -> dict:
+    return json.loads((directory / STATE).read_text())
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for name, generator in generators.items():
+        generator.set_state(state["generators"][name])
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load the safetensors file(s) that save_pretrained wrote in `folder` into `model`."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No .safetensors weights in {folder}: the checkpoint is partial.")
+    weights = {}
+    for file in files:
+        weights.update(load_file(file))
+    model.load_state_dict(weights)
+
+
+def save_checkpoint(
+    accelerator,
+    directory: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict,
+    generators: dict[str, torch.Generator],
+    keep: int | None = None,
+) -> Path:
+    """Write a checkpoint from every process (each saves its own random states)."""
+    partial = directory.with_name(directory.name + ".partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for name, model in models.items():
+            accelerator.unwrap_model(model).save_pretrained(partial / name, safe_serialization=True)
+        for name, optimizer in optimizers.items():
+            torch.save(optimizer.state_dict(), partial / f"{name}.pt")
+        if accelerator.scaler is not None:
+            torch.save(accelerator.scaler.state_dict(), partial / "scaler.pt")
+        (partial / STATE).write_text(json.dumps(state))
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(generators), partial / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+        if keep:
+            for old in list_checkpoints(directory.parent.parent)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return directory
+
+
+def load_checkpoint(
+    accelerator,
+    directory: Path,
+    models: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    generators: dict[str, torch.Generator],
+) -> dict:
+    """Restore what save_checkpoint wrote; returns the loop state."""
+    for name, model in models.items():
+        load_weights(accelerator.unwrap_model(model), directory / name)
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(torch.load(directory / f"{name}.pt", map_location="cpu"))
+    if accelerator.scaler is not None and (directory / "scaler.pt").is_file():
+        accelerator.scaler.load_state_dict(torch.load(directory / "scaler.pt"))
+    rng_file = directory / f"rng-{accelerator.process_index}.pt"
+    if not rng_file.is_file():
+        saved_by = len(list(directory.glob("rng-*.pt")))
+        raise ValueError(
+            f"{directory} was saved by {saved_by} process(es); resume it with the same number "
+            f"(accelerate launch --num_processes {saved_by})."
+        )
+    # Our own file: python's and numpy's random states are plain Python objects, not tensors.
+    set_rng_state(torch.load(rng_file, weights_only=False), generators)
+    return read_state(directory)

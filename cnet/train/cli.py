@@ -1,0 +1,151 @@
+"""`python -m cnet train controlnet|base`: every field of the config dataclass is a flag.
+
+python -m cnet train controlnet --base assets/embedded --data synth --condition canny
+accelerate launch -m cnet train controlnet --base runwayml/stable-diffusion-v1-5 --data fill50k
+python -m cnet train base --output-dir runs/base --resume latest
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from cnet.train.base import BaseTrainConfig
+from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
+
+HELP = {
+    "base": "locked base: a diffusers pipeline folder, a --model-dir folder, or a hub id",
+    "output_dir": "where checkpoints, validation grids, loss.png and the result go",
+    "controlnet": "start from this ControlNetModel folder instead of a copy of the base encoder",
+    "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
+    "condition": "control map of the synthetic world (scribble, canny, hough, pose, seg, ...)",
+    "synth_length": "scenes per synthetic epoch",
+    "resolution": "training image size (default: the base's native size)",
+    "proportion_empty_prompts": "share of prompts replaced by '' (the paper: 0.5)",
+    "num_workers": "data loader processes",
+    "batch_size": "examples per process per micro-step",
+    "gradient_accumulation_steps": "micro-steps per optimizer step",
+    "learning_rate": "AdamW learning rate of the ControlNet (the paper: 1e-5)",
+    "warmup_steps": "linear warm-up, then constant",
+    "weight_decay": "AdamW weight decay",
+    "adam_betas": "AdamW betas",
+    "adam_epsilon": "AdamW epsilon",
+    "max_grad_norm": "clip gradients to this norm",
+    "max_steps": "train until this optimizer step (raise it and --resume latest to go on)",
+    "mixed_precision": "accelerate mixed precision: no, fp16 or bf16",
+    "gradient_checkpointing": "trade compute for memory",
+    "seed": "seed of every random stream (data order, noise, prompt dropout)",
+    "small_scale": "the paper's small-scale mode: only the middle block connected",
+    "reconnect_decoder": "with --resume from a small-scale checkpoint: connect all decoder links",
+    "unlock_base_at_step": "large-scale mode: unlock the base after this many steps (paper: 50k)",
+    "unlock_base": f"which part of the base to unlock: {' or '.join(UNLOCK_CHOICES)}",
+    "base_learning_rate": "learning rate of the unlocked base",
+    "checkpoint_every": "save a resumable checkpoint every N steps",
+    "checkpoints_to_keep": "delete older checkpoints beyond this many",
+    "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder",
+    "validate_every": "sample validation images every N steps (0: never)",
+    "num_validation_images": "validation examples (from held-out data)",
+    "validation_inference_steps": "sampler steps of validation images",
+    "validation_guidance_scale": "classifier-free guidance scale of validation images",
+    "validation_prompts": "prompts for the validation images",
+    "validation_images": "control maps for the validation images (one prompt each)",
+    # base
+    "architecture": "model widths from cnet.architecture: small (embedded preset) or tiny",
+    "corpus": "text file of sentences to learn the tokenizer from (default: the data's prompts)",
+    "corpus_examples": "prompts read from the data to learn the tokenizer",
+    "vae_steps": "optimizer steps of the VAE phase",
+    "vae_learning_rate": "learning rate of the VAE",
+    "kl_weight": "weight of the VAE's KL term",
+    "unet_steps": "optimizer steps of the UNet + text encoder phase",
+    "unet_learning_rate": "learning rate of the UNet",
+    "text_encoder_learning_rate": "learning rate of the text encoder",
+}
+
+
+CHOICES = {
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "unlock_base": UNLOCK_CHOICES,
+    "architecture": ("small", "tiny"),
+}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """One flag per dataclass field, typed and defaulted from the dataclass itself."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
+        default = (
+            None
+            if required
+            else (
+                field.default_factory() if field.default is dataclasses.MISSING else field.default
+            )
+        )
+        kind = hints[field.name]
+        if isinstance(kind, types.UnionType):  # "int | None" -> int
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        options: dict = {"help": HELP.get(field.name, ""), "dest": field.name}
+        if field.name in CHOICES:
+            options["choices"] = CHOICES[field.name]
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.update(nargs=len(typing.get_args(kind)), type=typing.get_args(kind)[0])
+        elif typing.get_origin(kind) is list:
+            options.update(nargs="+", type=typing.get_args(kind)[0])
+        else:
+            options["type"] = kind
+        if required:
+            parser.add_argument(flag, required=True, **options)
+        else:
+            parser.add_argument(flag, default=default, **options)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", metavar="{controlnet,base}", required=True)
+    controlnet = sub.add_parser("controlnet", help="train a ControlNet as the paper describes")
+    add_config_flags(controlnet, TrainConfig)
+    base = sub.add_parser("base", help="train the embedded base (VAE, text encoder, UNet)")
+    add_config_flags(base, BaseTrainConfig)
+    for command in (controlnet, base):
+        command.add_argument(
+            "--cpu-threads",
+            type=int,
+            default=None,
+            help="torch CPU threads (on a shared machine, fewer is often faster)",
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    config_class = TrainConfig if args.what == "controlnet" else BaseTrainConfig
+    names = {field.name for field in dataclasses.fields(config_class)}
+    settings = {name: value for name, value in vars(args).items() if name in names}
+    if "adam_betas" in settings:
+        settings["adam_betas"] = tuple(settings["adam_betas"])
+    config = config_class(**settings)
+    try:
+        if args.what == "controlnet":
+            from cnet.train.controlnet import train
+
+            result = train(config)
+            print(f"ControlNet saved to {result.controlnet_dir}")
+            if result.base_dir:
+                print(f"Jointly trained base saved to {result.base_dir}")
+        else:
+            from cnet.train.base import train_base
+
+            print(f"Base pipeline saved to {train_base(config)}")
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

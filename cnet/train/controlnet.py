@@ -1,0 +1,582 @@
+"""Train a ControlNet as the paper describes, from a laptop CPU to many GPUs.
+
+The method (Zhang, Rao & Agrawala, "Adding Conditional Control to Text-to-Image Diffusion Models"):
+- the locked copy F(x; Θ): the base UNet, VAE and text encoder, frozen (no gradients, eval mode,
+  never in the optimizer);
+- the trainable copy F(x; Θc): `ControlNetModel.from_unet`, the UNet's encoder and middle block;
+- zero convolutions Z(·; Θz): 1×1 convs initialised to zero join the two, so at initialisation
+  y_c = F(x) + Z(F(x + Z(c))) = F(x) and training starts from the base model's own output;
+- the loss: MSE between the added noise and the predicted noise (or v for a v-prediction base);
+- 50 % of prompts replaced by "" so the ControlNet learns to read the content from the control map;
+- small-scale training: only the middle block connected, decoder links cut (reconnect them when
+  continuing from the same checkpoint);
+- large-scale training: after N steps the base (its decoder, or all of it) is unlocked and trained
+  jointly at a lower learning rate.
+
+Run on one CPU/GPU:            python -m cnet train controlnet --base DIR --data synth
+Run on many GPUs:              accelerate launch -m cnet train controlnet --base DIR ...
+Everything a run needs is in TrainConfig; the loop in `train` is the whole story.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnet.train import checkpoint as ckpt
+from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
+from cnet.train.report import image_grid, plot_losses, tensor_to_image
+
+UNLOCK_CHOICES = ("decoder", "all")
+
+
+@dataclass
+class TrainConfig:
+    base: str  # the locked model: a diffusers pipeline folder (or hub id), or a --model-dir folder
+    output_dir: str = "runs/controlnet"
+    controlnet: str | None = None  # continue from this ControlNetModel folder (else from the base)
+    # data
+    data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
+    condition: str = "canny"  # the synthetic world's control map
+    synth_length: int = 50_000  # scenes per synthetic epoch
+    resolution: int | None = None  # default: the base UNet's native resolution
+    proportion_empty_prompts: float = 0.5  # the paper's prompt dropout
+    num_workers: int = 0  # data loader processes
+    # optimisation (per process; the global batch is batch_size x accumulation x processes)
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-5  # the paper's AdamW learning rate
+    warmup_steps: int = 0  # then constant: the schedule never depends on max_steps
+    weight_decay: float = 1e-2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    max_steps: int = 10_000
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    # the paper's two training modes
+    small_scale: bool = False  # only the middle block connected
+    reconnect_decoder: bool = False  # when resuming a small-scale checkpoint: connect all links
+    unlock_base_at_step: int | None = None  # large-scale: unlock the base after this many steps
+    unlock_base: str = "decoder"  # "decoder" | "all"
+    base_learning_rate: float = 2e-6
+    # bookkeeping
+    checkpoint_every: int = 500
+    checkpoints_to_keep: int | None = 3
+    resume: str | None = None  # "latest" or a checkpoint folder
+    validate_every: int = 500  # 0: never
+    num_validation_images: int = 4
+    validation_inference_steps: int = 20
+    validation_guidance_scale: float = 9.0  # the paper's CFG scale
+    validation_prompts: list[str] = field(default_factory=list)  # default: the data's own
+    validation_images: list[str] = field(default_factory=list)  # control maps; with the prompts
+
+
+@dataclass
+class Models:
+    """The locked copy and its tokenizer/scheduler, plus the trainable copy."""
+
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    unet: torch.nn.Module
+    scheduler: object
+    controlnet: torch.nn.Module
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]  # one per optimizer step, mean over processes and accumulation
+    controlnet_dir: Path
+    base_dir: Path | None  # the jointly trained base, large-scale mode only
+
+
+def base_folder(base: str) -> str:
+    """Accept the embedded layout (<dir>/base/model_index.json) as well as a pipeline folder."""
+    nested = Path(base) / "base"
+    return str(nested) if (nested / "model_index.json").is_file() else base
+
+
+def load_base(base: str) -> dict:
+    """The base model's components from a diffusers pipeline folder or hub id."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base = base_folder(base)
+    return {
+        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae"),
+        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+        "scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+    }
+
+
+def read_architecture(path: Path):
+    """The ModelConfig that cnet.architecture.save_pipeline_dir wrote as architecture.json."""
+    from cnet.architecture import ModelConfig
+
+    saved = json.loads(Path(path).read_text())
+    return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
+def new_controlnet(unet, base: str | None = None):
+    """The trainable copy of `unet`'s encoder, its zero convolutions at zero.
+
+    A base folder written by cnet.architecture records its widths in architecture.json; the
+    condition encoder (the small network that turns a 512 px map into 64 px features) follows it.
+    """
+    from diffusers import ControlNetModel
+
+    from cnet.architecture import build_controlnet
+
+    spec = Path(base_folder(base)) / "architecture.json" if base else None
+    if spec is not None and spec.is_file():
+        return build_controlnet(unet, read_architecture(spec))
+    return ControlNetModel.from_unet(unet)
+
+
+def zero_convolutions(controlnet) -> list[torch.nn.Conv2d]:
+    """Z(·; Θz) at the trainable copy's outputs: one per encoder level and one for the middle."""
+    return [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+
+
+def place(model: torch.nn.Module, device, dtype: torch.dtype) -> None:
+    model.to(device)
+    if model.dtype != dtype:
+        model.to(dtype=dtype)
+
+
+def lock(*models: torch.nn.Module) -> None:
+    for model in models:
+        model.requires_grad_(False)
+        model.eval()
+
+
+def base_parameters(unet, which: str) -> list[torch.nn.Parameter]:
+    """The part of the base that large-scale training unlocks: its decoder, or all of it."""
+    if which == "all":
+        return list(unet.parameters())
+    if which != "decoder":
+        raise ValueError(f"unlock_base must be one of {UNLOCK_CHOICES}, got {which!r}.")
+    decoder = [unet.up_blocks, unet.conv_norm_out, unet.conv_out]
+    return [p for module in decoder if module is not None for p in module.parameters()]
+
+
+def unlock_base(unet, optimizer, which: str, learning_rate: float) -> None:
+    """Large-scale mode: from now on the base trains jointly, in its own lower-LR group."""
+    params = base_parameters(unet, which)
+    for p in params:
+        p.requires_grad_(True)
+    unet.train()
+    optimizer.add_param_group({"params": params, "lr": learning_rate, "peak_lr": learning_rate})
+
+
+def drop_prompts(prompts: list[str], proportion: float, generator: torch.Generator) -> list[str]:
+    """Replace each prompt by "" with probability `proportion` (the paper uses 0.5)."""
+    keep = torch.rand(len(prompts), generator=generator) >= proportion
+    return [p if k else "" for p, k in zip(prompts, keep.tolist(), strict=True)]
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    return tokenizer(
+        prompts,
+        max_length=tokenizer.model_max_length,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def cut_decoder_links(down_residuals, mid_residual, connect_decoder: bool):
+    """Small-scale mode: the UNet decoder receives nothing from the trainable copy's encoder levels.
+
+    The diffusers UNet takes ControlNet residuals only as a full set, so the cut links carry
+    zeros: exactly the base's own skip features, and no gradient to their zero convolutions.
+    """
+    if connect_decoder:
+        return down_residuals, mid_residual
+    return [torch.zeros_like(r) for r in down_residuals], mid_residual
+
+
+def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    """What the base predicts: the noise (SD 1.5) or the velocity (v-prediction bases)."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"Cannot train against a base that predicts {prediction_type!r}.")
+
+
+def training_loss(
+    models: Models,
+    batch: dict,
+    generator: torch.Generator,
+    prompt_generator: torch.Generator,
+    proportion_empty_prompts: float,
+    connect_decoder: bool,
+) -> torch.Tensor:
+    """One ControlNet training objective evaluation on a batch (the paper's Eq. 5)."""
+    device, dtype = generator.device, models.vae.dtype
+    pixel_values = batch["pixel_values"].to(device, dtype)
+    with torch.no_grad():
+        latent_dist = models.vae.encode(pixel_values).latent_dist
+        latents = latent_dist.sample(generator) * models.vae.config.scaling_factor
+        prompts = drop_prompts(batch["prompt"], proportion_empty_prompts, prompt_generator)
+        text = models.text_encoder(tokenize(models.tokenizer, prompts).to(device))[0]
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    timesteps = torch.randint(
+        0,
+        models.scheduler.config.num_train_timesteps,
+        (latents.shape[0],),
+        generator=generator,
+        device=device,
+    )
+    noisy_latents = models.scheduler.add_noise(latents, noise, timesteps)
+    control = batch["conditioning_pixel_values"].to(device)
+    down, mid = models.controlnet(
+        noisy_latents, timesteps, text, controlnet_cond=control, return_dict=False
+    )
+    down, mid = cut_decoder_links(down, mid, connect_decoder)
+    prediction = models.unet(
+        noisy_latents,
+        timesteps,
+        text,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
+    target = diffusion_target(models.scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
+    """(control map, prompt, reference image or None) triples shown at every validation."""
+    from cnet.train.data import load_square
+
+    if config.validation_images:
+        prompts = config.validation_prompts or [""] * len(config.validation_images)
+        if len(prompts) != len(config.validation_images):
+            raise ValueError("Give one validation prompt per validation image (or none).")
+        return [
+            (load_square(Path(p), resolution), prompt, None)
+            for p, prompt in zip(config.validation_images, prompts, strict=True)
+        ]
+    if config.data == SYNTHETIC:  # held-out scenes, never trained on
+        length = config.num_validation_images
+        dataset = open_dataset(config.data, resolution, config.condition, length, "validation")
+    else:
+        dataset = open_dataset(config.data, resolution)
+    count = min(config.num_validation_images, len(dataset))
+    examples = []
+    for i in range(count):
+        example = dataset[i * len(dataset) // count]
+        prompt = config.validation_prompts[i] if i < len(config.validation_prompts) else None
+        examples.append(
+            (
+                tensor_to_image(example["conditioning_pixel_values"], 0.0, 1.0),
+                example["prompt"] if prompt is None else prompt,
+                tensor_to_image(example["pixel_values"]),
+            )
+        )
+    return examples
+
+
+@torch.no_grad()
+def validate(accelerator, models: Models, examples: list[tuple], config: TrainConfig, path: Path):
+    """Sample one image per example; save rows of (control map, sample, reference)."""
+    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+
+    controlnet = accelerator.unwrap_model(models.controlnet)
+    unet = accelerator.unwrap_model(models.unet)
+    pipe = StableDiffusionControlNetPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=UniPCMultistepScheduler.from_config(models.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    was_training = controlnet.training, unet.training
+    controlnet.eval()
+    unet.eval()
+    size = examples[0][0].size
+    with accelerator.autocast():
+        images = pipe(
+            prompt=[prompt for _, prompt, _ in examples],
+            image=[control for control, _, _ in examples],
+            height=size[1],
+            width=size[0],
+            num_inference_steps=config.validation_inference_steps,
+            guidance_scale=config.validation_guidance_scale,
+            generator=torch.Generator(accelerator.device).manual_seed(config.seed),
+        ).images
+    controlnet.train(was_training[0])
+    unet.train(was_training[1])
+    rows = [
+        [control, image] + ([reference] if reference is not None else [])
+        for (control, _, reference), image in zip(examples, images, strict=True)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(path)
+    (path.with_suffix(".txt")).write_text("\n".join(p for _, p, _ in examples) + "\n")
+
+
+def export(
+    accelerator, models: Models, base_unlocked: bool, output_dir: Path, base: str
+) -> tuple[Path, Path | None]:
+    """The result: a ControlNetModel folder (and, after large-scale training, the new base)."""
+    from diffusers import StableDiffusionPipeline
+
+    controlnet_dir = output_dir / "controlnet"
+    accelerator.unwrap_model(models.controlnet).save_pretrained(
+        controlnet_dir, safe_serialization=True
+    )
+    if not base_unlocked:
+        return controlnet_dir, None
+    base_dir = output_dir / "base"
+    StableDiffusionPipeline(
+        vae=models.vae,
+        text_encoder=models.text_encoder,
+        tokenizer=models.tokenizer,
+        unet=accelerator.unwrap_model(models.unet),
+        scheduler=models.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(base_dir, safe_serialization=True)
+    spec = Path(base_folder(base)) / "architecture.json"
+    if spec.is_file():
+        shutil.copy(spec, base_dir / spec.name)
+    return controlnet_dir, base_dir
+
+
+def no_sync(accelerator, models: list, skip: bool):
+    """Skip the gradient all-reduce on accumulation micro-steps (no-op on one process)."""
+    stack = contextlib.ExitStack()
+    if skip:
+        for model in models:
+            stack.enter_context(accelerator.no_sync(model))
+    return stack
+
+
+def train(config: TrainConfig) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    from tqdm.auto import tqdm
+
+    output_dir = Path(config.output_dir)
+    resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    saved = ckpt.read_state(resume_dir) if resume_dir else {}
+    connect_decoder = (
+        saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
+    )
+    base_unlocked = saved.get("base_unlocked", False)
+
+    # With decoder links cut, the encoder-level zero convs get no gradient: DDP must allow that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not connect_decoder)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+    device, rank = accelerator.device, accelerator.process_index
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+
+    # The locked copy and the trainable copy.
+    parts = load_base(config.base)
+    if config.controlnet:
+        from diffusers import ControlNetModel
+
+        controlnet = ControlNetModel.from_pretrained(config.controlnet)
+    else:
+        controlnet = new_controlnet(parts["unet"], config.base)
+    lock(parts["vae"], parts["text_encoder"], parts["unet"])
+    controlnet.train()
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+    place(parts["vae"], device, weight_dtype)
+    place(parts["text_encoder"], device, weight_dtype)
+    # A base that will be unlocked keeps fp32 weights: the optimizer updates them in place.
+    unlockable = config.unlock_base_at_step is not None
+    place(parts["unet"], device, torch.float32 if unlockable else weight_dtype)
+    if config.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
+        parts["unet"].enable_gradient_checkpointing()
+    resolution = config.resolution or parts["unet"].config.sample_size * (
+        2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    )
+
+    optimizer = torch.optim.AdamW(
+        [{"params": list(controlnet.parameters()), "peak_lr": config.learning_rate}],
+        lr=config.learning_rate,
+        betas=config.adam_betas,
+        weight_decay=config.weight_decay,
+        eps=config.adam_epsilon,
+    )
+    controlnet, optimizer = accelerator.prepare(controlnet, optimizer)
+    models = Models(controlnet=controlnet, **parts)
+
+    def unlock() -> None:
+        unlock_base(models.unet, optimizer, config.unlock_base, config.base_learning_rate)
+        models.unet = accelerator.prepare_model(models.unet)
+
+    # Separate random streams, so that nothing else (validation, data workers) can shift them.
+    generators = {
+        "noise": torch.Generator(device).manual_seed(config.seed * 1000 + rank),
+        "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
+    }
+    step, losses = 0, []
+    if resume_dir:
+        if base_unlocked:
+            unlock()  # the optimizer state to load has the base's parameter group
+        trained = {"controlnet": models.controlnet}
+        if base_unlocked:
+            trained["unet"] = models.unet
+        ckpt.load_checkpoint(accelerator, resume_dir, trained, {"optimizer": optimizer}, generators)
+        step, losses = saved["step"], saved["losses"]
+        now = json.loads(json.dumps(asdict(config)))
+        different = {
+            k: (saved["config"][k], v)
+            for k, v in now.items()
+            if k in saved["config"] and saved["config"][k] != v and k != "resume"
+        }
+        accelerator.print(f"Resumed from {resume_dir} at step {step}.")
+        if different:
+            accelerator.print(f"Settings changed since that checkpoint (was, now): {different}")
+        if config.reconnect_decoder and not saved["connect_decoder"]:
+            accelerator.print("Reconnected the decoder links: all encoder levels now injected.")
+
+    dataset = open_dataset(config.data, resolution, config.condition, config.synth_length)
+    batches = batch_stream(
+        dataset,
+        config.batch_size,
+        config.seed,
+        start=step * config.gradient_accumulation_steps,
+        process_index=rank,
+        num_processes=accelerator.num_processes,
+        num_workers=config.num_workers,
+    )
+    examples = (
+        validation_examples(config, resolution)
+        if config.validate_every and accelerator.is_main_process
+        else []
+    )
+    accelerator.print(
+        f"Training a ControlNet on {config.data} ({len(dataset)} examples, {resolution}px) on "
+        f"{accelerator.num_processes} x {device}, "
+        f"{'small-scale (middle block only)' if not connect_decoder else 'all links connected'}."
+    )
+
+    def save(step: int) -> None:
+        trained = {"controlnet": models.controlnet}
+        if base_unlocked:
+            trained["unet"] = models.unet
+        state = {
+            "step": step,
+            "losses": losses,
+            "connect_decoder": connect_decoder,
+            "base_unlocked": base_unlocked,
+            "config": asdict(config),
+        }
+        directory = ckpt.checkpoint_dir(output_dir, step)
+        ckpt.save_checkpoint(
+            accelerator,
+            directory,
+            trained,
+            {"optimizer": optimizer},
+            state,
+            generators,
+            keep=config.checkpoints_to_keep,
+        )
+        if accelerator.is_main_process:
+            plot_losses({"diffusion": losses}, output_dir / "loss.png", "ControlNet training")
+
+    progress = tqdm(
+        total=config.max_steps,
+        initial=step,
+        disable=not accelerator.is_local_main_process,
+        desc="controlnet",
+        unit="step",
+    )
+    while step < config.max_steps:
+        if unlockable and not base_unlocked and step >= config.unlock_base_at_step:
+            unlock()
+            base_unlocked = True
+            accelerator.print(f"Step {step}: unlocked the base ({config.unlock_base}).")
+        warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * warmup
+
+        trainable = [models.controlnet] + ([models.unet] if base_unlocked else [])
+        step_loss = torch.zeros((), device=device)
+        for micro_step in range(config.gradient_accumulation_steps):
+            batch = next(batches)
+            last = micro_step == config.gradient_accumulation_steps - 1
+            with no_sync(accelerator, trainable, skip=not last):
+                with accelerator.autocast():
+                    loss = training_loss(
+                        models,
+                        batch,
+                        generators["noise"],
+                        generators["prompts"],
+                        config.proportion_empty_prompts,
+                        connect_decoder,
+                    )
+                accelerator.backward(loss / config.gradient_accumulation_steps)
+            step_loss += loss.detach() / config.gradient_accumulation_steps
+        if config.max_grad_norm:
+            params = [p for m in trainable for p in m.parameters() if p.requires_grad]
+            accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        losses.append(accelerator.gather(step_loss[None]).mean().item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(
+                f"The loss became {losses[-1]} at step {step}; lower --learning-rate, or use "
+                "--mixed-precision bf16 instead of fp16."
+            )
+        progress.update(1)
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            save(step)
+        if config.validate_every and step % config.validate_every == 0:
+            if accelerator.is_main_process:
+                path = output_dir / "validation" / f"step-{step:07d}.png"
+                validate(accelerator, models, examples, config, path)
+            accelerator.wait_for_everyone()
+    progress.close()
+
+    controlnet_dir, new_base_dir = output_dir / "controlnet", None
+    if accelerator.is_main_process:
+        controlnet_dir, new_base_dir = export(
+            accelerator, models, base_unlocked, output_dir, config.base
+        )
+        summary = {
+            "steps": step,
+            "final_loss": losses[-1] if losses else None,
+            "mean_loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+            "connect_decoder": connect_decoder,
+            "base_unlocked": base_unlocked,
+            "config": asdict(config),
+        }
+        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return TrainResult(step, losses, controlnet_dir, new_base_dir)

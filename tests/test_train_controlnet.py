@@ -1,0 +1,390 @@
+"""ControlNet training as the paper describes, checked on tiny models.
+
+y_c = y at initialisation, zero convolutions that block gradients until their first update,
+prompt dropout, small-scale and large-scale modes, exact resume, and an export the pipeline loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnet.train.controlnet import (
+    Models,
+    TrainConfig,
+    base_parameters,
+    drop_prompts,
+    load_base,
+    lock,
+    new_controlnet,
+    train,
+    training_loss,
+    zero_convolutions,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and leave the shared cores to others."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fill50k_dir(tmp_path_factory) -> Path:
+    """Eight 64 px examples: a coloured disc (target) and its white outline (control)."""
+    root = tmp_path_factory.mktemp("fill50k")
+    (root / "source").mkdir()
+    (root / "target").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    lines = []
+    for i in range(8):
+        cx, cy, r = rng.integers(20, 44, 2).tolist() + [int(rng.integers(8, 18))]
+        distance = np.hypot(xx - cx, yy - cy)
+        target = np.full((64, 64, 3), 230, np.uint8)
+        target[distance < r] = rng.integers(0, 255, 3)
+        source = np.zeros((64, 64, 3), np.uint8)
+        source[np.abs(distance - r) < 1.0] = 255
+        Image.fromarray(target).save(root / "target" / f"{i}.png")
+        Image.fromarray(source).save(root / "source" / f"{i}.png")
+        prompt = f"a disc of colour {i}"
+        lines.append({"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": prompt})
+    (root / "prompt.json").write_text("\n".join(json.dumps(line) for line in lines))
+    return root
+
+
+def config(tiny_model_dir, data, out, **overrides) -> TrainConfig:
+    settings = dict(
+        base=str(tiny_model_dir),
+        output_dir=str(out),
+        data=str(data),
+        batch_size=2,
+        learning_rate=1e-3,
+        max_steps=2,
+        checkpoint_every=2,
+        validate_every=0,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def models_with(controlnet, parts) -> Models:
+    lock(parts["vae"], parts["text_encoder"], parts["unet"])
+    return Models(controlnet=controlnet, **parts)
+
+
+def a_batch(fill50k_dir, size=2) -> dict:
+    from cnet.train.data import batch_stream, open_dataset
+
+    return next(batch_stream(open_dataset(str(fill50k_dir), 64), size, seed=0))
+
+
+def test_pipeline_output_is_bit_identical_with_a_fresh_controlnet(tiny_model_dir):
+    """y_c = F(x) + Z(F(x + Z(c))) = F(x): at init the ControlNet changes nothing at all."""
+    from diffusers import (
+        ControlNetModel,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionPipeline,
+    )
+
+    parts = load_base(str(tiny_model_dir))
+    control = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8))
+
+    def sample(pipe, **extra) -> np.ndarray:
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(3)
+        return pipe(
+            "a red sphere",
+            num_inference_steps=3,
+            output_type="np",
+            height=64,
+            width=64,
+            generator=generator,
+            **extra,
+        ).images
+
+    def with_controlnet(controlnet) -> np.ndarray:
+        pipe = StableDiffusionControlNetPipeline(
+            **parts, controlnet=controlnet, safety_checker=None, feature_extractor=None
+        )
+        return sample(pipe, image=control)
+
+    base = sample(StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None))
+    fresh = new_controlnet(parts["unet"], str(tiny_model_dir))
+    assert np.array_equal(with_controlnet(fresh), base)
+
+    # The same check notices a ControlNet whose zero convolutions are no longer zero.
+    trained = ControlNetModel.from_pretrained(tiny_model_dir / "controlnet" / "canny")
+    assert not np.array_equal(with_controlnet(trained), base)
+
+
+def test_zero_convolutions_pass_no_gradient_at_init_and_move_after_one_step(
+    tiny_model_dir, fill50k_dir
+):
+    parts = load_base(str(tiny_model_dir))
+    controlnet = new_controlnet(parts["unet"], str(tiny_model_dir))
+    models = models_with(controlnet, parts)
+    convs = zero_convolutions(controlnet)
+    assert all(not conv.weight.any() and not conv.bias.any() for conv in convs)
+    input_grads = []
+    hooks = [
+        conv.register_full_backward_hook(lambda m, grad_in, grad_out: input_grads.append(grad_in))
+        for conv in convs
+    ]
+    loss = training_loss(
+        models,
+        a_batch(fill50k_dir),
+        torch.Generator().manual_seed(0),
+        torch.Generator().manual_seed(1),
+        0.5,
+        connect_decoder=True,
+    )
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+
+    assert len(input_grads) == len(convs)
+    assert all(not g.any() for grads in input_grads for g in grads if g is not None)
+    zero_conv_params = {id(p) for conv in convs for p in conv.parameters()}
+    trunk = [p for p in controlnet.parameters() if id(p) not in zero_conv_params]
+    assert all(p.grad is None or not p.grad.any() for p in trunk)
+    assert all(conv.weight.grad.any() for conv in convs)
+    assert all(p.grad is None for m in (parts["unet"], parts["vae"]) for p in m.parameters())
+
+    torch.optim.AdamW(controlnet.parameters(), lr=1e-3).step()
+    assert all(conv.weight.any() for conv in convs)
+
+
+def test_measured_empty_prompt_rate_matches_the_proportion():
+    generator = torch.Generator().manual_seed(0)
+    prompts = [f"prompt {i}" for i in range(16)]
+    for proportion in (0.5, 0.1):
+        dropped = [drop_prompts(prompts, proportion, generator) for _ in range(1000)]
+        empty = sum(p == "" for batch in dropped for p in batch) / (1000 * len(prompts))
+        assert abs(empty - proportion) < 0.01
+        assert all(p in ("", q) for batch in dropped for p, q in zip(batch, prompts, strict=True))
+    assert TrainConfig(base="x").proportion_empty_prompts == 0.5
+
+
+def test_the_training_loss_sees_the_configured_share_of_empty_prompts(tiny_model_dir, fill50k_dir):
+    parts = load_base(str(tiny_model_dir))
+    models = models_with(new_controlnet(parts["unet"], str(tiny_model_dir)), parts)
+    tokenizer, seen = models.tokenizer, []
+
+    def spying_tokenizer(prompts, **kwargs):
+        seen.extend(prompts)
+        return tokenizer(prompts, **kwargs)
+
+    spying_tokenizer.model_max_length = tokenizer.model_max_length
+    models.tokenizer = spying_tokenizer
+    batch = a_batch(fill50k_dir, size=8)
+    noise, prompts = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(25):
+            training_loss(models, batch, noise, prompts, 0.5, connect_decoder=True)
+    rate = sum(p == "" for p in seen) / len(seen)
+    assert len(seen) == 200 and abs(rate - 0.5) < 0.12
+
+
+def unet_inputs(models, batch, connect_decoder) -> dict:
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured.update(kwargs)
+
+    handle = models.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    with torch.no_grad():
+        training_loss(
+            models,
+            batch,
+            torch.Generator().manual_seed(0),
+            torch.Generator().manual_seed(1),
+            0.5,
+            connect_decoder,
+        )
+    handle.remove()
+    return captured
+
+
+def test_small_scale_injects_only_the_middle_residual_and_reconnecting_restores_all(
+    tiny_model_dir, fill50k_dir
+):
+    from diffusers import ControlNetModel
+
+    # A ControlNet whose zero convolutions are not zero, so every link would carry a signal.
+    controlnet = ControlNetModel.from_pretrained(tiny_model_dir / "controlnet" / "canny")
+    models = models_with(controlnet, load_base(str(tiny_model_dir)))
+    batch = a_batch(fill50k_dir)
+
+    small = unet_inputs(models, batch, connect_decoder=False)
+    assert small["mid_block_additional_residual"].abs().sum() > 0
+    assert len(small["down_block_additional_residuals"]) == len(controlnet.controlnet_down_blocks)
+    assert all(not r.any() for r in small["down_block_additional_residuals"])
+
+    full = unet_inputs(models, batch, connect_decoder=True)
+    assert all(r.abs().sum() > 0 for r in full["down_block_additional_residuals"])
+    assert torch.equal(
+        full["mid_block_additional_residual"], small["mid_block_additional_residual"]
+    )
+
+
+def test_small_scale_run_trains_only_the_middle_link_until_reconnected(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from diffusers import ControlNetModel
+
+    run = config(
+        tiny_model_dir, fill50k_dir, tmp_path, small_scale=True, max_steps=1, checkpoint_every=1
+    )
+    train(run)
+    small = ControlNetModel.from_pretrained(tmp_path / "controlnet")
+    assert small.controlnet_mid_block.weight.any()
+    assert not any(conv.weight.any() for conv in small.controlnet_down_blocks)
+
+    run.resume, run.reconnect_decoder, run.max_steps = "latest", True, 2
+    train(run)
+    reconnected = ControlNetModel.from_pretrained(tmp_path / "controlnet")
+    assert all(conv.weight.any() for conv in reconnected.controlnet_down_blocks)
+    state = json.loads((tmp_path / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["connect_decoder"] is True
+
+
+def optimizer_groups(checkpoint: Path) -> list[dict]:
+    return torch.load(checkpoint / "optimizer.pt")["param_groups"]
+
+
+@pytest.mark.parametrize("which", ["decoder", "all"])
+def test_large_scale_unlocks_the_base_at_the_configured_step_not_before(
+    tiny_model_dir, fill50k_dir, tmp_path, which
+):
+    from diffusers import UNet2DConditionModel
+
+    run = config(
+        tiny_model_dir,
+        fill50k_dir,
+        tmp_path,
+        max_steps=3,
+        checkpoint_every=1,
+        unlock_base_at_step=2,
+        unlock_base=which,
+        base_learning_rate=1e-4,
+    )
+    result = train(run)
+    checkpoints = tmp_path / "checkpoints"
+    for step in (1, 2):
+        assert len(optimizer_groups(checkpoints / f"step-{step:07d}")) == 1
+        assert not (checkpoints / f"step-{step:07d}" / "unet").exists()
+    groups = optimizer_groups(checkpoints / "step-0000003")
+    base = load_base(str(tiny_model_dir))["unet"]
+    assert len(groups) == 2
+    assert groups[1]["lr"] == 1e-4 and len(groups[1]["params"]) == len(base_parameters(base, which))
+
+    jointly_trained = UNet2DConditionModel.from_pretrained(result.base_dir, subfolder="unet")
+    assert not torch.equal(jointly_trained.conv_out.weight, base.conv_out.weight)
+    encoder_moved = not torch.equal(jointly_trained.conv_in.weight, base.conv_in.weight)
+    assert encoder_moved == (which == "all")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, fill50k_dir, tmp_path_factory):
+    """Four steps with accumulation, prompt dropout, checkpoints and validation in between."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run = config(
+        tiny_model_dir,
+        fill50k_dir,
+        out,
+        max_steps=4,
+        gradient_accumulation_steps=2,
+        validate_every=2,
+        num_validation_images=2,
+        validation_inference_steps=2,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(run), out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_killed_and_resumed_run_gives_the_same_next_losses(
+    tiny_model_dir, fill50k_dir, tmp_path, uninterrupted
+):
+    from diffusers import ControlNetModel
+
+    full, full_dir = uninterrupted
+    killed = config(
+        tiny_model_dir,
+        fill50k_dir,
+        tmp_path,
+        max_steps=2,
+        gradient_accumulation_steps=2,
+        validate_every=2,
+        num_validation_images=2,
+        validation_inference_steps=2,
+    )
+    train(killed)  # stops after its step-2 checkpoint, as a killed run would have
+    killed.resume, killed.max_steps = "latest", 4
+    resumed = train(killed)
+    assert resumed.losses == full.losses
+    a = ControlNetModel.from_pretrained(full_dir / "controlnet").state_dict()
+    b = ControlNetModel.from_pretrained(tmp_path / "controlnet").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
+    tiny_model_dir, uninterrupted
+):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    result, out = uninterrupted
+    assert len(result.losses) == 4 and all(np.isfinite(result.losses))
+    assert Image.open(out / "loss.png").size[0] > 100
+    grids = sorted((out / "validation").glob("*.png"))
+    assert [g.name for g in grids] == ["step-0000002.png", "step-0000004.png"]
+    assert Image.open(grids[0]).size == (3 * 64, 2 * 64)  # control | sample | reference, 2 rows
+    assert (result.controlnet_dir / "diffusion_pytorch_model.safetensors").is_file()
+
+    controlnet = ControlNetModel.from_pretrained(result.controlnet_dir)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_model_dir / "base", controlnet=controlnet, safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a disc", image=Image.new("RGB", (64, 64)), num_inference_steps=1).images[0]
+    assert image.size == (64, 64)
+
+
+def test_cli_trains_and_exports(tiny_model_dir, fill50k_dir, tmp_path):
+    from cnet.__main__ import main
+
+    code = main(
+        [
+            "train",
+            "controlnet",
+            "--base",
+            str(tiny_model_dir),
+            "--data",
+            str(fill50k_dir),
+            "--output-dir",
+            str(tmp_path),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--validate-every",
+            "0",
+            "--small-scale",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["steps"] == 1 and summary["connect_decoder"] is False
+    assert (tmp_path / "controlnet" / "config.json").is_file()
