@@ -1,0 +1,511 @@
+"""The generation engine: a control map and a prompt in, images and their parameters out.
+
+One base pipeline per engine, loaded on first use (or by `Engine.load()`); each condition's
+ControlNet is loaded when first asked for, kept in a small LRU cache and swapped into the same
+pipeline, so changing condition never reloads the base. Prompt embeddings are cached too.
+
+Prompt modes follow the paper: no prompt (""), the default prompt, the automatic prompt (generate
+with the default prompt, caption that image with BLIP, generate again with the caption, same
+seed), and the user's prompt. The added prompt is appended (", ".join) in every mode except "no
+prompt", which stays truly empty as in the paper's no-prompt experiments.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from cnet import png_info
+from cnet.models import (
+    LRUCache,
+    ModelMissingError,
+    Preset,
+    cpu_threads,
+    load_base,
+    load_controlnet,
+    missing_weights,
+    resolve_preset,
+)
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "PROMPT_MODES",
+    "SAMPLERS",
+    "Engine",
+    "GenerationCancelled",
+    "GenerationRequest",
+    "GenerationResult",
+    "ModelMissingError",
+    "load_engine",
+]
+
+PROMPT_MODES = ("none", "default", "auto", "user")
+DEFAULT_PROMPT = "a professional, detailed, high-quality image"
+SAMPLERS = ("DDPM", "DDIM", "UniPC", "Euler a", "DPM++ 2M")
+MAX_IMAGES = 12
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_SEED = 2**32 - 1
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
+MAX_SIDE = 2048  # long side cap, so an extreme aspect ratio cannot ask for a giant image
+
+ProgressFn = Callable[[int, int], None]
+
+
+class GenerationCancelled(RuntimeError):
+    """The caller set the cancel event; no images were returned."""
+
+
+@dataclass
+class GenerationRequest:
+    control_image: np.ndarray  # uint8 HxWx3 control map
+    condition: str  # registry key
+    prompt_mode: str = "user"
+    prompt: str = ""
+    added_prompt: str = "best quality, extremely detailed"
+    negative_prompt: str = (
+        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+        "cropped, worst quality, low quality"
+    )
+    num_images: int = 1  # 1..12
+    resolution: int | None = None  # short side; None = preset default; rounded to the latent grid
+    control_strength: float = 1.0  # 0..2
+    guess_mode: bool = False
+    control_start: float = 0.0
+    control_end: float = 1.0
+    steps: int = 20
+    cfg: float = 9.0
+    sampler: str = "DDPM"
+    eta: float = 0.0
+    seed: int = 0  # image i uses seed + i
+    keep_first_pass: bool = False  # auto mode: also return first-pass images
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting out of range."""
+        image = self.control_image
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise ValueError("The control map must be a uint8 numpy array (H x W x 3).")
+        if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"The control map must have shape H x W x 3, got {image.shape}.")
+        if not self.condition:
+            raise ValueError("No condition given (e.g. 'canny').")
+        _choice("prompt mode", self.prompt_mode, PROMPT_MODES)
+        _choice("sampler", self.sampler, SAMPLERS)
+        _in_range("number of images", self.num_images, 1, MAX_IMAGES, integer=True)
+        if self.resolution is not None:
+            _in_range("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
+        _in_range("control strength", self.control_strength, 0.0, 2.0)
+        _in_range("control start", self.control_start, 0.0, 1.0)
+        _in_range("control end", self.control_end, 0.0, 1.0)
+        if self.control_start >= self.control_end:
+            raise ValueError(
+                f"Control start ({self.control_start}) must be below control end "
+                f"({self.control_end})."
+            )
+        _in_range("steps", self.steps, 1, MAX_STEPS, integer=True)
+        _in_range("CFG scale", self.cfg, 0.0, MAX_CFG)
+        _in_range("eta", self.eta, 0.0, 1.0)
+        _in_range("seed", self.seed, 0, MAX_SEED, integer=True)
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of: {', '.join(choices)}.")
+
+
+def _in_range(name: str, value, low, high, integer: bool = False) -> None:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"The {name} must be {kind}, got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"The {name} must be between {low} and {high}, got {value}.")
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]  # each with the PNG "parameters" text in image.info
+    control_image: np.ndarray  # the map as the ControlNet saw it (resized)
+    prompt: str  # the positive text actually encoded
+    caption: str | None  # auto mode
+    first_pass_images: list[Image.Image]
+    seeds: list[int]
+    metadata: dict = field(default_factory=dict)
+
+
+def compose_prompt(text: str, added_prompt: str) -> str:
+    """The original apps' `prompt + ", " + a_prompt`, skipping empty parts."""
+    return ", ".join(part for part in (text.strip(), added_prompt.strip()) if part)
+
+
+def positive_prompt(mode: str, prompt: str, added_prompt: str) -> str:
+    """The text encoded for one pass of `mode` ("auto" passes its caption as `prompt`)."""
+    if mode == "none":
+        return ""
+    base = DEFAULT_PROMPT if mode == "default" else prompt
+    return compose_prompt(base, added_prompt)
+
+
+def make_scheduler(sampler: str, config: Mapping):
+    """A scheduler of the named kind built from the base pipeline's scheduler config."""
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    kinds = {
+        "DDPM": (DDPMScheduler, {}),
+        "DDIM": (DDIMScheduler, {}),
+        "UniPC": (UniPCMultistepScheduler, {}),
+        "Euler a": (EulerAncestralDiscreteScheduler, {}),
+        "DPM++ 2M": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    }
+    _choice("sampler", sampler, SAMPLERS)
+    cls, extra = kinds[sampler]
+    return cls.from_config(config, **extra)
+
+
+@dataclass
+class _Pass:
+    """One call of the pipeline: what to encode and which seeds to sample."""
+
+    prompt: str
+    seeds: list[int]
+    offset: int  # progress steps done before this pass
+    total: int  # progress steps of the whole request
+
+
+class Engine:
+    def __init__(
+        self,
+        preset: Preset,
+        reason: str = "",
+        controlnet_cache_size: int = 3,
+        prompt_cache_size: int = 64,
+        threads: int | None = None,
+    ):
+        self.preset = preset
+        self.reason = reason
+        self.threads = threads or cpu_threads()
+        self._controlnets = LRUCache(controlnet_cache_size)
+        self._embeddings = LRUCache(prompt_cache_size)
+        self._schedulers: dict[str, object] = {}
+        self._pipe = None
+        self._captioner = None
+        self._lock = threading.RLock()
+
+    # ---- loading ------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def load(self) -> None:
+        """Load the base pipeline now (generate() does it on first use).
+
+        Raises ModelMissingError when its weights are not here."""
+        import torch
+        from diffusers import StableDiffusionControlNetPipeline
+
+        with self._lock:
+            if self._pipe is not None:
+                return
+            if self.preset.device == "cpu":
+                torch.set_num_threads(self.threads)
+            components = load_base(self.preset)
+            self._base_scheduler_config = components["scheduler"].config
+            self._pipe = StableDiffusionControlNetPipeline(
+                **components,
+                controlnet=None,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+            self._pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def pipeline(self):
+        """The one StableDiffusionControlNetPipeline (loaded on first access)."""
+        self.load()
+        return self._pipe
+
+    def controlnet(self, condition: str):
+        """The condition's ControlNetModel, from the cache or loaded now."""
+        source = self.preset.controlnet_source(condition)
+        return self._controlnets.get(
+            source,
+            lambda: load_controlnet(
+                source,
+                self.preset.base,
+                self.preset.dtype,
+                self.preset.device,
+                label=f"The {condition} ControlNet of preset '{self.preset.name}'",
+            ),
+        )
+
+    def scheduler(self, sampler: str):
+        if sampler not in self._schedulers:
+            self._schedulers[sampler] = make_scheduler(sampler, self.pipeline.scheduler.config)
+        return self._schedulers[sampler]
+
+    def encode(self, text: str):
+        """(embedding [1, tokens, width], notice or "") for `text`, cached per text."""
+        pipe = self.pipeline
+
+        def encode_now():
+            tokenizer = pipe.tokenizer
+            notice = ""
+            length = len(tokenizer(text).input_ids)
+            if length > tokenizer.model_max_length:
+                notice = (
+                    f"The prompt is {length} tokens long; the text encoder reads the first "
+                    f"{tokenizer.model_max_length}, the rest is ignored."
+                )
+            embedding, _ = pipe.encode_prompt(text, pipe.device, 1, False)
+            return embedding, notice
+
+        return self._embeddings.get(text, encode_now)
+
+    def captioner(self):
+        """The preset's BLIP captioner, loaded when the automatic prompt mode first runs."""
+        if self._captioner is None:
+            from cnet.captioner import CaptionerUnavailable, load_captioner
+
+            if not self.preset.captioner:
+                raise CaptionerUnavailable(
+                    f"Preset '{self.preset.name}' has no captioner configured, so the automatic "
+                    "prompt mode cannot run; choose another prompt mode."
+                )
+            self._captioner = load_captioner(self.preset.captioner, device=self.preset.device)
+        return self._captioner
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Images for `request`. Raises ValueError (bad request), ModelMissingError,
+        CaptionerUnavailable (auto mode) or GenerationCancelled."""
+        import torch
+
+        request.validate()
+        started = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            _check_cancel(cancel)
+            pipe = self.pipeline
+            pipe.controlnet = self.controlnet(request.condition)
+            pipe.scheduler = self.scheduler(request.sampler)
+            control = self._control_map(request)
+            seeds = [request.seed + i for i in range(request.num_images)]
+            caption, first_pass, first_prompt = None, [], ""
+            notices: list[str] = []
+            if request.prompt_mode == "auto":
+                first_seeds = seeds if request.keep_first_pass else seeds[:1]
+                total = request.steps * 2
+                first_prompt = positive_prompt("default", "", request.added_prompt)
+                first_pass = self._sample(
+                    request,
+                    control,
+                    _Pass(first_prompt, first_seeds, 0, total),
+                    progress,
+                    cancel,
+                    notices,
+                )
+                caption = self._caption(first_pass[0])
+                prompt = positive_prompt("user", caption, request.added_prompt)
+                images = self._sample(
+                    request,
+                    control,
+                    _Pass(prompt, seeds, request.steps, total),
+                    progress,
+                    cancel,
+                    notices,
+                )
+            else:
+                prompt = positive_prompt(request.prompt_mode, request.prompt, request.added_prompt)
+                images = self._sample(
+                    request,
+                    control,
+                    _Pass(prompt, seeds, 0, request.steps),
+                    progress,
+                    cancel,
+                    notices,
+                )
+        metadata = self._metadata(request, control, prompt, caption, seeds, notices)
+        metadata["seconds"] = round(time.perf_counter() - started, 3)
+        for image, seed in zip(images, seeds, strict=True):
+            png_info.attach(image, self.parameters_text(metadata, seed))
+        if not request.keep_first_pass:
+            first_pass = []
+        first_metadata = {**metadata, "prompt": first_prompt, "prompt_mode": "default"}
+        for image, seed in zip(first_pass, seeds, strict=False):
+            png_info.attach(image, self.parameters_text(first_metadata, seed))
+        return GenerationResult(images, control, prompt, caption, first_pass, seeds, metadata)
+
+    def _control_map(self, request: GenerationRequest) -> np.ndarray:
+        from cnet.imageio import resize_to_resolution
+
+        multiple = 8 * self.pipeline.vae_scale_factor
+        resolution = request.resolution or self.preset.resolution
+        resolution = max(multiple, round(resolution / multiple) * multiple)
+        height, width = request.control_image.shape[:2]
+        long_side = max(height, width) * resolution / min(height, width)
+        if long_side > MAX_SIDE:
+            raise ValueError(
+                f"A {width}x{height} control map at resolution {resolution} would be "
+                f"{long_side:.0f} px long; the limit is {MAX_SIDE}. "
+                "Crop it or lower the resolution."
+            )
+        return resize_to_resolution(request.control_image, resolution, multiple)
+
+    def _sample(
+        self,
+        request: GenerationRequest,
+        control: np.ndarray,
+        one_pass: _Pass,
+        progress: ProgressFn | None,
+        cancel: threading.Event | None,
+        notices: list[str],
+    ) -> list[Image.Image]:
+        import torch
+
+        _check_cancel(cancel)
+        pipe = self.pipeline
+        positive, notice = self.encode(one_pass.prompt)
+        negative, negative_notice = self.encode(request.negative_prompt)
+        notices.extend(n for n in (notice, negative_notice) if n and n not in notices)
+        generator_device = "cpu" if pipe.device.type == "mps" else pipe.device
+        generators = [torch.Generator(generator_device).manual_seed(s) for s in one_pass.seeds]
+
+        def on_step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:
+            _check_cancel(cancel)
+            if progress is not None:
+                progress(one_pass.offset + step + 1, one_pass.total)
+            return tensors
+
+        height, width = control.shape[:2]
+        output = pipe(
+            image=Image.fromarray(control),
+            height=height,
+            width=width,
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            num_images_per_prompt=len(one_pass.seeds),
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg,
+            eta=request.eta,
+            generator=generators,
+            controlnet_conditioning_scale=request.control_strength,
+            guess_mode=request.guess_mode,
+            control_guidance_start=request.control_start,
+            control_guidance_end=request.control_end,
+            callback_on_step_end=on_step_end,
+        )
+        return list(output.images)
+
+    def _caption(self, image: Image.Image) -> str:
+        from cnet.captioner import CaptionerUnavailable
+
+        captioner = self.captioner()
+        try:
+            (caption,) = captioner([image])
+        except Exception as error:  # the user gets a message, never a stack trace
+            raise CaptionerUnavailable(
+                f"Captioning the first-pass image failed: {error}"
+            ) from error
+        return caption.strip()
+
+    def _metadata(self, request, control, prompt, caption, seeds, notices) -> dict:
+        settings = asdict(request)
+        del settings["control_image"], settings["prompt"], settings["keep_first_pass"]
+        height, width = control.shape[:2]
+        return {
+            **settings,
+            "prompt": prompt,
+            "user_prompt": request.prompt,
+            "caption": caption,
+            "seeds": seeds,
+            "width": width,
+            "height": height,
+            "preset": self.preset.name,
+            "base": self.preset.base,
+            "controlnet": self.preset.controlnet_source(request.condition),
+            "device": self.preset.device,
+            "dtype": self.preset.dtype,
+            "notices": notices,
+        }
+
+    @staticmethod
+    def parameters_text(metadata: Mapping, seed: int) -> str:
+        """The A1111-style "parameters" text for one image of a result."""
+        settings = {
+            "Steps": metadata["steps"],
+            "Sampler": metadata["sampler"],
+            "CFG scale": metadata["cfg"],
+            "Seed": seed,
+            "Size": f"{metadata['width']}x{metadata['height']}",
+            "Model": metadata["preset"],
+        }
+        if metadata["sampler"] == "DDIM":
+            settings["Eta"] = metadata["eta"]
+        settings["Prompt mode"] = metadata["prompt_mode"]
+        settings["ControlNet 0"] = (
+            f"Module: {metadata['condition']}, Model: {metadata['controlnet']}, "
+            f"Weight: {metadata['control_strength']}, Guidance Start: {metadata['control_start']}, "
+            f"Guidance End: {metadata['control_end']}, Guess Mode: {metadata['guess_mode']}"
+        )
+        return png_info.format_parameters(metadata["prompt"], metadata["negative_prompt"], settings)
+
+    # ---- reporting ----------------------------------------------------------------------------
+
+    def missing(self) -> list[str]:
+        """What cannot load here, one short entry each (looks at files only, loads nothing)."""
+        found = []
+        if not self.loaded:
+            detail = missing_weights(self.preset.base, "base")
+            if detail:
+                found.append(f"base ({detail})")
+        for condition, source in self.preset.controlnets.items():
+            if source not in self._controlnets and missing_weights(source, "controlnet"):
+                found.append(f"{condition} ControlNet")
+        return found
+
+    def status(self) -> str:
+        """One line: preset, device, dtype, which weights are missing."""
+        missing = self.missing()
+        state = "loaded" if self.loaded else "loads on first use"
+        if missing:
+            state = "missing: " + ", ".join(missing)
+        return f"preset {self.preset.name} on {self.preset.device} ({self.preset.dtype}), {state}"
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled("Generation cancelled.")
+
+
+def load_engine(
+    preset: str = "auto",
+    model_dir: str | None = None,
+    base: str | None = None,
+    controlnets: Mapping[str, str] | None = None,
+    device: str | None = None,
+    controlnet_cache_size: int = 3,
+    threads: int | None = None,
+) -> Engine:
+    """An engine for the preset. It loads no weights yet (see Engine.load), so it never raises
+    for missing weights: Engine.status() says what is missing; generate() raises
+    ModelMissingError. `threads`: torch CPU threads (default: see models.cpu_threads)."""
+    chosen, reason = resolve_preset(preset, model_dir, base, controlnets, device)
+    return Engine(chosen, reason, controlnet_cache_size=controlnet_cache_size, threads=threads)

@@ -1,0 +1,447 @@
+"""Model presets and the code that loads them: base pipelines and ControlNets, from folders,
+hub ids or single original-format checkpoints, onto the right device and dtype.
+
+A preset names a base (a diffusers pipeline folder or hub id) and one ControlNet source per
+condition. Three kinds exist and share every line of loading code:
+
+- ``embedded``: ``assets/embedded`` in the model-dir layout (``base/``, ``controlnet/<key>/``,
+  ``preset.json``); small, offline, fast on a CPU.
+- ``sd15``: Stable Diffusion 1.5 and the ControlNet 1.1 checkpoints named by the condition registry.
+- custom: any model dir in the embedded layout, or any base plus ControlNets given one by one.
+
+torch and diffusers are imported inside the functions that need them, so that importing this
+module (for presets, errors, status lines) stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
+EMBEDDED_RESTORE_COMMAND = "git checkout HEAD -- assets/embedded"
+
+SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
+SD15_RESOLUTION = 512
+# The files diffusers reads from the SD 1.5 repository (the safety checker is not loaded).
+SD15_BASE_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+CONTROLNET_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".pth", ".ckpt", ".pt", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelMissingError(RuntimeError):
+    """Weights the request needs are not here; the message names them and the fetch command."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickled checkpoint that can only be read by running code from the file."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str  # "embedded", "sd15", or a custom name
+    base: str  # diffusers pipeline folder or hub id
+    controlnets: Mapping[str, str] = field(default_factory=dict)  # condition -> folder/id/file
+    resolution: int = SD15_RESOLUTION  # default short side of generated images
+    device: str = "cpu"
+    dtype: str = "float32"  # a torch dtype name
+    captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
+    model_dir: str | None = None  # the model-dir layout folder, when the preset came from one
+
+    def controlnet_source(self, condition: str) -> str:
+        if condition in self.controlnets:
+            return self.controlnets[condition]
+        if self.model_dir is not None:
+            return str(Path(self.model_dir) / "controlnet" / condition)
+        known = ", ".join(self.controlnets) or "none"
+        raise ModelMissingError(
+            f"Preset '{self.name}' has no ControlNet for '{condition}' (it has: {known}). "
+            f"Pass one with --controlnet {condition}=PATH_OR_HUB_ID."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+
+
+def hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def detect_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def dtype_for(device: str) -> str:
+    return "float32" if device == "cpu" else "float16"
+
+
+def cpu_threads() -> int:
+    """Torch CPU threads: OMP_NUM_THREADS when set, else one per core this process may use.
+
+    On a machine shared with other busy processes, fewer threads than cores can be much faster
+    (OpenMP threads wait for each other); set OMP_NUM_THREADS there.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Where weights live and how to fetch them
+
+
+def is_local(source: str) -> bool:
+    """True when `source` names a local path (existing, or clearly not a hub id)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return True
+    return (
+        path.is_absolute()
+        or source.startswith((".", "~"))
+        or source.lower().endswith(SINGLE_FILE_SUFFIXES)
+        or not _HUB_ID.match(source)
+    )
+
+
+def download_command(repo_id: str, files: tuple[str, ...] = ()) -> str:
+    return " ".join(["hf download", repo_id, *files])
+
+
+def hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
+    """Whether every file is in the local hub cache; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files)
+
+
+def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
+    path = Path(source).expanduser().resolve()
+    if path == EMBEDDED_DIR or EMBEDDED_DIR in path.parents:
+        return f"Restore the embedded model with `{EMBEDDED_RESTORE_COMMAND}`."
+    if is_local(source):
+        return (
+            f"Check the path, or put {what} there "
+            f"(e.g. `{download_command('<hub-id>', files)} --local-dir {source}`)."
+        )
+    offline = " (HF_HUB_OFFLINE is set, so only the local cache is used)" if hub_offline() else ""
+    return f"Download it with `{download_command(source, files)}`{offline}."
+
+
+def missing_weights(source: str, kind: str) -> str | None:
+    """A one-line reason when `source` (kind: "base" | "controlnet") cannot load here, else None."""
+    files = SD15_BASE_FILES if kind == "base" else CONTROLNET_FILES
+    if is_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            return f"{path} does not exist"
+        if path.is_file():
+            return None if kind == "controlnet" else f"{path} is a file, not a pipeline folder"
+        needed = "model_index.json" if kind == "base" else "config.json"
+        return None if (path / needed).is_file() else f"{path} has no {needed}"
+    if hub_offline() and not hub_cached(source, files[:1]):
+        return f"{source} is not in the hub cache"
+    return None
+
+
+def model_missing(source: str, what: str, detail: str, kind: str) -> ModelMissingError:
+    files = SD15_BASE_FILES if kind == "base" else CONTROLNET_FILES
+    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, what, files)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets
+
+
+def _registry_checkpoints(preset_name: str) -> dict[str, str]:
+    from cnet.conditions import CONDITIONS
+
+    return {
+        key: condition.controlnet[preset_name]
+        for key, condition in CONDITIONS.items()
+        if preset_name in condition.controlnet
+    }
+
+
+def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
+    """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json)."""
+    model_dir = Path(model_dir).expanduser()
+    settings = {}
+    if (model_dir / "preset.json").is_file():
+        settings = json.loads((model_dir / "preset.json").read_text())
+    folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
+    controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
+    device = device or detect_device()
+    captioner = model_dir / "captioner"
+    return Preset(
+        name=name or settings.get("name") or model_dir.name,
+        base=str(model_dir / "base"),
+        controlnets=controlnets,
+        resolution=int(settings.get("resolution", SD15_RESOLUTION)),
+        device=device,
+        dtype=dtype_for(device),
+        captioner=str(captioner),
+        model_dir=str(model_dir),
+    )
+
+
+def sd15_preset(device: str | None = None) -> Preset:
+    device = device or detect_device()
+    return Preset(
+        name="sd15",
+        base=SD15_BASE,
+        controlnets=_registry_checkpoints("sd15"),
+        resolution=SD15_RESOLUTION,
+        device=device,
+        dtype=dtype_for(device),
+        captioner=SD15_CAPTIONER,
+    )
+
+
+def _hub_reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """A metadata request (no download) to see whether the hub answers for `repo_id`."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except Exception:  # any failure (no network, DNS, HTTP error) means: not reachable now
+        return False
+    return True
+
+
+def choose_auto(device: str) -> tuple[str, str]:
+    """(preset name, reason) for --preset auto: sd15 on a GPU with its weights at hand, else
+    the embedded preset. Looks at the cache and asks the hub for metadata; downloads nothing."""
+    if device == "cpu":
+        return "embedded", "no GPU found, so the embedded CPU model runs (sd15 needs a GPU)"
+    if hub_cached(SD15_BASE, SD15_BASE_FILES):
+        return "sd15", f"{device} GPU found and Stable Diffusion 1.5 is in the hub cache"
+    if hub_offline():
+        return "embedded", (
+            f"{device} GPU found, but HF_HUB_OFFLINE is set and Stable Diffusion 1.5 is not cached "
+            f"(fetch it with `{download_command(SD15_BASE, SD15_BASE_FILES)}`)"
+        )
+    if _hub_reachable(SD15_BASE):
+        return "sd15", f"{device} GPU found; Stable Diffusion 1.5 downloads on first use"
+    return "embedded", f"{device} GPU found, but the hub is unreachable and SD 1.5 is not cached"
+
+
+def resolve_preset(
+    preset: str = "auto",
+    model_dir: str | None = None,
+    base: str | None = None,
+    controlnets: Mapping[str, str] | None = None,
+    device: str | None = None,
+) -> tuple[Preset, str]:
+    """(Preset, reason). `preset` is "auto", "embedded", "sd15", or a model-dir path.
+
+    `model_dir` overrides the preset with a folder in the embedded layout; `base` and
+    `controlnets` then override single parts (a custom preset).
+    """
+    device = device or detect_device()
+    if model_dir is not None:
+        chosen, reason = preset_from_dir(model_dir, device=device), f"--model-dir {model_dir}"
+    elif preset == "auto":
+        name, reason = choose_auto(device)
+        chosen = sd15_preset(device) if name == "sd15" else _embedded(device)
+    elif preset == "embedded":
+        chosen, reason = _embedded(device), "embedded preset requested"
+    elif preset == "sd15":
+        chosen, reason = sd15_preset(device), "sd15 preset requested"
+    elif Path(preset).expanduser().is_dir():
+        chosen, reason = preset_from_dir(preset, device=device), f"model folder {preset}"
+    else:
+        raise ValueError(
+            f"Unknown preset '{preset}': use auto, embedded, sd15, or a folder with base/ and "
+            "controlnet/<condition>/."
+        )
+    if base is not None or controlnets:
+        chosen = replace(
+            chosen,
+            name="custom",
+            base=base or chosen.base,
+            controlnets={**chosen.controlnets, **(controlnets or {})},
+        )
+        reason += "; custom base/ControlNets given"
+    return chosen, reason
+
+
+def _embedded(device: str) -> Preset:
+    return preset_from_dir(EMBEDDED_DIR, name="embedded", device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def load_base(preset: Preset) -> dict:
+    """The base pipeline's components (vae, text_encoder, tokenizer, unet, scheduler) on device."""
+    from diffusers import StableDiffusionPipeline
+
+    detail = missing_weights(preset.base, "base")
+    if detail:
+        raise model_missing(
+            preset.base, f"The base model of preset '{preset.name}'", detail, "base"
+        )
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(Path(preset.base).expanduser()) if is_local(preset.base) else preset.base,
+            dtype=_torch_dtype(preset.dtype),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            local_files_only=hub_offline(),
+        )
+    except OSError as error:
+        raise model_missing(
+            preset.base, f"The base model of preset '{preset.name}'", str(error), "base"
+        ) from error
+    pipe.to(preset.device)
+    return {
+        name: getattr(pipe, name)
+        for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A state dict from .safetensors, or from a pickle with torch.load(weights_only=True)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"Refused to load {path}: it is a pickle that needs to run code to load "
+            "(weights_only=True rejected it), and running code from a model file is unsafe. "
+            "Use a .safetensors version of this checkpoint."
+        ) from error
+    while isinstance(checkpoint, dict) and "state_dict" in checkpoint:
+        checkpoint = checkpoint["state_dict"]
+    return checkpoint
+
+
+def conditioning_shape(checkpoint: Mapping) -> tuple[int, tuple[int, ...]]:
+    """(conditioning_channels, conditioning_embedding_out_channels) of an original-format
+    ControlNet checkpoint.
+
+    The hint encoder is Conv, SiLU, (Conv, SiLU, strided Conv, SiLU)*, zero Conv: the widths are
+    the outputs of the first conv and of every strided one.
+    """
+    prefix = "control_model." if any(k.startswith("control_model.") for k in checkpoint) else ""
+    hint = re.compile(rf"^{re.escape(prefix)}input_hint_block\.(\d+)\.weight$")
+    weights = {int(m.group(1)): checkpoint[k] for k in checkpoint if (m := hint.match(k))}
+    if not weights:
+        raise ValueError("not an original-format ControlNet checkpoint (no input_hint_block)")
+    indices = sorted(weights)[:-1]  # the last conv maps into the UNet's width
+    widths = tuple(int(weights[i].shape[0]) for i in indices if i % 4 == 0)
+    return int(weights[0].shape[1]), widths
+
+
+def load_controlnet(source: str, base: str, dtype: str, device: str, label: str = "ControlNet"):
+    """A ControlNetModel from a folder, a hub id, or a single original-format checkpoint file.
+
+    A single file carries no config; the architecture comes from the base UNet's config (a
+    ControlNet is a copy of its base's encoder), so loading needs no download.
+    """
+    from diffusers import ControlNetModel
+
+    detail = missing_weights(source, "controlnet")
+    if detail:
+        raise model_missing(source, label, detail, "controlnet")
+    torch_dtype = _torch_dtype(dtype)
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            checkpoint = read_checkpoint(path)
+            channels, widths = conditioning_shape(checkpoint)
+            base_path = Path(base).expanduser()
+            model = ControlNetModel.from_single_file(
+                checkpoint,
+                config=str(base_path) if is_local(base) else base,
+                subfolder="unet",
+                conditioning_channels=channels,
+                conditioning_embedding_out_channels=widths,
+                torch_dtype=torch_dtype,
+                local_files_only=hub_offline() or is_local(base),
+            )
+        else:
+            model = ControlNetModel.from_pretrained(
+                str(path) if is_local(source) else source,
+                dtype=torch_dtype,
+                local_files_only=hub_offline(),
+            )
+    except OSError as error:
+        raise model_missing(source, label, str(error), "controlnet") from error
+    return model.to(device).eval()
+
+
+class LRUCache:
+    """At most `size` values, the least recently used dropped first."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError("cache size must be at least 1")
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, make: Callable):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def __contains__(self, key) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()

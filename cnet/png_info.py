@@ -1,0 +1,71 @@
+"""Generation parameters in a PNG "parameters" text chunk, the convention other SD tools read.
+
+The text is three parts, as AUTOMATIC1111's web UI writes it::
+
+    a red sphere, best quality
+    Negative prompt: lowres, bad anatomy
+    Steps: 20, Sampler: DDPM, CFG scale: 9.0, Seed: 12, Size: 512x512, ControlNet 0: "..."
+
+Values holding a comma, colon or quote are written as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+KEY = "parameters"
+NEGATIVE = "Negative prompt: "
+_FIELD = re.compile(r'\s*([^:,]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def _value(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if re.search(r'[,:"]', text) else text
+
+
+def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, object]) -> str:
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(NEGATIVE + negative_prompt)
+    lines.append(", ".join(f"{key}: {_value(value)}" for key, value in settings.items()))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
+    """(prompt, negative prompt, settings as strings) from a "parameters" text."""
+    *head, last = text.split("\n")
+    settings = {}
+    for match in _FIELD.finditer(last):
+        key, value = match.group(1).strip(), match.group(2).strip()
+        settings[key] = json.loads(value) if value.startswith('"') else value
+    negative = ""
+    if head and head[-1].startswith(NEGATIVE):
+        negative = head.pop()[len(NEGATIVE) :]
+    return "\n".join(head), negative, settings
+
+
+def attach(image: Image.Image, text: str) -> Image.Image:
+    """Set the text on the image; PNG writers that copy `image.info` (Gradio does) keep it."""
+    image.info[KEY] = text
+    return image
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    info = PngInfo()
+    for key, value in image.info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            info.add_text(key, value)
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def read_parameters(path: str | Path) -> str | None:
+    with Image.open(path) as image:
+        return image.info.get(KEY)

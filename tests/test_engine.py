@@ -1,0 +1,363 @@
+"""The engine on the tiny random-weight model: loading, swapping, seeds, prompt modes, settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnet import png_info
+from cnet.engine import (
+    DEFAULT_PROMPT,
+    SAMPLERS,
+    Engine,
+    GenerationCancelled,
+    GenerationRequest,
+    ModelMissingError,
+    load_engine,
+)
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Engine:
+    # One thread: the tiny model is too small to gain from more, and CI machines are shared.
+    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", threads=1)
+    engine.load()
+    return engine
+
+
+@pytest.fixture
+def control_map() -> np.ndarray:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 12:30] = 255
+    image[30:34, 30:60] = 255
+    return image
+
+
+def request(control_map: np.ndarray, **settings) -> GenerationRequest:
+    settings = {"condition": "canny", "steps": STEPS, "added_prompt": "", **settings}
+    return GenerationRequest(control_map, **settings)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.fixture
+def calls(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The keyword arguments of every pipeline call (the call itself still runs)."""
+    pipeline_class = type(engine.pipeline)
+    original = pipeline_class.__call__
+    recorded = []
+
+    def spy(pipe, *args, **kwargs):
+        recorded.append({**kwargs, "scheduler": type(pipe.scheduler).__name__})
+        return original(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_class, "__call__", spy)
+    return recorded
+
+
+@pytest.fixture
+def tokenized(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the pipeline's tokenizer is asked to tokenize."""
+    tokenizer_class = type(engine.pipeline.tokenizer)
+    original = tokenizer_class.__call__
+    texts = []
+
+    def spy(tokenizer, text, *args, **kwargs):
+        texts.extend([text] if isinstance(text, str) else text)
+        return original(tokenizer, text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_class, "__call__", spy)
+    return texts
+
+
+def test_loads_the_model_folder(engine: Engine, tiny_model_dir: Path, control_map):
+    import json
+
+    unet_config = json.loads((tiny_model_dir / "base" / "unet" / "config.json").read_text())
+    assert list(engine.pipeline.unet.config.block_out_channels) == unet_config["block_out_channels"]
+    assert engine.preset.resolution == 64  # from preset.json
+    assert (
+        "tiny" in engine.status() and "cpu" in engine.status() and "missing" not in engine.status()
+    )
+    result = engine.generate(request(control_map, prompt="a red sphere"))
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    assert result.control_image.shape == (64, 64, 3)
+
+
+def test_controlnet_swap_keeps_the_base(engine: Engine, control_map, monkeypatch):
+    import cnet.engine
+
+    loads = []
+    original = cnet.engine.load_controlnet
+    monkeypatch.setattr(
+        cnet.engine,
+        "load_controlnet",
+        lambda source, *a, **k: loads.append(source) or original(source, *a, **k),
+    )
+    pipe = engine.pipeline
+    base = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer)
+    engine.generate(request(control_map, condition="canny"))
+    canny = pipe.controlnet
+    engine.generate(request(control_map, condition="depth"))
+    depth = pipe.controlnet
+    engine.generate(request(control_map, condition="canny"))
+    assert engine.pipeline is pipe
+    assert (pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer) == base
+    assert depth is not canny and pipe.controlnet is canny  # cached, not reloaded
+    assert [Path(s).name for s in loads].count("canny") <= 1
+    weight = "controlnet_mid_block.weight"
+    assert not np.allclose(canny.state_dict()[weight], depth.state_dict()[weight])
+
+
+def test_controlnet_cache_is_bounded(tiny_model_dir: Path):
+    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", controlnet_cache_size=2)
+    models = [engine.controlnet(key) for key in ("canny", "depth", "seg")]
+    assert len(engine._controlnets) == 2
+    assert engine.controlnet("seg") is models[2]
+    assert engine.controlnet("canny") is not models[0]  # evicted, so loaded again
+
+
+def test_same_seed_same_images_and_image_i_uses_seed_plus_i(engine: Engine, control_map):
+    first = engine.generate(request(control_map, seed=11, num_images=2))
+    again = engine.generate(request(control_map, seed=11, num_images=2))
+    alone = engine.generate(request(control_map, seed=12, num_images=1))
+    assert first.seeds == [11, 12]
+    for a, b in zip(first.images, again.images, strict=True):
+        assert np.array_equal(pixels(a), pixels(b))
+    assert np.abs(pixels(first.images[0]) - pixels(first.images[1])).max() > 10
+    # batched and alone: the same noise; batch arithmetic may differ in the last bit
+    assert np.abs(pixels(first.images[1]) - pixels(alone.images[0])).max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("none", ""),
+        ("default", f"{DEFAULT_PROMPT}, extra words"),
+        ("user", "a blue cube, extra words"),
+    ],
+)
+def test_prompt_mode_sets_the_encoded_text(engine, control_map, calls, mode, expected):
+    result = engine.generate(
+        request(control_map, prompt_mode=mode, prompt="a blue cube", added_prompt="extra words")
+    )
+    assert result.prompt == expected
+    import torch
+
+    pipe = engine.pipeline
+    with torch.no_grad():
+        direct, _ = pipe.encode_prompt(expected, pipe.device, 1, False)
+    (call,) = calls
+    assert call["prompt_embeds"].shape == direct.shape
+    assert torch.allclose(call["prompt_embeds"], direct, atol=1e-5)
+
+
+def test_prompt_modes_encode_different_text(engine, control_map, calls):
+    for mode in ("none", "default", "user"):
+        engine.generate(request(control_map, prompt_mode=mode, prompt="a yellow cone"))
+    embeds = [call["prompt_embeds"].numpy() for call in calls]
+    assert not np.allclose(embeds[0], embeds[1]) and not np.allclose(embeds[1], embeds[2])
+
+
+def test_auto_mode_captions_the_default_prompt_image(
+    engine, control_map, calls, tokenized, monkeypatch
+):
+    seen = []
+
+    def fake_captioner(images):
+        seen.extend(images)
+        return ["a green cylinder on a grey background"]
+
+    monkeypatch.setattr(engine, "captioner", lambda: fake_captioner)
+    result = engine.generate(
+        request(control_map, prompt_mode="auto", added_prompt="sharp", seed=7, num_images=2,
+                keep_first_pass=True)
+    )  # fmt: skip
+    assert result.caption == "a green cylinder on a grey background"
+    assert result.prompt == "a green cylinder on a grey background, sharp"
+    assert f"{DEFAULT_PROMPT}, sharp" in tokenized and result.prompt in tokenized
+    assert len(calls) == 2 and len(result.first_pass_images) == 2 and len(result.images) == 2
+    assert pixels(seen[0]).tolist() == pixels(result.first_pass_images[0]).tolist()
+    first_seeds = [g.initial_seed() for g in calls[0]["generator"]]
+    second_seeds = [g.initial_seed() for g in calls[1]["generator"]]
+    assert first_seeds == second_seeds == [7, 8]
+    assert "Prompt mode: auto" in result.images[0].info["parameters"]
+
+
+def test_auto_mode_without_keep_first_pass_samples_one_first_image(
+    engine, control_map, calls, monkeypatch
+):
+    monkeypatch.setattr(engine, "captioner", lambda: lambda images: ["a red sphere"])
+    result = engine.generate(request(control_map, prompt_mode="auto", num_images=2))
+    assert [len(call["generator"]) for call in calls] == [1, 2]
+    assert result.first_pass_images == []
+
+
+def test_auto_mode_reports_a_missing_captioner(tiny_model_dir, control_map):
+    from cnet.captioner import CaptionerUnavailable
+
+    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu")
+    with pytest.raises(CaptionerUnavailable, match="captioner") as error:
+        engine.captioner()
+    assert str(tiny_model_dir / "captioner") in str(error.value)
+    assert "python -m cnet train captioner" in str(error.value)
+
+
+def test_auto_mode_reports_a_failing_captioner(engine, control_map, monkeypatch):
+    from cnet.captioner import CaptionerUnavailable
+
+    def broken(images):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine, "captioner", lambda: broken)
+    with pytest.raises(CaptionerUnavailable, match="out of memory"):
+        engine.generate(request(control_map, prompt_mode="auto"))
+
+
+def test_repeated_prompts_are_encoded_once(engine, control_map, tokenized):
+    text = "a person on a white background"
+    engine.generate(request(control_map, prompt=text, seed=1))
+    assert text in tokenized
+    count = len(tokenized)
+    engine.generate(request(control_map, prompt=text, seed=2))
+    assert len(tokenized) == count
+
+
+def test_settings_reach_the_pipeline(engine, control_map, calls):
+    engine.generate(
+        request(control_map, control_strength=0.6, guess_mode=True, control_start=0.2,
+                control_end=0.7, steps=3, cfg=4.5, sampler="DDIM", eta=0.3)
+    )  # fmt: skip
+    (call,) = calls
+    assert call["controlnet_conditioning_scale"] == 0.6
+    assert call["guess_mode"] is True
+    assert (call["control_guidance_start"], call["control_guidance_end"]) == (0.2, 0.7)
+    assert call["num_inference_steps"] == 3 and call["guidance_scale"] == 4.5
+    assert call["scheduler"] == "DDIMScheduler" and call["eta"] == 0.3
+
+
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"),
+    [
+        ("DDPM", "DDPMScheduler"),
+        ("DDIM", "DDIMScheduler"),
+        ("UniPC", "UniPCMultistepScheduler"),
+        ("Euler a", "EulerAncestralDiscreteScheduler"),
+        ("DPM++ 2M", "DPMSolverMultistepScheduler"),
+    ],
+)
+def test_each_sampler_runs(engine, control_map, calls, sampler, scheduler):
+    result = engine.generate(request(control_map, sampler=sampler))
+    assert calls[0]["scheduler"] == scheduler
+    assert f"Sampler: {sampler}" in result.images[0].info["parameters"]
+    assert sampler in SAMPLERS
+
+
+def test_control_strength_changes_the_image(engine, control_map):
+    """At strength 0 the ControlNet adds nothing: two conditions give the same image."""
+    images = {
+        (condition, strength): pixels(
+            engine.generate(
+                request(control_map, condition=condition, control_strength=strength)
+            ).images[0]
+        )
+        for condition in ("canny", "seg")
+        for strength in (0.0, 1.0)
+    }
+    assert np.array_equal(images["canny", 0.0], images["seg", 0.0])
+    assert np.abs(images["canny", 1.0] - images["seg", 1.0]).max() > 0
+
+
+def test_progress_reports_every_step(engine, control_map):
+    steps = []
+    engine.generate(
+        request(control_map, steps=3), progress=lambda done, total: steps.append((done, total))
+    )
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_cancel_stops_generation_and_the_engine_keeps_working(engine, control_map):
+    cancel = threading.Event()
+    steps = []
+
+    def progress(done, total):
+        steps.append(done)
+        cancel.set()
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(request(control_map, steps=4), progress=progress, cancel=cancel)
+    assert steps == [1]
+    with pytest.raises(GenerationCancelled):
+        engine.generate(request(control_map), cancel=cancel)  # already set: nothing runs
+    assert len(engine.generate(request(control_map)).images) == 1
+
+
+def test_resolution_is_rounded_to_the_latent_grid(engine):
+    control = np.zeros((100, 150, 3), np.uint8)
+    result = engine.generate(request(control, resolution=100))
+    assert result.control_image.shape == (128, 192, 3)
+    assert result.images[0].size == (192, 128)
+    assert (result.metadata["width"], result.metadata["height"]) == (192, 128)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"num_images": 13}, "number of images"),
+        ({"num_images": 0}, "number of images"),
+        ({"steps": 0}, "steps"),
+        ({"cfg": 31.0}, "CFG"),
+        ({"control_strength": 2.5}, "control strength"),
+        ({"control_start": 0.8, "control_end": 0.5}, "Control start"),
+        ({"resolution": 32}, "resolution"),
+        ({"seed": -1}, "seed"),
+        ({"sampler": "Heun"}, "sampler"),
+        ({"prompt_mode": "magic"}, "prompt mode"),
+        ({"steps": 2.5}, "whole number"),
+        ({"control_image": np.zeros((8, 8), np.uint8)}, "H x W x 3"),
+        ({"control_image": np.zeros((8, 8, 3), np.float32)}, "uint8"),
+        ({"control_image": np.zeros((8, 800, 3), np.uint8), "resolution": 512}, "limit"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(engine, control_map, settings, message):
+    with pytest.raises(ValueError, match=message):
+        engine.generate(request(settings.pop("control_image", control_map), **settings))
+
+
+def test_result_images_carry_parameters(engine, control_map, tmp_path):
+    result = engine.generate(
+        request(control_map, prompt="a red sphere", added_prompt="sharp", seed=42, num_images=2)
+    )
+    path = png_info.save_png(result.images[1], tmp_path / "out.png")
+    prompt, negative, settings = png_info.parse_parameters(png_info.read_parameters(path))
+    assert prompt == "a red sphere, sharp"
+    assert negative == GenerationRequest.negative_prompt
+    assert settings["Seed"] == "43" and settings["Steps"] == str(STEPS)
+    assert settings["Sampler"] == "DDPM" and settings["Size"] == "64x64"
+    assert "Weight: 1.0" in settings["ControlNet 0"]
+    assert result.metadata["seeds"] == [42, 43] and result.metadata["condition"] == "canny"
+
+
+def test_missing_weights_raise_model_missing_error(tmp_path: Path, control_map):
+    engine = load_engine(model_dir=str(tmp_path / "nowhere"), device="cpu")  # does not raise
+    assert "missing" in engine.status() and "base" in engine.status()
+    with pytest.raises(ModelMissingError) as error:
+        engine.generate(request(control_map))
+    assert str(tmp_path / "nowhere" / "base") in str(error.value)
+    assert "hf download" in str(error.value)
+
+
+def test_a_missing_controlnet_names_its_folder(tiny_model_dir: Path, tmp_path: Path, control_map):
+    engine = load_engine(
+        model_dir=str(tiny_model_dir), device="cpu", controlnets={"canny": str(tmp_path / "gone")}
+    )
+    assert "canny ControlNet" in engine.status()
+    with pytest.raises(ModelMissingError, match=str(tmp_path / "gone")):
+        engine.controlnet("canny")
