@@ -175,7 +175,7 @@ CONDITIONS: dict[str, Condition] = {
                 Backend(
                     "fake_scribble",
                     "Photo → fake scribble (no weights)",
-                    (Param("edge_strength", "Edge strength", 0.5, 0.05, 1.0, 0.05),),
+                    (Param("edge_strength", "Edge strength", 0.3, 0.05, 1.0, 0.05),),
                     factory=scribble.FakeScribbleDetector,
                 ),
                 NONE_BACKEND,
@@ -201,7 +201,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("canny", "lllyasviel/control_v11p_sd15_canny"),
             example_prompt="a red sphere and a blue cube on a wooden table",
-            examples=(f"{_EXAMPLES}/scene.png",),
+            examples=(f"{_EXAMPLES}/scene.jpg",),
         ),
         Condition(
             key="hough",

@@ -141,14 +141,13 @@ class DrawingDetector:
 class FakeScribbleDetector(Detector):
     """A photo -> scribble with no weights: gradient soft edges through the fake-scribble recipe."""
 
-    def detect(self, image: np.ndarray, edge_strength: float = 0.5, **_: Any) -> np.ndarray:
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        grey = cv2.GaussianBlur(grey, (0, 0), _SOFT_EDGE_SIGMA)
-        magnitude = cv2.magnitude(
-            cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-        )
+    def detect(self, image: np.ndarray, edge_strength: float = 0.3, **_: Any) -> np.ndarray:
+        smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), _SOFT_EDGE_SIGMA)
+        gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
+        magnitude = np.sqrt(gx**2 + gy**2).max(axis=2)  # colour edges count, as they do for HED
         # Sobel peak over a blurred step of height h: 8 h / (sigma sqrt(2 pi)). A step of
-        # `edge_strength` x the grey range reads as a certain edge (255), like a strong HED edge.
+        # `edge_strength` x the channel range reads as a certain edge (255), like a strong HED edge.
         step = max(edge_strength, 1e-3) * 255.0
         peak = 8.0 * step / (_SOFT_EDGE_SIGMA * np.sqrt(2.0 * np.pi))
         return edges_to_scribble(magnitude / peak * 255.0)

@@ -1,0 +1,161 @@
+"""The registry the app builds its tabs from: order, checkpoints, backends and their reasons."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnet.conditions import (
+    CONDITIONS,
+    BackendUnavailable,
+    annotators_dir,
+    detect,
+    set_annotators_dir,
+)
+from cnet.detectors.weights import Weights
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_ORDER = ("scribble", "canny", "hough", "pose", "seg", "depth", "normal")
+SD15 = {
+    "scribble": "lllyasviel/control_v11p_sd15_scribble",
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "hough": "lllyasviel/control_v11p_sd15_mlsd",
+    "pose": "lllyasviel/control_v11p_sd15_openpose",
+    "seg": "lllyasviel/control_v11p_sd15_seg",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "normal": "lllyasviel/control_v11p_sd15_normalbae",
+}
+OFFLINE_DEFAULTS = {
+    "scribble": "canvas",
+    "canny": "canny",
+    "hough": "lines",
+    "pose": "keypoints_json",
+    "seg": "palette",
+    "depth": "depth_map",
+    "normal": "depth_map",
+}
+
+
+@pytest.fixture
+def empty_annotators(tmp_path):
+    set_annotators_dir(tmp_path)
+    yield tmp_path
+    set_annotators_dir(None)
+
+
+def test_conditions_in_paper_order_with_checkpoints():
+    assert tuple(CONDITIONS) == PAPER_ORDER
+    for key, condition in CONDITIONS.items():
+        assert condition.key == key
+        assert dict(condition.controlnet) == {"sd15": SD15[key], "embedded": key}
+    assert [c.key for c in CONDITIONS.values() if c.sketch] == ["scribble"]
+
+
+def test_offline_defaults_are_the_classical_backends(empty_annotators):
+    for key, name in OFFLINE_DEFAULTS.items():
+        assert CONDITIONS[key].default_backend().name == name
+        assert CONDITIONS[key].backends[-1].name == "none"
+        assert CONDITIONS[key].backends[-1].label.startswith("None")
+
+
+def test_unavailable_backends_name_file_folder_and_command(empty_annotators):
+    unavailable = [b for c in CONDITIONS.values() for b in c.backends if not b.availability().ok]
+    assert {b.name for b in unavailable} >= {"hed", "pidinet", "mlsd", "openpose", "upernet",
+                                              "midas", "depth_anything", "normalbae"}  # fmt: skip
+    for backend in unavailable:
+        reason = backend.availability().reason
+        assert str(empty_annotators) in reason and "hf download" in reason, reason
+        for entry in backend.weights.files:
+            assert entry.split("|")[0] in reason
+        with pytest.raises(BackendUnavailable, match="not found"):
+            backend.load()
+
+
+def test_exact_annotator_file_names(empty_annotators):
+    files = {
+        (key, b.name): b.weights.files
+        for key, c in CONDITIONS.items()
+        for b in c.backends
+        if b.weights is not None and b.weights.repo == "lllyasviel/Annotators"
+    }
+    assert files[("hough", "mlsd")] == ("mlsd_large_512_fp32.pth",)
+    assert files[("scribble", "hed")] == ("ControlNetHED.pth",)
+    assert files[("scribble", "pidinet")] == ("table5_pidinet.pth",)
+    assert files[("pose", "openpose")] == ("body_pose_model.pth", "hand_pose_model.pth",
+                                           "facenet.pth")  # fmt: skip
+    assert files[("depth", "midas")] == ("dpt_hybrid-midas-501f0c75.pt",)
+    assert files[("normal", "normalbae")] == ("scannet.pt",)
+
+
+def test_weights_in_the_folder_make_a_backend_available(empty_annotators):
+    mlsd = CONDITIONS["hough"].backend("mlsd")
+    assert not mlsd.availability().ok
+    (empty_annotators / "mlsd_large_512_fp32.pth").write_bytes(b"")
+    assert mlsd.availability().ok
+    assert CONDITIONS["hough"].default_backend().name == "mlsd"
+
+
+def test_only_missing_files_are_in_the_command(empty_annotators):
+    (empty_annotators / "body_pose_model.pth").write_bytes(b"")
+    reason = CONDITIONS["pose"].backend("openpose").availability().reason
+    assert "hand_pose_model.pth facenet.pth --local-dir" in reason
+    assert "body_pose_model.pth" not in reason
+
+
+def test_annotators_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNET_ANNOTATORS_DIR", str(tmp_path))
+    assert annotators_dir() == tmp_path
+    set_annotators_dir(tmp_path / "other")
+    try:
+        assert annotators_dir() == tmp_path / "other"
+    finally:
+        set_annotators_dir(None)
+
+
+def test_fetch_refuses_when_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+        Weights("lllyasviel/Annotators", ("scannet.pt",)).fetch(tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_params_have_sane_ranges():
+    for condition in CONDITIONS.values():
+        for backend in condition.backends:
+            names = [p.name for p in backend.params]
+            assert len(names) == len(set(names))
+            for param in backend.params:
+                if param.minimum is not None:
+                    assert param.minimum <= param.default <= param.maximum
+
+
+@pytest.mark.parametrize("key", PAPER_ORDER)
+def test_examples_exist_and_give_a_map_offline(key, empty_annotators):
+    condition = CONDITIONS[key]
+    assert condition.example_prompt and condition.examples
+    for example in condition.examples:
+        path = ROOT / example
+        assert path.is_file() and path.stat().st_size < 50 * 1024
+        backend = None if key != "scribble" else "drawing"  # the canvas reads sketch-pad values
+        control = detect(key, path, backend=backend, image_resolution=256)
+        assert control.dtype == np.uint8 and control.ndim == 3 and control.shape[2] == 3
+        assert min(control.shape[:2]) == 256 and control.max() > 0
+
+
+def test_unknown_condition_is_explained():
+    with pytest.raises(ValueError, match="scribble, canny"):
+        detect("lineart", np.zeros((8, 8, 3), np.uint8))
+
+
+def test_importing_the_registry_imports_no_model_library():
+    code = (
+        "import sys, cnet.conditions; "
+        "print(sorted(m for m in ('controlnet_aux', 'torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
