@@ -118,6 +118,7 @@ def tiny_config(data: Path, out: Path, **changes) -> train_cap.TrainConfig:
         checkpoint_every=2,
         validate_every=4,
         num_validation_scenes=4,
+        num_test_scenes=4,
         vocabulary_examples=4,
     )
     settings.update(changes)
@@ -132,7 +133,8 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]
     assert 0.0 <= whole.accuracy <= 1.0
     summary = json.loads((out / "training.json").read_text())
-    assert summary["steps"] == 4 and summary["accuracy"] == whole.accuracy
+    assert summary["steps"] == 4 and summary["test_accuracy"] == whole.accuracy
+    assert [step for step, _ in summary["validation_accuracies"]] == [4]
 
     captioner = cap.load_captioner(whole.captioner_dir, device="cpu")
     assert "Caption accuracy" in (whole.captioner_dir / "README.md").read_text()

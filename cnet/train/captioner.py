@@ -63,8 +63,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     checkpoints_to_keep: int | None = 3
     resume: str | None = None  # "latest" or a checkpoint folder
-    validate_every: int = 500  # caption accuracy on held-out scenes; 0: never
+    validate_every: int = 500  # caption accuracy on validation scenes; 0: never
     num_validation_scenes: int = 100
+    num_test_scenes: int = 200  # the final accuracy, on the held-out test scenes
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TrainResult:
     step: int
     losses: list[float]  # one per optimizer step, mean over processes and accumulation
     captioner_dir: Path
-    accuracy: float | None  # on the validation scenes at the end; None without validation
+    accuracy: float  # on the held-out test scenes
 
 
 @dataclass
@@ -204,10 +205,9 @@ def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Pat
     return cap.build_captioner(size, tokenizer)
 
 
-def model_card(config: TrainConfig, model, step: int, losses: list[float], accuracy) -> str:
+def model_card(config: TrainConfig, model, step: int, losses: list[float], accuracy: float) -> str:
     vision, text = model.config.vision_config, model.config.text_config
     params = sum(p.numel() for p in model.parameters())
-    measured = "not measured" if accuracy is None else f"{accuracy:.3f}"
     return f"""# Embedded captioner (BLIP architecture)
 
 BlipForConditionalGeneration trained from scratch by `python -m cnet train captioner` to caption
@@ -223,8 +223,8 @@ the synthetic scene world for the automatic prompt mode. Load with
 - Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps},
   learning rate {config.learning_rate}.
 - Final loss (mean of the last 100 steps): {np.mean(losses[-100:]) if losses else float("nan"):.4f}
-- Caption accuracy (object and colour words all correct) on {config.num_validation_scenes}
-  held-out scenes: {measured}
+- Caption accuracy (object and colour words all correct) on {config.num_test_scenes}
+  held-out test scenes: {accuracy:.3f}
 """
 
 
@@ -280,12 +280,10 @@ def train(config: TrainConfig) -> TrainResult:
         f"({len(dataset)} examples, {resolution} px) on {accelerator.num_processes} x {device}."
     )
 
-    def validate() -> float:
+    def measure(split: str, count: int) -> float:
         unwrapped = accelerator.unwrap_model(model)
         live = cap.Captioner(unwrapped, processor, device, torch.float32, source="training")
-        report = evaluate_captioner(
-            live, config.num_validation_scenes, config.data, "test", config.condition
-        )
+        report = evaluate_captioner(live, count, config.data, split, config.condition)
         unwrapped.train()
         return report.accuracy
 
@@ -346,7 +344,7 @@ def train(config: TrainConfig) -> TrainResult:
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         if config.validate_every and step % config.validate_every == 0:
             if accelerator.is_main_process:
-                accuracies.append((step, validate()))
+                accuracies.append((step, measure("validation", config.num_validation_scenes)))
                 accelerator.print(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
             accelerator.wait_for_everyone()
         if step % config.checkpoint_every == 0 or step == config.max_steps:
@@ -354,11 +352,13 @@ def train(config: TrainConfig) -> TrainResult:
     progress.close()
 
     captioner_dir = output_dir / "captioner"
-    accuracy = accuracies[-1][1] if accuracies and accuracies[-1][0] == step else None
+    accuracy = float("nan")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        if accuracy is None and config.validate_every:
-            accuracy = validate()
+        accuracy = measure("test", config.num_test_scenes)
+        accelerator.print(
+            f"caption accuracy on {config.num_test_scenes} test scenes: {accuracy:.3f}"
+        )
         cap.save_captioner(unwrapped, processor, captioner_dir, dtype=torch.float16)
         (captioner_dir / "README.md").write_text(
             model_card(config, unwrapped, step, losses, accuracy)
@@ -367,8 +367,8 @@ def train(config: TrainConfig) -> TrainResult:
             "steps": step,
             "final_loss": losses[-1] if losses else None,
             "mean_loss_last_100": float(np.mean(losses[-100:])) if losses else None,
-            "accuracies": accuracies,
-            "accuracy": accuracy,
+            "validation_accuracies": accuracies,
+            "test_accuracy": accuracy,
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
