@@ -159,3 +159,37 @@ def test_importing_the_registry_imports_no_model_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_detect_writes_the_map(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    output = tmp_path / "edges.png"
+    example = str(ROOT / "assets/examples/scene.jpg")
+    code = main(["detect", example, "-c", "canny", "-p", "low_threshold=50", "-o", str(output)])
+    assert code == 0
+    from PIL import Image
+
+    written = np.asarray(Image.open(output))
+    assert np.array_equal(written, detect("canny", example, low_threshold=50))
+    assert "Canny edges" in capsys.readouterr().out
+
+
+def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    example = str(ROOT / "assets/examples/room.png")
+    common = ["--annotators-dir", str(tmp_path), "-o", str(tmp_path / "x.png")]
+    try:
+        assert main(["detect", example, "-c", "hough", "-b", "mlsd", *common]) == 1
+        assert (
+            "hf download lllyasviel/Annotators mlsd_large_512_fp32.pth" in capsys.readouterr().err
+        )
+        assert main(["detect", example, "-c", "hough", "-p", "min_length=x", *common]) == 2
+        assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
+        assert "min_length" in capsys.readouterr().err
+        assert main(["detect", "--list", *common]) == 0
+        assert "upernet-convnext-small" in capsys.readouterr().out
+    finally:
+        set_annotators_dir(None)
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,128 @@
+"""`python -m cnet detect`: turn an image (or OpenPose JSON) into a control map PNG.
+
+python -m cnet detect photo.jpg --condition canny -p low_threshold=50 -o edges.png
+python -m cnet detect pose.json --condition pose
+python -m cnet detect --list                      # backends, and what each one is missing
+python -m cnet detect --condition depth --backend midas --fetch   # download its weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from cnet.conditions import (
+    CONDITIONS,
+    Backend,
+    BackendUnavailable,
+    Condition,
+    annotators_dir,
+    detect,
+    set_annotators_dir,
+)
+from cnet.imageio import ImageInputError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", nargs="?", help="image file, or OpenPose .json for --condition pose"
+    )
+    parser.add_argument("-c", "--condition", choices=tuple(CONDITIONS), help="control map type")
+    parser.add_argument("-b", "--backend", help="detector (default: the first that can run)")
+    parser.add_argument("-o", "--output", help="output PNG (default: <input>_<condition>.png)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="detector parameter, repeatable (see --list)")  # fmt: skip
+    parser.add_argument("--detect-resolution", type=int, default=512)
+    parser.add_argument("--image-resolution", type=int, default=512)
+    parser.add_argument("--annotators-dir", help="annotator weights folder "
+                        "(default: $CNET_ANNOTATORS_DIR or ~/.cache/cnet/annotators)")  # fmt: skip
+    parser.add_argument("--list", action="store_true", help="list conditions and backends")
+    parser.add_argument("--fetch", action="store_true",
+                        help="download the chosen backend's missing weights first")  # fmt: skip
+
+
+def _parse_value(backend: Backend, name: str, text: str) -> Any:
+    defaults = backend.defaults()
+    if name not in defaults:
+        known = ", ".join(defaults) or "none"
+        raise ValueError(f"{backend.label} has no parameter {name!r} (parameters: {known})")
+    default = defaults[name]
+    if isinstance(default, bool):
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"{name} takes true or false, not {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def _params(backend: Backend, pairs: list[str]) -> dict[str, Any]:
+    values = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise ValueError(f"Parameters are NAME=VALUE, got {pair!r}")
+        values[name.strip()] = _parse_value(backend, name.strip(), text.strip())
+    return values
+
+
+def _describe(condition: Condition) -> str:
+    lines = [f"{condition.key}: {condition.label}  (sd15: {condition.controlnet['sd15']})"]
+    for backend in condition.backends:
+        available = backend.availability()
+        status = "ready" if available.ok else f"unavailable: {available.reason}"
+        params = ", ".join(f"{p.name}={p.default}" for p in backend.params)
+        lines.append(f"  {backend.name:16s} {backend.label}" + (f" [{params}]" if params else ""))
+        lines.append(f"  {'':16s} {status}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.annotators_dir:
+        set_annotators_dir(args.annotators_dir)
+    if args.list:
+        print(f"annotators folder: {annotators_dir()}")
+        keys = [args.condition] if args.condition else list(CONDITIONS)
+        print("\n".join(_describe(CONDITIONS[key]) for key in keys))
+        return 0
+    if not args.condition:
+        print("error: --condition is required (or use --list)", file=sys.stderr)
+        return 2
+    condition = CONDITIONS[args.condition]
+    try:
+        backend = condition.backend(args.backend) if args.backend else condition.default_backend()
+        if args.fetch and backend.weights is not None:
+            print(f"fetching {backend.weights.repo} into {backend.weights.fetch()}")
+        if not args.input:
+            if args.fetch:
+                return 0
+            print("error: give an input image (or --list / --fetch)", file=sys.stderr)
+            return 2
+        params = _params(backend, args.param)
+        control = detect(
+            condition.key,
+            args.input,
+            backend=backend.name,
+            detect_resolution=args.detect_resolution,
+            image_resolution=args.image_resolution,
+            **params,
+        )
+    except BackendUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, ImageInputError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    source = Path(args.input)
+    output = Path(args.output or source.with_name(f"{source.stem}_{condition.key}.png"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(control).save(output)
+    height, width = control.shape[:2]
+    print(f"{condition.label} ({backend.name}) {width}x{height} -> {output}")
+    return 0
