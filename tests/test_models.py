@@ -1,0 +1,239 @@
+"""Presets, --preset auto, single-file ControlNets, unsafe pickles, missing-weight messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnet import models
+from cnet.models import (
+    SD15_BASE,
+    LRUCache,
+    ModelMissingError,
+    UnsafeCheckpointError,
+    conditioning_shape,
+    load_controlnet,
+    read_checkpoint,
+    resolve_preset,
+)
+
+# Original ControlNet (ldm) names of a diffusers resnet's layers.
+RESNET_NAMES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def _resnet(parts: list[str]) -> str:
+    return ".".join([RESNET_NAMES.get(parts[0], parts[0]), *parts[1:]])
+
+
+def original_key(key: str, layers_per_block: int, hint_blocks: int) -> str:
+    """The key a diffusers ControlNetModel tensor has in the original ControlNet code (cldm).
+
+    input_blocks.0 is conv_in; then per resolution `layers_per_block` (resnet .0, attention .1)
+    followed by a downsampler (.0.op); zero_convs.i follow input_blocks.i; the hint encoder is
+    one nn.Sequential with SiLUs at the odd indices.
+    """
+    parts = key.split(".")
+    stride = layers_per_block + 1
+    if parts[0] == "time_embedding":
+        return f"time_embed.{0 if parts[1] == 'linear_1' else 2}.{parts[2]}"
+    if parts[0] == "conv_in":
+        return f"input_blocks.0.0.{parts[1]}"
+    if parts[0] == "controlnet_cond_embedding":
+        if parts[1] == "conv_in":
+            return f"input_hint_block.0.{parts[2]}"
+        if parts[1] == "conv_out":
+            return f"input_hint_block.{2 * (hint_blocks + 1)}.{parts[2]}"
+        return f"input_hint_block.{2 * (int(parts[2]) + 1)}.{parts[3]}"
+    if parts[0] == "down_blocks":
+        block, kind = int(parts[1]), parts[2]
+        if kind == "downsamplers":
+            return f"input_blocks.{(block + 1) * stride}.0.op.{parts[-1]}"
+        layer = 1 + block * stride + int(parts[3])
+        if kind == "resnets":
+            return f"input_blocks.{layer}.0.{_resnet(parts[4:])}"
+        return f"input_blocks.{layer}.1.{'.'.join(parts[4:])}"
+    if parts[0] == "mid_block":
+        if parts[1] == "resnets":
+            return f"middle_block.{2 * int(parts[2])}.{_resnet(parts[3:])}"
+        return f"middle_block.1.{'.'.join(parts[3:])}"
+    if parts[0] == "controlnet_down_blocks":
+        return f"zero_convs.{parts[1]}.0.{parts[2]}"
+    if parts[0] == "controlnet_mid_block":
+        return f"middle_block_out.0.{parts[1]}"
+    raise KeyError(key)
+
+
+def original_state_dict(controlnet, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The ControlNet's weights in the original single-file layout."""
+    hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    layers = controlnet.config.layers_per_block
+    return {
+        prefix + original_key(key, layers, hint_blocks): value.clone().contiguous()
+        for key, value in controlnet.state_dict().items()
+    }
+
+
+@pytest.fixture(scope="module")
+def canny(tiny_model_dir: Path):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_pretrained(tiny_model_dir / "controlnet" / "canny")
+
+
+def assert_same_weights(a, b) -> None:
+    left, right = a.state_dict(), b.state_dict()
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+def test_single_safetensors_file_in_original_format(tiny_model_dir, canny, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "control_tiny_canny.safetensors"
+    save_file(original_state_dict(canny, prefix="control_model."), path)
+    loaded = load_controlnet(str(path), str(tiny_model_dir / "base"), "float32", "cpu")
+    assert tuple(loaded.config.conditioning_embedding_out_channels) == (8, 8, 8, 16)
+    assert_same_weights(canny, loaded)
+
+
+def test_single_pth_file_in_original_format(tiny_model_dir, canny, tmp_path):
+    path = tmp_path / "control_tiny_canny.pth"
+    torch.save({"state_dict": original_state_dict(canny)}, path)
+    loaded = load_controlnet(str(path), str(tiny_model_dir / "base"), "float32", "cpu")
+    assert_same_weights(canny, loaded)
+
+
+def test_conditioning_shape_reads_the_hint_encoder(canny):
+    assert conditioning_shape(original_state_dict(canny)) == (3, (8, 8, 8, 16))
+    with pytest.raises(ValueError, match="input_hint_block"):
+        conditioning_shape({"unrelated.weight": torch.zeros(1)})
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="safetensors"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the payload is real: a plain load runs it
+    assert marker.exists()
+
+
+def test_model_dir_preset(tiny_model_dir):
+    preset, reason = resolve_preset(model_dir=str(tiny_model_dir), device="cpu")
+    assert preset.name == "tiny" and preset.resolution == 64
+    assert (preset.device, preset.dtype) == ("cpu", "float32")
+    assert preset.base == str(tiny_model_dir / "base")
+    assert preset.controlnet_source("canny") == str(tiny_model_dir / "controlnet" / "canny")
+    assert preset.captioner == str(tiny_model_dir / "captioner")
+    assert str(tiny_model_dir) in reason
+
+
+def test_sd15_preset_takes_checkpoints_from_the_registry():
+    preset, _ = resolve_preset("sd15", device="cuda")
+    assert preset.base == SD15_BASE and preset.dtype == "float16"
+    assert preset.controlnets["canny"] == "lllyasviel/control_v11p_sd15_canny"
+    assert preset.controlnets["depth"] == "lllyasviel/control_v11f1p_sd15_depth"
+    assert preset.controlnets["hough"] == "lllyasviel/control_v11p_sd15_mlsd"
+    assert preset.captioner == "Salesforce/blip-image-captioning-base"
+
+
+def test_custom_parts_override_a_preset(tiny_model_dir, tmp_path):
+    single = str(tmp_path / "canny.safetensors")
+    preset, reason = resolve_preset(
+        model_dir=str(tiny_model_dir), controlnets={"canny": single}, device="cpu"
+    )
+    assert preset.name == "custom" and "custom" in reason
+    assert preset.controlnet_source("canny") == single
+    assert preset.controlnet_source("depth").endswith("depth")
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match="auto, embedded, sd15"):
+        resolve_preset("sdxl-turbo", device="cpu")
+
+
+def test_auto_on_cpu_takes_the_embedded_preset():
+    preset, reason = resolve_preset("auto", device="cpu")
+    assert preset.name == "embedded" and "no GPU" in reason
+
+
+def test_auto_on_a_gpu_offline_without_cache_takes_the_embedded_preset(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "hub_cached", lambda repo, files: False)
+    monkeypatch.setattr(models, "_hub_reachable", pytest.fail)  # offline: never asked
+    preset, reason = resolve_preset("auto", device="cuda")
+    assert preset.name == "embedded"
+    assert "HF_HUB_OFFLINE" in reason and f"hf download {SD15_BASE}" in reason
+
+
+def test_auto_on_a_gpu_with_cached_weights_takes_sd15(monkeypatch):
+    cached = []
+    monkeypatch.setattr(models, "hub_cached", lambda repo, files: cached.append(repo) or True)
+    preset, reason = resolve_preset("auto", device="cuda")
+    assert preset.name == "sd15" and "cache" in reason and cached == [SD15_BASE]
+
+
+def test_auto_on_a_gpu_online_takes_sd15_when_the_hub_answers(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_cached", lambda repo, files: False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda repo: True)
+    assert resolve_preset("auto", device="cuda")[0].name == "sd15"
+    monkeypatch.setattr(models, "_hub_reachable", lambda repo: False)
+    preset, reason = resolve_preset("auto", device="cuda")
+    assert preset.name == "embedded" and "unreachable" in reason
+
+
+def test_hub_controlnet_missing_offline_names_the_download_command():
+    with pytest.raises(ModelMissingError) as error:
+        load_controlnet("lllyasviel/control_v11p_sd15_canny", SD15_BASE, "float32", "cpu")
+    message = str(error.value)
+    assert "not in the hub cache" in message
+    assert (
+        "hf download lllyasviel/control_v11p_sd15_canny config.json "
+        "diffusion_pytorch_model.safetensors" in message
+    )
+
+
+def test_missing_embedded_model_names_the_restore_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "EMBEDDED_DIR", tmp_path / "assets" / "embedded")
+    preset, _ = resolve_preset("embedded", device="cpu")
+    with pytest.raises(ModelMissingError) as error:
+        models.load_base(preset)
+    assert str(tmp_path / "assets" / "embedded" / "base") in str(error.value)
+    assert models.EMBEDDED_RESTORE_COMMAND in str(error.value)
+
+
+def test_lru_cache_drops_the_least_recently_used():
+    cache = LRUCache(2)
+    made = []
+
+    def make(key):
+        return lambda: made.append(key) or key.upper()
+
+    assert cache.get("a", make("a")) == "A"
+    cache.get("b", make("b"))
+    cache.get("a", make("a"))  # hit: "a" becomes the most recent
+    cache.get("c", make("c"))  # evicts "b"
+    assert "a" in cache and "c" in cache and "b" not in cache
+    assert made == ["a", "b", "c"] and len(cache) == 2
