@@ -32,6 +32,7 @@ def test_dataset_items_follow_the_diffusers_layout():
     )
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["prompt"]) == 2
+    assert "conditioning_pixel_values" not in SynthDataset("train", 32, condition=None)[0]
     with pytest.raises(ValueError, match="choose from"):
         SynthDataset("train", condition="sketch")
 

@@ -15,13 +15,18 @@ class SynthDataset(Dataset):
 
     Items are dicts in the layout of diffusers' ControlNet training example:
     "pixel_values" float (3, size, size) in [-1, 1], "conditioning_pixel_values" float
-    (3, size, size) in [0, 1], "prompt" str, and "seed" int.
+    (3, size, size) in [0, 1], "prompt" str, and "seed" int. With `condition=None` no map is
+    drawn and items have no "conditioning_pixel_values" (base model or captioner training).
     """
 
     def __init__(
-        self, split: str, size: int = 128, condition: str = "canny", length: int | None = None
+        self,
+        split: str,
+        size: int = 128,
+        condition: str | None = "canny",
+        length: int | None = None,
     ):
-        if condition not in CONDITION_KEYS:
+        if condition is not None and condition not in CONDITION_KEYS:
             raise ValueError(
                 f"Unknown condition {condition!r}; choose from {', '.join(CONDITION_KEYS)}."
             )
@@ -33,13 +38,15 @@ class SynthDataset(Dataset):
         return len(self.seeds)
 
     def __getitem__(self, index: int) -> dict:
-        sample = generate(self.seeds[index], self.size, [self.condition])
+        conditions = [] if self.condition is None else [self.condition]
+        sample = generate(self.seeds[index], self.size, conditions)
         image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
-        control = sample.conditions[self.condition].transpose(2, 0, 1)
-        return {
+        item = {
             "pixel_values": image.float() / 127.5 - 1.0,
-            "conditioning_pixel_values": torch.from_numpy(np.ascontiguousarray(control)).float()
-            / 255.0,
             "prompt": sample.prompt,
             "seed": sample.seed,
         }
+        if self.condition is not None:
+            control = np.ascontiguousarray(sample.conditions[self.condition].transpose(2, 0, 1))
+            item["conditioning_pixel_values"] = torch.from_numpy(control).float() / 255.0
+        return item
