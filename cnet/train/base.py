@@ -383,7 +383,7 @@ def train_base(config: BaseTrainConfig) -> Path:
             name: accelerator.unwrap_model(part) if isinstance(part, torch.nn.Module) else part
             for name, part in parts.items()
         }
-        components["vae"].to(torch.float32)
+        place(components["vae"], "cpu", torch.float32)
         save_pipeline_dir(components, base_dir, arch)
         summary = {
             "final_loss": {

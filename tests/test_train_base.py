@@ -1,0 +1,122 @@
+"""Training the embedded base from scratch: two phases, a folder diffusers opens, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cnet.train.base import BaseTrainConfig, train_base
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_run(out, **overrides) -> BaseTrainConfig:
+    settings = dict(
+        output_dir=str(out),
+        architecture="tiny",
+        corpus_examples=100,
+        batch_size=2,
+        vae_steps=2,
+        unet_steps=2,
+        checkpoint_every=1,
+        checkpoints_to_keep=None,
+        validate_every=2,
+        num_validation_images=2,
+        validation_inference_steps=2,
+        warmup_steps=0,
+        vae_learning_rate=1e-3,
+        unet_learning_rate=1e-3,
+    )
+    settings.update(overrides)
+    return BaseTrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_base(tiny_run(out)), out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_base_is_a_pipeline_folder_the_controlnet_pipeline_opens(trained):
+    from diffusers import StableDiffusionControlNetPipeline, UNet2DConditionModel
+
+    from cnet.train.controlnet import new_controlnet
+
+    base_dir, out = trained
+    assert (base_dir / "model_index.json").is_file()
+    unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet")
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base_dir, controlnet=new_controlnet(unet, str(base_dir)), safety_checker=None
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red cube", image=Image.new("RGB", (64, 64)), num_inference_steps=2).images[0]
+    assert image.size == (64, 64)
+    assert pipe.vae.config.latent_channels == 4
+    assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 8
+    # The latent scale is measured on the data, not SD's constant.
+    summary = json.loads((out / "training.json").read_text())
+    assert pipe.vae.config.scaling_factor == pytest.approx(summary["scaling_factor"])
+    assert pipe.vae.config.scaling_factor != pytest.approx(0.18215)
+    assert summary["steps"] == {"vae": 2, "unet": 2}
+    assert {p.name for p in (out / "validation").glob("*.png")} == {
+        "vae-step-0000002.png",
+        "unet-step-0000002.png",
+    }
+
+
+def test_the_tokenizer_learns_the_data_words_and_still_tokenizes_any_word(trained):
+    from transformers import CLIPTokenizer
+
+    base_dir, _ = trained
+    tokenizer = CLIPTokenizer.from_pretrained(base_dir, subfolder="tokenizer")
+    common = tokenizer("background", add_special_tokens=False).input_ids
+    assert len(common) < len("background")  # merges learned from the scene prompts
+    unseen = "zyxwvut quokka"
+    ids = tokenizer(unseen, add_special_tokens=False).input_ids
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids).strip() == unseen
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(next(folder.glob("*.safetensors")))
+
+
+def changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_phase_one_trains_the_vae_and_phase_two_keeps_it_locked(trained):
+    _, out = trained
+    step = {n: out / "checkpoints" / f"step-{n:07d}" for n in (1, 2, 3, 4)}
+    assert changed(weights(step[1] / "vae"), weights(step[2] / "vae"))
+    assert not (step[2] / "unet").exists()
+    assert not changed(weights(step[2] / "vae"), weights(step[4] / "vae"))
+    assert changed(weights(step[3] / "unet"), weights(step[4] / "unet"))
+    assert changed(weights(step[3] / "text_encoder"), weights(step[4] / "text_encoder"))
+
+
+def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_path):
+    _, out = trained
+    full = json.loads((out / "checkpoints" / "step-0000004" / "state.json").read_text())
+    killed = tiny_run(tmp_path, unet_steps=1, validate_every=0)  # killed after unet step 1
+    train_base(killed)
+    killed.resume, killed.unet_steps = "latest", 2
+    train_base(killed)
+    resumed = json.loads((tmp_path / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert resumed["losses"] == full["losses"]
