@@ -170,8 +170,9 @@ def test_command_line_flags_and_a_missing_captioner(capsys, tmp_path):
     train_cap.configure(parser)
     args = parser.parse_args(["--max-steps", "3", "--learning-rate", "1e-3", "--no-augment"])
     assert args.max_steps == 3 and args.learning_rate == 1e-3 and args.augment is False
-    assert args.threads is None and args.resume is None
+    assert args.cpu_threads is None and args.resume is None and args.init is None
+    assert args.batch_size == train_cap.TrainConfig().batch_size
 
     missing = tmp_path / "nothing-here"
     assert train_cap.run(parser.parse_args(["--evaluate", str(missing)])) == 1
-    assert str(missing) in capsys.readouterr().out
+    assert str(missing) in capsys.readouterr().err

@@ -21,6 +21,9 @@ import contextlib
 import json
 import math
 import random
+import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -58,7 +61,6 @@ class TrainConfig:
     max_steps: int = 5000
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
     seed: int = 0
-    threads: int | None = None  # torch CPU threads; None: torch's default
     # bookkeeping
     checkpoint_every: int = 250
     checkpoints_to_keep: int | None = 3
@@ -232,8 +234,6 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -379,38 +379,67 @@ def train(config: TrainConfig) -> TrainResult:
 # ---- command line --------------------------------------------------------------------------
 
 
+HELP = {
+    "output_dir": "where checkpoints, loss.png, processor/ and the result captioner/ go",
+    "size": f"architecture of a new captioner: {' or '.join(SIZES)} (cnet.captioner)",
+    "init": "continue training this captioner folder instead of a new one",
+    "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
+    "vocabulary_examples": "prompts read from the data to learn the tokenizer",
+    "augment": "blur, noise and re-light training images (never re-hue them)",
+    "cooldown_steps": "the learning rate falls linearly to 0 over these last steps",
+    "max_steps": "train until this optimizer step (raise it and --resume latest to go on)",
+    "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder",
+    "validate_every": "caption accuracy on validation scenes every N steps (0: never)",
+    "num_test_scenes": "held-out test scenes for the final accuracy",
+}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """`python -m cnet train captioner`: one flag per TrainConfig field, plus --evaluate."""
-    defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
     for field in fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-            continue
-        kind = {"int": int, "float": float}.get(str(field.type).split(" |")[0], str)
-        parser.add_argument(flag, type=kind, default=default, metavar=field.name.upper())
+        kind = hints[field.name]
+        if isinstance(kind, types.UnionType):  # "int | None" -> int
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        options: dict = {"default": field.default, "help": HELP.get(field.name, "")}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+        parser.add_argument("--" + field.name.replace("_", "-"), **options)
     parser.add_argument(
         "--evaluate",
         metavar="CAPTIONER",
-        help="do not train: measure this captioner (folder or hub id) on held-out scenes",
+        help="do not train: measure this captioner (folder or hub id) on held-out test scenes",
     )
-    parser.add_argument("--scenes", type=int, default=200, help="held-out scenes for --evaluate")
+    parser.add_argument("--scenes", type=int, default=200, help="test scenes for --evaluate")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (on a shared machine, fewer is often faster)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
     if args.evaluate:
         try:
             captioner = cap.load_captioner(args.evaluate)
         except cap.CaptionerUnavailable as err:
-            print(err)
+            print(f"error: {err}", file=sys.stderr)
             return 1
         report = evaluate_captioner(captioner, args.scenes, args.data, "test", args.condition)
         print(f"caption accuracy: {report.accuracy:.3f} on {report.count} held-out scenes")
         for reference, caption in report.mistakes[:10]:
-            print(f"  expected: {reference}\n  captioned: {caption}")
+            print(f"  expected:  {reference}\n  captioned: {caption}")
         return 0
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    result = train(TrainConfig(**values))
-    print(f"Saved the captioner to {result.captioner_dir} after {result.step} steps.")
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    try:
+        result = train(config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Captioner saved to {result.captioner_dir} (test accuracy {result.accuracy:.3f})")
     return 0
