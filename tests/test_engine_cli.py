@@ -1,0 +1,101 @@
+"""`python -m cnet generate` on the tiny model: PNGs with parameters, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnet import png_info
+from cnet.__main__ import main
+
+
+@pytest.fixture
+def control_png(tmp_path: Path) -> Path:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[10:50, 20:28] = 255
+    path = tmp_path / "map.png"
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_generate_writes_images_with_parameters(tiny_model_dir, control_png, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [
+        "generate",
+        str(control_png),
+        "--model-dir",
+        str(tiny_model_dir),
+        "-c",
+        "canny",
+        "--prompt",
+        "a red sphere",
+        "--steps",
+        "2",
+        "-n",
+        "2",
+        "--seed",
+        "5",
+        "-o",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert (out / "canny-control.png").is_file()
+    for seed in (5, 6):
+        prompt, _, settings = png_info.parse_parameters(
+            png_info.read_parameters(out / f"canny-{seed}.png")
+        )
+        assert prompt == "a red sphere, best quality, extremely detailed"
+        assert settings["Seed"] == str(seed) and settings["Steps"] == "2"
+    assert "canny-6.png" in capsys.readouterr().out
+
+
+def test_generate_detects_the_map_from_a_photo(tiny_model_dir, tmp_path):
+    photo = np.full((64, 64, 3), 40, np.uint8)
+    photo[16:48, 16:48] = (220, 60, 60)
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    args = [
+        "generate",
+        "--detect",
+        str(tmp_path / "photo.png"),
+        "--model-dir",
+        str(tiny_model_dir),
+        "-c",
+        "canny",
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "out"),
+    ]
+    assert main(args) == 0
+    edges = np.asarray(Image.open(tmp_path / "out" / "canny-control.png"))
+    assert edges.max() == 255 and edges.mean() < 128  # white edges on black
+
+
+def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
+    args = ["generate", str(control_png), "--model-dir", str(tmp_path / "none"), "-c", "canny"]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert str(tmp_path / "none" / "base") in error and "Traceback" not in error
+
+
+def test_generate_reports_bad_settings(tiny_model_dir, control_png, capsys):
+    args = [
+        "generate",
+        str(control_png),
+        "--model-dir",
+        str(tiny_model_dir),
+        "-c",
+        "canny",
+        "--steps",
+        "0",
+    ]
+    assert main(args) == 2
+    assert "steps must be between" in capsys.readouterr().err
