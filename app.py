@@ -1,0 +1,110 @@
+"""ControlNet Studio: the Gradio app. `python app.py --help` lists the options.
+
+The layout lives in cnet/ui (one tab per condition of the registry in cnet/conditions.py);
+generation in cnet/engine.py. This file reads the command line, loads the engine and serves.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before Gradio is imported: no analytics, no telemetry, no version check.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+log = logging.getLogger("cnet.app")
+
+SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "Consolas", "monospace"]
+
+
+def controlnet_override(text: str) -> tuple[str, str]:
+    key, sep, path = text.partition("=")
+    if not sep or not key or not path:
+        raise argparse.ArgumentTypeError(f"expected CONDITION=PATH_OR_HUB_ID, got {text!r}")
+    return key.strip(), path.strip()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="ControlNet Studio: the Gradio app.")
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--preset",
+        default="auto",
+        help="auto (sd15 on a GPU with its weights at hand, else the embedded model), "
+        "embedded, sd15, or a folder in the embedded layout (default: auto)",
+    )
+    model.add_argument(
+        "--model-dir", help="a folder in the embedded layout: base/, controlnet/<key>/"
+    )
+    model.add_argument("--base", help="base model: a diffusers folder or a hub id")
+    model.add_argument(
+        "--controlnet",
+        action="append",
+        type=controlnet_override,
+        default=[],
+        metavar="CONDITION=PATH",
+        help="ControlNet for one condition: a folder, a hub id or a single "
+        ".safetensors/.pth file (repeatable)",
+    )
+    model.add_argument("--annotators-dir", help="folder with the detectors' weights")
+    server = parser.add_argument_group("server")
+    server.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to listen on (default: 127.0.0.1; 0.0.0.0 to serve your network)",
+    )
+    server.add_argument(
+        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    )
+    server.add_argument(
+        "--max-queue", type=int, default=32, help="requests waiting beyond this are turned away"
+    )
+    server.add_argument(
+        "--concurrency", type=int, default=1, help="generations run at the same time"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import gradio as gr
+    from cnet.engine import load_engine
+
+    from cnet.conditions import set_annotators_dir
+    from cnet.ui import build_demo
+
+    if args.annotators_dir:
+        set_annotators_dir(args.annotators_dir)
+    engine = load_engine(
+        preset=args.preset,
+        model_dir=args.model_dir,
+        base=args.base,
+        controlnets=dict(args.controlnet) or None,
+    )
+    log.info("model preset %s: %s", engine.preset.name, engine.reason)
+    log.info("%s", engine.status())
+
+    demo = build_demo(engine)
+    demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        ssr_mode=False,
+        mcp_server=False,
+        footer_links=["api", "gradio"],
+        max_file_size="25mb",
+        theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The app's layout: one tab per condition of the registry, one shared shape for every tab.
+
+A tab is built by `condition_tab` from a `Condition`; the engine settings of every tab come from
+`settings_panel`. Adding a condition to the registry adds a tab; nothing here names a condition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from cnet.conditions import CONDITIONS, Backend, Condition, Param
+from cnet.engine import (
+    MAX_SEED,
+    MIN_RESOLUTION,
+    PROMPT_MODES,
+    SAMPLERS,
+    Engine,
+    GenerationRequest,
+)
+from cnet.ui.events import AppEvents, backend_named, input_name, param_input_name
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT_MODE_LABELS = {
+    "none": "No prompt",
+    "default": "Default prompt",
+    "auto": "Automatic prompt (BLIP)",
+    "user": "User prompt",
+}
+CANVAS_SIZE = 512
+INTRO = (
+    "# ControlNet Studio\n"
+    "Stable Diffusion guided by a control map: pick a condition, draw or upload, check the map, "
+    "Run. The base model stays locked; a trainable copy reads the map and joins it through "
+    "zero convolutions ([ControlNet](https://arxiv.org/abs/2302.05543))."
+)
+
+Controls = dict[str, gr.components.Component]
+
+
+def build_demo(engine: Engine, conditions: Mapping[str, Condition] | None = None) -> gr.Blocks:
+    conditions = CONDITIONS if conditions is None else conditions
+    events = AppEvents(engine)
+    with gr.Blocks(title="ControlNet Studio", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(model_status(engine), elem_id="model-status")
+        with gr.Tabs():
+            for condition in conditions.values():
+                with gr.Tab(condition.label, id=condition.key, elem_id=f"tab-{condition.key}"):
+                    condition_tab(condition, engine, events)
+    return demo
+
+
+def model_status(engine: Engine) -> str:
+    """Which preset runs and why; when its weights are missing, say so before anyone clicks Run."""
+    text = f"**Model:** `{engine.preset.name}` preset — {engine.reason}  \n{engine.status()}"
+    if engine.missing():
+        text += (
+            "  \n⚠️ **The model is missing**, so Run will tell you what to fetch. "
+            "Control-map previews work without it."
+        )
+    return text
+
+
+def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> None:
+    key = condition.key
+    with gr.Row():
+        with gr.Column(scale=1):
+            inputs = input_components(condition)
+            with gr.Group():
+                preprocessor = gr.Dropdown(
+                    choices=[(backend_choice_label(b), b.name) for b in condition.backends],
+                    value=condition.default_backend().name,
+                    label="Preprocessor",
+                    elem_id=f"{key}-preprocessor",
+                )
+                detect_resolution = gr.Slider(
+                    128, 1024, value=512, step=64, label="Preprocessor resolution"
+                )
+            params, backend_panels = preprocessor_params(condition)
+            prompt_mode = gr.Radio(
+                choices=[(PROMPT_MODE_LABELS[mode], mode) for mode in PROMPT_MODES],
+                value="user",
+                label="Prompt mode",
+            )
+            prompt = gr.Textbox(
+                value=condition.example_prompt,
+                label="Prompt",
+                info="Used in User prompt mode.",
+                elem_id=f"{key}-prompt",
+            )
+            with gr.Row():
+                run = gr.Button("Run", variant="primary", elem_id=f"{key}-run")
+                stop = gr.Button("Stop", variant="stop", elem_id=f"{key}-stop")
+            settings = settings_panel(engine)
+        with gr.Column(scale=1):
+            control_map = gr.Image(
+                label="Control map (preview)",
+                height=320,
+                type="numpy",
+                format="png",
+                interactive=False,
+                elem_id=f"{key}-map",
+            )
+            gallery = gr.Gallery(
+                label="Control map and samples",
+                columns=2,
+                format="png",
+                elem_id=f"{key}-gallery",
+            )
+            caption = gr.Textbox(
+                label="Caption used (Automatic prompt mode)",
+                interactive=False,
+                elem_id=f"{key}-caption",
+            )
+    examples(condition, inputs, preprocessor, prompt)
+
+    def show_backend(name: str) -> list:
+        chosen = backend_named(condition, name)
+        panels = [gr.Column(visible=b.name == chosen.name) for b in condition.backends]
+        return panels + [gr.update(visible=n == input_name(chosen)) for n in inputs]
+
+    preprocessor.change(
+        show_backend,
+        inputs=preprocessor,
+        outputs=[*backend_panels, *inputs.values()],
+        api_visibility="private",
+        queue=False,
+    )
+    map_inputs = dict(
+        **inputs,
+        preprocessor=preprocessor,
+        detect_resolution=detect_resolution,
+        resolution=settings["resolution"],
+        **params,
+    )
+    gr.on(
+        triggers=[
+            *(component.change for component in inputs.values()),
+            preprocessor.change,
+            detect_resolution.release,
+            settings["resolution"].release,
+            *(param_trigger(control) for control in params.values()),
+        ],
+        fn=events.preview_fn(condition),
+        inputs_kwargs=map_inputs,
+        outputs=control_map,
+        api_name=f"detect_{key}",
+        show_progress="minimal",
+        trigger_mode="always_last",
+        concurrency_id="detect",
+    )
+    generation = gr.on(
+        triggers=[run.click, prompt.submit],
+        fn=events.generate_fn(condition),
+        inputs_kwargs=dict(map_inputs, prompt_mode=prompt_mode, prompt=prompt, **settings),
+        outputs=[gallery, caption, settings["seed"]],
+        api_name=key,
+        concurrency_id="generate",
+    )
+    stop.click(events.stop, cancels=[generation], api_name=f"stop_{key}", queue=False)
+
+
+def input_components(condition: Condition) -> Controls:
+    """The tab's inputs by API name: "image" (a picture, or the sketch pad), and "openpose_json"
+    where a backend reads keypoints; only the chosen backend's input is shown."""
+    shown = input_name(condition.default_backend())
+    names = {input_name(backend) for backend in condition.backends}
+    inputs: Controls = {"image": input_image(condition, visible=shown == "image")}
+    if "openpose_json" in names:
+        inputs["openpose_json"] = gr.File(
+            label="OpenPose JSON keypoints",
+            file_types=[".json"],
+            type="filepath",
+            visible=shown == "openpose_json",
+            elem_id=f"{condition.key}-keypoints",
+        )
+    return inputs
+
+
+def input_image(condition: Condition, visible: bool) -> gr.components.Component:
+    if condition.sketch:
+        # A white sheet to draw on, and an empty strokes layer: loading the layer is the change
+        # Gradio's editor skips at start, so the user's first stroke already updates the preview.
+        paper = np.full((CANVAS_SIZE, CANVAS_SIZE, 4), 255, dtype=np.uint8)
+        ink = np.zeros((CANVAS_SIZE, CANVAS_SIZE, 4), dtype=np.uint8)
+        return gr.ImageEditor(
+            value={"background": paper, "layers": [ink], "composite": None},
+            label="Draw a scribble (or upload a drawing)",
+            type="numpy",
+            image_mode="RGBA",
+            sources=("upload", "clipboard"),
+            brush=gr.Brush(default_size=8, colors=["#000000"], color_mode="fixed"),
+            eraser=gr.Eraser(default_size=16),
+            canvas_size=(CANVAS_SIZE, CANVAS_SIZE),
+            layers=False,
+            transforms=(),
+            visible=visible,
+            elem_id=f"{condition.key}-input",
+        )
+    return gr.Image(
+        label="Input image",
+        type="filepath",
+        image_mode=None,  # the file as uploaded: cnet.imageio handles modes, bit depth and EXIF
+        sources=("upload", "clipboard"),
+        visible=visible,
+        elem_id=f"{condition.key}-input",
+    )
+
+
+def backend_choice_label(backend: Backend) -> str:
+    return backend.label if backend.availability().ok else f"{backend.label} (unavailable)"
+
+
+def preprocessor_params(condition: Condition) -> tuple[Controls, list[gr.Column]]:
+    """Every backend's parameter controls, each backend in a panel shown only when it is chosen."""
+    controls: Controls = {}
+    panels = []
+    default = condition.default_backend().name
+    for backend in condition.backends:
+        with gr.Column(visible=backend.name == default) as panel:
+            availability = backend.availability()
+            if not availability.ok:
+                gr.Markdown(f"**{backend.label} is not available.** {availability.reason}")
+            for param in backend.params:
+                controls[param_input_name(backend, param.name)] = param_control(param)
+        panels.append(panel)
+    return controls, panels
+
+
+def param_control(param: Param) -> gr.components.Component:
+    if param.choices:
+        return gr.Dropdown(list(param.choices), value=param.default, label=param.label)
+    if isinstance(param.default, bool):
+        return gr.Checkbox(value=param.default, label=param.label)
+    if isinstance(param.default, str):
+        return gr.Textbox(value=param.default, label=param.label)
+    integer = isinstance(param.default, int)
+    if param.minimum is not None and param.maximum is not None:
+        step = param.step if param.step is not None else (1 if integer else 0.01)
+        return gr.Slider(
+            param.minimum, param.maximum, value=param.default, step=step, label=param.label
+        )
+    return gr.Number(value=param.default, precision=0 if integer else None, label=param.label)
+
+
+def param_trigger(control: gr.components.Component):
+    return control.release if isinstance(control, gr.Slider) else control.change
+
+
+def settings_panel(engine: Engine) -> Controls:
+    """The engine settings of one tab, defaults taken from `GenerationRequest` itself."""
+    defaults = {
+        field.name: field.default
+        for field in dataclasses.fields(GenerationRequest)
+        if field.default is not dataclasses.MISSING
+    }
+    resolution = engine.preset.resolution
+    with gr.Accordion("Advanced", open=False):
+        controls: Controls = dict(
+            num_images=gr.Slider(1, 12, value=defaults["num_images"], step=1, label="Images"),
+            resolution=gr.Slider(
+                MIN_RESOLUTION,
+                max(1024, resolution),
+                value=resolution,
+                step=8,
+                label="Resolution (short side)",
+                info="Rounded to what the model takes (a multiple of 64 for SD 1.5).",
+            ),
+            control_strength=gr.Slider(
+                0.0, 2.0, value=defaults["control_strength"], step=0.05, label="Control strength"
+            ),
+            guess_mode=gr.Checkbox(
+                value=defaults["guess_mode"],
+                label="Guess mode",
+                info="The ControlNet reads the map without the prompt (use with No prompt).",
+            ),
+            control_start=gr.Slider(
+                0.0, 1.0, value=defaults["control_start"], step=0.01, label="Control start"
+            ),
+            control_end=gr.Slider(
+                0.0, 1.0, value=defaults["control_end"], step=0.01, label="Control end"
+            ),
+            steps=gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps"),
+            cfg=gr.Slider(0.1, 30.0, value=defaults["cfg"], step=0.1, label="Guidance scale (CFG)"),
+            sampler=gr.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler"),
+            eta=gr.Slider(0.0, 1.0, value=defaults["eta"], step=0.01, label="Eta (DDIM)"),
+        )
+        with gr.Row():
+            controls["seed"] = gr.Number(
+                value=defaults["seed"], precision=0, minimum=0, maximum=MAX_SEED, label="Seed"
+            )
+            controls["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
+        controls["added_prompt"] = gr.Textbox(value=defaults["added_prompt"], label="Added prompt")
+        controls["negative_prompt"] = gr.Textbox(
+            value=defaults["negative_prompt"], label="Negative prompt"
+        )
+    return controls
+
+
+def examples(
+    condition: Condition, inputs: Controls, preprocessor: gr.Dropdown, prompt: gr.Textbox
+) -> None:
+    """Our own drawn or rendered inputs from assets/examples/; none until they exist.
+
+    A keypoints file goes to the keypoints input and picks the backend that reads it."""
+    rows = []
+    for relative in condition.examples:
+        path = ROOT / relative
+        if not path.is_file():
+            continue
+        kind = "openpose_json" if path.suffix == ".json" else "image"
+        backend = next(
+            (b for b in condition.backends if input_name(b) == kind and b.availability().ok),
+            None,
+        )
+        if kind in inputs and backend is not None:
+            values = [str(path) if name == kind else None for name in inputs]
+            rows.append([*values, backend.name, condition.example_prompt])
+    if rows:
+        gr.Examples(
+            examples=rows,
+            inputs=[*inputs.values(), preprocessor, prompt],
+            cache_examples=False,
+            label="Examples",
+        )

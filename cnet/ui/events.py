@@ -1,0 +1,313 @@
+"""What the app's events do: read the inputs, make the control map, ask the engine, report clearly.
+
+No layout here and no tensors: inputs arrive as Gradio delivers them (a file path, or the image
+editor's dict of numpy layers), leave as numpy arrays / PIL images, and every failure a user can
+cause comes back as a short `gr.Error` or `gr.Warning`, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from cnet.conditions import Backend, BackendUnavailable, Condition, detect
+from cnet.engine import (
+    MAX_SEED,
+    Engine,
+    GenerationCancelled,
+    GenerationRequest,
+    ModelMissingError,
+)
+from cnet.imageio import ImageInputError
+
+log = logging.getLogger(__name__)
+
+STROKES_BACKEND = "canvas"  # the scribble backend that reads only the strokes drawn on the canvas
+NO_INPUT = {
+    "image": "Upload an image first.",
+    "sketch": "Draw a scribble on the canvas (or upload a drawing) first.",
+    "openpose_json": "Upload an OpenPose JSON file first.",
+}
+
+
+@contextlib.contextmanager
+def user_errors(action: str) -> Iterator[None]:
+    """Turn failures into short messages for the browser (and the full story for the log)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (ImageInputError, ModelMissingError, BackendUnavailable) as error:
+        raise gr.Error(str(error)) from None
+    except ValueError as error:
+        raise gr.Error(f"{action} failed: {error}") from None
+    except Exception as error:
+        # Only a loaded captioner module can have raised its error; importing it costs seconds.
+        captioner = sys.modules.get("cnet.captioner")
+        if captioner is not None and isinstance(error, captioner.CaptionerUnavailable):
+            raise gr.Error(str(error)) from None
+        log.exception("%s failed", action)
+        raise gr.Error(
+            f"{action} failed ({type(error).__name__}: {error}). The server log has the details."
+        ) from None
+
+
+def backend_named(condition: Condition, name: str | None) -> Backend:
+    for backend in condition.backends:
+        if backend.name == name:
+            return backend
+    return condition.default_backend()
+
+
+def param_input_name(backend: Backend, param_name: str) -> str:
+    """The API parameter name of a detector parameter: stable, and unique within a condition."""
+    return f"{backend.name}_{param_name}"
+
+
+def backend_params(backend: Backend, values: Mapping[str, Any]) -> dict:
+    """Pick the chosen backend's parameters out of every backend's controls of a tab."""
+    return {
+        param.name: values.get(param_input_name(backend, param.name), param.default)
+        for param in backend.params
+    }
+
+
+def input_name(backend: Backend) -> str:
+    """Which of a tab's inputs a backend reads: the picture (or sketch pad), or a keypoints file."""
+    return "openpose_json" if backend.accepts == "openpose_json" else "image"
+
+
+def detector_input(backend: Backend, inputs: Mapping[str, Any]) -> Any | None:
+    """What the detector gets, or None when there is nothing to detect from yet.
+
+    The sketch pad delivers a dict of numpy layers: sketch backends read it whole (the strokes);
+    every other backend reads the picture as shown (upload + strokes).
+    """
+    value = inputs.get(input_name(backend))
+    if not isinstance(value, dict):
+        return value
+    layers = [layer for layer in value.get("layers") or [] if layer is not None]
+    picture = value.get("composite")
+    picture = value.get("background") if picture is None else picture
+    has_strokes = any(layer[..., 3].any() for layer in layers if layer.ndim == 3)
+    blank = picture is None or np.ptp(picture) == 0
+    if not has_strokes and blank:
+        return None
+    return value if backend.accepts == "sketch" else picture
+
+
+def fingerprint(value: Any) -> str:
+    """A digest of an input (file path, array or sketch-pad dict) for the control-map cache."""
+    digest = hashlib.sha1()
+
+    def add(item: Any) -> None:
+        if isinstance(item, np.ndarray):
+            digest.update(repr((item.shape, item.dtype.str)).encode())
+            digest.update(item.tobytes())
+        elif isinstance(item, dict):
+            for name in sorted(item):
+                digest.update(name.encode())
+                add(item[name])
+        elif isinstance(item, (list, tuple)):
+            for element in item:
+                add(element)
+        elif isinstance(item, (str, Path)) and Path(item).is_file():
+            digest.update(Path(item).read_bytes())
+        else:
+            digest.update(repr(item).encode())
+
+    add(value)
+    return digest.hexdigest()
+
+
+class ControlMapCache:
+    """The last few control maps, so Run reuses the map the preview just made."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            if key in self._maps:
+                self._maps.move_to_end(key)
+                return self._maps[key]
+        control_map = make()
+        with self._lock:
+            self._maps[key] = control_map
+            while len(self._maps) > self.size:
+                self._maps.popitem(last=False)
+        return control_map
+
+
+class RunningJobs:
+    """One cancel flag per browser session (or API client), so Stop ends only that person's run."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def start(self, session: str) -> Iterator[threading.Event]:
+        flag = threading.Event()
+        with self._lock:
+            self._flags[session] = flag
+        try:
+            yield flag
+        finally:
+            with self._lock:
+                if self._flags.get(session) is flag:
+                    del self._flags[session]
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+
+class AppEvents:
+    """The functions behind every tab's preview, Run and Stop, bound to one engine."""
+
+    def __init__(self, engine: Engine, cache_size: int = 16):
+        self.engine = engine
+        self.maps = ControlMapCache(cache_size)
+        self.jobs = RunningJobs()
+
+    def control_map(
+        self,
+        condition: Condition,
+        inputs: Mapping[str, Any],
+        preprocessor: str | None,
+        detect_resolution: int,
+        image_resolution: int,
+        values: Mapping[str, Any],
+        required: bool,
+    ) -> np.ndarray | None:
+        backend = backend_named(condition, preprocessor)
+        availability = backend.availability()
+        if not availability.ok:
+            message = f"{backend.label} is not available: {availability.reason}"
+            if required:
+                raise gr.Error(message)
+            gr.Warning(message)
+            return None
+        source = detector_input(backend, inputs)
+        if source is None:
+            if required:
+                raise gr.Error(NO_INPUT[backend.accepts])
+            return None
+        params = backend_params(backend, values)
+        settings = dict(params, detect_resolution=int(detect_resolution))
+        settings["image_resolution"] = int(image_resolution)
+        key = fingerprint((condition.key, backend.name, sorted(settings.items()), source))
+        return self.maps.get_or_make(
+            key, lambda: detect(condition.key, source, backend=backend.name, **settings)
+        )
+
+    def preview_fn(self, condition: Condition) -> Callable[..., np.ndarray | None]:
+        def preview(
+            preprocessor: str,
+            detect_resolution: int,
+            resolution: int,
+            image: Any = None,
+            openpose_json: str | None = None,
+            **params: Any,
+        ) -> np.ndarray | None:
+            inputs = {"image": image, "openpose_json": openpose_json}
+            with user_errors("Making the control map"):
+                return self.control_map(
+                    condition, inputs, preprocessor, detect_resolution, resolution, params, False
+                )
+
+        preview.__name__ = f"detect_{condition.key}"
+        return preview
+
+    def generate_fn(self, condition: Condition) -> Callable[..., tuple]:
+        def generate(
+            preprocessor: str,
+            detect_resolution: int,
+            prompt_mode: str,
+            prompt: str,
+            num_images: int,
+            resolution: int,
+            control_strength: float,
+            guess_mode: bool,
+            control_start: float,
+            control_end: float,
+            steps: int,
+            cfg: float,
+            sampler: str,
+            eta: float,
+            seed: int,
+            randomize_seed: bool,
+            added_prompt: str,
+            negative_prompt: str,
+            request: gr.Request,
+            image: Any = None,
+            openpose_json: str | None = None,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio reads the default)
+            **params: Any,
+        ) -> tuple[list[tuple[Any, str]], str, int]:
+            seed = random.randint(0, MAX_SEED) if randomize_seed else int(seed)
+            inputs = {"image": image, "openpose_json": openpose_json}
+            with user_errors("Generation"):
+                control_map = self.control_map(
+                    condition, inputs, preprocessor, detect_resolution, resolution, params, True
+                )
+                generation = GenerationRequest(
+                    control_image=control_map,
+                    condition=condition.key,
+                    prompt_mode=prompt_mode,
+                    prompt=prompt or "",
+                    added_prompt=added_prompt or "",
+                    negative_prompt=negative_prompt or "",
+                    num_images=int(num_images),
+                    resolution=int(resolution),
+                    control_strength=float(control_strength),
+                    guess_mode=bool(guess_mode),
+                    control_start=float(control_start),
+                    control_end=float(control_end),
+                    steps=int(steps),
+                    cfg=float(cfg),
+                    sampler=sampler,
+                    eta=float(eta),
+                    seed=seed,
+                )
+
+                def report(step: int, total: int) -> None:
+                    progress((step, total), desc="Sampling", unit="steps")
+
+                session = request.session_hash or "anonymous"
+                with self.jobs.start(session) as cancel:
+                    try:
+                        result = self.engine.generate(generation, progress=report, cancel=cancel)
+                    except GenerationCancelled:
+                        gr.Warning("Stopped.")
+                        return [(control_map, "control map")], "", seed
+            gallery = [(result.control_image, "control map")]
+            gallery += [
+                (sample, f"seed {s}") for sample, s in zip(result.images, result.seeds, strict=True)
+            ]
+            return gallery, result.caption or "", seed
+
+        generate.__name__ = condition.key
+        return generate
+
+    def stop(self, request: gr.Request) -> None:
+        if not self.jobs.cancel(request.session_hash or "anonymous"):
+            gr.Info("Nothing is running.")
