@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cnet.conditions import detect
 from cnet.detectors.lines import detect_segments, draw_segments
@@ -55,3 +56,22 @@ def test_map_is_one_pixel_white_lines_on_black():
 def test_draw_segments():
     canvas = draw_segments(np.array([[10, 20, 50, 20]]), 64, 64)
     assert canvas[20, 10:51].min() == 255 and canvas.sum() == 41 * 255
+
+
+@pytest.mark.slow  # imports controlnet-aux
+def test_mlsd_loads_from_the_annotators_folder(tmp_path):
+    import torch
+    from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+
+    from cnet.conditions import CONDITIONS, set_annotators_dir
+
+    torch.manual_seed(0)
+    torch.save(MobileV2_MLSD_Large().state_dict(), tmp_path / "mlsd_large_512_fp32.pth")
+    set_annotators_dir(tmp_path)
+    try:
+        assert CONDITIONS["hough"].default_backend().name == "mlsd"
+        control = detect("hough", _square(), value_threshold=0.1, distance_threshold=0.1)
+    finally:
+        set_annotators_dir(None)
+    assert control.shape == (512, 512, 3)
+    assert set(np.unique(control)) <= {0, 255}

@@ -113,3 +113,33 @@ def test_unknown_backend_and_parameter_are_explained():
         detect("scribble", np.zeros((8, 8, 3), np.uint8), backend="crayon")
     with pytest.raises(ValueError, match="thickness"):
         detect("scribble", np.zeros((8, 8, 3), np.uint8), backend="drawing", width=3)
+
+
+@pytest.mark.slow  # imports controlnet-aux and writes a 60 MB random HED checkpoint
+def test_hed_scribble_loads_from_the_annotators_folder(tmp_path):
+    import torch
+    from controlnet_aux.hed import ControlNetHED_Apache2
+
+    from cnet.conditions import CONDITIONS, set_annotators_dir
+
+    torch.manual_seed(0)
+    torch.save(ControlNetHED_Apache2().state_dict(), tmp_path / "ControlNetHED.pth")
+    set_annotators_dir(tmp_path)
+    try:
+        assert CONDITIONS["scribble"].backend("hed").availability().ok
+        image = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+        control = detect("scribble", image, backend="hed", detect_resolution=256)
+    finally:
+        set_annotators_dir(None)
+    assert control.shape == (512, 512, 3)
+    assert set(np.unique(control)) <= {0, 255}
+
+
+def test_fake_scribble_is_binary_when_output_is_larger_than_detection():
+    image = np.full((300, 300, 3), 235, np.uint8)
+    cv2.rectangle(image, (80, 80), (220, 220), (30, 30, 160), -1)
+    control = detect(
+        "scribble", image, backend="fake_scribble", detect_resolution=256, image_resolution=640
+    )
+    assert control.shape == (640, 640, 3)
+    assert set(np.unique(control)) == {0, 255}

@@ -17,7 +17,14 @@ import cv2
 import numpy as np
 
 from cnet.detectors.base import Detector, as_rgb, resize_map
-from cnet.imageio import ImageLike, target_size, to_grey_float, to_rgba_array
+from cnet.imageio import (
+    ImageLike,
+    resize_to_resolution,
+    target_size,
+    to_grey_float,
+    to_rgb_array,
+    to_rgba_array,
+)
 
 # scale of the gradient soft edges: about as wide as HED's edge responses
 _SOFT_EDGE_SIGMA = 2.5
@@ -138,10 +145,28 @@ class DrawingDetector:
         return _binary_map(strokes, target_size(*strokes.shape, image_resolution), thickness)
 
 
-class FakeScribbleDetector(Detector):
+class _EdgesToScribble(Detector):
+    """Soft edges at detect resolution, resized to the output, then thinned and binarised there
+    (the order of the original scribble apps, so the map stays strictly 0/255)."""
+
+    def __call__(
+        self,
+        image: ImageLike,
+        detect_resolution: int = 512,
+        image_resolution: int = 512,
+        **params: Any,
+    ) -> np.ndarray:
+        small = resize_to_resolution(to_rgb_array(image), detect_resolution)
+        soft = self.detect(small, **params).astype(np.float32)
+        soft = resize_map(soft, target_size(*small.shape[:2], image_resolution))
+        return as_rgb(edges_to_scribble(soft))
+
+
+class FakeScribbleDetector(_EdgesToScribble):
     """A photo -> scribble with no weights: gradient soft edges through the fake-scribble recipe."""
 
     def detect(self, image: np.ndarray, edge_strength: float = 0.3, **_: Any) -> np.ndarray:
+        """Soft edges (float HxW, 255 = a certain edge) from the strongest channel gradient."""
         smooth = cv2.GaussianBlur(image.astype(np.float32), (0, 0), _SOFT_EDGE_SIGMA)
         gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
         gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
@@ -150,10 +175,10 @@ class FakeScribbleDetector(Detector):
         # `edge_strength` x the channel range reads as a certain edge (255), like a strong HED edge.
         step = max(edge_strength, 1e-3) * 255.0
         peak = 8.0 * step / (_SOFT_EDGE_SIGMA * np.sqrt(2.0 * np.pi))
-        return edges_to_scribble(magnitude / peak * 255.0)
+        return magnitude / peak * 255.0
 
 
-class _AuxScribble(Detector):
+class _AuxScribble(_EdgesToScribble):
     """HED / PidiNet soft edges (controlnet-aux) through the same fake-scribble recipe."""
 
     def __init__(self, model: Any):
@@ -161,9 +186,8 @@ class _AuxScribble(Detector):
 
     def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
         side = min(image.shape[:2])
-        return self.model(
-            image, detect_resolution=side, image_resolution=side, scribble=True, output_type="np"
-        )
+        soft = self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
+        return soft[:, :, 0]
 
 
 class HEDScribbleDetector(_AuxScribble):
