@@ -119,7 +119,7 @@ def tiny_config(data: Path, out: Path, **changes) -> train_cap.TrainConfig:
         validate_every=4,
         num_validation_scenes=4,
         num_test_scenes=4,
-        vocabulary_examples=4,
+        corpus_examples=4,
     )
     settings.update(changes)
     return train_cap.TrainConfig(**settings)

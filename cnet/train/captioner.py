@@ -32,7 +32,7 @@ import torch
 
 from cnet import captioner as cap
 from cnet.train import checkpoint as ckpt
-from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
+from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import plot_losses, tensor_to_image
 
 SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
@@ -47,7 +47,7 @@ class TrainConfig:
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
     condition: str = "canny"  # the synthetic world renders one control map per scene; unused here
     synth_length: int = 200_000  # scenes per synthetic epoch
-    vocabulary_examples: int = 2000  # the tokenizer learns its words from these prompts
+    corpus_examples: int = 5000  # the tokenizer learns its words from these prompts
     num_workers: int = 0
     augment: bool = True
     # optimisation (per process; the global batch is batch_size x accumulation x processes)
@@ -146,12 +146,6 @@ def caption_loss(
     ).loss
 
 
-def vocabulary(dataset, count: int) -> list[str]:
-    """The prompts of `count` examples spread over the dataset: the tokenizer's corpus."""
-    count = min(count, len(dataset))
-    return [dataset[i * len(dataset) // count]["prompt"] for i in range(count)]
-
-
 # ---- evaluation ----------------------------------------------------------------------------
 
 
@@ -203,7 +197,7 @@ def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Pat
         raise ValueError(f"--size must be one of {sorted(SIZES)}, got {config.size!r}.")
     size = SIZES[config.size]
     dataset = open_dataset(config.data, size.image_size, config.condition, config.synth_length)
-    tokenizer = cap.build_tokenizer(vocabulary(dataset, config.vocabulary_examples))
+    tokenizer = cap.build_tokenizer(prompts_of(dataset, config.corpus_examples))
     return cap.build_captioner(size, tokenizer)
 
 
@@ -384,7 +378,7 @@ HELP = {
     "size": f"architecture of a new captioner: {' or '.join(SIZES)} (cnet.captioner)",
     "init": "continue training this captioner folder instead of a new one",
     "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
-    "vocabulary_examples": "prompts read from the data to learn the tokenizer",
+    "corpus_examples": "prompts read from the data to learn the tokenizer",
     "augment": "blur, noise and re-light training images (never re-hue them)",
     "cooldown_steps": "the learning rate falls linearly to 0 over these last steps",
     "max_steps": "train until this optimizer step (raise it and --resume latest to go on)",
