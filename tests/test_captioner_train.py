@@ -176,3 +176,15 @@ def test_command_line_flags_and_a_missing_captioner(capsys, tmp_path):
     missing = tmp_path / "nothing-here"
     assert train_cap.run(parser.parse_args(["--evaluate", str(missing)])) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+def test_evaluate_reads_the_held_out_synthetic_test_scenes(tiny):
+    from cnet.synth.dataset import SynthDataset
+
+    model, processor = tiny
+    captioner = cap.Captioner(model, processor, torch.device("cpu"), torch.float32, "tiny")
+    report = train_cap.evaluate_captioner(captioner, count=3)
+    test_prompts = {SynthDataset("test", 32, None, 3)[i]["prompt"] for i in range(3)}
+    assert report.count == 3
+    assert {ref for ref, _ in report.mistakes} <= test_prompts
+    assert report.accuracy == pytest.approx(1 - len(report.mistakes) / 3)
