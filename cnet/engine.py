@@ -311,6 +311,7 @@ class Engine:
             caption, first_pass, first_prompt = None, [], ""
             notices: list[str] = []
             if request.prompt_mode == "auto":
+                self.captioner()  # fail before sampling when there is none
                 first_seeds = seeds if request.keep_first_pass else seeds[:1]
                 total = request.steps * 2
                 first_prompt = positive_prompt("default", "", request.added_prompt)

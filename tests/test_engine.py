@@ -210,6 +210,19 @@ def test_auto_mode_reports_a_missing_captioner(tiny_model_dir, control_map):
     assert "python -m cnet train captioner" in str(error.value)
 
 
+def test_auto_mode_fails_before_sampling_without_a_captioner(
+    engine, control_map, calls, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from cnet.captioner import CaptionerUnavailable
+
+    monkeypatch.setattr(engine, "preset", replace(engine.preset, captioner=str(tmp_path / "none")))
+    with pytest.raises(CaptionerUnavailable, match=str(tmp_path / "none")):
+        engine.generate(request(control_map, prompt_mode="auto"))
+    assert calls == []
+
+
 def test_auto_mode_reports_a_failing_captioner(engine, control_map, monkeypatch):
     from cnet.captioner import CaptionerUnavailable
 
