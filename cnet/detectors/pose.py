@@ -82,12 +82,9 @@ def _as_points(keypoints: Keypoints, count: int | None = None) -> np.ndarray:
 
 
 def _people(keypoints: Keypoints) -> list[np.ndarray]:
-    array = keypoints if isinstance(keypoints, np.ndarray) else None
-    nested = array is not None and array.ndim == 3
-    if array is None and len(keypoints) and keypoints[0] is not None:
-        first = keypoints[0]
-        nested = len(first) > 0 and isinstance(first[0], (list, tuple, np.ndarray))
-    people = keypoints if nested else [keypoints]
+    """One person (18 rows) or several (a sequence of 18-row persons) -> list of (18, 2)."""
+    several = any(entry is not None and len(entry) == len(KEYPOINT_NAMES) for entry in keypoints)
+    people = keypoints if several else [keypoints]
     return [_as_points(person, len(KEYPOINT_NAMES)) for person in people]
 
 
