@@ -74,6 +74,10 @@ class Backend:
     package: tuple[str, str] | None = field(default=None, kw_only=True)
     accepts: str = field(default="image", kw_only=True)
 
+    def __post_init__(self) -> None:
+        if self.accepts not in ACCEPTS:
+            raise ValueError(f"Backend {self.name!r}: accepts must be one of {ACCEPTS}")
+
     def availability(self) -> Availability:
         if self.package is not None:
             found = package_availability(*self.package)
