@@ -69,3 +69,20 @@ def score_obj(iou, color, edge):
     from cnet.evaluate import Scores
 
     return Scores(iou, color, edge)
+
+
+def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_dir, tmp_path):
+    from cnet.engine import load_engine
+    from cnet.evaluate import evaluate
+
+    engine = load_engine(model_dir=str(tiny_model_dir), threads=1)
+    grid = tmp_path / "samples.png"
+    table = evaluate(engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid)
+    assert list(table) == ["canny", "depth"]
+    assert list(table["canny"]) == ["user prompt", "no prompt", "no control"]
+    for rows in table.values():
+        for s in rows.values():
+            assert 0.0 <= s.iou <= 1.0 and 0.0 <= s.color_accuracy <= 1.0
+    assert table["canny"]["user prompt"].edge_f1 is not None
+    assert table["depth"]["user prompt"].edge_f1 is None
+    assert grid.exists()
