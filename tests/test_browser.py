@@ -1,0 +1,83 @@
+"""A real browser: Debian's chromium, driven by Playwright, draws a scribble and gets images."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from app_server import serve_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The canvas is drawn in software here, so every mouse move can take a second on a busy machine.
+WAIT_MS = 240_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed (as root: apt-get install -y chromium)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("browser-app") / "app.log"
+    with serve_app("--model-dir", str(tiny_model_dir), log_path=log) as url:
+        yield url
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        with sync_api.sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                args=CHROMIUM_ARGS,
+                headless=True,
+                viewport={"width": 1400, "height": 1100},
+            )
+            context.set_default_timeout(WAIT_MS)
+            yield context.new_page()
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
+    page.goto(app_url)
+    canvas = page.locator("#scribble-input canvas").first
+    canvas.wait_for(state="visible")
+    preview = page.locator("#scribble-map img")
+    assert preview.count() == 0
+
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.3
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for dx, dy in [(30, 20), (60, 45), (90, 70), (120, 90), (150, 110)]:
+        page.mouse.move(x + dx, y + dy)
+    page.mouse.up()
+    preview.first.wait_for(state="visible")
+
+    page.click("#scribble-run")
+    samples = page.locator("#scribble-gallery img")
+    samples.nth(1).wait_for(state="visible")  # the control map, then the first sample
+    assert samples.count() >= 2
+    page.screenshot(path=str(tmp_path / "scribble.png"), full_page=True)
+    assert (tmp_path / "scribble.png").stat().st_size > 0
