@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     import gradio as gr
-    from cnet.engine import load_engine
 
     from cnet.conditions import set_annotators_dir
-    from cnet.ui import build_demo
+    from cnet.engine import load_engine
+    from cnet.ui import CSS, build_demo
 
     if args.annotators_dir:
         set_annotators_dir(args.annotators_dir)
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         footer_links=["api", "gradio"],
         max_file_size="25mb",
         theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
+        css=CSS,
     )
     return 0
 

@@ -1,5 +1,5 @@
 """The Gradio user interface: layout in `blocks`, what the events do in `events`."""
 
-from cnet.ui.blocks import build_demo
+from cnet.ui.blocks import CSS, build_demo
 
-__all__ = ["build_demo"]
+__all__ = ["CSS", "build_demo"]

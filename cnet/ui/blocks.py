@@ -39,6 +39,11 @@ INTRO = (
     "zero convolutions ([ControlNet](https://arxiv.org/abs/2302.05543))."
 )
 
+# Small maps (the embedded model works at 128 px) are shown enlarged, pixels kept sharp.
+CSS = """
+.control-map img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+"""
+
 Controls = dict[str, gr.components.Component]
 
 

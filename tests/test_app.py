@@ -1,0 +1,185 @@
+"""The app without a server: layout built from the registry, event helpers, command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from cnet.conditions import CONDITIONS, Backend, Param
+from cnet.engine import SAMPLERS, GenerationRequest, load_engine
+from cnet.imageio import ImageInputError
+from cnet.ui import build_demo
+from cnet.ui.blocks import backend_choice_label, param_control, settings_panel
+from cnet.ui.events import (
+    ControlMapCache,
+    RunningJobs,
+    backend_params,
+    detector_input,
+    fingerprint,
+    user_errors,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory):
+    return load_engine(model_dir=str(tmp_path_factory.mktemp("no-model")))
+
+
+@pytest.fixture(scope="module")
+def demo(engine) -> gr.Blocks:
+    return build_demo(engine)
+
+
+def test_one_tab_per_condition_in_registry_order(demo):
+    tabs = [block for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+    assert [tab.label for tab in tabs] == [condition.label for condition in CONDITIONS.values()]
+
+
+def test_every_public_event_has_its_api_name(demo):
+    public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    expected = set()
+    for key in CONDITIONS:
+        expected |= {key, f"detect_{key}", f"stop_{key}"}
+    assert public == expected
+
+
+def test_generation_endpoint_takes_every_setting_by_name(demo):
+    generate = next(fn for fn in demo.fns.values() if fn.api_name == "canny")
+    names = set(generate.input_parameter_names)
+    settings = {"num_images", "resolution", "control_strength", "guess_mode", "control_start"}
+    settings |= {"control_end", "steps", "cfg", "sampler", "eta", "seed", "added_prompt"}
+    settings |= {"negative_prompt", "prompt_mode", "prompt", "randomize_seed", "preprocessor"}
+    settings |= {"image", "canny_low_threshold", "canny_high_threshold"}
+    assert settings <= names
+
+
+def test_settings_panel_defaults_are_the_request_defaults(engine):
+    defaults = {
+        field.name: field.default
+        for field in dataclasses.fields(GenerationRequest)
+        if field.default is not dataclasses.MISSING
+    }
+    with gr.Blocks():
+        controls = settings_panel(engine)
+    for name in ("num_images", "control_strength", "guess_mode", "control_start", "control_end"):
+        assert controls[name].value == defaults[name], name
+    assert controls["steps"].value == 20 and controls["cfg"].value == 9.0
+    assert controls["sampler"].value == "DDPM"
+    assert [value for _, value in controls["sampler"].choices] == list(SAMPLERS)
+    assert controls["resolution"].value == engine.preset.resolution
+    assert (controls["num_images"].minimum, controls["num_images"].maximum) == (1, 12)
+    assert (controls["control_strength"].minimum, controls["control_strength"].maximum) == (0, 2)
+
+
+def test_param_controls_follow_the_spec():
+    with gr.Blocks():
+        slider = param_control(Param("low", "Low", 100, 1, 255, 1))
+        checkbox = param_control(Param("hands", "Hands", False))
+        dropdown = param_control(Param("mode", "Mode", "a", choices=("a", "b")))
+    assert isinstance(slider, gr.Slider)
+    assert (slider.minimum, slider.maximum, slider.step, slider.value) == (1, 255, 1, 100)
+    assert isinstance(checkbox, gr.Checkbox) and checkbox.value is False
+    assert isinstance(dropdown, gr.Dropdown) and dropdown.value == "a"
+
+
+def test_unavailable_backend_is_marked_in_the_choice():
+    missing = Backend("x", "Needs a library", package=("no_such_module_here", "no-such-pkg"))
+    assert backend_choice_label(missing) == "Needs a library (unavailable)"
+    assert backend_choice_label(Backend("none", "None")) == "None"
+
+
+def test_backend_params_take_only_the_chosen_backends_values():
+    canny = CONDITIONS["canny"].backend("canny")
+    values = {"canny_low_threshold": 10, "other_low_threshold": 99}
+    assert backend_params(canny, values) == {"low_threshold": 10, "high_threshold": 200}
+
+
+def sketch_pad(strokes: bool, background: int | None = 255) -> dict:
+    paper = None if background is None else np.full((32, 32, 4), background, np.uint8)
+    ink = np.zeros((32, 32, 4), np.uint8)
+    if strokes:
+        ink[10:20, 10, 3] = 255
+    return {"background": paper, "layers": [ink], "composite": paper}
+
+
+def test_sketch_pad_input_per_backend():
+    scribble = CONDITIONS["scribble"]
+    canvas, drawing = scribble.backend("canvas"), scribble.backend("drawing")
+    assert detector_input(canvas, {"image": sketch_pad(strokes=False)}) is None
+    assert detector_input(canvas, {"image": sketch_pad(False, background=None)}) is None
+    drawn = sketch_pad(strokes=True)
+    assert detector_input(canvas, {"image": drawn}) is drawn
+    assert detector_input(drawing, {"image": drawn}) is drawn["composite"]
+
+
+def test_keypoints_backend_reads_the_keypoints_input():
+    keypoints = CONDITIONS["pose"].backend("keypoints_json")
+    none = CONDITIONS["pose"].backend("none")
+    inputs = {"image": "photo.png", "openpose_json": "pose.json"}
+    assert detector_input(keypoints, inputs) == "pose.json"
+    assert detector_input(none, inputs) == "photo.png"
+
+
+def test_fingerprint_follows_content(tmp_path: Path):
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    first.write_bytes(b"same")
+    second.write_bytes(b"same")
+    assert fingerprint(("canny", str(first))) == fingerprint(("canny", str(second)))
+    second.write_bytes(b"other")
+    assert fingerprint(("canny", str(first))) != fingerprint(("canny", str(second)))
+    assert fingerprint(sketch_pad(True)) != fingerprint(sketch_pad(False))
+
+
+def test_control_map_cache_reuses_and_evicts():
+    cache, made = ControlMapCache(size=2), []
+
+    def make(name: str):
+        return lambda: made.append(name) or np.zeros(1)
+
+    for name in ("a", "a", "b", "c", "a"):
+        cache.get_or_make(name, make(name))
+    assert made == ["a", "b", "c", "a"]
+
+
+def test_stop_cancels_only_that_sessions_run():
+    jobs = RunningJobs()
+    with jobs.start("alice") as alice, jobs.start("bob") as bob:
+        assert jobs.cancel("alice")
+        assert alice.is_set() and not bob.is_set()
+    assert not jobs.cancel("alice")
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ImageInputError("photo.png is not a readable image."), "photo.png is not a readable"),
+        (ValueError("steps must be between 1 and 150"), "Generation failed: steps must"),
+        (KeyError("boom"), "server log"),
+    ],
+)
+def test_failures_reach_the_user_as_short_messages(error, message):
+    with pytest.raises(gr.Error, match=message), user_errors("Generation"):
+        raise error
+
+
+def test_command_line():
+    app = load_app_module()
+    args = app.parse_args(["--controlnet", "canny=/w/canny", "--controlnet", "depth=org/depth"])
+    assert args.preset == "auto" and args.concurrency == 1 and args.max_queue > 0
+    assert dict(args.controlnet) == {"canny": "/w/canny", "depth": "org/depth"}
+    with pytest.raises(SystemExit):
+        app.parse_args(["--controlnet", "canny"])
