@@ -3,6 +3,9 @@
 One base pipeline per engine, loaded on first use (or by `Engine.load()`); each condition's
 ControlNet is loaded when first asked for, kept in a small LRU cache and swapped into the same
 pipeline, so changing condition never reloads the base. Prompt embeddings are cached too.
+Models are moved to the device and optimised once, when loaded: float16 on GPUs, channels_last
+weights on CUDA, torch.compile on request, or model CPU offload for GPUs short of memory.
+Importing this module loads neither torch nor diffusers, so a server can answer before they load.
 
 Prompt modes follow the paper: no prompt (""), the default prompt, the automatic prompt (generate
 with the default prompt, caption that image with BLIP, generate again with the caption, same
@@ -12,9 +15,11 @@ prompt", which stays truly empty as in the paper's no-prompt experiments.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +30,7 @@ from cnet.models import (
     LRUCache,
     ModelMissingError,
     Preset,
+    compile_problem,
     cpu_threads,
     load_base,
     load_controlnet,
@@ -55,6 +61,7 @@ MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
 MAX_SIDE = 2048  # long side cap, so an extreme aspect ratio cannot ask for a giant image
 
 ProgressFn = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class GenerationCancelled(RuntimeError):
@@ -184,6 +191,15 @@ class _Pass:
 
 
 class Engine:
+    """Generation on one preset.
+
+    `compile`: torch.compile the UNet and every ControlNet (compiled on their first call; off,
+    with a notice in status(), where torch.compile cannot run). `channels_last`: weights in
+    channels-last memory format (None: on CUDA only, where convolutions gain from it).
+    `cpu_offload`: diffusers' model CPU offload, each model on the GPU only while it runs, for
+    GPUs too small for the whole pipeline. `threads`: torch CPU threads (see cpu_threads).
+    """
+
     def __init__(
         self,
         preset: Preset,
@@ -191,10 +207,23 @@ class Engine:
         controlnet_cache_size: int = 3,
         prompt_cache_size: int = 64,
         threads: int | None = None,
+        compile: bool = False,
+        channels_last: bool | None = None,
+        cpu_offload: bool = False,
     ):
+        if cpu_offload and preset.device == "cpu":
+            raise ValueError(
+                "Model CPU offload moves each model between the CPU and a GPU while it runs; "
+                "this engine runs on the CPU, so leave out --cpu-offload (or use --device cuda)."
+            )
         self.preset = preset
         self.reason = reason
         self.threads = threads or cpu_threads()
+        self.compile = compile
+        self.channels_last = preset.device == "cuda" if channels_last is None else channels_last
+        self.cpu_offload = cpu_offload
+        self.notices: list[str] = []  # engine-wide, e.g. why torch.compile is off
+        self._compiling = False  # compile requested and possible (known once loaded)
         self._controlnets = LRUCache(controlnet_cache_size)
         self._embeddings = LRUCache(prompt_cache_size)
         self._schedulers: dict[str, object] = {}
@@ -220,7 +249,13 @@ class Engine:
                 return
             if self.preset.device == "cpu":
                 torch.set_num_threads(self.threads)
-            components = load_base(self.preset)
+            if self.compile:
+                problem = compile_problem(self.preset.device)
+                if problem:
+                    self._notice(f"--compile is off: {problem}.")
+                self._compiling = problem is None
+            components = load_base(self.preset, move=not self.cpu_offload)
+            components["unet"] = self._optimize(components["unet"])
             self._base_scheduler_config = components["scheduler"].config
             self._pipe = StableDiffusionControlNetPipeline(
                 **components,
@@ -231,6 +266,37 @@ class Engine:
             )
             self._pipe.set_progress_bar_config(disable=True)
 
+    def load_in_background(self, conditions: Iterable[str] = ()) -> threading.Thread:
+        """Load the base and these conditions' ControlNets in a daemon thread, so that a server
+        answers while weights load. A failure is logged; generate() raises it again."""
+
+        def load_all() -> None:
+            try:
+                self.load()
+                for condition in conditions:
+                    self.controlnet(condition)
+            except Exception as error:  # generate() reports it to the user
+                log.warning("background loading stopped: %s", error)
+
+        thread = threading.Thread(target=load_all, name="cnet-engine-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _optimize(self, module):
+        """Apply channels_last and torch.compile to a model just loaded (never per request)."""
+        import torch
+
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if self._compiling:
+            module = torch.compile(module)  # returns at once; compiles on the first call
+        return module
+
+    def _notice(self, text: str) -> None:
+        if text not in self.notices:
+            self.notices.append(text)
+            log.warning("%s", text)
+
     @property
     def pipeline(self):
         """The one StableDiffusionControlNetPipeline (loaded on first access)."""
@@ -240,16 +306,25 @@ class Engine:
     def controlnet(self, condition: str):
         """The condition's ControlNetModel, from the cache or loaded now."""
         source = self.preset.controlnet_source(condition)
-        return self._controlnets.get(
-            source,
-            lambda: load_controlnet(
-                source,
-                self.preset.base,
-                self.preset.dtype,
-                self.preset.device,
-                label=f"The {condition} ControlNet of preset '{self.preset.name}'",
-            ),
-        )
+        self.load()  # decides the optimisations the ControlNet gets too
+        device = "cpu" if self.cpu_offload else self.preset.device
+
+        def load_now():
+            label = f"The {condition} ControlNet of preset '{self.preset.name}'"
+            model = load_controlnet(source, self.preset.base, self.preset.dtype, device, label)
+            return self._optimize(model)
+
+        with self._lock:
+            return self._controlnets.get(source, load_now)
+
+    def _use_controlnet(self, condition: str) -> None:
+        """Swap the condition's ControlNet into the pipeline (the base stays where it is)."""
+        pipe = self.pipeline
+        controlnet = self.controlnet(condition)
+        if pipe.controlnet is not controlnet:
+            pipe.controlnet = controlnet
+            if self.cpu_offload:  # offload hooks are per model: the new one needs its own
+                pipe.enable_model_cpu_offload(device=self.preset.device)
 
     def scheduler(self, sampler: str):
         if sampler not in self._schedulers:
@@ -269,7 +344,7 @@ class Engine:
                     f"The prompt is {length} tokens long; the text encoder reads the first "
                     f"{tokenizer.model_max_length}, the rest is ignored."
                 )
-            embedding, _ = pipe.encode_prompt(text, pipe.device, 1, False)
+            embedding, _ = pipe.encode_prompt(text, pipe._execution_device, 1, False)
             return embedding, notice
 
         return self._embeddings.get(text, encode_now)
@@ -304,7 +379,7 @@ class Engine:
         with self._lock, torch.inference_mode():
             _check_cancel(cancel)
             pipe = self.pipeline
-            pipe.controlnet = self.controlnet(request.condition)
+            self._use_controlnet(request.condition)
             pipe.scheduler = self.scheduler(request.sampler)
             control = self._control_map(request)
             seeds = [request.seed + i for i in range(request.num_images)]
@@ -386,7 +461,8 @@ class Engine:
         positive, notice = self.encode(one_pass.prompt)
         negative, negative_notice = self.encode(request.negative_prompt)
         notices.extend(n for n in (notice, negative_notice) if n and n not in notices)
-        generator_device = "cpu" if pipe.device.type == "mps" else pipe.device
+        device = pipe._execution_device  # the GPU, also while models wait on the CPU (offload)
+        generator_device = "cpu" if device.type == "mps" else device
         generators = [torch.Generator(generator_device).manual_seed(s) for s in one_pass.seeds]
 
         def on_step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:
@@ -396,24 +472,39 @@ class Engine:
             return tensors
 
         height, width = control.shape[:2]
-        output = pipe(
-            image=Image.fromarray(control),
-            height=height,
-            width=width,
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            num_images_per_prompt=len(one_pass.seeds),
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg,
-            eta=request.eta,
-            generator=generators,
-            controlnet_conditioning_scale=request.control_strength,
-            guess_mode=request.guess_mode,
-            control_guidance_start=request.control_start,
-            control_guidance_end=request.control_end,
-            callback_on_step_end=on_step_end,
-        )
+        with self._compile_errors():
+            output = pipe(
+                image=Image.fromarray(control),
+                height=height,
+                width=width,
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                num_images_per_prompt=len(one_pass.seeds),
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg,
+                eta=request.eta,
+                generator=generators,
+                controlnet_conditioning_scale=request.control_strength,
+                guess_mode=request.guess_mode,
+                control_guidance_start=request.control_start,
+                control_guidance_end=request.control_end,
+                callback_on_step_end=on_step_end,
+            )
         return list(output.images)
+
+    @contextlib.contextmanager
+    def _compile_errors(self):
+        """A torch.compile failure (on a model's first call) as a message saying what to do."""
+        try:
+            yield
+        except Exception as error:
+            if not self._compiling or not _is_compile_error(error):
+                raise
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise RuntimeError(
+                f"torch.compile failed ({type(error).__name__}: {first_line[:300]}). "
+                "Start again without --compile."
+            ) from error
 
     def _caption(self, image: Image.Image) -> str:
         from cnet.captioner import CaptionerUnavailable
@@ -488,7 +579,23 @@ class Engine:
         state = "loaded" if self.loaded else "loads on first use"
         if missing:
             state = "missing: " + ", ".join(missing)
-        return f"preset {self.preset.name} on {self.preset.device} ({self.preset.dtype}), {state}"
+        compiled = self._compiling if self.loaded else self.compile
+        options = [self.preset.dtype] + [
+            name
+            for on, name in (
+                (self.channels_last, "channels_last"),
+                (compiled, "torch.compile"),
+                (self.cpu_offload, "model CPU offload"),
+            )
+            if on
+        ]
+        line = f"preset {self.preset.name} on {self.preset.device} ({', '.join(options)}), {state}"
+        return "; ".join([line, *self.notices])
+
+
+def _is_compile_error(error: BaseException) -> bool:
+    """Whether `error` comes from torch.compile (Dynamo tracing or Inductor code generation)."""
+    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -504,9 +611,22 @@ def load_engine(
     device: str | None = None,
     controlnet_cache_size: int = 3,
     threads: int | None = None,
+    compile: bool = False,
+    channels_last: bool | None = None,
+    cpu_offload: bool = False,
 ) -> Engine:
     """An engine for the preset. It loads no weights yet (see Engine.load), so it never raises
     for missing weights: Engine.status() says what is missing; generate() raises
-    ModelMissingError. `threads`: torch CPU threads (default: see models.cpu_threads)."""
+    ModelMissingError. `threads`: torch CPU threads (default: see models.cpu_threads);
+    `compile`, `channels_last`, `cpu_offload`: see Engine. Raises ValueError for cpu_offload
+    on the CPU."""
     chosen, reason = resolve_preset(preset, model_dir, base, controlnets, device)
-    return Engine(chosen, reason, controlnet_cache_size=controlnet_cache_size, threads=threads)
+    return Engine(
+        chosen,
+        reason,
+        controlnet_cache_size=controlnet_cache_size,
+        threads=threads,
+        compile=compile,
+        channels_last=channels_last,
+        cpu_offload=cpu_offload,
+    )

@@ -117,6 +117,29 @@ def cpu_threads() -> int:
     return os.cpu_count() or 1
 
 
+def compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot run on `device` here, or None when it can.
+
+    Inductor generates Triton kernels on CUDA and C++ on the CPU, so each needs its compiler.
+    """
+    import shutil
+
+    import torch
+
+    if not hasattr(torch, "compile") or not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} has no torch.compile for this Python or platform"
+    if device.startswith("cuda"):
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "torch.compile on CUDA needs Triton (`pip install triton`)"
+    if device == "cpu":
+        compilers = (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+        if not any(name and shutil.which(name) for name in compilers):
+            return "torch.compile on the CPU needs a C++ compiler (install g++ or set CXX)"
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Where weights live and how to fetch them
 
@@ -310,8 +333,9 @@ def _torch_dtype(name: str):
     return getattr(torch, name)
 
 
-def load_base(preset: Preset) -> dict:
-    """The base pipeline's components (vae, text_encoder, tokenizer, unet, scheduler) on device."""
+def load_base(preset: Preset, move: bool = True) -> dict:
+    """The base pipeline's components (vae, text_encoder, tokenizer, unet, scheduler), moved to
+    the preset's device unless `move` is False (model CPU offload moves them per call)."""
     from diffusers import StableDiffusionPipeline
 
     detail = missing_weights(preset.base, "base")
@@ -332,7 +356,8 @@ def load_base(preset: Preset) -> dict:
         raise model_missing(
             preset.base, f"The base model of preset '{preset.name}'", str(error), "base"
         ) from error
-    pipe.to(preset.device)
+    if move:
+        pipe.to(preset.device)
     return {
         name: getattr(pipe, name)
         for name in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
