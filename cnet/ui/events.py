@@ -201,11 +201,9 @@ class AppEvents:
         backend = backend_named(condition, preprocessor)
         availability = backend.availability()
         if not availability.ok:
-            message = f"{backend.label} is not available: {availability.reason}"
             if required:
-                raise gr.Error(message)
-            gr.Warning(message)
-            return None
+                raise gr.Error(f"{backend.label} is not available: {availability.reason}")
+            return None  # the tab already shows why, next to the preprocessor choice
         source = detector_input(backend, inputs)
         if source is None:
             if required:
