@@ -388,3 +388,62 @@ def test_cli_trains_and_exports(tiny_model_dir, fill50k_dir, tmp_path):
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == 1 and summary["connect_decoder"] is False
     assert (tmp_path / "controlnet" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_train_small_scale_then_unlock_and_resume(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    """DDP on CPU (gloo): cut links, no_sync accumulation, a base wrapped when it is unlocked."""
+    import os
+    import subprocess
+    import sys
+
+    def launch(processes: int, *extra: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "-m",
+            "cnet",
+            "train",
+            "controlnet",
+            "--base",
+            str(tiny_model_dir),
+            "--data",
+            str(fill50k_dir),
+            "--output-dir",
+            str(tmp_path),
+            "--batch-size",
+            "2",
+            "--gradient-accumulation-steps",
+            "2",
+            "--validate-every",
+            "0",
+            "--cpu-threads",
+            "1",
+            "--small-scale",
+            "--unlock-base-at-step",
+            "1",
+            "--checkpoint-every",
+            "1",
+            *extra,
+        ]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+    first = launch(2, "--max-steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoint = tmp_path / "checkpoints" / "step-0000002"
+    assert sorted(p.name for p in checkpoint.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert len(optimizer_groups(checkpoint)) == 2
+
+    wrong = launch(1, "--max-steps", "3", "--resume", "latest")
+    assert wrong.returncode != 0 and "--num_processes 2" in wrong.stdout + wrong.stderr
+
+    resumed = launch(2, "--max-steps", "3", "--resume", "latest", "--reconnect-decoder")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoints" / "step-0000003" / "state.json").read_text())
+    assert state["connect_decoder"] and state["base_unlocked"] and len(state["losses"]) == 3

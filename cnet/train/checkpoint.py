@@ -131,19 +131,19 @@ def load_checkpoint(
     generators: dict[str, torch.Generator],
 ) -> dict:
     """Restore what save_checkpoint wrote; returns the loop state."""
+    saved_by = len(list(directory.glob("rng-*.pt")))
+    if saved_by != accelerator.num_processes:
+        raise ValueError(
+            f"{directory} was saved by {saved_by} process(es); resume it with the same number "
+            f"(accelerate launch --num_processes {saved_by})."
+        )
     for name, model in models.items():
         load_weights(accelerator.unwrap_model(model), directory / name)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(torch.load(directory / f"{name}.pt", map_location="cpu"))
     if accelerator.scaler is not None and (directory / "scaler.pt").is_file():
         accelerator.scaler.load_state_dict(torch.load(directory / "scaler.pt"))
-    rng_file = directory / f"rng-{accelerator.process_index}.pt"
-    if not rng_file.is_file():
-        saved_by = len(list(directory.glob("rng-*.pt")))
-        raise ValueError(
-            f"{directory} was saved by {saved_by} process(es); resume it with the same number "
-            f"(accelerate launch --num_processes {saved_by})."
-        )
     # Our own file: python's and numpy's random states are plain Python objects, not tensors.
+    rng_file = directory / f"rng-{accelerator.process_index}.pt"
     set_rng_state(torch.load(rng_file, weights_only=False), generators)
     return read_state(directory)
