@@ -1,4 +1,4 @@
-"""`python -m cnet train controlnet|base`: every field of the config dataclass is a flag.
+"""`python -m cnet train controlnet|base|captioner`: every config dataclass field is a flag.
 
 python -m cnet train controlnet --base assets/embedded --data synth --condition canny
 accelerate launch -m cnet train controlnet --base runwayml/stable-diffusion-v1-5 --data fill50k
@@ -108,11 +108,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="what", metavar="{controlnet,base}", required=True)
+    from cnet.train import captioner
+
+    sub = parser.add_subparsers(dest="what", metavar="{controlnet,base,captioner}", required=True)
     controlnet = sub.add_parser("controlnet", help="train a ControlNet as the paper describes")
     add_config_flags(controlnet, TrainConfig)
     base = sub.add_parser("base", help="train the embedded base (VAE, text encoder, UNet)")
     add_config_flags(base, BaseTrainConfig)
+    captioner.configure(sub.add_parser("captioner", help="train the small BLIP captioner"))
     for command in (controlnet, base):
         command.add_argument(
             "--cpu-threads",
@@ -124,6 +127,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.what == "captioner":
+        from cnet.train import captioner
+
+        return captioner.run(args)
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
