@@ -1,0 +1,255 @@
+"""Cold start of the app: from process start to (a) the UI answering over HTTP and (b) the first
+image returned through gradio_client; issue 9 targets: <= 8 s and <= 20 s on 2 CPU cores.
+
+Each run starts `python app.py --model-dir DIR --port P` afresh (the OS file cache stays warm after
+the first run, as on a machine that has run the app before). The model is the embedded preset when
+assets/embedded holds its weights, else the tiny test model (tests/conftest.py); the table names it.
+Then each heavy import is timed in a fresh interpreter, to show where the start-up time goes.
+
+    python benchmarks/bench_startup.py                    # embedded model, or the tiny one
+    python benchmarks/bench_startup.py --model-dir DIR --runs 5 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+EMBEDDED = ROOT / "assets" / "embedded"
+sys.path.insert(0, str(ROOT))
+IMPORTS = {  # what app.py and the first request import, one fresh interpreter each
+    "python itself": "pass",
+    "numpy + PIL": "import numpy, PIL.Image",
+    "cnet.engine + cnet.models": "import cnet.engine, cnet.models",
+    "cnet.conditions (registry)": "import cnet.conditions",
+    "torch": "import torch",
+    "diffusers pipeline": "from diffusers import StableDiffusionControlNetPipeline",
+    "gradio": "import gradio",
+    "cnet.ui (gradio + engine + registry)": "import cnet.ui",
+}
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check_app() -> None:
+    """Exit with a message unless app.py exists and takes --model-dir and --port."""
+    if not APP.is_file():
+        fail(f"{APP} does not exist yet; this benchmark starts it as a subprocess.")
+    shown = subprocess.run(
+        [sys.executable, str(APP), "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    missing = [flag for flag in ("--model-dir", "--port") if flag not in shown.stdout]
+    if shown.returncode != 0 or missing:
+        fail(
+            f"app.py --help {'failed' if shown.returncode else 'lacks ' + ', '.join(missing)}; "
+            f"this benchmark runs `app.py --model-dir DIR --port P`.\n{shown.stderr[-2000:]}"
+        )
+
+
+def model_dir_or_tiny(model_dir: str | None) -> tuple[Path, str]:
+    """(folder, how to name it in the table): the given one, the embedded preset, or tiny."""
+    if model_dir:
+        return Path(model_dir), f"{model_dir} (given)"
+    if (EMBEDDED / "base" / "model_index.json").is_file():
+        return EMBEDDED, "embedded preset (assets/embedded)"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import build_tiny_model_dir
+
+    folder = build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")))
+    return folder, "tiny test model (tests/conftest.py; assets/embedded has no weights yet)"
+
+
+def model_resolution(model_dir: Path) -> int:
+    preset = model_dir / "preset.json"
+    return int(json.loads(preset.read_text()).get("resolution", 512)) if preset.is_file() else 512
+
+
+def scene(path: Path, size: int = 256) -> Path:
+    """A picture with clear edges, so every edge detector finds something."""
+    image = Image.new("RGB", (size, size), (90, 90, 90))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size // 6, size // 6, size // 2, size // 2), fill=(200, 30, 30))
+    draw.rectangle((size // 2, size // 2, size - 20, size - 20), fill=(30, 60, 200))
+    image.save(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def app_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def start_app(model_dir: Path, port: int, log_path: Path, threads: int | None):
+    command = [sys.executable, str(APP), "--model-dir", str(model_dir), "--port", str(port)]
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=app_env(threads), stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def wait_until_answering(process, url: str, log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = "exited" if process.poll() is not None else f"is not up after {timeout:.0f} s"
+            fail(f"app.py {state}; the end of its log:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def generation_settings(resolution: int, steps: int, seed: int = 0) -> dict:
+    """The Run endpoint's settings, as the engine's defaults apart from steps and resolution."""
+    from cnet.engine import GenerationRequest
+
+    defaults = GenerationRequest(np.zeros((1, 1, 3), np.uint8), "canny")
+    return dict(
+        prompt_mode="user",
+        prompt="a red sphere and a blue cube",
+        added_prompt=defaults.added_prompt,
+        negative_prompt=defaults.negative_prompt,
+        num_images=1,
+        resolution=resolution,
+        steps=steps,
+        cfg=defaults.cfg,
+        sampler=defaults.sampler,
+        seed=seed,
+        randomize_seed=False,
+    )
+
+
+def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path: Path):
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    started = time.perf_counter()
+    process = start_app(model_dir, port, log_path, args.threads)
+    try:
+        wait_until_answering(process, url, log_path, args.timeout)
+        ui = time.perf_counter() - started
+        client = Client(url, verbose=False, download_files=str(log_path.parent))
+        gallery, _, _ = client.predict(
+            image=handle_file(image),
+            **generation_settings(resolution, args.steps),
+            api_name=f"/{args.condition}",
+        )
+        first_image = time.perf_counter() - started
+    finally:
+        stop(process)
+    if len(gallery) < 2:
+        fail(f"the app returned no image: {gallery}")
+    return ui, first_image
+
+
+def import_seconds(statement: str) -> float:
+    code = f"import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+    command = [sys.executable, "-c", code]
+    started = time.perf_counter()
+    output = subprocess.run(
+        command, cwd=ROOT, env=app_env(None), capture_output=True, text=True, check=True
+    )
+    if statement == "pass":  # interpreter start-up itself
+        return time.perf_counter() - started
+    return float(output.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="model folder (default: embedded, else tiny)")
+    parser.add_argument("--condition", default="canny")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the app")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the UI")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
+    args = parser.parse_args()
+
+    check_app()
+    model_dir, model_name = model_dir_or_tiny(args.model_dir)
+    resolution = model_resolution(model_dir)
+    work = Path(tempfile.mkdtemp(prefix="cnet-startup-"))
+    image = scene(work / "scene.png")
+
+    runs = []
+    for run in range(args.runs):
+        log_path = work / f"app-{run}.log"
+        runs.append(one_cold_start(args, model_dir, image, resolution, log_path))
+        print(
+            f"run {run + 1}: UI {runs[-1][0]:.1f} s, first image {runs[-1][1]:.1f} s",
+            file=sys.stderr,
+        )
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps, "
+        "1 image"
+    )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
+        f"OMP_NUM_THREADS={args.threads or os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
+    print()
+    print("| run | process start -> UI answers s | process start -> first image s |")
+    print("|---|---|---|")
+    for run, (ui, first) in enumerate(runs, 1):
+        print(f"| {run} | {ui:.1f} | {first:.1f} |")
+    ui_median = statistics.median(ui for ui, _ in runs)
+    first_median = statistics.median(first for _, first in runs)
+    print(
+        f"| **median** | **{ui_median:.1f}** (target <= 8) | **{first_median:.1f}** "
+        "(target <= 20) |"
+    )
+
+    if not args.no_imports:
+        print()
+        print("| import in a fresh interpreter | s |")
+        print("|---|---|")
+        for name, statement in IMPORTS.items():
+            print(f"| {name} | {import_seconds(statement):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
