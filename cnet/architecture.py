@@ -23,14 +23,18 @@ class ModelConfig:
     """Widths and depths of one SD-family model (VAE, text encoder, UNet, ControlNet)."""
 
     sample_size: int = 128  # image side in pixels the UNet is trained at
-    vae_channels: tuple[int, ...] = (32, 64, 128, 128)  # 4 blocks -> 8x down-sampling, as SD
+    # 4 blocks -> 8x down-sampling, as SD. Narrow: the full-resolution convolutions dominate the
+    # cost of a CPU training step, and flat-shaded scenes need few channels to reconstruct.
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
     latent_channels: int = 4
     text_width: int = 128
     text_layers: int = 4
     text_heads: int = 4
     max_text_length: int = 77
-    unet_channels: tuple[int, ...] = (64, 128, 192)
+    # Sized for the weights budget: the base UNet plus seven ControlNets (each about half a UNet)
+    # stored in fp16 stay well under 80 MB.
+    unet_channels: tuple[int, ...] = (48, 96, 144)
     unet_layers_per_block: int = 1
     unet_heads: int = 4
     norm_num_groups: int = 16

@@ -120,3 +120,18 @@ def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_pat
     train_base(killed)
     resumed = json.loads((tmp_path / "checkpoints" / "step-0000004" / "state.json").read_text())
     assert resumed["losses"] == full["losses"]
+
+
+def test_vae_crops_are_random_windows_of_the_asked_size():
+    import torch
+
+    from cnet.train.base import random_crop
+
+    pixels = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    crops = [random_crop(pixels, 8, torch.Generator().manual_seed(s)) for s in range(6)]
+    assert all(c.shape == (2, 3, 8, 8) for c in crops)
+    assert len({int(c[0, 0, 0, 0]) for c in crops}) > 1  # the window moves
+    again = random_crop(pixels, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(crops[0], again)
+    assert random_crop(pixels, None, torch.Generator()) is pixels
+    assert random_crop(pixels, 16, torch.Generator()) is pixels

@@ -57,6 +57,7 @@ class BaseTrainConfig:
     batch_size: int = 16
     vae_steps: int = 5_000
     vae_learning_rate: float = 2e-4
+    vae_crop_size: int | None = 64  # the VAE is convolutional: random crops train it 4x cheaper
     kl_weight: float = 1e-6
     unet_steps: int = 30_000
     unet_learning_rate: float = 2e-4
@@ -90,8 +91,20 @@ class VAEObjective(torch.nn.Module):
         return F.l1_loss(reconstruction.float(), pixel_values.float()), posterior.kl().mean()
 
 
-def vae_loss(objective, batch, generator, kl_weight: float) -> torch.Tensor:
-    pixel_values = batch["pixel_values"].to(generator.device)
+def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generator):
+    """One random `size` x `size` window per batch (all of it when size is None or too large)."""
+    height, width = pixels.shape[-2:]
+    if size is None or size >= min(height, width):
+        return pixels
+    top, left = (
+        int(torch.randint(0, extent - size + 1, (), generator=generator, device=generator.device))
+        for extent in (height, width)
+    )
+    return pixels[..., top : top + size, left : left + size]
+
+
+def vae_loss(objective, batch, generator, kl_weight: float, crop: int | None = None):
+    pixel_values = random_crop(batch["pixel_values"].to(generator.device), crop, generator)
     reconstruction, kl = objective(pixel_values, generator)
     return reconstruction + kl_weight * kl
 
@@ -340,7 +353,13 @@ def train_base(config: BaseTrainConfig) -> Path:
             batch = next(batches)
             with accelerator.autocast():
                 if phase == "vae":
-                    loss = vae_loss(objective, batch, generators["noise"], config.kl_weight)
+                    loss = vae_loss(
+                        objective,
+                        batch,
+                        generators["noise"],
+                        config.kl_weight,
+                        config.vae_crop_size,
+                    )
                 else:
                     loss = unet_loss(
                         parts,

@@ -58,6 +58,7 @@ HELP = {
     "corpus_examples": "prompts read from the data to learn the tokenizer",
     "vae_steps": "optimizer steps of the VAE phase",
     "vae_learning_rate": "learning rate of the VAE",
+    "vae_crop_size": "train the VAE on random crops of this side (at least the image size: whole)",
     "kl_weight": "weight of the VAE's KL term",
     "unet_steps": "optimizer steps of the UNet + text encoder phase",
     "unet_learning_rate": "learning rate of the UNet",
