@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -90,7 +91,21 @@ def hub_offline() -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+# Files a GPU driver creates on Linux (NVIDIA, AMD ROCm, WSL 2). Without any of them torch cannot
+# see a GPU, so detect_device answers "cpu" without importing torch (seconds at start-up).
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_driver_present() -> bool:
+    """False only where no GPU can be present; macOS (MPS) and Windows always ask torch."""
+    if platform.system() != "Linux":
+        return True
+    return any(os.path.exists(path) for path in GPU_DRIVER_FILES)
+
+
 def detect_device() -> str:
+    if not gpu_driver_present():
+        return "cpu"
     import torch
 
     if torch.cuda.is_available():

@@ -75,6 +75,31 @@ def test_importing_the_engine_registry_and_models_loads_no_heavy_library():
     assert json.loads(output.stdout) == []
 
 
+def test_without_a_gpu_driver_choosing_the_device_imports_no_torch(tmp_path, monkeypatch):
+    monkeypatch.setattr(cnet.models.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(cnet.models, "GPU_DRIVER_FILES", (str(tmp_path / "nvidia0"),))
+    assert not cnet.models.gpu_driver_present()
+    assert cnet.models.detect_device() == "cpu"
+    (tmp_path / "nvidia0").touch()
+    assert cnet.models.gpu_driver_present()
+    monkeypatch.setattr(cnet.models.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(cnet.models, "GPU_DRIVER_FILES", ())
+    assert cnet.models.gpu_driver_present()  # MPS: only torch can tell
+
+
+@pytest.mark.skipif(cnet.models.gpu_driver_present(), reason="a GPU driver is present here")
+def test_load_engine_on_a_machine_without_gpu_imports_no_torch(tiny_model_dir):
+    code = (
+        "import sys; from cnet.engine import load_engine; "
+        f"engine = load_engine(model_dir={str(tiny_model_dir)!r}); "
+        "print(engine.preset.device, 'torch' in sys.modules)"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert output.stdout.split() == ["cpu", "False"]
+
+
 def test_load_in_background_loads_base_and_controlnets(tiny_model_dir, control_map):
     engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", threads=1)
     assert not engine.loaded
