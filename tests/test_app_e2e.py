@@ -137,3 +137,10 @@ def test_missing_model_previews_and_says_what_is_missing(client_without_model, i
     assert answers(page)
     config = json.dumps(client_without_model.config)
     assert "The model is missing" in config
+
+
+def test_automatic_prompt_without_a_captioner_says_what_is_missing(client, inputs):
+    given = tab_inputs("canny", inputs)
+    with pytest.raises(AppError, match="(?i)captioner") as error:
+        client.predict(**given, **FAST, prompt_mode="auto", api_name="/canny")
+    assert "server log" not in str(error.value)
