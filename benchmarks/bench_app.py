@@ -124,7 +124,9 @@ def main() -> None:
     for name, times in (("engine.generate", engine_times), ("app via gradio_client", app_times)):
         print(f"| {name} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} |")
     ratio = statistics.median(app_times) / statistics.median(engine_times)
+    overhead = statistics.median(app_times) - statistics.median(engine_times)
     print(f"\nratio app / engine (medians): {ratio:.3f} (target <= 1.10)")
+    print(f"app overhead per request (difference of medians): {overhead:.3f} s")
 
 
 if __name__ == "__main__":

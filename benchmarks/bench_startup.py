@@ -50,12 +50,16 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def check_app() -> None:
-    """Exit with a message unless app.py exists and takes --model-dir and --port."""
-    if not APP.is_file():
-        fail(f"{APP} does not exist yet; this benchmark starts it as a subprocess.")
+def check_app(app: Path = APP) -> None:
+    """Exit with a message unless the app script exists and takes --model-dir and --port."""
+    if not app.is_file():
+        fail(f"{app} does not exist yet; this benchmark starts it as a subprocess.")
     shown = subprocess.run(
-        [sys.executable, str(APP), "--help"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, str(app), "--help"],
+        cwd=ROOT,
+        env=app_env(None),
+        capture_output=True,
+        text=True,
     )
     missing = [flag for flag in ("--model-dir", "--port") if flag not in shown.stdout]
     if shown.returncode != 0 or missing:
@@ -109,13 +113,14 @@ def answers(url: str) -> bool:
 
 def app_env(threads: int | None) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
-def start_app(model_dir: Path, port: int, log_path: Path, threads: int | None):
-    command = [sys.executable, str(APP), "--model-dir", str(model_dir), "--port", str(port)]
+def start_app(model_dir: Path, port: int, log_path: Path, threads: int | None, app: Path = APP):
+    command = [sys.executable, str(app), "--model-dir", str(model_dir), "--port", str(port)]
     with open(log_path, "w") as log:
         return subprocess.Popen(
             command, cwd=ROOT, env=app_env(threads), stdout=log, stderr=subprocess.STDOUT
@@ -166,7 +171,7 @@ def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     started = time.perf_counter()
-    process = start_app(model_dir, port, log_path, args.threads)
+    process = start_app(model_dir, port, log_path, args.threads, Path(args.app))
     try:
         wait_until_answering(process, url, log_path, args.timeout)
         ui = time.perf_counter() - started
@@ -205,9 +210,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the app")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the UI")
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
+    parser.add_argument(
+        "--app", default=str(APP), help="the app script (default: app.py; to compare a variant)"
+    )
     args = parser.parse_args()
 
-    check_app()
+    check_app(Path(args.app))
     model_dir, model_name = model_dir_or_tiny(args.model_dir)
     resolution = model_resolution(model_dir)
     work = Path(tempfile.mkdtemp(prefix="cnet-startup-"))
@@ -223,6 +231,7 @@ def main() -> None:
         )
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"app: {args.app}")
     print(
         f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps, "
         "1 image"
