@@ -241,12 +241,14 @@ class Engine:
         """Load the base pipeline now (generate() does it on first use).
 
         Raises ModelMissingError when its weights are not here."""
-        import torch
-        from diffusers import StableDiffusionControlNetPipeline
-
         with self._lock:
             if self._pipe is not None:
                 return
+            # Imported under the lock: two threads importing diffusers' lazy module at once (a
+            # background load and the first request) can fail with "cannot import name".
+            import torch
+            from diffusers import StableDiffusionControlNetPipeline
+
             if self.preset.device == "cpu":
                 torch.set_num_threads(self.threads)
             if self.compile:

@@ -108,6 +108,22 @@ def test_load_in_background_loads_base_and_controlnets(tiny_model_dir, control_m
     assert engine.preset.controlnet_source("depth") in engine._controlnets
 
 
+@pytest.mark.slow
+def test_first_request_during_background_load_in_a_fresh_process(tiny_model_dir):
+    # A fresh interpreter: diffusers not imported yet, so both threads import it at once.
+    code = (
+        "import numpy as np; from cnet.engine import GenerationRequest, load_engine; "
+        f"engine = load_engine(model_dir={str(tiny_model_dir)!r}, device='cpu', threads=1); "
+        "engine.load_in_background(['canny']); "
+        "image = np.zeros((64, 64, 3), np.uint8); image[20:40, 10:50] = 255; "
+        "result = engine.generate(GenerationRequest(image, 'canny', steps=1)); "
+        "print(len(result.images))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert output.returncode == 0, output.stderr[-2000:]
+    assert output.stdout.split()[-1] == "1"
+
+
 def test_load_in_background_leaves_a_missing_model_to_generate(tmp_path, control_map):
     engine = load_engine(model_dir=str(tmp_path), device="cpu", threads=1)
     engine.load_in_background(["canny"]).join(timeout=60)
