@@ -2,11 +2,18 @@
 
 Every detector sees uint8 HxWx3 RGB. Uploads arrive as paths, PIL images (any mode, EXIF-rotated)
 or numpy arrays (grey, RGBA, 16-bit, float), so the conversion lives here, once.
+
+Size limits: `load_image` scales an upload above MAX_PIXELS down to it (and says so), and refuses
+one above REFUSE_PIXELS before decoding it; `target_size` refuses a resize that would make more
+than MAX_PIXELS (an extreme aspect ratio, or a keypoints canvas of absurd size).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -15,27 +22,45 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 WHITE = (255, 255, 255)
+MAX_PIXELS = 4096 * 4096  # larger uploads are scaled down to this many pixels
+REFUSE_PIXELS = 100_000_000  # larger ones are refused before decoding (a 100 MP file is a bomb)
 
 
 class ImageInputError(ValueError):
     """The input is not an image we can read; the message is meant for the user."""
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
+    """Open and decode the first frame; with `max_pixels`, JPEGs decode at a reduced scale."""
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}.")
     try:
         image = Image.open(path)
+        _check_pixels(image.width, image.height)
+        if max_pixels and image.width * image.height > max_pixels:
+            scale = math.sqrt(max_pixels / (image.width * image.height))
+            image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
         image.load()
-    except (UnidentifiedImageError, OSError) as error:
+    except ImageInputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageInputError(f"{path.name} is not a readable image ({error}).") from None
     return image
 
 
+def _check_pixels(width: int, height: int) -> None:
+    if width * height > REFUSE_PIXELS:
+        raise ImageInputError(
+            f"The image is {width}x{height} pixels, more than this app reads "
+            f"({REFUSE_PIXELS // 1_000_000} megapixels); scale it down first."
+        )
+
+
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     """PIL image -> array keeping its precision: uint8 (H, W[, 3|4]) or uint16/float (H, W)."""
-    image = ImageOps.exif_transpose(image)
+    with contextlib.suppress(Exception):  # a damaged EXIF block: keep the pixels as stored
+        image = ImageOps.exif_transpose(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -52,6 +77,51 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
     return np.asarray(image)
+
+
+@dataclass
+class LoadedImage:
+    """An upload as an array (precision kept: uint8, uint16 or float) and what was done to it."""
+
+    array: np.ndarray
+    notices: list[str] = field(default_factory=list)
+
+
+def load_image(image: ImageLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+    """Read an upload for the detectors: EXIF orientation applied, the first frame of an
+    animation, scaled down to `max_pixels` when larger; each change is named in `notices`.
+
+    Raises ImageInputError for files that are not images, are corrupt, empty, or too large.
+    """
+    notices = []
+    if isinstance(image, (str, os.PathLike)):
+        image = _open(image, max_pixels)
+    if isinstance(image, Image.Image):
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            notices.append(f"The image is animated ({frames} frames); the first frame is used.")
+    array = _check_shape(_load(image))
+    height, width = array.shape[:2]
+    _check_pixels(width, height)
+    if height * width > max_pixels:
+        scale = math.sqrt(max_pixels / (height * width))
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        resized = _resize_any(array, size)
+        notices.append(
+            f"The image is {width}x{height} pixels; it was scaled down to "
+            f"{size[0]}x{size[1]} (the limit is {max_pixels / 1e6:.1f} megapixels)."
+        )
+        array = resized
+    return LoadedImage(array, notices)
+
+
+def _resize_any(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average resize keeping dtype (cv2 takes uint8, uint16 and float32, up to 4 channels)."""
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype not in (np.uint8, np.uint16, np.float32):
+        array = array.astype(np.float32)
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
 
 
 def _load(image: ImageLike) -> np.ndarray:
@@ -143,7 +213,14 @@ def target_size(height: int, width: int, resolution: int, multiple: int = 64) ->
     scale = float(resolution) / min(height, width)
     new_height = int(np.round(height * scale / multiple)) * multiple
     new_width = int(np.round(width * scale / multiple)) * multiple
-    return max(new_height, multiple), max(new_width, multiple)
+    new_height, new_width = max(new_height, multiple), max(new_width, multiple)
+    if new_height * new_width > MAX_PIXELS:
+        raise ImageInputError(
+            f"A {width}x{height} image at resolution {resolution} would become "
+            f"{new_width}x{new_height} pixels, more than the limit of {MAX_PIXELS / 1e6:.1f} "
+            "megapixels; crop it to a less extreme shape or lower the resolution."
+        )
+    return new_height, new_width
 
 
 def resize_to_resolution(image: np.ndarray, resolution: int, multiple: int = 64) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnet import imageio
 from cnet.imageio import (
     ImageInputError,
     resize_to_resolution,
@@ -127,3 +128,63 @@ def test_target_size_rounds_to_multiples_of_64(shape, resolution, expected):
 def test_resize_to_resolution_shapes():
     out = resize_to_resolution(_gradient(300, 451), 512)
     assert out.shape == (512, 768, 3) and out.dtype == np.uint8
+
+
+def test_load_image_scales_large_uploads_down_with_a_notice(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(_gradient(200, 300)).save(path)
+    loaded = imageio.load_image(path, max_pixels=64 * 64)
+    height, width = loaded.array.shape[:2]
+    assert height * width <= 64 * 64 and abs(width / height - 1.5) < 0.05
+    assert len(loaded.notices) == 1 and "300x200" in loaded.notices[0]
+    small = imageio.load_image(_gradient(10, 10), max_pixels=64 * 64)
+    assert small.notices == [] and small.array.shape == (10, 10, 3)
+
+
+def test_load_image_keeps_16_bit_precision_when_scaling():
+    wide = np.linspace(0, 65535, 128 * 128).reshape(128, 128).astype(np.uint16)
+    loaded = imageio.load_image(wide, max_pixels=32 * 32)
+    assert loaded.array.dtype == np.uint16 and loaded.array.shape == (32, 32)
+
+
+def test_load_image_refuses_a_decompression_bomb_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(imageio, "REFUSE_PIXELS", 100 * 100)
+    path = tmp_path / "bomb.png"
+    Image.new("L", (400, 300)).save(path)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or None)
+    with pytest.raises(ImageInputError, match="400x300"):
+        imageio.load_image(path)
+    assert decoded == []
+
+
+def test_animated_image_gives_its_first_frame_and_a_notice(tmp_path):
+    colours = [(200, 0, 0), (0, 0, 200), (0, 200, 0)]
+    frames = [Image.new("RGB", (16, 16), colour) for colour in colours]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    loaded = imageio.load_image(path)
+    assert "3 frames" in loaded.notices[0]
+    rgb = to_rgb_array(loaded.array)
+    assert rgb[0, 0, 0] > 150 and rgb[0, 0, 2] < 50
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64]
+)
+def test_load_image_refuses_empty_corrupt_and_non_images(tmp_path, content):
+    path = tmp_path / "upload.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageInputError, match="upload.png"):
+        imageio.load_image(path)
+
+
+def test_one_pixel_image_loads():
+    loaded = imageio.load_image(np.full((1, 1, 3), 7, np.uint8))
+    assert loaded.array.shape == (1, 1, 3) and loaded.notices == []
+    assert resize_to_resolution(to_rgb_array(loaded.array), 64).shape == (64, 64, 3)
+
+
+def test_target_size_refuses_extreme_shapes():
+    with pytest.raises(ImageInputError, match="crop"):
+        target_size(1, 100_000, 512)
