@@ -49,7 +49,7 @@ class BaseTrainConfig:
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
     synth_length: int = 50_000  # scenes per synthetic epoch
-    condition: str = "canny"  # read along by the data source; the base never sees it
+    condition: str | None = None  # the base never sees a control map: render none
     corpus: str | None = None  # a text file, one sentence a line, for the tokenizer
     corpus_examples: int = 5_000  # else: this many of the data's prompts
     num_workers: int = 0

@@ -45,7 +45,7 @@ class TrainConfig:
     init: str | None = None  # continue from this captioner folder (model + processor)
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
-    condition: str = "canny"  # the synthetic world renders one control map per scene; unused here
+    condition: str | None = None  # a captioner reads images only: render no control map
     synth_length: int = 200_000  # scenes per synthetic epoch
     corpus_examples: int = 5000  # the tokenizer learns its words from these prompts
     num_workers: int = 0
@@ -154,7 +154,7 @@ def evaluate_captioner(
     count: int = 100,
     data: str = SYNTHETIC,
     split: str = "test",
-    condition: str = "canny",
+    condition: str | None = None,
     batch_size: int = 32,
 ) -> CaptionReport:
     """Caption `count` held-out scenes; score object and colour words against their prompts."""

@@ -179,7 +179,7 @@ class StepBatches(Sampler[list[int]]):
 
 
 def collate(examples: list[dict]) -> dict:
-    batch = {key: torch.stack([e[key] for e in examples]) for key in TENSORS}
+    batch = {key: torch.stack([e[key] for e in examples]) for key in TENSORS if key in examples[0]}
     batch["prompt"] = [e["prompt"] for e in examples]
     return batch
 
