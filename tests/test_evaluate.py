@@ -79,6 +79,7 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
     grid = tmp_path / "samples.png"
     table = evaluate(engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid)
     assert list(table) == ["canny", "depth"]
+    # the tiny model has no captioner: the automatic prompt rows are left out, not failed
     assert list(table["canny"]) == ["user prompt", "no prompt", "no control"]
     for rows in table.values():
         for s in rows.values():
@@ -86,3 +87,38 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
     assert table["canny"]["user prompt"].edge_f1 is not None
     assert table["depth"]["user prompt"].edge_f1 is None
     assert grid.exists()
+
+
+def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_dir, tmp_path):
+    import argparse
+    import json
+
+    import torch
+
+    from cnet import captioner as cap
+    from cnet.evaluate import run
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for part in ("base", "controlnet", "preset.json"):
+        (model_dir / part).symlink_to(tiny_model_dir / part)
+    torch.manual_seed(0)
+    model, processor = cap.build_captioner(cap.TINY, cap.build_tokenizer(["a red sphere"]))
+    cap.save_captioner(model, processor, model_dir / "captioner")
+
+    args = argparse.Namespace(
+        preset="auto",
+        model_dir=str(model_dir),
+        conditions=["seg"],
+        scenes=2,
+        size=64,
+        steps=2,
+        settings=["automatic prompt", "no control"],
+        out=tmp_path / "eval",
+    )
+    assert run(args) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert list(results["seg"]) == ["automatic prompt", "no control"]
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| seg | automatic prompt |" in table
+    assert "Captions with every object and colour word right: " in table
