@@ -27,6 +27,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
 EMBEDDED_RESTORE_COMMAND = "git checkout HEAD -- assets/embedded"
+EMBEDDED_TRAIN_COMMAND = "python -m cnet train base --output-dir runs/embedded"
 
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -186,10 +187,14 @@ def hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
 def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
     path = Path(source).expanduser().resolve()
     if path == EMBEDDED_DIR or EMBEDDED_DIR in path.parents:
-        return f"Restore the embedded model with `{EMBEDDED_RESTORE_COMMAND}`."
+        return (
+            f"A checkout that ships the embedded model restores it with "
+            f"`{EMBEDDED_RESTORE_COMMAND}`; to train it yourself start with "
+            f"`{EMBEDDED_TRAIN_COMMAND}` (README, Training)."
+        )
     if is_local(source):
         return (
-            f"Check the path, or put {what} there "
+            "Check the path, or put the weights there "
             f"(e.g. `{download_command('<hub-id>', files)} --local-dir {source}`)."
         )
     offline = " (HF_HUB_OFFLINE is set, so only the local cache is used)" if hub_offline() else ""

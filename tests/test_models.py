@@ -222,6 +222,7 @@ def test_missing_embedded_model_names_the_restore_command(tmp_path, monkeypatch)
         models.load_base(preset)
     assert str(tmp_path / "assets" / "embedded" / "base") in str(error.value)
     assert models.EMBEDDED_RESTORE_COMMAND in str(error.value)
+    assert models.EMBEDDED_TRAIN_COMMAND in str(error.value)
 
 
 def test_lru_cache_drops_the_least_recently_used():
