@@ -29,6 +29,16 @@ def controlnet_override(text: str) -> tuple[str, str]:
     return key.strip(), path.strip()
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ControlNet Studio: the Gradio app.")
     model = parser.add_argument_group("model")
@@ -52,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ".safetensors/.pth file (repeatable)",
     )
     model.add_argument("--annotators-dir", help="folder with the detectors' weights")
+    model.add_argument(
+        "--controlnet-cache",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="ControlNets kept loaded at once; the least recently used is dropped (default: 3)",
+    )
     server = parser.add_argument_group("server")
     server.add_argument(
         "--host",
@@ -62,10 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
     )
     server.add_argument(
-        "--max-queue", type=int, default=32, help="requests waiting beyond this are turned away"
+        "--max-queue",
+        type=positive_int,
+        default=32,
+        help="requests waiting at most; beyond this the app answers that it is busy (default: 32)",
     )
     server.add_argument(
-        "--concurrency", type=int, default=1, help="generations run at the same time"
+        "--concurrency",
+        type=positive_int,
+        default=1,
+        help="generations run at the same time, and previews at the same time (default: 1)",
+    )
+    server.add_argument(
+        "--max-file-size",
+        default="25mb",
+        help="largest upload, e.g. 25mb or 1gb (default: 25mb)",
     )
     return parser.parse_args(argv)
 
@@ -87,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir=args.model_dir,
         base=args.base,
         controlnets=dict(args.controlnet) or None,
+        controlnet_cache_size=args.controlnet_cache,
     )
     log.info("model preset %s: %s", engine.preset.name, engine.reason)
     log.info("%s", engine.status())
@@ -100,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         ssr_mode=False,
         mcp_server=False,
         footer_links=["api", "gradio"],
-        max_file_size="25mb",
+        max_file_size=args.max_file_size,
+        # The app's functions raise only gr.Error; this lets Gradio's own request checks (a
+        # wrong number of values, a path that was not uploaded) answer with their message too.
+        show_error=True,
         theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
         css=CSS,
     )

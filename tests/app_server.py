@@ -32,11 +32,15 @@ def answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve_app(*args: str, log_path: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
-    """Start `python app.py *args` and yield its URL once it answers; stop it afterwards."""
+def serve_app(
+    *args: str, log_path: Path, timeout: float = START_TIMEOUT, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start `python app.py *args` and yield its URL once it answers; stop it afterwards.
+
+    `env`: extra environment variables for the server (e.g. OMP_NUM_THREADS)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", **(env or {}))
     command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

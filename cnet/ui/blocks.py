@@ -22,6 +22,7 @@ from cnet.engine import (
     Engine,
     GenerationRequest,
 )
+from cnet.ui import components as checked
 from cnet.ui.events import AppEvents, backend_named, input_name, param_input_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,11 @@ Controls = dict[str, gr.components.Component]
 def build_demo(engine: Engine, conditions: Mapping[str, Condition] | None = None) -> gr.Blocks:
     conditions = CONDITIONS if conditions is None else conditions
     events = AppEvents(engine)
-    with gr.Blocks(title="ControlNet Studio", analytics_enabled=False) as demo:
+    # Outputs (PNG files in Gradio's cache) are deleted a day after they are made, so the disk a
+    # long-running server uses stays bounded.
+    with gr.Blocks(
+        title="ControlNet Studio", analytics_enabled=False, delete_cache=(3600, 86400)
+    ) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(model_status(engine), elem_id="model-status")
         with gr.Tabs():
@@ -77,22 +82,22 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> No
         with gr.Column(scale=1):
             inputs = input_components(condition)
             with gr.Group():
-                preprocessor = gr.Dropdown(
+                preprocessor = checked.Dropdown(
                     choices=[(backend_choice_label(b), b.name) for b in condition.backends],
                     value=condition.default_backend().name,
                     label="Preprocessor",
                     elem_id=f"{key}-preprocessor",
                 )
-                detect_resolution = gr.Slider(
+                detect_resolution = checked.Slider(
                     128, 1024, value=512, step=64, label="Preprocessor resolution"
                 )
             params, backend_panels = preprocessor_params(condition)
-            prompt_mode = gr.Radio(
+            prompt_mode = checked.Radio(
                 choices=[(PROMPT_MODE_LABELS[mode], mode) for mode in PROMPT_MODES],
                 value="user",
                 label="Prompt mode",
             )
-            prompt = gr.Textbox(
+            prompt = checked.Textbox(
                 value=condition.example_prompt,
                 label="Prompt",
                 info="Used in User prompt mode.",
@@ -177,7 +182,7 @@ def input_components(condition: Condition) -> Controls:
     names = {input_name(backend) for backend in condition.backends}
     inputs: Controls = {"image": input_image(condition, visible=shown == "image")}
     if "openpose_json" in names:
-        inputs["openpose_json"] = gr.File(
+        inputs["openpose_json"] = checked.File(
             label="OpenPose JSON keypoints",
             file_types=[".json"],
             type="filepath",
@@ -193,7 +198,7 @@ def input_image(condition: Condition, visible: bool) -> gr.components.Component:
         # Gradio's editor skips at start, so the user's first stroke already updates the preview.
         paper = np.full((CANVAS_SIZE, CANVAS_SIZE, 4), 255, dtype=np.uint8)
         ink = np.zeros((CANVAS_SIZE, CANVAS_SIZE, 4), dtype=np.uint8)
-        return gr.ImageEditor(
+        return checked.ImageEditor(
             value={"background": paper, "layers": [ink], "composite": None},
             label="Draw a scribble (or upload a drawing)",
             type="numpy",
@@ -207,7 +212,7 @@ def input_image(condition: Condition, visible: bool) -> gr.components.Component:
             visible=visible,
             elem_id=f"{condition.key}-input",
         )
-    return gr.Image(
+    return checked.Image(
         label="Input image",
         type="filepath",
         image_mode=None,  # the file as uploaded: cnet.imageio handles modes, bit depth and EXIF
@@ -239,18 +244,18 @@ def preprocessor_params(condition: Condition) -> tuple[Controls, list[gr.Column]
 
 def param_control(param: Param) -> gr.components.Component:
     if param.choices:
-        return gr.Dropdown(list(param.choices), value=param.default, label=param.label)
+        return checked.Dropdown(list(param.choices), value=param.default, label=param.label)
     if isinstance(param.default, bool):
-        return gr.Checkbox(value=param.default, label=param.label)
+        return checked.Checkbox(value=param.default, label=param.label)
     if isinstance(param.default, str):
-        return gr.Textbox(value=param.default, label=param.label)
+        return checked.Textbox(value=param.default, label=param.label)
     integer = isinstance(param.default, int)
     if param.minimum is not None and param.maximum is not None:
         step = param.step if param.step is not None else (1 if integer else 0.01)
-        return gr.Slider(
+        return checked.Slider(
             param.minimum, param.maximum, value=param.default, step=step, label=param.label
         )
-    return gr.Number(value=param.default, precision=0 if integer else None, label=param.label)
+    return checked.Number(value=param.default, precision=0 if integer else None, label=param.label)
 
 
 def param_trigger(control: gr.components.Component):
@@ -267,8 +272,8 @@ def settings_panel(engine: Engine) -> Controls:
     resolution = engine.preset.resolution
     with gr.Accordion("Advanced", open=False):
         controls: Controls = dict(
-            num_images=gr.Slider(1, 12, value=defaults["num_images"], step=1, label="Images"),
-            resolution=gr.Slider(
+            num_images=checked.Slider(1, 12, value=defaults["num_images"], step=1, label="Images"),
+            resolution=checked.Slider(
                 MIN_RESOLUTION,
                 max(1024, resolution),
                 value=resolution,
@@ -276,32 +281,36 @@ def settings_panel(engine: Engine) -> Controls:
                 label="Resolution (short side)",
                 info="Rounded to what the model takes (a multiple of 64 for SD 1.5).",
             ),
-            control_strength=gr.Slider(
+            control_strength=checked.Slider(
                 0.0, 2.0, value=defaults["control_strength"], step=0.05, label="Control strength"
             ),
-            guess_mode=gr.Checkbox(
+            guess_mode=checked.Checkbox(
                 value=defaults["guess_mode"],
                 label="Guess mode",
                 info="The ControlNet reads the map without the prompt (use with No prompt).",
             ),
-            control_start=gr.Slider(
+            control_start=checked.Slider(
                 0.0, 1.0, value=defaults["control_start"], step=0.01, label="Control start"
             ),
-            control_end=gr.Slider(
+            control_end=checked.Slider(
                 0.0, 1.0, value=defaults["control_end"], step=0.01, label="Control end"
             ),
-            steps=gr.Slider(1, 100, value=defaults["steps"], step=1, label="Steps"),
-            cfg=gr.Slider(0.1, 30.0, value=defaults["cfg"], step=0.1, label="Guidance scale (CFG)"),
-            sampler=gr.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler"),
-            eta=gr.Slider(0.0, 1.0, value=defaults["eta"], step=0.01, label="Eta (DDIM)"),
+            steps=checked.Slider(1, 100, value=defaults["steps"], step=1, label="Steps"),
+            cfg=checked.Slider(
+                0.1, 30.0, value=defaults["cfg"], step=0.1, label="Guidance scale (CFG)"
+            ),
+            sampler=checked.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler"),
+            eta=checked.Slider(0.0, 1.0, value=defaults["eta"], step=0.01, label="Eta (DDIM)"),
         )
         with gr.Row():
-            controls["seed"] = gr.Number(
+            controls["seed"] = checked.Number(
                 value=defaults["seed"], precision=0, minimum=0, maximum=MAX_SEED, label="Seed"
             )
-            controls["randomize_seed"] = gr.Checkbox(value=True, label="Randomize seed")
-        controls["added_prompt"] = gr.Textbox(value=defaults["added_prompt"], label="Added prompt")
-        controls["negative_prompt"] = gr.Textbox(
+            controls["randomize_seed"] = checked.Checkbox(value=True, label="Randomize seed")
+        controls["added_prompt"] = checked.Textbox(
+            value=defaults["added_prompt"], label="Added prompt"
+        )
+        controls["negative_prompt"] = checked.Textbox(
             value=defaults["negative_prompt"], label="Negative prompt"
         )
     return controls

@@ -29,10 +29,11 @@ from cnet.engine import (
     GenerationRequest,
     ModelMissingError,
 )
-from cnet.imageio import ImageInputError
+from cnet.imageio import ImageInputError, load_image
 
 log = logging.getLogger(__name__)
 
+MAX_PROMPT_CHARS = 4000  # far beyond what a text encoder reads; longer text is cut, with a notice
 STROKES_BACKEND = "canvas"  # the scribble backend that reads only the strokes drawn on the canvas
 NO_INPUT = {
     "image": "Upload an image first.",
@@ -107,6 +108,46 @@ def detector_input(backend: Backend, inputs: Mapping[str, Any]) -> Any | None:
     return value if backend.accepts == "sketch" else picture
 
 
+def read_upload(backend: Backend, value: Any) -> tuple[Any, list[str]]:
+    """The detector input with uploads read and capped in size (cnet.imageio.load_image), and
+    the notices saying what was changed. Keypoint files pass through as paths."""
+    if input_name(backend) != "image":
+        return value, []
+    notices: list[str] = []
+
+    def read(image: Any) -> Any:
+        if image is None:
+            return None
+        loaded = load_image(image)
+        notices.extend(notice for notice in loaded.notices if notice not in notices)
+        return loaded.array
+
+    if isinstance(value, dict):
+        layers = [read(layer) for layer in value.get("layers") or []]
+        return {
+            "background": read(value.get("background")),
+            "layers": layers,
+            "composite": read(value.get("composite")),
+        }, notices
+    return read(value), notices
+
+
+def show_notices(notices: list[str]) -> None:
+    for notice in notices:
+        gr.Warning(notice)
+
+
+def limit_text(name: str, text: Any, notices: list[str]) -> str:
+    text = "" if text is None else str(text)
+    if len(text) > MAX_PROMPT_CHARS:
+        notices.append(
+            f"The {name} is {len(text)} characters long; only its first {MAX_PROMPT_CHARS} "
+            "are used."
+        )
+        text = text[:MAX_PROMPT_CHARS]
+    return text
+
+
 def fingerprint(value: Any) -> str:
     """A digest of an input (file path, array or sketch-pad dict) for the control-map cache."""
     digest = hashlib.sha1()
@@ -132,14 +173,14 @@ def fingerprint(value: Any) -> str:
 
 
 class ControlMapCache:
-    """The last few control maps, so Run reuses the map the preview just made."""
+    """The last few control maps (with their notices), so Run reuses the map the preview made."""
 
     def __init__(self, size: int = 16):
         self.size = size
-        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._maps: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get_or_make(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_make(self, key: str, make: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._maps:
                 self._maps.move_to_end(key)
@@ -197,25 +238,30 @@ class AppEvents:
         image_resolution: int,
         values: Mapping[str, Any],
         required: bool,
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """The control map and notices about the input (scaled down, first frame, ...)."""
         backend = backend_named(condition, preprocessor)
         availability = backend.availability()
         if not availability.ok:
             if required:
                 raise gr.Error(f"{backend.label} is not available: {availability.reason}")
-            return None  # the tab already shows why, next to the preprocessor choice
+            return None, []  # the tab already shows why, next to the preprocessor choice
         source = detector_input(backend, inputs)
         if source is None:
             if required:
                 raise gr.Error(NO_INPUT[backend.accepts])
-            return None
+            return None, []
         params = backend_params(backend, values)
         settings = dict(params, detect_resolution=int(detect_resolution))
         settings["image_resolution"] = int(image_resolution)
         key = fingerprint((condition.key, backend.name, sorted(settings.items()), source))
-        return self.maps.get_or_make(
-            key, lambda: detect(condition.key, source, backend=backend.name, **settings)
-        )
+
+        def make() -> tuple[np.ndarray, list[str]]:
+            read, notices = read_upload(backend, source)
+            return detect(condition.key, read, backend=backend.name, **settings), notices
+
+        control_map, notices = self.maps.get_or_make(key, make)
+        return control_map, list(notices)
 
     def preview_fn(self, condition: Condition) -> Callable[..., np.ndarray | None]:
         def preview(
@@ -228,9 +274,11 @@ class AppEvents:
         ) -> np.ndarray | None:
             inputs = {"image": image, "openpose_json": openpose_json}
             with user_errors("Making the control map"):
-                return self.control_map(
+                control_map, notices = self.control_map(
                     condition, inputs, preprocessor, detect_resolution, resolution, params, False
                 )
+            show_notices(notices)
+            return control_map
 
         preview.__name__ = f"detect_{condition.key}"
         return preview
@@ -264,16 +312,16 @@ class AppEvents:
             seed = random.randint(0, MAX_SEED) if randomize_seed else int(seed)
             inputs = {"image": image, "openpose_json": openpose_json}
             with user_errors("Generation"):
-                control_map = self.control_map(
+                control_map, notices = self.control_map(
                     condition, inputs, preprocessor, detect_resolution, resolution, params, True
                 )
                 generation = GenerationRequest(
                     control_image=control_map,
                     condition=condition.key,
                     prompt_mode=prompt_mode,
-                    prompt=prompt or "",
-                    added_prompt=added_prompt or "",
-                    negative_prompt=negative_prompt or "",
+                    prompt=limit_text("prompt", prompt, notices),
+                    added_prompt=limit_text("added prompt", added_prompt, notices),
+                    negative_prompt=limit_text("negative prompt", negative_prompt, notices),
                     num_images=int(num_images),
                     resolution=int(resolution),
                     control_strength=float(control_strength),
@@ -295,8 +343,10 @@ class AppEvents:
                     try:
                         result = self.engine.generate(generation, progress=report, cancel=cancel)
                     except GenerationCancelled:
+                        show_notices(notices)
                         gr.Warning("Stopped.")
                         return [(control_map, "control map")], "", seed
+            show_notices(notices + result.metadata.get("notices", []))
             gallery = [(result.control_image, "control map")]
             gallery += [
                 (sample, f"seed {s}") for sample, s in zip(result.images, result.seeds, strict=True)
