@@ -31,7 +31,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 SERVER_ENV = {"OMP_NUM_THREADS": "1"}  # one torch thread: far faster on a shared 2-core machine
 GENERIC_ERRORS = ("has not enabled verbose error reporting", "Traceback", "server log")
-FAST_CASES = 24  # per endpoint, default suite
+FAST_CASES = 12  # per endpoint, default suite (keeps it near a minute on 2 busy cores)
 SLOW_CASES = 220  # per endpoint, with -m slow
 OMIT = object()
 # Never left at their (slow) defaults: the fuzzing is about validation, not about throughput.
@@ -157,8 +157,7 @@ IMAGE_FILES = (
     "cmyk.jpg",
     "anim.gif",
     "exif.jpg",
-    "huge.png",
-    "thin.png",
+    "thin.png",  # huge.png is left to a named test: decoding 19 MP costs a second a case
     "corrupt.png",
     "empty.png",
     "text.png",
@@ -248,7 +247,7 @@ def check_answer(client: Client, api_name: str, kwargs: dict) -> None:
     if api_name.startswith("/detect_"):
         assert result is None or Path(result).is_file()
     elif api_name.startswith("/stop_"):
-        assert result is None
+        assert result in (None, ())
     else:
         gallery, caption, seed = result
         assert gallery[0]["caption"] == "control map" and isinstance(seed, int)
@@ -454,6 +453,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow  # its own server: ~25 s here
 def test_malicious_controlnet_pickle_is_refused_and_the_server_keeps_serving(
     tiny_model_dir, uploads, tmp_path
 ):
