@@ -3,9 +3,12 @@
 Gradio checks a slider's range or a dropdown's choices before the app's function runs, but its
 message does not say which control ("Value 500 is greater than maximum value 100."), and a value
 of the wrong type (None, "abc", NaN for a number; a text file for an image) fails inside Gradio
-with no message at all. These subclasses render exactly as Gradio's own and raise `gr.Error`
-("Steps: 500 is out of range; choose a number from 1 to 100.") instead. Each keeps its Gradio
-class name, which is what tells the frontend how to draw it.
+with no message at all. `checked(component)` wraps one component's `preprocess` so that it raises
+`gr.Error` ("Steps: 500 is out of range; choose a number from 1 to 100.") instead; `Slider`,
+`Number`, ... make Gradio's components already checked.
+
+The components stay Gradio's own classes: a subclass would get its own frontend id (the sketch
+pad then draws but sends no strokes) and Gradio would write a .pyi stub next to this file.
 
 Policy, the same for every number: a value out of range is refused, never clamped.
 """
@@ -13,50 +16,21 @@ Policy, the same for every number: a value out of range is refused, never clampe
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gradio as gr
 from PIL import Image as PILImage
 
-
-class _Checked:
-    """Mixin: check the payload, then let Gradio preprocess it; every failure is a gr.Error."""
-
-    label: str | None
-
-    def preprocess(self, payload: Any) -> Any:
-        name = self.label or "A setting"
-        if payload is not None or self.refuses_none():
-            problem = self.problem(payload)
-            if problem:
-                raise gr.Error(f"{name}: {problem}", print_exception=False)
-        try:
-            return super().preprocess(payload)  # type: ignore[misc]
-        except gr.Error as error:
-            raise gr.Error(f"{name}: {error.message}", print_exception=False) from None
-        except Exception as error:
-            raise gr.Error(f"{name}: {self.unreadable(error)}", print_exception=False) from None
-
-    def refuses_none(self) -> bool:
-        return False
-
-    def problem(self, payload: Any) -> str | None:
-        return None
-
-    def unreadable(self, error: Exception) -> str:
-        return f"this value cannot be read ({type(error).__name__})."
+C = TypeVar("C", bound=gr.components.Component)
+Problem = Callable[[Any], "str | None"]
 
 
-class _Numeric(_Checked):
-    minimum: float | None
-    maximum: float | None
+def number_problem(component: gr.Slider | gr.Number) -> Problem:
+    low, high = component.minimum, component.maximum
+    wanted = "a number" if low is None or high is None else f"a number from {low} to {high}"
 
-    def refuses_none(self) -> bool:
-        return True
-
-    def problem(self, payload: Any) -> str | None:
-        low, high = self.minimum, self.maximum
-        wanted = "a number" if low is None or high is None else f"a number from {low} to {high}"
+    def problem(payload: Any) -> str | None:
         number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
         if not number or not math.isfinite(payload):
             return f"expected {wanted}, got {payload!r:.40}."
@@ -64,64 +38,87 @@ class _Numeric(_Checked):
             return f"{payload} is out of range; choose {wanted}."
         return None
 
-
-class Slider(_Numeric, gr.Slider):
-    pass
+    return problem
 
 
-class Number(_Numeric, gr.Number):
-    pass
+def choice_problem(component: gr.Dropdown | gr.Radio) -> Problem:
+    values = [value for _, value in component.choices]
 
-
-class _Choice(_Checked):
-    def refuses_none(self) -> bool:
-        return True
-
-    def problem(self, payload: Any) -> str | None:
-        values = [value for _, value in self.choices]  # type: ignore[attr-defined]
+    def problem(payload: Any) -> str | None:
         if payload not in values:
             return f"{payload!r:.40} is not one of: {', '.join(map(str, values))}."
         return None
 
-
-class Dropdown(_Choice, gr.Dropdown):
-    pass
+    return problem
 
 
-class Radio(_Choice, gr.Radio):
-    pass
+def bool_problem(payload: Any) -> str | None:
+    return None if isinstance(payload, bool) else f"expected true or false, got {payload!r:.40}."
 
 
-class Checkbox(_Checked, gr.Checkbox):
-    def refuses_none(self) -> bool:
-        return True
-
-    def problem(self, payload: Any) -> str | None:
-        return (
-            None if isinstance(payload, bool) else f"expected true or false, got {payload!r:.40}."
-        )
+def text_problem(payload: Any) -> str | None:
+    if payload is None or isinstance(payload, str):
+        return None
+    return f"expected text, got {payload!r:.40}."
 
 
-class Textbox(_Checked, gr.Textbox):
-    def problem(self, payload: Any) -> str | None:
-        return None if isinstance(payload, str) else f"expected text, got {payload!r:.40}."
-
-
-def _image_problem(error: Exception) -> str:
+def unreadable(component: gr.components.Component, error: Exception) -> str:
+    if not isinstance(component, (gr.Image, gr.ImageEditor)):
+        return f"this value cannot be read ({type(error).__name__})."
     if isinstance(error, PILImage.DecompressionBombError):
         return f"the image is too large to read ({error})"
     return f"the file is not an image this app can read ({type(error).__name__})."
 
 
-class Image(_Checked, gr.Image):
-    def unreadable(self, error: Exception) -> str:
-        return _image_problem(error)
+def problem_for(component: gr.components.Component) -> Problem | None:
+    if isinstance(component, (gr.Slider, gr.Number)):
+        return number_problem(component)
+    if isinstance(component, (gr.Dropdown, gr.Radio)):
+        return choice_problem(component)
+    if isinstance(component, gr.Checkbox):
+        return bool_problem
+    if isinstance(component, gr.Textbox):
+        return text_problem
+    return None  # files and images: Gradio's own reading is the check
 
 
-class ImageEditor(_Checked, gr.ImageEditor):
-    def unreadable(self, error: Exception) -> str:
-        return _image_problem(error)
+def checked(component: C) -> C:
+    """Make every failure of `component.preprocess` a gr.Error that names the control."""
+    preprocess = component.preprocess
+    problem = problem_for(component)
+
+    def checked_preprocess(payload: Any) -> Any:
+        name = component.label or "A setting"
+        found = problem(payload) if problem is not None else None
+        if found:
+            raise gr.Error(f"{name}: {found}", print_exception=False)
+        try:
+            return preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(f"{name}: {error.message}", print_exception=False) from None
+        except Exception as error:
+            message = unreadable(component, error)
+            raise gr.Error(f"{name}: {message}", print_exception=False) from None
+
+    component.preprocess = checked_preprocess  # type: ignore[method-assign]
+    return component
 
 
-class File(_Checked, gr.File):
-    pass
+def _checked_kind(cls: type[C]) -> Callable[..., C]:
+    def make(*args: Any, **kwargs: Any) -> C:
+        return checked(cls(*args, **kwargs))
+
+    make.__name__ = make.__qualname__ = cls.__name__
+    make.__doc__ = f"A gr.{cls.__name__} whose bad values are refused naming the control."
+    return make
+
+
+Slider = _checked_kind(gr.Slider)
+Number = _checked_kind(gr.Number)
+Dropdown = _checked_kind(gr.Dropdown)
+Radio = _checked_kind(gr.Radio)
+Checkbox = _checked_kind(gr.Checkbox)
+Textbox = _checked_kind(gr.Textbox)
+Image = _checked_kind(gr.Image)
+ImageEditor = _checked_kind(gr.ImageEditor)
+File = _checked_kind(gr.File)
