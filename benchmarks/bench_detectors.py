@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cnet.conditions import CONDITIONS
-from cnet.imageio import to_rgb_array
+import numpy as np  # noqa: E402
+
+from cnet.conditions import CONDITIONS  # noqa: E402
+from cnet.imageio import to_rgb_array  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 INPUTS = {  # (condition, backend) -> example input; everything else gets the rendered scene
