@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import gradio as gr
 
-    from cnet.conditions import set_annotators_dir
+    from cnet.conditions import CONDITIONS, set_annotators_dir
     from cnet.engine import load_engine
     from cnet.ui import CSS, build_demo
 
@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         show_error=True,
         theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
         css=CSS,
+        prevent_thread_lock=True,
     )
+    # The UI answers first; the weights (and diffusers' slow import) load behind it, so a
+    # person's first Run does not pay for them. Missing weights are left to Run to report.
+    if not engine.missing():
+        engine.load_in_background([next(iter(CONDITIONS))])
+    demo.block_thread()
     return 0
 
 
