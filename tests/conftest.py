@@ -57,3 +57,14 @@ def build_tiny_model_dir(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path):
+    """The engine on the tiny model, loaded. One thread: the model is too small to gain from
+    more, and CI machines are shared."""
+    from cnet.engine import load_engine
+
+    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", threads=1)
+    engine.load()
+    return engine

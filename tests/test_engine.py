@@ -22,14 +22,6 @@ from cnet.engine import (
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Engine:
-    # One thread: the tiny model is too small to gain from more, and CI machines are shared.
-    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", threads=1)
-    engine.load()
-    return engine
-
-
 @pytest.fixture
 def control_map() -> np.ndarray:
     image = np.zeros((64, 64, 3), np.uint8)

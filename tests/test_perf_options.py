@@ -17,18 +17,11 @@ import cnet.cli.generate
 import cnet.engine
 import cnet.models
 from cnet.__main__ import main
-from cnet.engine import Engine, GenerationRequest, ModelMissingError, load_engine
+from cnet.engine import GenerationRequest, ModelMissingError, load_engine
 from cnet.models import compile_problem, cpu_threads, dtype_for
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "controlnet_aux", "gradio")
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Engine:
-    engine = load_engine(model_dir=str(tiny_model_dir), device="cpu", threads=1)
-    engine.load()
-    return engine
 
 
 @pytest.fixture
