@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from cnet.engine import Engine
 
 log = logging.getLogger("cnet.app")
 
@@ -95,28 +99,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="25mb",
         help="largest upload, e.g. 25mb or 1gb (default: 25mb)",
     )
+    performance = parser.add_argument_group("performance")
+    performance.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="torch CPU threads (default: $OMP_NUM_THREADS, else one per core)",
+    )
+    performance.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and each ControlNet (the first image compiles them, later "
+        "ones are faster; needs Triton on CUDA, a C++ compiler on the CPU)",
+    )
+    performance.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last weights (default: on for CUDA only)",
+    )
+    performance.add_argument(
+        "--cpu-offload",
+        action="store_true",
+        help="keep each model on the CPU until it runs (GPUs short of memory; slower)",
+    )
     return parser.parse_args(argv)
+
+
+def engine_from(args: argparse.Namespace) -> Engine:
+    """The engine the command line asks for (no weights loaded yet)."""
+    from cnet.engine import load_engine
+
+    return load_engine(
+        preset=args.preset,
+        model_dir=args.model_dir,
+        base=args.base,
+        controlnets=dict(args.controlnet) or None,
+        controlnet_cache_size=args.controlnet_cache,
+        threads=args.threads,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        cpu_offload=args.cpu_offload,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    try:
+        engine = engine_from(args)
+    except ValueError as error:  # e.g. an unknown preset, or --cpu-offload without a GPU
+        log.error("%s", error)
+        return 2
+
     import gradio as gr
 
     from cnet.conditions import CONDITIONS, set_annotators_dir
-    from cnet.engine import load_engine
     from cnet.ui import CSS, build_demo
 
     if args.annotators_dir:
         set_annotators_dir(args.annotators_dir)
-    engine = load_engine(
-        preset=args.preset,
-        model_dir=args.model_dir,
-        base=args.base,
-        controlnets=dict(args.controlnet) or None,
-        controlnet_cache_size=args.controlnet_cache,
-    )
     log.info("model preset %s: %s", engine.preset.name, engine.reason)
     log.info("%s", engine.status())
 
