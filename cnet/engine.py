@@ -576,7 +576,11 @@ class Engine:
         return found
 
     def status(self) -> str:
-        """One line: preset, device, dtype, which weights are missing."""
+        """One line: the summary, then the engine-wide notices."""
+        return "; ".join([self.summary(), *self.notices])
+
+    def summary(self) -> str:
+        """Preset, device, dtype and speed options, and which weights are missing."""
         missing = self.missing()
         state = "loaded" if self.loaded else "loads on first use"
         if missing:
@@ -591,8 +595,7 @@ class Engine:
             )
             if on
         ]
-        line = f"preset {self.preset.name} on {self.preset.device} ({', '.join(options)}), {state}"
-        return "; ".join([line, *self.notices])
+        return f"preset {self.preset.name} on {self.preset.device} ({', '.join(options)}), {state}"
 
 
 def _is_compile_error(error: BaseException) -> bool:

@@ -57,17 +57,33 @@ def build_demo(engine: Engine, conditions: Mapping[str, Condition] | None = None
         title="ControlNet Studio", analytics_enabled=False, delete_cache=(3600, 86400)
     ) as demo:
         gr.Markdown(INTRO)
-        gr.Markdown(model_status(engine), elem_id="model-status")
+        status = gr.Markdown(model_status(engine), elem_id="model-status")
+
+        # The engine's state and notices (e.g. why --compile is off) are known only once the
+        # weights load, after the page is built: the line is redrawn on each page load and Run.
+        def current_model_status() -> str:
+            return model_status(engine)
+
+        refresh_status = dict(
+            fn=current_model_status,
+            outputs=status,
+            api_visibility="private",
+            queue=False,
+        )
         with gr.Tabs():
             for condition in conditions.values():
                 with gr.Tab(condition.label, id=condition.key, elem_id=f"tab-{condition.key}"):
-                    condition_tab(condition, engine, events)
+                    condition_tab(condition, engine, events).then(**refresh_status)
+        demo.load(**refresh_status)
     return demo
 
 
 def model_status(engine: Engine) -> str:
-    """Which preset runs and why; when its weights are missing, say so before anyone clicks Run."""
-    text = f"**Model:** `{engine.preset.name}` preset — {engine.reason}  \n{engine.status()}"
+    """Which preset runs and why, its state, and the engine's notices (one line each); when its
+    weights are missing, say so before anyone clicks Run."""
+    text = f"**Model:** `{engine.preset.name}` preset — {engine.reason}  \n{engine.summary()}"
+    for notice in engine.notices:
+        text += f"  \n⚠️ {notice}"
     if engine.missing():
         text += (
             "  \n⚠️ **The model is missing**, so Run will tell you what to fetch. "
@@ -76,7 +92,8 @@ def model_status(engine: Engine) -> str:
     return text
 
 
-def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> None:
+def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr.events.Dependency:
+    """One tab's components and events; returns its Run event."""
     key = condition.key
     with gr.Row():
         with gr.Column(scale=1):
@@ -173,6 +190,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> No
         concurrency_id="generate",
     )
     stop.click(events.stop, cancels=[generation], api_name=f"stop_{key}", queue=False)
+    return generation
 
 
 def input_components(condition: Condition) -> Controls:
