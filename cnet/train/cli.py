@@ -1,14 +1,16 @@
-"""`python -m cnet train controlnet|base|captioner`: every config dataclass field is a flag.
+"""`python -m cnet train controlnet|base|captioner|embedded`: config dataclass fields are flags.
 
 python -m cnet train controlnet --base assets/embedded --data synth --condition canny
 accelerate launch -m cnet train controlnet --base runwayml/stable-diffusion-v1-5 --data fill50k
 python -m cnet train base --output-dir runs/base --resume latest
+python -m cnet train embedded --runs runs/embedded
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 import types
 import typing
@@ -109,14 +111,19 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from cnet.train import captioner
+    from cnet.train import captioner, embedded
 
-    sub = parser.add_subparsers(dest="what", metavar="{controlnet,base,captioner}", required=True)
+    sub = parser.add_subparsers(
+        dest="what", metavar="{controlnet,base,captioner,embedded}", required=True
+    )
     controlnet = sub.add_parser("controlnet", help="train a ControlNet as the paper describes")
     add_config_flags(controlnet, TrainConfig)
     base = sub.add_parser("base", help="train the embedded base (VAE, text encoder, UNet)")
     add_config_flags(base, BaseTrainConfig)
     captioner.configure(sub.add_parser("captioner", help="train the small BLIP captioner"))
+    embedded.configure(
+        sub.add_parser("embedded", help="the embedded preset: every model, resumable; --pack")
+    )
     for command in (controlnet, base):
         command.add_argument(
             "--cpu-threads",
@@ -129,10 +136,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.what == "captioner":
-        from cnet.train import captioner
-
-        return captioner.run(args)
+    if args.what in ("captioner", "embedded"):
+        module = importlib.import_module(f"cnet.train.{args.what}")
+        return module.run(args)
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)

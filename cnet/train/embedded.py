@@ -1,0 +1,316 @@
+"""The embedded preset's recipe: every model it ships, trained in order, resumable, then packed.
+
+    python -m cnet train embedded --runs runs/embedded                  # train or resume
+    python -m cnet train embedded --runs runs/embedded --only captioner  # one stage (a 2nd core)
+    python -m cnet train embedded --runs runs/embedded --pack assets/embedded
+
+Each stage is one of the trainers (`cnet.train.base`, `.controlnet`, `.captioner`) with the
+settings below, writing checkpoints under `<runs>/<stage>/` and resuming from the newest one, so
+running the same command again after an interruption loses at most `checkpoint_every` steps.
+`--pack` copies the finished models into the layout `--model-dir` reads, weights in float16, with a
+model card per model, and refuses to go over the weights budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnet.synth.sample import CONDITION_KEYS
+
+WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
+
+
+@dataclass(frozen=True)
+class Steps:
+    vae: int = 10_000
+    unet: int = 30_000
+    controlnet: int = 4_000
+    captioner: int = 6_000
+
+
+@dataclass
+class Stage:
+    name: str
+    config: object  # the trainer's config dataclass
+    train: Callable[[object], object]
+    result: Path  # the folder the trainer leaves when it has finished
+    target_steps: dict[str, int] | int
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def finished(self) -> bool:
+        summary = self.run_dir / "training.json"
+        if not (self.result.is_dir() and summary.is_file()):
+            return False
+        done = json.loads(summary.read_text())["steps"]
+        if isinstance(self.target_steps, int):
+            return done >= self.target_steps
+        return all(done.get(phase, 0) >= n for phase, n in self.target_steps.items())
+
+
+def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
+    """The recipe, in training order: the base first, since every ControlNet locks it."""
+    from cnet.train import captioner
+    from cnet.train.base import BaseTrainConfig, train_base
+    from cnet.train.controlnet import TrainConfig, train
+
+    base = BaseTrainConfig(
+        output_dir=str(runs / "base"),
+        batch_size=16,
+        vae_steps=steps.vae,
+        unet_steps=steps.unet,
+        checkpoint_every=100,
+        validate_every=500,
+        resume="latest",
+    )
+    recipe = {
+        "base": Stage(
+            "base", base, train_base, runs / "base" / "base", {"vae": steps.vae, "unet": steps.unet}
+        )
+    }
+    for key in CONDITION_KEYS:
+        config = TrainConfig(
+            output_dir=str(runs / f"controlnet-{key}"),
+            base=str(runs / "base" / "base"),
+            condition=key,
+            batch_size=16,
+            # From scratch on a small base, 1e-4 converges in thousands of steps; the paper's
+            # 1e-5 is for fine-tuning Stable Diffusion's copy.
+            learning_rate=1e-4,
+            max_steps=steps.controlnet,
+            checkpoint_every=100,
+            validate_every=500,
+            resume="latest",
+        )
+        recipe[f"controlnet-{key}"] = Stage(
+            f"controlnet-{key}",
+            config,
+            train,
+            Path(config.output_dir) / "controlnet",
+            steps.controlnet,
+        )
+    config = captioner.TrainConfig(
+        output_dir=str(runs / "captioner"),
+        max_steps=steps.captioner,
+        cooldown_steps=steps.captioner // 10,
+        checkpoint_every=100,
+        validate_every=600,
+        resume="latest",
+    )
+    recipe["captioner"] = Stage(
+        "captioner", config, captioner.train, Path(config.output_dir) / "captioner", steps.captioner
+    )
+    return recipe
+
+
+def train_all(recipe: dict[str, Stage], only: list[str] | None = None) -> None:
+    for name, stage in recipe.items():
+        if only and name not in only:
+            continue
+        if stage.finished():
+            print(f"{name}: finished ({stage.result})")
+            continue
+        if name.startswith("controlnet-") and not recipe["base"].finished():
+            raise FileNotFoundError(
+                f"{name} needs the finished base ({recipe['base'].result}); train the base stage "
+                "first: python -m cnet train embedded --only base"
+            )
+        print(f"{name}: training in {stage.run_dir}")
+        stage.train(stage.config)
+
+
+# ---- packing ---------------------------------------------------------------------------------
+
+
+def to_float16(folder: Path) -> None:
+    """Rewrite every floating-point tensor of every .safetensors file under `folder` as fp16.
+
+    Loading casts back: diffusers and transformers copy stored tensors into the dtype asked for.
+    """
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.rglob("*.safetensors"):
+        tensors = load_file(path)
+        half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(half, path, metadata={"format": "pt"})
+
+
+def parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(path, "pt") as tensors:
+            names = tensors.keys()  # a safe_open handle is not iterable
+            total += sum(math.prod(tensors.get_slice(name).get_shape()) for name in names)
+    return total
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def metrics_table(metrics: dict, condition: str) -> str:
+    """The rows of `python -m cnet eval`'s results.json for one condition, as Markdown."""
+    rows = metrics.get(condition)
+    if not rows:
+        return "Not evaluated yet: run `python -m cnet eval --model-dir <this preset>`."
+    lines = ["| setting | foreground IoU | colour accuracy | edge F1 |", "|---|---|---|---|"]
+    for setting, s in rows.items():
+        edge = "—" if s.get("edge_f1") is None else f"{s['edge_f1']:.3f}"
+        lines.append(f"| {setting} | {s['iou']:.3f} | {s['color_accuracy']:.3f} | {edge} |")
+    return "\n".join(lines)
+
+
+def base_card(stage: Stage, folder: Path) -> str:
+    summary = json.loads((stage.run_dir / "training.json").read_text())
+    arch = json.loads((folder / "architecture.json").read_text())
+    config, loss = summary["config"], summary["final_loss"]
+    sizes = ", ".join(
+        f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
+        for part in ("vae", "text_encoder", "unet")
+    )
+    return f"""# Embedded base model
+
+A Stable Diffusion-architecture text-to-image model (diffusers `StableDiffusionPipeline` folder)
+trained from scratch by ControlNet Studio on its synthetic scenes (`cnet/synth`, train split:
+seeds 0 to 899,999, rendered on the fly at {arch["sample_size"]} px). The ControlNets beside it
+lock it.
+
+- Architecture: VAE {arch["vae_channels"]} channels, {arch["latent_channels"]} latent channels;
+  UNet {arch["unet_channels"]} channels with cross-attention; CLIP text encoder
+  {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
+- Parameters: {sizes} (stored in float16).
+- VAE: {summary["steps"]["vae"]} steps, batch {config["batch_size"]}, random
+  {config["vae_crop_size"]} px crops, L1 + {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
+- UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, noise
+  prediction, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
+- Latent scaling factor {summary["scaling_factor"]:.5f}.
+
+It knows only the synthetic world: 1-3 spheres, cubes, cylinders, cones, pyramids and people in
+named colours, on a plain background or a floor.
+"""
+
+
+def controlnet_card(stage: Stage, folder: Path, resolution: int, metrics: dict) -> str:
+    summary = json.loads((stage.run_dir / "training.json").read_text())
+    config, key = summary["config"], stage.config.condition
+    return f"""# Embedded ControlNet: {key}
+
+The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
+base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet Studio on synthetic
+scenes with their `{key}` control maps ({resolution} px, train split).
+
+- Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
+- Training: {summary["steps"]} steps, batch {config["batch_size"]}, AdamW learning rate
+  {config["learning_rate"]}, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss
+  {summary["final_loss"]:.4f} (mean of the last 100 steps {summary["mean_loss_last_100"]:.4f}).
+
+## Held-out test scenes (`python -m cnet eval`)
+
+{metrics_table(metrics, key)}
+"""
+
+
+def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
+    """Copy the finished models to `out` in the embedded layout; returns what is missing."""
+    base = recipe["base"]
+    if not base.finished():
+        raise FileNotFoundError(
+            f"The base is not trained yet ({base.result}); nothing to pack. Run "
+            "python -m cnet train embedded"
+        )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
+    staging = out.with_name(out.name + ".packing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    resolution = json.loads((base.result / "architecture.json").read_text())["sample_size"]
+    (staging / "preset.json").write_text(
+        json.dumps({"name": "embedded", "resolution": resolution}, indent=2) + "\n"
+    )
+    shutil.copytree(base.result, staging / "base")
+    (staging / "base" / "README.md").write_text(base_card(base, staging / "base"))
+    missing = []
+    for name, stage in recipe.items():
+        if name == "base":
+            continue
+        if not stage.finished():
+            missing.append(name)
+            continue
+        target = (
+            staging / "controlnet" / stage.config.condition
+            if name.startswith("controlnet-")
+            else staging / "captioner"
+        )
+        shutil.copytree(stage.result, target)
+        if name.startswith("controlnet-"):
+            (target / "README.md").write_text(controlnet_card(stage, target, resolution, metrics))
+    to_float16(staging)
+    size = folder_bytes(staging)
+    if size > WEIGHTS_BUDGET_BYTES:
+        shutil.rmtree(staging)
+        raise ValueError(
+            f"The packed preset is {size / 1e6:.1f} MB, over the "
+            f"{WEIGHTS_BUDGET_BYTES / 1e6:.0f} MB weights budget; narrow the architecture "
+            "(cnet/architecture.py) and retrain."
+        )
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return missing
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    defaults = Steps()
+    parser.add_argument("--runs", default="runs/embedded", help="checkpoints of every stage")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="STAGE",
+        help="train only these stages (base, captioner, "
+        f"controlnet-<condition>: {', '.join(CONDITION_KEYS)})",
+    )
+    for name, value in vars(defaults).items():
+        parser.add_argument(
+            f"--{name}-steps", type=int, default=value, help=f"optimizer steps (default {value})"
+        )
+    parser.add_argument(
+        "--pack", metavar="DIR", help="do not train: copy the finished models here (fp16)"
+    )
+    parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
+    parser.add_argument("--cpu-threads", type=int, default=None, help="torch CPU threads")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
+    steps = Steps(**{name: getattr(args, f"{name}_steps") for name in vars(Steps())})
+    recipe = stages(Path(args.runs), steps)
+    unknown = sorted(set(args.only or ()) - set(recipe))
+    if unknown:
+        print(f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(recipe)}")
+        return 2
+    try:
+        if args.pack:
+            missing = pack(recipe, Path(args.pack), Path(args.metrics) if args.metrics else None)
+            print(f"Packed into {args.pack} ({folder_bytes(Path(args.pack)) / 1e6:.1f} MB).")
+            if missing:
+                print(f"Not finished, so not packed: {', '.join(missing)}.")
+        else:
+            train_all(recipe, args.only)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    return 0

@@ -1,0 +1,173 @@
+"""The embedded preset's recipe: which stages run, resuming, and packing into the shipped layout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from cnet.train import embedded
+from cnet.train.base import BaseTrainConfig
+from cnet.train.embedded import Steps, pack, stages, train_all
+
+STEPS = Steps(vae=3, unet=5, controlnet=4, captioner=2)
+
+
+def finish(stage: embedded.Stage, source: Path, summary: dict) -> None:
+    """Leave what a finished trainer leaves: its result folder and training.json."""
+    shutil.copytree(source, stage.result)
+    (stage.run_dir / "training.json").write_text(json.dumps(summary))
+
+
+def finish_base(recipe: dict, tiny_model_dir: Path) -> None:
+    finish(
+        recipe["base"],
+        tiny_model_dir / "base",
+        {
+            "steps": {"vae": STEPS.vae, "unet": STEPS.unet},
+            "final_loss": {"vae": 0.0512, "unet": 0.1234},
+            "scaling_factor": 0.61,
+            "config": asdict(BaseTrainConfig()),
+        },
+    )
+
+
+def finish_controlnet(recipe: dict, tiny_model_dir: Path, key: str, steps: int) -> None:
+    stage = recipe[f"controlnet-{key}"]
+    finish(
+        stage,
+        tiny_model_dir / "controlnet" / key,
+        {
+            "steps": steps,
+            "final_loss": 0.2,
+            "mean_loss_last_100": 0.25,
+            "config": asdict(stage.config),
+        },
+    )
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> dict:
+    return stages(tmp_path / "runs", STEPS)
+
+
+def test_recipe_has_the_base_every_condition_and_the_captioner(recipe):
+    keys = ("scribble", "canny", "hough", "pose", "seg", "depth", "normal")
+    assert list(recipe) == ["base", *(f"controlnet-{k}" for k in keys), "captioner"]
+    for key in keys:
+        config = recipe[f"controlnet-{key}"].config
+        assert config.condition == key
+        assert config.base == str(recipe["base"].result)
+        assert config.resume == "latest"
+        assert config.proportion_empty_prompts == 0.5
+    assert all(stage.config.resume == "latest" for stage in recipe.values())
+
+
+def test_finished_needs_the_result_and_every_phase_done(recipe, tiny_model_dir):
+    base = recipe["base"]
+    assert not base.finished()
+    finish_base(recipe, tiny_model_dir)
+    assert base.finished()
+    summary = json.loads((base.run_dir / "training.json").read_text())
+    summary["steps"]["unet"] = STEPS.unet - 1  # interrupted one step short
+    (base.run_dir / "training.json").write_text(json.dumps(summary))
+    assert not base.finished()
+
+
+def test_train_all_skips_finished_stages_and_runs_the_rest_in_order(recipe, tiny_model_dir):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    finish_controlnet(recipe, tiny_model_dir, "depth", STEPS.controlnet - 1)
+    calls = []
+    for stage in recipe.values():
+        stage.train = lambda config, name=stage.name: calls.append(name)
+    train_all(recipe)
+    expected = [name for name in recipe if name not in ("base", "controlnet-canny")]
+    assert calls == expected
+    calls.clear()
+    train_all(recipe, only=["controlnet-depth", "base"])
+    assert calls == ["controlnet-depth"]
+
+
+def test_a_controlnet_stage_refuses_to_start_without_the_finished_base(recipe):
+    recipe["controlnet-canny"].train = lambda config: pytest.fail("trained on no base")
+    with pytest.raises(FileNotFoundError, match="--only base"):
+        train_all(recipe, only=["controlnet-canny"])
+
+
+def test_pack_refuses_without_a_base(recipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not trained yet"):
+        pack(recipe, tmp_path / "preset")
+    assert not (tmp_path / "preset").exists()
+
+
+def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_dir, tmp_path):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    finish_controlnet(recipe, tiny_model_dir, "seg", STEPS.controlnet - 1)  # unfinished
+    metrics = tmp_path / "results.json"
+    row = {"iou": 0.8766, "color_accuracy": 0.5432, "edge_f1": 0.321}
+    metrics.write_text(json.dumps({"canny": {"user prompt": row}}))
+    out = tmp_path / "preset"
+
+    missing = pack(recipe, out, metrics)
+
+    assert "controlnet-seg" in missing and "captioner" in missing
+    assert "controlnet-canny" not in missing
+    assert json.loads((out / "preset.json").read_text()) == {"name": "embedded", "resolution": 64}
+    assert (out / "base" / "model_index.json").is_file()
+    assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["canny"]
+    for path in out.rglob("*.safetensors"):
+        with safe_open(path, "pt") as tensors:
+            names = tensors.keys()
+            dtypes = {str(tensors.get_tensor(name).dtype) for name in names}
+        assert dtypes <= {"torch.float16", "torch.int64"}, (path, dtypes)
+    base_card = (out / "base" / "README.md").read_text()
+    assert "UNet + text encoder: 5 steps" in base_card and "0.1234" in base_card
+    card = (out / "controlnet" / "canny" / "README.md").read_text()
+    assert "4 steps" in card and "| user prompt | 0.877 | 0.543 | 0.321 |" in card
+    assert not out.with_name("preset.packing").exists()
+
+
+def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_path, monkeypatch):
+    finish_base(recipe, tiny_model_dir)
+    monkeypatch.setattr(embedded, "WEIGHTS_BUDGET_BYTES", 1000)
+    out = tmp_path / "preset"
+    with pytest.raises(ValueError, match="weights budget"):
+        pack(recipe, out)
+    assert not out.exists() and not out.with_name("preset.packing").exists()
+
+
+def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, tmp_path):
+    from cnet.engine import GenerationRequest, load_engine
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    out = tmp_path / "preset"
+    pack(recipe, out)
+
+    engine = load_engine(model_dir=str(out), device="cpu", threads=1)
+    engine.load()
+    control = np.zeros((64, 64, 3), np.uint8)
+    control[16:48, 20:44] = 255
+    result = engine.generate(
+        GenerationRequest(control, condition="canny", steps=2, prompt="a red cube", seed=1)
+    )
+    image = np.asarray(result.images[0])
+    assert image.shape == (64, 64, 3)
+    assert image.std() > 0
+
+
+def test_command_line_names_unknown_stages_and_a_missing_base(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    runs = str(tmp_path / "runs")
+    assert main(["train", "embedded", "--runs", runs, "--only", "controlnet-sketch"]) == 2
+    assert "unknown stage controlnet-sketch" in capsys.readouterr().out
+    assert main(["train", "embedded", "--runs", runs, "--pack", str(tmp_path / "out")]) == 2
+    assert "python -m cnet train embedded" in capsys.readouterr().out
