@@ -447,3 +447,22 @@ def test_two_processes_with_accelerate_train_small_scale_then_unlock_and_resume(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = json.loads((tmp_path / "checkpoints" / "step-0000003" / "state.json").read_text())
     assert state["connect_decoder"] and state["base_unlocked"] and len(state["losses"]) == 3
+
+
+def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_continues(
+    tiny_model_dir, tmp_path
+):
+    from cnet.train.controlnet import train
+
+    shared = train(config(tiny_model_dir, "synth", tmp_path / "all", condition="all"))
+    assert len(shared.losses) == 2 and all(np.isfinite(shared.losses))
+    tuned = train(
+        config(
+            tiny_model_dir,
+            "synth",
+            tmp_path / "depth",
+            condition="depth",
+            controlnet=str(shared.controlnet_dir),
+        )
+    )
+    assert len(tuned.losses) == 2 and all(np.isfinite(tuned.losses))

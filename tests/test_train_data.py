@@ -110,3 +110,18 @@ def test_synthetic_source_gives_the_same_example_format():
     assert example["pixel_values"].min() >= -1 and example["pixel_values"].max() <= 1
     assert example["conditioning_pixel_values"].min() >= 0
     assert isinstance(example["prompt"], str) and example["prompt"]
+
+
+def test_every_condition_takes_the_conditions_in_turn_on_the_same_scenes():
+    from cnet.synth.dataset import SynthDataset
+    from cnet.synth.sample import CONDITION_KEYS
+
+    mixed = open_dataset("synth", 64, "all", length=9)
+    assert len(mixed) == 9
+    for index in (0, 3, 8):
+        key = CONDITION_KEYS[index % len(CONDITION_KEYS)]
+        alone = SynthDataset("train", 64, key, 9)[index]
+        example = mixed[index]
+        assert example["prompt"] == alone["prompt"]
+        assert torch.equal(example["pixel_values"], alone["pixel_values"])
+        assert torch.equal(example["conditioning_pixel_values"], alone["conditioning_pixel_values"])

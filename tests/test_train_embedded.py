@@ -15,7 +15,7 @@ from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
 from cnet.train.embedded import Steps, pack, stages, train_all
 
-STEPS = Steps(vae=3, unet=5, controlnet=4, captioner=2)
+STEPS = Steps(vae=3, unet=5, shared=6, controlnet=4, captioner=2)
 
 
 def finish(stage: embedded.Stage, source: Path, summary: dict) -> None:
@@ -41,7 +41,7 @@ def finish_controlnet(recipe: dict, tiny_model_dir: Path, key: str, steps: int) 
     stage = recipe[f"controlnet-{key}"]
     finish(
         stage,
-        tiny_model_dir / "controlnet" / key,
+        tiny_model_dir / "controlnet" / ("canny" if key == "all" else key),
         {
             "steps": steps,
             "final_loss": 0.2,
@@ -58,13 +58,19 @@ def recipe(tmp_path: Path) -> dict:
 
 def test_recipe_has_the_base_every_condition_and_the_captioner(recipe):
     keys = ("scribble", "canny", "hough", "pose", "seg", "depth", "normal")
-    assert list(recipe) == ["base", *(f"controlnet-{k}" for k in keys), "captioner"]
+    conditions = [f"controlnet-{k}" for k in keys]
+    assert list(recipe) == ["base", "controlnet-all", *conditions, "captioner"]
+    shared = recipe["controlnet-all"]
+    assert shared.config.condition == "all" and shared.config.max_steps == STEPS.shared
+    assert shared.config.controlnet is None and shared.ships_as is None
     for key in keys:
-        config = recipe[f"controlnet-{key}"].config
-        assert config.condition == key
-        assert config.base == str(recipe["base"].result)
-        assert config.resume == "latest"
-        assert config.proportion_empty_prompts == 0.5
+        stage = recipe[f"controlnet-{key}"]
+        assert stage.config.condition == key
+        assert stage.config.base == str(recipe["base"].result)
+        assert stage.config.controlnet == str(shared.result)  # fine-tuned from the shared start
+        assert stage.config.proportion_empty_prompts == 0.5
+        assert stage.needs == ("base", "controlnet-all")
+        assert stage.ships_as == f"controlnet/{key}"
     assert all(stage.config.resume == "latest" for stage in recipe.values())
 
 
@@ -81,22 +87,26 @@ def test_finished_needs_the_result_and_every_phase_done(recipe, tiny_model_dir):
 
 def test_train_all_skips_finished_stages_and_runs_the_rest_in_order(recipe, tiny_model_dir):
     finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
     finish_controlnet(recipe, tiny_model_dir, "depth", STEPS.controlnet - 1)
     calls = []
     for stage in recipe.values():
         stage.train = lambda config, name=stage.name: calls.append(name)
     train_all(recipe)
-    expected = [name for name in recipe if name not in ("base", "controlnet-canny")]
+    expected = [n for n in recipe if n not in ("base", "controlnet-all", "controlnet-canny")]
     assert calls == expected
     calls.clear()
     train_all(recipe, only=["controlnet-depth", "base"])
     assert calls == ["controlnet-depth"]
 
 
-def test_a_controlnet_stage_refuses_to_start_without_the_finished_base(recipe):
-    recipe["controlnet-canny"].train = lambda config: pytest.fail("trained on no base")
+def test_a_stage_refuses_to_start_before_what_it_needs(recipe, tiny_model_dir):
+    recipe["controlnet-canny"].train = lambda config: pytest.fail("trained too early")
     with pytest.raises(FileNotFoundError, match="--only base"):
+        train_all(recipe, only=["controlnet-canny"])
+    finish_base(recipe, tiny_model_dir)
+    with pytest.raises(FileNotFoundError, match="--only controlnet-all"):
         train_all(recipe, only=["controlnet-canny"])
 
 
@@ -108,6 +118,7 @@ def test_pack_refuses_without_a_base(recipe, tmp_path):
 
 def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_dir, tmp_path):
     finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
     finish_controlnet(recipe, tiny_model_dir, "seg", STEPS.controlnet - 1)  # unfinished
     metrics = tmp_path / "results.json"
@@ -130,7 +141,8 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     base_card = (out / "base" / "README.md").read_text()
     assert "UNet + text encoder: 5 steps" in base_card and "0.1234" in base_card
     card = (out / "controlnet" / "canny" / "README.md").read_text()
-    assert "4 steps" in card and "| user prompt | 0.877 | 0.543 | 0.321 |" in card
+    assert "the shared start), then 4 steps" in card
+    assert "| user prompt | 0.877 | 0.543 | 0.321 |" in card
     assert not out.with_name("preset.packing").exists()
 
 

@@ -23,7 +23,7 @@ HELP = {
     "output_dir": "where checkpoints, validation grids, loss.png and the result go",
     "controlnet": "start from this ControlNetModel folder instead of a copy of the base encoder",
     "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
-    "condition": "control map of the synthetic world (scribble, canny, hough, pose, seg, ...)",
+    "condition": "control map of the synthetic world (scribble, canny, ..., or all: each in turn)",
     "synth_length": "scenes per synthetic epoch",
     "resolution": "training image size (default: the base's native size)",
     "proportion_empty_prompts": "share of prompts replaced by '' (the paper: 0.5)",

@@ -46,7 +46,7 @@ class TrainConfig:
     controlnet: str | None = None  # continue from this ControlNetModel folder (else from the base)
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
-    condition: str = "canny"  # the synthetic world's control map
+    condition: str = "canny"  # the synthetic world's control map, or "all": each in turn
     synth_length: int = 50_000  # scenes per synthetic epoch
     resolution: int | None = None  # default: the base UNet's native resolution
     proportion_empty_prompts: float = 0.5  # the paper's prompt dropout

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 SYNTHETIC = "synth"
+EVERY_CONDITION = "all"  # synthetic scenes, each with the map of another condition in turn
 TENSORS = ("pixel_values", "conditioning_pixel_values")
 
 
@@ -99,6 +100,26 @@ def metadata_folder(root: str | Path, resolution: int) -> PairedImageDataset:
     return PairedImageDataset(root, records, resolution)
 
 
+class EveryCondition(Dataset):
+    """Synthetic scene i with the control map of condition i mod 7 (paper order).
+
+    One ControlNet trained on it reads every kind of map: the shared start from which each
+    per-condition ControlNet is fine-tuned, so seven of them cost little more than one.
+    """
+
+    def __init__(self, split: str, resolution: int, length: int):
+        from cnet.synth.dataset import SynthDataset
+        from cnet.synth.sample import CONDITION_KEYS
+
+        self.parts = [SynthDataset(split, resolution, key, length) for key in CONDITION_KEYS]
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def __getitem__(self, index: int) -> dict:
+        return self.parts[index % len(self.parts)][index]
+
+
 def open_dataset(
     source: str,
     resolution: int,
@@ -106,7 +127,12 @@ def open_dataset(
     length: int = 50_000,
     split: str = "train",
 ) -> Dataset:
-    """`source` is "synth" (the synthetic world), a fill50k folder, or a metadata.jsonl folder."""
+    """`source` is "synth" (the synthetic world), a fill50k folder, or a metadata.jsonl folder.
+
+    With "synth", `condition` is a condition key, "all" (every condition in turn) or None (no map).
+    """
+    if source == SYNTHETIC and condition == EVERY_CONDITION:
+        return EveryCondition(split, resolution, length)
     if source == SYNTHETIC:
         from cnet.synth.dataset import SynthDataset
 

@@ -30,7 +30,8 @@ WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history inc
 class Steps:
     vae: int = 10_000
     unet: int = 30_000
-    controlnet: int = 4_000
+    shared: int = 4_000  # the ControlNet that reads every condition
+    controlnet: int = 1_500  # each condition's fine-tune of it
     captioner: int = 6_000
 
 
@@ -41,6 +42,8 @@ class Stage:
     train: Callable[[object], object]
     result: Path  # the folder the trainer leaves when it has finished
     target_steps: dict[str, int] | int
+    needs: tuple[str, ...] = ()  # stages that must have finished first
+    ships_as: str | None = None  # its folder in the packed preset; None: an intermediate model
 
     @property
     def run_dir(self) -> Path:
@@ -57,10 +60,12 @@ class Stage:
 
 
 def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
-    """The recipe, in training order: the base first, since every ControlNet locks it."""
+    """The recipe, in training order: the base first, since every ControlNet locks it; then one
+    ControlNet on every condition in turn, the start of each condition's own ControlNet."""
     from cnet.train import captioner
     from cnet.train.base import BaseTrainConfig, train_base
     from cnet.train.controlnet import TrainConfig, train
+    from cnet.train.data import EVERY_CONDITION
 
     base = BaseTrainConfig(
         output_dir=str(runs / "base"),
@@ -73,30 +78,38 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
     )
     recipe = {
         "base": Stage(
-            "base", base, train_base, runs / "base" / "base", {"vae": steps.vae, "unet": steps.unet}
+            "base",
+            base,
+            train_base,
+            runs / "base" / "base",
+            {"vae": steps.vae, "unet": steps.unet},
+            ships_as="base",
         )
     }
-    for key in CONDITION_KEYS:
+
+    def controlnet(name: str, condition: str, steps: int, start: Path | None) -> Stage:
         config = TrainConfig(
-            output_dir=str(runs / f"controlnet-{key}"),
+            output_dir=str(runs / name),
             base=str(runs / "base" / "base"),
-            condition=key,
+            controlnet=str(start) if start else None,
+            condition=condition,
             batch_size=16,
             # From scratch on a small base, 1e-4 converges in thousands of steps; the paper's
             # 1e-5 is for fine-tuning Stable Diffusion's copy.
             learning_rate=1e-4,
-            max_steps=steps.controlnet,
+            max_steps=steps,
             checkpoint_every=100,
             validate_every=500,
             resume="latest",
         )
-        recipe[f"controlnet-{key}"] = Stage(
-            f"controlnet-{key}",
-            config,
-            train,
-            Path(config.output_dir) / "controlnet",
-            steps.controlnet,
-        )
+        needs = ("base", "controlnet-all") if start else ("base",)
+        ships_as = f"controlnet/{condition}" if start else None
+        return Stage(name, config, train, runs / name / "controlnet", steps, needs, ships_as)
+
+    recipe["controlnet-all"] = controlnet("controlnet-all", EVERY_CONDITION, steps.shared, None)
+    for key in CONDITION_KEYS:
+        name = f"controlnet-{key}"
+        recipe[name] = controlnet(name, key, steps.controlnet, recipe["controlnet-all"].result)
     config = captioner.TrainConfig(
         output_dir=str(runs / "captioner"),
         max_steps=steps.captioner,
@@ -106,7 +119,12 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
         resume="latest",
     )
     recipe["captioner"] = Stage(
-        "captioner", config, captioner.train, Path(config.output_dir) / "captioner", steps.captioner
+        "captioner",
+        config,
+        captioner.train,
+        Path(config.output_dir) / "captioner",
+        steps.captioner,
+        ships_as="captioner",
     )
     return recipe
 
@@ -118,11 +136,12 @@ def train_all(recipe: dict[str, Stage], only: list[str] | None = None) -> None:
         if stage.finished():
             print(f"{name}: finished ({stage.result})")
             continue
-        if name.startswith("controlnet-") and not recipe["base"].finished():
-            raise FileNotFoundError(
-                f"{name} needs the finished base ({recipe['base'].result}); train the base stage "
-                "first: python -m cnet train embedded --only base"
-            )
+        for need in stage.needs:
+            if not recipe[need].finished():
+                raise FileNotFoundError(
+                    f"{name} needs the finished {need} ({recipe[need].result}); train it first: "
+                    f"python -m cnet train embedded --only {need}"
+                )
         print(f"{name}: training in {stage.run_dir}")
         stage.train(stage.config)
 
@@ -203,6 +222,11 @@ named colours, on a plain background or a floor.
 def controlnet_card(stage: Stage, folder: Path, resolution: int, metrics: dict) -> str:
     summary = json.loads((stage.run_dir / "training.json").read_text())
     config, key = summary["config"], stage.config.condition
+    start = (
+        "from the ControlNet trained on every condition in turn (the shared start), then "
+        if config["controlnet"]
+        else ""
+    )
     return f"""# Embedded ControlNet: {key}
 
 The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
@@ -210,7 +234,7 @@ base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet S
 scenes with their `{key}` control maps ({resolution} px, train split).
 
 - Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
-- Training: {summary["steps"]} steps, batch {config["batch_size"]}, AdamW learning rate
+- Training: {start}{summary["steps"]} steps, batch {config["batch_size"]}, AdamW learning rate
   {config["learning_rate"]}, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss
   {summary["final_loss"]:.4f} (mean of the last 100 steps {summary["mean_loss_last_100"]:.4f}).
 
@@ -236,23 +260,20 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     (staging / "preset.json").write_text(
         json.dumps({"name": "embedded", "resolution": resolution}, indent=2) + "\n"
     )
-    shutil.copytree(base.result, staging / "base")
-    (staging / "base" / "README.md").write_text(base_card(base, staging / "base"))
     missing = []
     for name, stage in recipe.items():
-        if name == "base":
+        if stage.ships_as is None:
             continue
         if not stage.finished():
             missing.append(name)
             continue
-        target = (
-            staging / "controlnet" / stage.config.condition
-            if name.startswith("controlnet-")
-            else staging / "captioner"
-        )
+        target = staging / stage.ships_as
         shutil.copytree(stage.result, target)
-        if name.startswith("controlnet-"):
-            (target / "README.md").write_text(controlnet_card(stage, target, resolution, metrics))
+        if name == "base":
+            (target / "README.md").write_text(base_card(stage, target))
+        elif name != "captioner":  # the captioner's trainer writes its own card
+            card = controlnet_card(stage, target, resolution, metrics)
+            (target / "README.md").write_text(card)
     to_float16(staging)
     size = folder_bytes(staging)
     if size > WEIGHTS_BUDGET_BYTES:
