@@ -28,8 +28,8 @@ WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history inc
 
 @dataclass(frozen=True)
 class Steps:
-    vae: int = 10_000
-    unet: int = 30_000
+    vae: int = 6_000
+    unet: int = 15_000
     shared: int = 4_000  # the ControlNet that reads every condition
     controlnet: int = 1_500  # each condition's fine-tune of it
     captioner: int = 6_000
@@ -193,6 +193,8 @@ def base_card(stage: Stage, folder: Path) -> str:
     summary = json.loads((stage.run_dir / "training.json").read_text())
     arch = json.loads((folder / "architecture.json").read_text())
     config, loss = summary["config"], summary["final_loss"]
+    crop = config["vae_crop_size"]
+    crops = f"random {crop} px crops" if crop else "whole images"
     sizes = ", ".join(
         f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
         for part in ("vae", "text_encoder", "unet")
@@ -208,8 +210,8 @@ lock it.
   UNet {arch["unet_channels"]} channels with cross-attention; CLIP text encoder
   {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
 - Parameters: {sizes} (stored in float16).
-- VAE: {summary["steps"]["vae"]} steps, batch {config["batch_size"]}, random
-  {config["vae_crop_size"]} px crops, L1 + {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
+- VAE: {summary["steps"]["vae"]} steps, batch {config["vae_batch_size"] or config["batch_size"]},
+  {crops}, L1 + {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
 - UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, noise
   prediction, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
