@@ -16,14 +16,11 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 EMBEDDED = ROOT / "assets" / "embedded"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from app_server import answers, free_port  # noqa: E402
+
 IMPORTS = {  # what app.py and the first request import, one fresh interpreter each
     "python itself": "pass",
     "numpy + PIL": "import numpy, PIL.Image",
@@ -75,7 +75,6 @@ def model_dir_or_tiny(model_dir: str | None) -> tuple[Path, str]:
         return Path(model_dir), f"{model_dir} (given)"
     if (EMBEDDED / "base" / "model_index.json").is_file():
         return EMBEDDED, "embedded preset (assets/embedded)"
-    sys.path.insert(0, str(ROOT / "tests"))
     from conftest import build_tiny_model_dir
 
     folder = build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")))
@@ -95,20 +94,6 @@ def scene(path: Path, size: int = 256) -> Path:
     draw.rectangle((size // 2, size // 2, size - 20, size - 20), fill=(30, 60, 200))
     image.save(path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def app_env(threads: int | None) -> dict[str, str]:
