@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnet.synth.palette import SKIN
-from cnet.synth.shapes import Capsule, Person, yaw_matrix
+from cnet.synth.shapes import Person, yaw_matrix
 
 KEYPOINT_NAMES = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
@@ -97,32 +97,20 @@ def random_person(
         (kp[11], kp[12], 0.08, False),
         (kp[12], kp[13], 0.065, False),
     ]
-    lowest = min(min(start[1], end[1]) - radius for start, end, radius, _ in parts)
+    starts = np.array([start for start, _, _, _ in parts])
+    ends = np.array([end for _, end, _, _ in parts])
+    radii = np.array([radius for _, _, radius, _ in parts])
+    # the lowest point rests on the ground
+    lift = np.array([0.0, (np.minimum(starts[:, 1], ends[:, 1]) - radii).min(), 0.0])
     turn = yaw_matrix(yaw)
 
-    def place(points) -> np.ndarray:
-        lifted = np.asarray(points, float) - [
-            0.0,
-            lowest,
-            0.0,
-        ]  # the lowest point rests on the ground
-        return (lifted * scale) @ turn.T + base
+    def place(points: np.ndarray) -> np.ndarray:
+        return ((points - lift) * scale) @ turn.T + base
 
     skin = np.array(SKIN) / 255
-    capsules = tuple(
-        Capsule(
-            "person",
-            color,
-            skin if bare else albedo,
-            base,
-            yaw,
-            place(start),
-            place(end),
-            radius * scale,
-        )
-        for start, end, radius, bare in parts
-    )
+    part_albedo = np.array([skin if bare else albedo for _, _, _, bare in parts])
     return Person(
         "person", color, albedo, base, yaw,
-        parts=capsules, keypoints=place(kp), outline_parts=(0, 5, 6, 7, 8, 9, 10, 11, 12),
+        starts=place(starts), ends=place(ends), radii=radii * scale, part_albedo=part_albedo,
+        keypoints=place(kp), outline_parts=(0, 5, 6, 7, 8, 9, 10, 11, 12),
     )  # fmt: skip

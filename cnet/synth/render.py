@@ -76,14 +76,29 @@ def _screen_box(scene: Scene, hull: np.ndarray, size: int) -> tuple[slice, slice
     return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
 
 
+def _fill(target: np.ndarray, value) -> None:
+    """target[:] = value for a per-pixel vector; a whole row broadcast down is ~5x faster than
+    numpy's broadcast of one short vector over every pixel."""
+    target[:] = np.tile(np.asarray(value, target.dtype), (target.shape[1], 1))
+
+
+def _shade(normal_dot_light: np.ndarray, albedo: np.ndarray) -> np.ndarray:
+    """Lambert plus ambient: uint8 colours of pixels with these albedos (..., 3)."""
+    shade = (AMBIENT + DIFFUSE * np.maximum(normal_dot_light, 0.0)) * 255
+    return (albedo * np.repeat(shade, 3).reshape(albedo.shape) + 0.5).astype(np.uint8)
+
+
 def render(scene: Scene, size: int) -> Render:
     camera = scene.camera
+    light = scene.light.astype(np.float32)
     dirs = camera.rays(size)
     depth = np.full((size, size), np.inf, np.float32)
     ids = np.zeros((size, size), np.uint8)
     albedo = np.zeros((size, size, 3), np.float32)
     normals = np.empty((size, size, 3), np.float32)  # world frame until the end
-    normals[:] = -camera.rotation[:, 2]  # the background faces the viewer
+    _fill(normals, -camera.rotation[:, 2])  # the background faces the viewer
+    rgb = np.empty((size, size, 3), np.uint8)
+    _fill(rgb, palette.BACKGROUND_COLORS[scene.background])
 
     # Masked writes go through cv2.copyTo: numpy's boolean assignment of 3-vectors is ~10x slower.
     if scene.floor is not None:
@@ -96,30 +111,31 @@ def render(scene: Scene, size: int) -> Render:
             top = int(on_ground.argmax())
             depth[top:] = t[top:, None]
             ids[top:] = FLOOR
-            normals[top:] = [0.0, 1.0, 0.0]
-            albedo[top:] = np.array(palette.FLOOR_COLORS[scene.floor]) / 255
+            _fill(normals[top:], [0.0, 1.0, 0.0])
+            color = (np.array(palette.FLOOR_COLORS[scene.floor])[None] / 255).astype(np.float32)
+            _fill(albedo[top:], color[0])
+            _fill(rgb[top:], _shade(light[1:2], color)[0])  # the up normal . light is light[1]
 
+    band_start, band_stop = size, 0  # the rows objects cover
     for index, obj in enumerate(scene.objects):
-        for piece in obj.pieces:
-            rows, cols = _screen_box(scene, piece.hull(), size)
-            region = dirs[rows, cols]
-            shape = region.shape[:2]
-            t, n, a = piece.intersect(camera.eye, region.reshape(-1, 3))
-            t = t.reshape(shape).astype(np.float32)
-            nearer = t < depth[rows, cols]
-            mask = nearer.view(np.uint8)
-            cv2.copyTo(t, mask, depth[rows, cols])
-            ids[rows, cols][nearer] = index + FIRST_OBJECT
-            cv2.copyTo(n.reshape(*shape, 3).astype(np.float32), mask, normals[rows, cols])
-            a = np.broadcast_to(a, (t.size, 3)).reshape(*shape, 3).astype(np.float32)
-            cv2.copyTo(a, mask, albedo[rows, cols])
+        rows, cols = _screen_box(scene, obj.hull(), size)
+        band_start, band_stop = min(band_start, rows.start), max(band_stop, rows.stop)
+        region = dirs[rows, cols]
+        shape = region.shape[:2]
+        t, n, a = obj.intersect(camera.eye, region.reshape(-1, 3))
+        t = t.reshape(shape).astype(np.float32)
+        nearer = t < depth[rows, cols]
+        mask = nearer.view(np.uint8)
+        cv2.copyTo(t, mask, depth[rows, cols])
+        ids[rows, cols][nearer] = index + FIRST_OBJECT
+        cv2.copyTo(n.reshape(*shape, 3).astype(np.float32), mask, normals[rows, cols])
+        a = np.broadcast_to(a, (t.size, 3)).reshape(*shape, 3).astype(np.float32)
+        cv2.copyTo(a, mask, albedo[rows, cols])
 
-    light = scene.light.astype(np.float32)
-    shade = AMBIENT + DIFFUSE * np.maximum(normals.reshape(-1, 3) @ light, 0.0)
-    rgb = (albedo * (shade.reshape(size, size, 1) * 255) + 0.5).astype(np.uint8)
-    backdrop = np.empty_like(rgb)
-    backdrop[:] = palette.BACKGROUND_COLORS[scene.background]
-    cv2.copyTo(backdrop, (ids == BACKGROUND).view(np.uint8), rgb)
+    if band_start < band_stop:
+        band = slice(band_start, band_stop)
+        shaded = _shade(normals[band].reshape(-1, 3) @ light, albedo[band])
+        cv2.copyTo(shaded, (ids[band] >= FIRST_OBJECT).view(np.uint8), rgb[band])
     # world -> camera (right, up, towards the viewer)
     to_camera = (camera.rotation.T * [[1.0], [1.0], [-1.0]]).astype(np.float32)
     return Render(scene, ids, depth, cv2.transform(normals, to_camera), albedo, rgb)

@@ -46,13 +46,6 @@ def _prism(radius: float, bottom: float, top: float | None) -> np.ndarray:
     return lower if top is None else np.concatenate([lower, lower + [0.0, top - bottom, 0.0]])
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product of two 3-vectors (np.cross is ~20x slower on single vectors)."""
-    return np.array(
-        [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-    )
-
-
 def _hit_points(origin: np.ndarray, t: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """origin + t * dirs, with missed rays (t = inf) at the origin instead of NaN."""
     return origin + np.where(np.isfinite(t), t, 0.0)[:, None] * dirs
@@ -104,11 +97,6 @@ class Solid(ABC):
 
     def lines(self, eye: np.ndarray) -> list[Segment]:
         return []
-
-    @property
-    def pieces(self) -> tuple[Solid, ...]:
-        """What the renderer intersects, each inside its own screen box."""
-        return (self,)
 
     def moved(self, offset: np.ndarray) -> Solid:
         return replace(self, base=self.base + offset)
@@ -309,105 +297,109 @@ class Cone(Solid):
         return [(self.to_world(apex), self.to_world(np.array([x, 0.0, z]))) for x, z in points]
 
 
-@dataclass
-class Capsule(Solid):
-    """A segment swept by a sphere; `start` and `end` are world points (base and yaw unused)."""
-
-    start: np.ndarray
-    end: np.ndarray
-    radius: float
-
-    def bounding_sphere(self):
-        return (self.start + self.end) / 2, float(
-            np.linalg.norm(self.end - self.start) / 2 + self.radius
-        )
-
-    def hull(self):
-        low = np.minimum(self.start, self.end) - self.radius
-        high = np.maximum(self.start, self.end) + self.radius
-        return np.array(
-            [
-                [x, y, z]
-                for x in (low[0], high[0])
-                for y in (low[1], high[1])
-                for z in (low[2], high[2])
-            ]
-        )
-
-    def intersect(self, eye, dirs):
-        axis = self.end - self.start
-        length = float(np.linalg.norm(axis))
-        u = axis / length
-        w = eye - self.start
-        wu = w @ u
-        vu = dirs @ u
-        w_perp = w - wu * u
-        vv = np.einsum("pi,pi->p", dirs, dirs)
-        r2 = self.radius**2
-        # v_perp . w_perp == v . w_perp because w_perp is orthogonal to the axis
-        t_side = _sphere_hits(vv - vu * vu, dirs @ w_perp, w_perp @ w_perp - r2)
-        along = wu + t_side * vu
-        t_side = np.where((along >= 0) & (along <= length), t_side, np.inf)
-        w_end = eye - self.end
-        t_caps = np.minimum(
-            _sphere_hits(vv, dirs @ w, w @ w - r2),
-            _sphere_hits(vv, dirs @ w_end, w_end @ w_end - r2),
-        )
-        t = np.minimum(t_side, t_caps)
-        p = _hit_points(eye, t, dirs) - self.start
-        along = np.clip(p @ u, 0.0, length)
-        n = (p - along[:, None] * u) / self.radius
-        return t, n, self.albedo
-
-    def lines(self, eye):
-        side = _cross(self.end - self.start, (self.start + self.end) / 2 - eye)
-        side *= self.radius / np.linalg.norm(side)
-        return [(self.start + side, self.end + side), (self.start - side, self.end - side)]
-
-    def moved(self, offset: np.ndarray) -> Capsule:
-        return replace(
-            self, base=self.base + offset, start=self.start + offset, end=self.end + offset
-        )
+_BOX_CORNERS = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)])
 
 
 @dataclass
 class Person(Solid):
-    """The humanoid: capsules with their own albedo (skin or clothes) and its OpenPose keypoints."""
+    """The humanoid: capsules (segments swept by spheres) with their own albedo (skin or clothes),
+    and its OpenPose keypoints. Capsule k runs from starts[k] to ends[k] (world points)."""
 
-    parts: tuple[Capsule, ...]
+    starts: np.ndarray  # (K, 3)
+    ends: np.ndarray  # (K, 3)
+    radii: np.ndarray  # (K,)
+    part_albedo: np.ndarray  # (K, 3)
     keypoints: np.ndarray  # (18, 3) world, OpenPose COCO order
     outline_parts: tuple[int, ...]  # limbs and torso: their straight sides count as lines
 
     def bounding_sphere(self):
-        points = np.concatenate([[p.start, p.end] for p in self.parts])
+        points = np.stack([self.starts, self.ends], axis=1).reshape(-1, 3)
         center = points.mean(axis=0)
-        return center, float(
-            np.linalg.norm(points - center, axis=1).max() + max(p.radius for p in self.parts)
-        )
+        return center, float(np.linalg.norm(points - center, axis=1).max() + self.radii.max())
 
     def hull(self):
-        return np.concatenate([part.hull() for part in self.parts])
+        """The corners of every capsule's axis-aligned bounding box."""
+        low = np.minimum(self.starts, self.ends) - self.radii[:, None]
+        high = np.maximum(self.starts, self.ends) + self.radii[:, None]
+        return np.where(_BOX_CORNERS, high[:, None], low[:, None]).reshape(-1, 3)
+
+    def _hits(self, eye: np.ndarray, dirs: np.ndarray):
+        """(ray, capsule, t) of every ray that hits a capsule, ordered by ray, then capsule."""
+        starts, ends, radii = self.starts, self.ends, self.radii
+        count = len(radii)
+        axis = ends - starts
+        length = np.linalg.norm(axis, axis=1)
+        u = axis / length[:, None]
+        w = eye - starts
+        wu = (w * u).sum(axis=1)
+        w_perp = w - wu[:, None] * u
+        w_end = eye - ends
+        # Only rays that pass through a capsule's bounding sphere are intersected with it:
+        # (d . c)^2 >= (|c|^2 - bound^2) |d|^2 as a quadratic form in the ray direction d.
+        c = (starts + ends) / 2 - eye
+        bound = 1.01 * (length / 2 + radii)  # the margin keeps rounding from dropping a hit
+        far = (c * c).sum(axis=1) - bound * bound
+        form = np.stack([*(c * c - far[:, None]).T, *(2 * c[:, [0, 0, 1]] * c[:, [1, 2, 2]]).T])
+        x, y, z = dirs.T
+        ray, part = np.nonzero(np.stack([x * x, y * y, z * z, x * y, x * z, y * z], 1) @ form >= 0)
+
+        dots = (dirs @ np.concatenate([u, w_perp, w, w_end]).T).ravel()  # (P, 4K)
+        flat = ray * (4 * count) + part
+        vu, v_w_perp, v_w, v_w_end = (dots[flat + j * count] for j in range(4))
+        vv = np.einsum("pi,pi->p", dirs, dirs)[ray]
+        r2 = radii[part] ** 2
+        # v_perp . w_perp == v . w_perp because w_perp is orthogonal to the axis
+        t_side = _sphere_hits(vv - vu * vu, v_w_perp, (w_perp * w_perp).sum(axis=1)[part] - r2)
+        along = wu[part] + t_side * vu
+        t_side = np.where((along >= 0) & (along <= length[part]), t_side, np.inf)
+        t_caps = np.minimum(
+            _sphere_hits(vv, v_w, (w * w).sum(axis=1)[part] - r2),
+            _sphere_hits(vv, v_w_end, (w_end * w_end).sum(axis=1)[part] - r2),
+        )
+        t = np.minimum(t_side, t_caps)
+        hit = np.flatnonzero(t < np.inf)
+        return ray[hit], part[hit], t[hit]
 
     def intersect(self, eye, dirs):
-        hits = [part.intersect(eye, dirs) for part in self.parts]
-        nearest = np.argmin([t for t, _, _ in hits], axis=0)
-        pick = np.arange(len(dirs))
-        t = np.stack([h[0] for h in hits])[nearest, pick]
-        normals = np.stack([h[1] for h in hits])[nearest, pick]
-        albedo = np.stack([np.broadcast_to(h[2], normals.shape) for h in hits])[nearest, pick]
+        ray, part, t_hit = self._hits(eye, dirs)
+        # Per ray the first capsule with the least float32 t wins, as when each capsule is drawn
+        # in turn with a strict z-test.
+        t32 = t_hit.astype(np.float32)
+        first = np.flatnonzero(np.diff(ray, prepend=-1))
+        least = np.repeat(np.minimum.reduceat(t32, first), np.diff(first, append=len(ray)))
+        best = np.flatnonzero(t32 == least)
+        win = best[np.diff(ray[best], prepend=-1) != 0]
+        ray, part, t_win = ray[win], part[win], t_hit[win]
+
+        t = np.full(len(dirs), np.inf)
+        t[ray] = t_win
+        p = eye + t_win[:, None] * dirs[ray] - self.starts[part]
+        axis = self.ends[part] - self.starts[part]
+        length = np.linalg.norm(axis, axis=1)
+        u = axis / length[:, None]
+        along = np.clip((p * u).sum(axis=1), 0.0, length)
+        normals = np.zeros((len(dirs), 3))
+        normals[ray] = (p - along[:, None] * u) / self.radii[part, None]
+        albedo = np.zeros((len(dirs), 3))
+        albedo[ray] = self.part_albedo[part]
         return t, normals, albedo
 
-    @property
-    def pieces(self):
-        return self.parts
-
     def lines(self, eye):
-        return [line for k in self.outline_parts for line in self.parts[k].lines(eye)]
+        k = list(self.outline_parts)
+        starts, ends = self.starts[k], self.ends[k]
+        side = np.cross(ends - starts, (starts + ends) / 2 - eye)
+        side *= (self.radii[k] / np.linalg.norm(side, axis=1))[:, None]
+        return [
+            line
+            for start, end, offset in zip(starts, ends, side, strict=True)
+            for line in ((start + offset, end + offset), (start - offset, end - offset))
+        ]
 
     def moved(self, offset: np.ndarray) -> Person:
         return replace(
             self,
             base=self.base + offset,
-            parts=tuple(part.moved(offset) for part in self.parts),
+            starts=self.starts + offset,
+            ends=self.ends + offset,
             keypoints=self.keypoints + offset,
         )
