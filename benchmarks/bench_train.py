@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from anywhere without installing the package
 MODES = {"full": True, "small-scale": False}  # mode -> connect_decoder
 
 
