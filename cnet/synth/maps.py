@@ -13,7 +13,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from cnet.detectors.base import as_rgb, resize_map
+from cnet.detectors.base import resize_map
 from cnet.detectors.depth import depth_to_map
 from cnet.detectors.edges import CannyDetector
 from cnet.detectors.lines import draw_segments
@@ -31,11 +31,17 @@ POSE_CANVAS = 512
 SCRIBBLE_POINTS_PER_EDGE = 8
 
 _canny = CannyDetector()
+_SCRIBBLE_EDGE_STEPS = np.linspace(0.0, 1.0, SCRIBBLE_POINTS_PER_EDGE)[None, :, None]
+
+
+def _rgb(gray: np.ndarray) -> np.ndarray:
+    """HxW -> HxWx3 (what `as_rgb` gives, ~5x faster)."""
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
 
 
 def canny(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Canny (100, 200) of the target image, exactly as the Canny detector computes it."""
-    return as_rgb(_canny.detect(render.rgb))
+    return _rgb(_canny.detect(render.rgb))
 
 
 def horizon_segments(scene: Scene, render: Render) -> np.ndarray:
@@ -55,7 +61,7 @@ def hough(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Straight visible edges as 1-pixel white segments, the way M-LSD maps are drawn."""
     size = render.ids.shape[0]
     segments = np.concatenate([render.edges, horizon_segments(scene, render)])
-    return as_rgb(draw_segments(segments, size, size))
+    return _rgb(draw_segments(segments, size, size))
 
 
 def scribble(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
@@ -69,18 +75,22 @@ def scribble(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarr
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         strokes += [np.append(c[::step, 0], c[:1, 0], axis=0) for c in contours if len(c) > step]
     edges = render.edges.reshape(-1, 2, 2)
-    t = np.linspace(0.0, 1.0, SCRIBBLE_POINTS_PER_EDGE)[None, :, None]
-    strokes += list(edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * t)
+    strokes.append(
+        (edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * _SCRIBBLE_EDGE_STEPS).reshape(-1, 2)
+    )
     canvas = np.zeros((size, size), np.uint8)
-    if strokes:
-        points = np.concatenate(strokes).astype(np.float64)
+    points = np.concatenate(strokes).astype(np.float64)
+    if len(points):
         # A hand's wobble: a random walk, band-passed by a moving average over 4 points.
         walk = np.cumsum(rng.normal(0.0, 1.2 * scale, (len(points) + 4, 2)), axis=0)
         points += (walk[4:] - walk[:-4]) / 4
         drawn = np.round(points * 4).astype(np.int32)  # 2 fractional bits for cv2's `shift`
-        splits = np.cumsum([len(stroke) for stroke in strokes])[:-1]
-        cv2.polylines(canvas, np.split(drawn, splits), False, 255, thickness=1, shift=2)
-    return as_rgb(thicken(canvas, int(rng.integers(0, 2)) + round(scale - 1)))
+        outline_stop = len(points) - len(edges) * SCRIBBLE_POINTS_PER_EDGE
+        bounds = np.cumsum([0] + [len(stroke) for stroke in strokes[:-1]])
+        lines = [drawn[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        lines += list(drawn[outline_stop:].reshape(-1, SCRIBBLE_POINTS_PER_EDGE, 2))
+        cv2.polylines(canvas, lines, False, 255, thickness=1, shift=2)
+    return _rgb(thicken(canvas, int(rng.integers(0, 2)) + round(scale - 1)))
 
 
 def keypoints(scene: Scene, render: Render) -> list[np.ndarray]:
@@ -135,7 +145,7 @@ def depth(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Inverse depth min-max scaled, near = bright, as MiDaS maps are (background = 0)."""
     with np.errstate(divide="ignore"):
         disparity = 1.0 / render.depth  # inf -> 0
-    return as_rgb(depth_to_map(disparity))
+    return _rgb(depth_to_map(disparity))
 
 
 def normal(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:

@@ -22,6 +22,7 @@ FLOOR_DEPTH = 40.0  # the ground plane ends here, which draws the horizon
 AMBIENT, DIFFUSE = 0.35, 0.65
 SAMPLES_PER_EDGE = 32
 HIDDEN_EDGE_TOLERANCE = 0.03  # relative depth by which an edge may lie behind the visible surface
+_EDGE_SAMPLES = np.linspace(0.0, 1.0, SAMPLES_PER_EDGE)[None, :, None]
 
 
 @dataclass(eq=False)
@@ -42,12 +43,10 @@ class Render:
         """(N, 4) float pixel segments (x1, y1, x2, y2): the parts of the objects' straight edges
         that no nearer surface hides."""
         scene, size = self.scene, self.ids.shape[0]
-        lines = [line for obj in scene.objects for line in obj.lines(scene.camera.eye)]
-        if not lines:
+        lines = np.concatenate([obj.lines(scene.camera.eye) for obj in scene.objects])
+        if not len(lines):
             return np.zeros((0, 4), np.float32)
-        ends = np.array(lines)  # (S, 2, 3)
-        t = np.linspace(0.0, 1.0, SAMPLES_PER_EDGE)[None, :, None]
-        points = ends[:, :1] + (ends[:, 1:] - ends[:, :1]) * t  # (S, T, 3)
+        points = lines[:, :1] + (lines[:, 1:] - lines[:, :1]) * _EDGE_SAMPLES  # (S, T, 3)
         xy, depth = scene.camera.project(points.reshape(-1, 3), size)
         col, row = np.floor(xy).astype(int).T
         inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
