@@ -27,7 +27,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
 EMBEDDED_RESTORE_COMMAND = "git checkout HEAD -- assets/embedded"
-EMBEDDED_TRAIN_COMMAND = "python -m cnet train base --output-dir runs/embedded"
+EMBEDDED_TRAIN_COMMAND = (
+    "python -m cnet train embedded --runs runs/embedded, then --pack assets/embedded"
+)
 
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -189,8 +191,8 @@ def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
     if path == EMBEDDED_DIR or EMBEDDED_DIR in path.parents:
         return (
             f"A checkout that ships the embedded model restores it with "
-            f"`{EMBEDDED_RESTORE_COMMAND}`; to train it yourself start with "
-            f"`{EMBEDDED_TRAIN_COMMAND}` (README, Training)."
+            f"`{EMBEDDED_RESTORE_COMMAND}`; to train it yourself run "
+            f"`{EMBEDDED_TRAIN_COMMAND}` (README, The embedded model)."
         )
     if is_local(source):
         return (

@@ -157,6 +157,7 @@ def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_
 
 def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, tmp_path):
     from cnet.engine import GenerationRequest, load_engine
+    from cnet.models import ModelMissingError
 
     finish_base(recipe, tiny_model_dir)
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
@@ -173,6 +174,8 @@ def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, 
     image = np.asarray(result.images[0])
     assert image.shape == (64, 64, 3)
     assert image.std() > 0
+    with pytest.raises(ModelMissingError, match="depth"):  # not finished, so not packed
+        engine.generate(GenerationRequest(control, condition="depth", steps=2, prompt="a cube"))
 
 
 def test_command_line_names_unknown_stages_and_a_missing_base(tmp_path, capsys):
