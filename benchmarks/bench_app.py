@@ -6,19 +6,29 @@ the same model with the same thread count. Both sides get the same control map (
 it on the first call and then serves it from its cache; this side detects it once), prompt,
 steps, sampler and seed; runs are interleaved after one warm-up call each.
 
+Two gradio_client set-ups are timed. gradio_client 2.x opens a new httpx client for every HTTP
+call of a request (upload, queue join, message stream, each file download), and httpx builds a
+new SSL context for each, reading the whole CA bundle, even for an http:// URL: about 50 ms each
+on a busy 2-core machine. Handing the client one `ssl.SSLContext` (`ssl_verify=`) removes that
+cost, which belongs to the client, not to the app (tests/app_server.py `api_client` does it);
+the default set-up is timed too.
+`--server-phases` also prints Gradio's own per-phase timings of the app's side of each request.
+
     python benchmarks/bench_app.py                        # embedded model, or the tiny one
-    python benchmarks/bench_app.py --model-dir DIR --repeats 9 --threads 1
+    python benchmarks/bench_app.py --model-dir DIR --repeats 9 --threads 1 --server-phases
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_startup import (  # noqa: E402
+    api_client,
     check_app,
     free_port,
     generation_settings,
@@ -36,6 +47,28 @@ from bench_startup import (  # noqa: E402
     stop,
     wait_until_answering,
 )
+
+SHARED_CONTEXT = "app via gradio_client, one SSL context"
+DEFAULT_CLIENT = "app via gradio_client, default set-up"
+PHASES = {  # Gradio's trace fields (GRADIO_PROFILING=1) -> what they hold
+    "queue_wait_ms": "queue wait",
+    "preprocess_ms": "preprocess (inputs: upload read, each control's check)",
+    "fn_call_ms": "the app's function (control-map cache, engine.generate, progress)",
+    "postprocess_ms": "postprocess (PNG files of the gallery, caption, seed)",
+    "total_ms": "total on the server",
+}
+
+
+def server_phases(url: str, endpoint: str) -> dict[str, float]:
+    """Median milliseconds per phase of the app's `endpoint` requests since the last clear."""
+    with urllib.request.urlopen(url + "gradio_api/profiling/traces") as response:
+        traces = [t for t in json.loads(response.read()) if t["fn_name"] == endpoint]
+    return {field: statistics.median(t[field] for t in traces) for field in PHASES}
+
+
+def clear_server_phases(url: str) -> None:
+    request = urllib.request.Request(url + "gradio_api/profiling/clear", method="POST")
+    urllib.request.urlopen(request).close()
 
 
 def main() -> None:
@@ -48,6 +81,11 @@ def main() -> None:
         "--threads", type=int, help="torch threads on both sides (default: OMP_NUM_THREADS/cores)"
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the UI")
+    parser.add_argument(
+        "--server-phases",
+        action="store_true",
+        help="run the app with GRADIO_PROFILING=1 and print its per-phase server timings",
+    )
     args = parser.parse_args()
 
     check_app()
@@ -66,7 +104,8 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log_path = work / "app.log"
-    process = start_app(model_dir, port, log_path, args.threads)
+    profiling = {"GRADIO_PROFILING": "1"} if args.server_phases else None
+    process = start_app(model_dir, port, log_path, args.threads, env=profiling)
     try:
         engine = load_engine(model_dir=str(model_dir), threads=args.threads)
         engine.load()
@@ -79,33 +118,36 @@ def main() -> None:
             **{k: v for k, v in settings.items() if k != "randomize_seed"},
         )
         wait_until_answering(process, url, log_path, args.timeout)
-        client = Client(url, verbose=False, download_files=str(work))
+        clients = {
+            SHARED_CONTEXT: api_client(url, download_files=str(work)),
+            DEFAULT_CLIENT: Client(url, verbose=False, download_files=str(work)),
+        }
 
-        def through_app() -> Image.Image:
+        def through_app(client) -> Image.Image:
             gallery, _, _ = client.predict(
                 image=handle_file(image), **settings, api_name=f"/{args.condition}"
             )
             return Image.open(gallery[1]["image"]).convert("RGB")
 
-        def direct() -> Image.Image:
-            return engine.generate(request).images[0]
-
-        def timed(fn) -> tuple[float, Image.Image]:
-            start = time.perf_counter()
-            result = fn()
-            return time.perf_counter() - start, result
-
-        through_app(), direct()  # warm-up: model and ControlNet loading, the detector, caches
-        app_times, engine_times = [], []
+        paths = {name: lambda c=client: through_app(c) for name, client in clients.items()}
+        paths["engine.generate"] = lambda: engine.generate(request).images[0]
+        for run in paths.values():  # warm-up: model and ControlNet loading, detector, caches
+            run()
+        if args.server_phases:
+            clear_server_phases(url)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        images: dict[str, Image.Image] = {}
         for _ in range(args.repeats):
-            seconds, app_image = timed(through_app)
-            app_times.append(seconds)
-            seconds, engine_image = timed(direct)
-            engine_times.append(seconds)
+            for name, run in paths.items():
+                start = time.perf_counter()
+                images[name] = run()
+                times[name].append(time.perf_counter() - start)
+        phases = server_phases(url, args.condition) if args.server_phases else {}
     finally:
         stop(process)
 
-    difference = np.abs(np.asarray(app_image, np.int16) - np.asarray(engine_image, np.int16)).max()
+    direct = np.asarray(images["engine.generate"], np.int16)
+    difference = max(np.abs(np.asarray(images[name], np.int16) - direct).max() for name in clients)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps "
@@ -119,14 +161,25 @@ def main() -> None:
         f"repeats: {args.repeats} (interleaved), max pixel difference app vs engine: {difference}"
     )
     print()
-    print("| path | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, times in (("engine.generate", engine_times), ("app via gradio_client", app_times)):
-        print(f"| {name} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} |")
-    ratio = statistics.median(app_times) / statistics.median(engine_times)
-    overhead = statistics.median(app_times) - statistics.median(engine_times)
-    print(f"\nratio app / engine (medians): {ratio:.3f} (target <= 1.10)")
-    print(f"app overhead per request (difference of medians): {overhead:.3f} s")
+    engine_median = statistics.median(times["engine.generate"])
+    print("| path | median s | min s | max s | ratio to engine | overhead s |")
+    print("|---|---|---|---|---|---|")
+    for name in ("engine.generate", SHARED_CONTEXT, DEFAULT_CLIENT):
+        median = statistics.median(times[name])
+        print(
+            f"| {name} | {median:.3f} | {min(times[name]):.3f} | {max(times[name]):.3f} "
+            f"| {median / engine_median:.3f} | {median - engine_median:.3f} |"
+        )
+    ratio = statistics.median(times[SHARED_CONTEXT]) / engine_median
+    print(f"\nratio app / engine (medians, one SSL context): {ratio:.3f} (target <= 1.10)")
+    if phases:
+        print()
+        print(f"| the app's side of each /{args.condition} request (Gradio profiling) | ms |")
+        print("|---|---|")
+        for field, label in PHASES.items():
+            print(f"| {label} | {phases[field]:.1f} |")
+        outside = phases["total_ms"] - phases["fn_call_ms"]
+        print(f"\nGradio's server-side handling outside the app's function: {outside:.1f} ms")
 
 
 if __name__ == "__main__":

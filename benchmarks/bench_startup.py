@@ -31,7 +31,7 @@ APP = ROOT / "app.py"
 EMBEDDED = ROOT / "assets" / "embedded"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from app_server import answers, free_port  # noqa: E402
+from app_server import answers, api_client, free_port  # noqa: E402
 
 IMPORTS = {  # what app.py and the first request import, one fresh interpreter each
     "python itself": "pass",
@@ -104,11 +104,23 @@ def app_env(threads: int | None) -> dict[str, str]:
     return env
 
 
-def start_app(model_dir: Path, port: int, log_path: Path, threads: int | None, app: Path = APP):
+def start_app(
+    model_dir: Path,
+    port: int,
+    log_path: Path,
+    threads: int | None,
+    app: Path = APP,
+    env: dict[str, str] | None = None,
+):
+    """`python app.py --model-dir DIR --port P` in its own process; `env`: extra variables."""
     command = [sys.executable, str(app), "--model-dir", str(model_dir), "--port", str(port)]
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            command, cwd=ROOT, env=app_env(threads), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env={**app_env(threads), **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -151,7 +163,7 @@ def generation_settings(resolution: int, steps: int, seed: int = 0) -> dict:
 
 
 def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path: Path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -160,7 +172,7 @@ def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path
     try:
         wait_until_answering(process, url, log_path, args.timeout)
         ui = time.perf_counter() - started
-        client = Client(url, verbose=False, download_files=str(log_path.parent))
+        client = api_client(url, download_files=str(log_path.parent))
         gallery, _, _ = client.predict(
             image=handle_file(image),
             **generation_settings(resolution, args.steps),

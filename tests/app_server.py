@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -12,6 +14,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from gradio_client import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 300.0  # seconds; imports alone take a while on a busy 2-core machine
@@ -29,6 +35,22 @@ def answers(url: str) -> bool:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One SSL context for every gradio_client call. gradio_client opens a new httpx client for
+    each HTTP call of a request (upload, queue join, message stream, each file download), and
+    httpx builds a new context for each unless given one, reading the whole CA bundle even for
+    an http:// URL: about 50 ms per call on a busy 2-core machine."""
+    return ssl.create_default_context()
+
+
+def api_client(url: str, download_files: str | Path | Literal[False]) -> Client:
+    """A gradio_client Client for the app at `url` that reuses one SSL context."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=download_files, ssl_verify=ssl_context())
 
 
 @contextlib.contextmanager

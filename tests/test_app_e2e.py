@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import answers, serve_app
+from app_server import answers, api_client, serve_app
 from PIL import Image, ImageDraw
 
 from cnet.conditions import CONDITIONS
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 FAST = dict(steps=2, resolution=64, num_images=2, randomize_seed=False)
@@ -68,7 +68,7 @@ def read(path: str) -> np.ndarray:
 def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("app")
     with serve_app("--model-dir", str(tiny_model_dir), log_path=logs / "app.log") as url:
-        yield Client(url, verbose=False, download_files=str(logs))
+        yield api_client(url, download_files=str(logs))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def client_without_model(tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("app-no-model")
     empty = tmp_path_factory.mktemp("no-model")
     with serve_app("--model-dir", str(empty), log_path=logs / "app.log") as url:
-        yield Client(url, verbose=False, download_files=str(logs))
+        yield api_client(url, download_files=str(logs))
 
 
 def test_every_tab_has_its_endpoints(client):
