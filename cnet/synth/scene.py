@@ -21,6 +21,7 @@ KINDS = ("sphere", "cube", "cylinder", "cone", "pyramid", "person")
 COUNT_CDF = np.cumsum([0.3, 0.4, 0.3])  # 1, 2 or 3 objects
 BACKGROUNDS, FLOORS = tuple(palette.BACKGROUND_COLORS), tuple(palette.FLOOR_COLORS)
 MIN_CONTRAST = 70  # per-channel difference between an object's colour and what is behind it
+TAN_HALF_FOV = np.tan(np.radians(20))
 
 
 @lru_cache(maxsize=8)
@@ -120,7 +121,7 @@ def _camera(rng: np.random.Generator, count: int) -> Camera:
     up = np.array([0.0, np.cos(pitch), np.sin(pitch)])
     target = np.array([0.0, 0.6, 0.4])
     rotation = np.stack([[1.0, 0.0, 0.0], up, forward], axis=1)
-    return Camera(target - distance * forward, rotation, np.tan(np.radians(20)))
+    return Camera(target - distance * forward, rotation, TAN_HALF_FOV)
 
 
 def _solid(rng: np.random.Generator, kind: str, color: str, base: np.ndarray) -> Solid:
@@ -146,16 +147,20 @@ def _solid(rng: np.random.Generator, kind: str, color: str, base: np.ndarray) ->
 
 def _first_fit(
     camera: Camera, centers: np.ndarray, radius: float, placed: list[tuple[np.ndarray, float]]
-) -> int | None:
-    """Index of the first candidate bounding sphere that lands inside the frame (with a margin)
-    and overlaps no placed object's disc much; discs are in image widths."""
+) -> tuple[int, tuple[np.ndarray, float]] | None:
+    """Index and screen disc of the first candidate bounding sphere that lands inside the frame
+    (with a margin) and overlaps no placed object's disc much; discs are in image widths."""
     xy, depth = camera.project(centers, 1)
     r = radius / depth / camera.tan_half_fov / 2
-    ok = np.all((xy - r[:, None] >= 0.02) & (xy + r[:, None] <= 0.98), axis=1)
+    inside = (xy - r[:, None] >= 0.02) & (xy + r[:, None] <= 0.98)
+    ok = inside[:, 0] & inside[:, 1]
     for other, r_other in placed:
-        ok &= np.linalg.norm(xy - other, axis=1) >= 0.75 * (r + r_other)
+        dx, dy = (xy - other).T
+        ok &= np.sqrt(dx * dx + dy * dy) >= 0.75 * (r + r_other)
     hits = np.flatnonzero(ok)
-    return int(hits[0]) if len(hits) else None
+    if not len(hits):
+        return None
+    return int(hits[0]), (xy[hits[0]], r[hits[0]])
 
 
 def sample_scene(seed: int) -> Scene:
@@ -181,9 +186,8 @@ def sample_scene(seed: int) -> Scene:
         bases[:, 2] = rng.uniform(-0.8, 1.6, 64)
         fit = _first_fit(camera, center + bases, radius, discs)
         if fit is not None:
-            placed.append(solid.moved(bases[fit]))
-            (xy,), (depth,) = camera.project(center + bases[fit], 1)
-            discs.append((xy, radius / depth / camera.tan_half_fov / 2))
+            placed.append(solid.moved(bases[fit[0]]))
+            discs.append(fit[1])
         elif placed:  # no room left for another object in this view
             count -= 1
     order = np.argsort([xy[0] for xy, _ in discs], kind="stable")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import combinations
 
 import numpy as np
@@ -143,17 +144,17 @@ class Polyhedron(Solid):
 
     def intersect(self, eye, dirs):
         o, v = self.to_local(eye, dirs)
-        denom = v @ self.normals.T  # (P, K)
-        num = self.offsets - self.normals @ o  # (K,)
+        denom = self.normals @ v.T  # (K, P): faces first, so reductions run over whole rows
+        num = (self.offsets - self.normals @ o)[:, None]  # (K, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = num / denom
         t_in = np.where(denom < 0, t, -np.inf)
-        face = t_in.argmax(axis=1)
-        t_enter = np.take_along_axis(t_in, face[:, None], axis=1)[:, 0]
-        t_exit = np.where(denom > 0, t, np.inf).min(axis=1)
-        outside_parallel = ((denom == 0) & (num < 0)).any(axis=1)
+        face = t_in.argmax(axis=0)
+        t_enter = t_in[face, np.arange(len(dirs))]
+        t_exit = np.where(denom > 0, t, np.inf).min(axis=0)
+        outside_parallel = ((denom == 0) & (num < 0)).any(axis=0)
         hit = (t_enter <= t_exit) & (t_enter > 0) & ~outside_parallel
-        normals = self.normals[face] @ self.rotation.T
+        normals = (self.normals @ self.rotation.T)[face]
         return np.where(hit, t_enter, np.inf), normals, self.albedo
 
     def lines(self, eye):
@@ -321,31 +322,37 @@ class Person(Solid):
         high = np.maximum(self.starts, self.ends) + self.radii[:, None]
         return np.where(_BOX_CORNERS, high[:, None], low[:, None]).reshape(-1, 3)
 
+    @cached_property
+    def axes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit directions (K, 3) from start to end, and lengths (K,)."""
+        axis = self.ends - self.starts
+        length = np.linalg.norm(axis, axis=1)
+        return axis / length[:, None], length
+
     def _hits(self, eye: np.ndarray, dirs: np.ndarray):
         """(ray, capsule, t) of every ray that hits a capsule, ordered by ray, then capsule."""
         starts, ends, radii = self.starts, self.ends, self.radii
-        count = len(radii)
-        axis = ends - starts
-        length = np.linalg.norm(axis, axis=1)
-        u = axis / length[:, None]
+        u, length = self.axes
         w = eye - starts
         wu = (w * u).sum(axis=1)
         w_perp = w - wu[:, None] * u
         w_end = eye - ends
-        # Only rays that pass through a capsule's bounding sphere are intersected with it:
-        # (d . c)^2 >= (|c|^2 - bound^2) |d|^2 as a quadratic form in the ray direction d.
+        # Only rays that pass through a capsule's bounding sphere are intersected with it: their
+        # angle to the sphere's centre c is at most asin(bound / |c|).
         c = (starts + ends) / 2 - eye
         bound = 1.01 * (length / 2 + radii)  # the margin keeps rounding from dropping a hit
-        far = (c * c).sum(axis=1) - bound * bound
-        form = np.stack([*(c * c - far[:, None]).T, *(2 * c[:, [0, 0, 1]] * c[:, [1, 2, 2]]).T])
-        x, y, z = dirs.T
-        ray, part = np.nonzero(np.stack([x * x, y * y, z * z, x * y, x * z, y * z], 1) @ form >= 0)
+        distance = np.linalg.norm(c, axis=1)
+        cos_limit = np.sqrt(np.maximum(1 - (bound / distance) ** 2, 0.0))
+        cos_limit[distance <= bound] = -1.0  # the eye inside the sphere: every ray
+        vv = np.einsum("pi,pi->p", dirs, dirs)
+        cos_angle = (dirs / np.sqrt(vv)[:, None]) @ (c / distance[:, None]).T  # (P, K)
+        ray, part = np.divmod(np.flatnonzero(cos_angle >= cos_limit), len(radii))
 
-        dots = (dirs @ np.concatenate([u, w_perp, w, w_end]).T).ravel()  # (P, 4K)
-        flat = ray * (4 * count) + part
-        vu, v_w_perp, v_w, v_w_end = (dots[flat + j * count] for j in range(4))
-        vv = np.einsum("pi,pi->p", dirs, dirs)[ray]
-        r2 = radii[part] ** 2
+        # dirs . (u, w_perp, w, w_end) of each pair, as (4, pairs)
+        toward = np.concatenate([u, w_perp, w, w_end], axis=1).T[:, part].reshape(4, 3, -1)
+        x, y, z = dirs.T[:, ray]
+        vu, v_w_perp, v_w, v_w_end = x * toward[:, 0] + y * toward[:, 1] + z * toward[:, 2]
+        vv, r2 = vv[ray], radii[part] ** 2
         # v_perp . w_perp == v . w_perp because w_perp is orthogonal to the axis
         t_side = _sphere_hits(vv - vu * vu, v_w_perp, (w_perp * w_perp).sum(axis=1)[part] - r2)
         along = wu[part] + t_side * vu
@@ -372,9 +379,7 @@ class Person(Solid):
         t = np.full(len(dirs), np.inf)
         t[ray] = t_win
         p = eye + t_win[:, None] * dirs[ray] - self.starts[part]
-        axis = self.ends[part] - self.starts[part]
-        length = np.linalg.norm(axis, axis=1)
-        u = axis / length[:, None]
+        u, length = self.axes[0][part], self.axes[1][part]
         along = np.clip((p * u).sum(axis=1), 0.0, length)
         normals = np.zeros((len(dirs), 3))
         normals[ray] = (p - along[:, None] * u) / self.radii[part, None]
