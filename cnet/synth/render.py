@@ -30,13 +30,19 @@ class Render:
     scene: Scene = field(repr=False)
     ids: np.ndarray  # (H, W) uint8
     depth: np.ndarray  # (H, W) float32 distance along the optical axis, inf where nothing is hit
-    normals: np.ndarray  # (H, W, 3) float32 unit, camera frame (right, up, towards the viewer)
+    world_normals: np.ndarray  # (H, W, 3) float32 unit, world frame
     albedo: np.ndarray  # (H, W, 3) float32 in [0, 1], unshaded surface colour
     rgb: np.ndarray  # (H, W, 3) uint8, the target image
 
     def mask(self, index: int) -> np.ndarray:
         """Visible pixels of scene.objects[index]."""
         return self.ids == index + FIRST_OBJECT
+
+    @cached_property
+    def normals(self) -> np.ndarray:
+        """(H, W, 3) float32 unit normals in the camera frame (right, up, towards the viewer)."""
+        to_camera = self.scene.camera.rotation.T * [[1.0], [1.0], [-1.0]]
+        return cv2.transform(self.world_normals, to_camera.astype(np.float32))
 
     @cached_property
     def edges(self) -> np.ndarray:
@@ -68,11 +74,17 @@ class Render:
         return np.concatenate([starts, ends_xy], axis=1).astype(np.float32)
 
 
-def _screen_box(scene: Scene, hull: np.ndarray, size: int) -> tuple[slice, slice]:
-    xy, _ = scene.camera.project(hull, size)
-    x0, y0 = np.maximum(np.floor(xy.min(axis=0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(xy.max(axis=0)).astype(int) + 1, size)
-    return slice(y0, max(y0, y1)), slice(x0, max(x0, x1))
+def _screen_boxes(scene: Scene, size: int) -> list[tuple[slice, slice]]:
+    """Pixel rows and columns of each object: the screen box of its hull, in one projection."""
+    hulls = [obj.hull() for obj in scene.objects]
+    xy, _ = scene.camera.project(np.concatenate(hulls), size)
+    first = np.cumsum([0] + [len(hull) for hull in hulls[:-1]])
+    low = np.maximum(np.floor(np.minimum.reduceat(xy, first)).astype(int), 0).tolist()
+    high = np.minimum(np.ceil(np.maximum.reduceat(xy, first)).astype(int) + 1, size).tolist()
+    return [
+        (slice(y0, max(y0, y1)), slice(x0, max(x0, x1)))
+        for (x0, y0), (x1, y1) in zip(low, high, strict=True)
+    ]
 
 
 def _fill(target: np.ndarray, value) -> None:
@@ -94,7 +106,7 @@ def render(scene: Scene, size: int) -> Render:
     depth = np.full((size, size), np.inf, np.float32)
     ids = np.zeros((size, size), np.uint8)
     albedo = np.zeros((size, size, 3), np.float32)
-    normals = np.empty((size, size, 3), np.float32)  # world frame until the end
+    normals = np.empty((size, size, 3), np.float32)  # world frame
     _fill(normals, -camera.rotation[:, 2])  # the background faces the viewer
     rgb = np.empty((size, size, 3), np.uint8)
     _fill(rgb, palette.BACKGROUND_COLORS[scene.background])
@@ -116,8 +128,8 @@ def render(scene: Scene, size: int) -> Render:
             _fill(rgb[top:], _shade(light[1:2], color)[0])  # the up normal . light is light[1]
 
     band_start, band_stop = size, 0  # the rows objects cover
-    for index, obj in enumerate(scene.objects):
-        rows, cols = _screen_box(scene, obj.hull(), size)
+    boxes = _screen_boxes(scene, size)
+    for index, (obj, (rows, cols)) in enumerate(zip(scene.objects, boxes, strict=True)):
         band_start, band_stop = min(band_start, rows.start), max(band_stop, rows.stop)
         region = dirs[rows, cols]
         shape = region.shape[:2]
@@ -128,13 +140,15 @@ def render(scene: Scene, size: int) -> Render:
         cv2.copyTo(t, mask, depth[rows, cols])
         ids[rows, cols][nearer] = index + FIRST_OBJECT
         cv2.copyTo(n.reshape(*shape, 3).astype(np.float32), mask, normals[rows, cols])
-        a = np.broadcast_to(a, (t.size, 3)).reshape(*shape, 3).astype(np.float32)
-        cv2.copyTo(a, mask, albedo[rows, cols])
+        if a.ndim == 1:  # one colour for the whole solid
+            colors = np.empty((*shape, 3), np.float32)
+            _fill(colors, a)
+        else:
+            colors = a.reshape(*shape, 3).astype(np.float32)
+        cv2.copyTo(colors, mask, albedo[rows, cols])
 
     if band_start < band_stop:
         band = slice(band_start, band_stop)
         shaded = _shade(normals[band].reshape(-1, 3) @ light, albedo[band])
         cv2.copyTo(shaded, (ids[band] >= FIRST_OBJECT).view(np.uint8), rgb[band])
-    # world -> camera (right, up, towards the viewer)
-    to_camera = (camera.rotation.T * [[1.0], [1.0], [-1.0]]).astype(np.float32)
-    return Render(scene, ids, depth, cv2.transform(normals, to_camera), albedo, rgb)
+    return Render(scene, ids, depth, normals, albedo, rgb)
