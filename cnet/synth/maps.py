@@ -151,8 +151,11 @@ def depth(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
 def normal(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     """Normals in the control_v11p_sd15_normalbae convention of `cnet.detectors.normal`:
     RGB = (left, up, towards the viewer) * 127.5 + 127.5, rounded down."""
-    left_up_front = render.normals * np.array([-1.0, 1.0, 1.0], np.float32)
-    return (left_up_front * 127.5 + 127.5).clip(0, 255).astype(np.uint8)
+    height, width = render.ids.shape
+    # (-x) * 127.5 == x * -127.5 exactly; a whole row of factors keeps numpy's loops long
+    row_scale = np.tile(np.array([-127.5, 127.5, 127.5], np.float32), width)
+    scaled = render.normals.reshape(height, -1) * row_scale + 127.5
+    return scaled.clip(0, 255).astype(np.uint8).reshape(height, width, 3)
 
 
 CONDITION_MAPS: dict[str, Callable[[Scene, Render, np.random.Generator], np.ndarray]] = {
