@@ -44,6 +44,41 @@ IMPORTS = {  # what app.py and the first request import, one fresh interpreter e
     "cnet.ui (gradio + engine + registry)": "import cnet.ui",
 }
 
+# The UI start step by step, in one fresh interpreter: app.main as `python app.py` runs it, on a
+# folder without weights (so nothing loads behind it), stopped once it serves.
+UI_STEPS = (
+    "app.py, cnet.engine, cnet.models",
+    "import gradio",
+    "import cnet.ui (layout code, condition registry)",
+    "build_demo: seven tabs, and Gradio's FastAPI app",
+    "queue + launch until serving (Gradio builds its app again, checks itself)",
+)
+UI_STEPS_CODE = """
+import sys, time
+marks = [time.perf_counter()]
+import app, cnet.engine, cnet.models
+marks.append(time.perf_counter())
+import gradio
+marks.append(time.perf_counter())
+import cnet.ui
+marks.append(time.perf_counter())
+build_demo = cnet.ui.build_demo
+
+def timed_build_demo(*args, **kwargs):
+    demo = build_demo(*args, **kwargs)
+    marks.append(time.perf_counter())
+    return demo
+
+def serving(demo):
+    marks.append(time.perf_counter())
+    demo.close()
+
+cnet.ui.build_demo = timed_build_demo
+gradio.Blocks.block_thread = serving
+app.main(sys.argv[1:])
+print(*(end - start for start, end in zip(marks, marks[1:])))
+"""
+
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
@@ -198,6 +233,17 @@ def import_seconds(statement: str) -> float:
     return float(output.stdout.strip().splitlines()[-1])
 
 
+def ui_step_seconds() -> list[float]:
+    """Seconds of each of UI_STEPS."""
+    empty = tempfile.mkdtemp(prefix="cnet-no-model-")
+    command = [sys.executable, "-c", UI_STEPS_CODE, "--model-dir", empty, "--port"]
+    command.append(str(free_port()))
+    output = subprocess.run(
+        command, cwd=ROOT, env=app_env(None), capture_output=True, text=True, check=True
+    )
+    return [float(seconds) for seconds in output.stdout.strip().splitlines()[-1].split()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="model folder (default: embedded, else tiny)")
@@ -255,6 +301,11 @@ def main() -> None:
         print("|---|---|")
         for name, statement in IMPORTS.items():
             print(f"| {name} | {import_seconds(statement):.2f} |")
+        print()
+        print("| UI start, step by step (one fresh interpreter, no weights) | s |")
+        print("|---|---|")
+        for name, seconds in zip(UI_STEPS, ui_step_seconds(), strict=True):
+            print(f"| {name} | {seconds:.2f} |")
 
 
 if __name__ == "__main__":
