@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import cache
 
 import cv2
@@ -11,7 +12,8 @@ import pytest
 
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
-from cnet.synth.render import FIRST_OBJECT
+from cnet.synth.maps import CONDITION_MAPS
+from cnet.synth.render import FIRST_OBJECT, render
 from cnet.synth.sample import CONDITION_KEYS, Sample, generate
 from cnet.synth.splits import SPLITS, split_seeds
 
@@ -205,6 +207,17 @@ def test_every_kind_and_both_floor_settings_occur():
         "floor",
     }
     assert {sc.floor is None for sc in scenes} == {True, False}
+
+
+def test_a_scene_without_objects_renders_its_background_and_floor():
+    s = next(s for s in map(sample, SEEDS) if s.scene.floor is not None)
+    empty = render(replace(s.scene, objects=()), 128)  # what evaluate.empty_scene draws
+    assert not (empty.ids >= FIRST_OBJECT).any() and len(empty.edges) == 0
+    uncovered = ~s.masks.any(axis=0)
+    assert np.array_equal(empty.rgb[uncovered], s.image[uncovered])
+    rng = np.random.default_rng(0)
+    for key, draw in CONDITION_MAPS.items():
+        assert draw(empty.scene, empty, rng).shape == (128, 128, 3), key
 
 
 def test_any_size_renders_the_same_scene():

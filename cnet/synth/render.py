@@ -49,7 +49,9 @@ class Render:
         """(N, 4) float pixel segments (x1, y1, x2, y2): the parts of the objects' straight edges
         that no nearer surface hides."""
         scene, size = self.scene, self.ids.shape[0]
-        lines = np.concatenate([obj.lines(scene.camera.eye) for obj in scene.objects])
+        lines = np.concatenate(
+            [np.zeros((0, 2, 3))] + [obj.lines(scene.camera.eye) for obj in scene.objects]
+        )
         if not len(lines):
             return np.zeros((0, 4), np.float32)
         points = lines[:, :1] + (lines[:, 1:] - lines[:, :1]) * _EDGE_SAMPLES  # (S, T, 3)
@@ -77,6 +79,8 @@ class Render:
 def _screen_boxes(scene: Scene, size: int) -> list[tuple[slice, slice]]:
     """Pixel rows and columns of each object: the screen box of its hull, in one projection."""
     hulls = [obj.hull() for obj in scene.objects]
+    if not hulls:
+        return []
     xy, _ = scene.camera.project(np.concatenate(hulls), size)
     first = np.cumsum([0] + [len(hull) for hull in hulls[:-1]])
     low = np.maximum(np.floor(np.minimum.reduceat(xy, first)).astype(int), 0).tolist()
