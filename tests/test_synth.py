@@ -215,9 +215,8 @@ def test_a_scene_without_objects_renders_its_background_and_floor():
     assert not (empty.ids >= FIRST_OBJECT).any() and len(empty.edges) == 0
     uncovered = ~s.masks.any(axis=0)
     assert np.array_equal(empty.rgb[uncovered], s.image[uncovered])
-    rng = np.random.default_rng(0)
     for key, draw in CONDITION_MAPS.items():
-        assert draw(empty.scene, empty, rng).shape == (128, 128, 3), key
+        assert draw(empty.scene, empty).shape == (128, 128, 3), key
 
 
 def test_any_size_renders_the_same_scene():

@@ -21,7 +21,7 @@ from cnet.detectors.pose import draw_pose
 from cnet.detectors.scribble import thicken
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
-from cnet.synth.render import FIRST_OBJECT, FLOOR, Render
+from cnet.synth.render import FLOOR, Render
 from cnet.synth.scene import Scene
 
 # The pose ControlNets saw skeletons drawn at ~512 px; drawing at that scale and resizing keeps
@@ -34,12 +34,18 @@ _canny = CannyDetector()
 _SCRIBBLE_EDGE_STEPS = np.linspace(0.0, 1.0, SCRIBBLE_POINTS_PER_EDGE)[None, :, None]
 
 
+def _rng(scene: Scene, key: str) -> np.random.Generator:
+    """A map's own randomness, seeded by the scene and the map: no map depends on which others
+    were drawn."""
+    return np.random.default_rng([scene.seed, list(CONDITION_MAPS).index(key)])
+
+
 def _rgb(gray: np.ndarray) -> np.ndarray:
     """HxW -> HxWx3 (what `as_rgb` gives, ~5x faster)."""
     return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
 
 
-def canny(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def canny(scene: Scene, render: Render) -> np.ndarray:
     """Canny (100, 200) of the target image, exactly as the Canny detector computes it."""
     return _rgb(_canny.detect(render.rgb))
 
@@ -57,18 +63,19 @@ def horizon_segments(scene: Scene, render: Render) -> np.ndarray:
     return np.array([[a, row, b - 1, row] for a, b in zip(starts, stops, strict=True)], np.float32)
 
 
-def hough(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def hough(scene: Scene, render: Render) -> np.ndarray:
     """Straight visible edges as 1-pixel white segments, the way M-LSD maps are drawn."""
     size = render.ids.shape[0]
     segments = np.concatenate([render.edges, horizon_segments(scene, render)])
     return _rgb(draw_segments(segments, size, size))
 
 
-def scribble(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def scribble(scene: Scene, render: Render) -> np.ndarray:
     """Object outlines and straight edges redrawn with a wobbly hand and a thick pen."""
     size = render.ids.shape[0]
     scale = size / 128
     step = max(1, round(3 * scale))
+    rng = _rng(scene, "scribble")
     strokes: list[np.ndarray] = []
     for index in range(len(scene.objects)):
         mask = render.mask(index).view(np.uint8)
@@ -93,32 +100,10 @@ def scribble(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarr
     return _rgb(thicken(canvas, int(rng.integers(0, 2)) + round(scale - 1)))
 
 
-def keypoints(scene: Scene, render: Render) -> list[np.ndarray]:
-    """(18, 3) pixel x, y and visibility (1 or 0) for every person, OpenPose COCO order. A
-    keypoint is hidden when it falls outside the image or behind another object."""
-    size = render.ids.shape[0]
-    people = []
-    for index, obj in enumerate(scene.objects):
-        if obj.kind != "person":
-            continue
-        xy, depth = scene.camera.project(obj.keypoints, size)
-        col, row = np.floor(xy).astype(int).T
-        inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
-        col, row = np.clip(col, 0, size - 1), np.clip(row, 0, size - 1)
-        owner = render.ids[row, col]
-        covered = (
-            (owner != index + FIRST_OBJECT)
-            & (owner >= FIRST_OBJECT)
-            & (render.depth[row, col] < depth)
-        )
-        people.append(np.concatenate([xy, (inside & ~covered)[:, None]], axis=1))
-    return people
-
-
-def pose(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def pose(scene: Scene, render: Render) -> np.ndarray:
     """The OpenPose skeleton of every person (black when there is none)."""
     size = render.ids.shape[0]
-    people = keypoints(scene, render)
+    people = render.keypoints
     if not people:
         return np.zeros((size, size, 3), np.uint8)
     scale = max(1.0, POSE_CANVAS / size)
@@ -133,7 +118,7 @@ def seg_colors(scene: Scene) -> np.ndarray:
     return np.array([ade20k_color(palette.SEG_CLASS[name]) for name in names], np.uint8)
 
 
-def seg(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def seg(scene: Scene, render: Render) -> np.ndarray:
     """Every pixel painted with the ADE20K colour of its class."""
     table = np.zeros((256, 1, 3), np.uint8)
     colors = seg_colors(scene)
@@ -141,14 +126,14 @@ def seg(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
     return cv2.LUT(cv2.merge([render.ids] * 3), table)
 
 
-def depth(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def depth(scene: Scene, render: Render) -> np.ndarray:
     """Inverse depth min-max scaled, near = bright, as MiDaS maps are (background = 0)."""
     with np.errstate(divide="ignore"):
         disparity = 1.0 / render.depth  # inf -> 0
     return _rgb(depth_to_map(disparity))
 
 
-def normal(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray:
+def normal(scene: Scene, render: Render) -> np.ndarray:
     """Normals in the control_v11p_sd15_normalbae convention of `cnet.detectors.normal`:
     RGB = (left, up, towards the viewer) * 127.5 + 127.5, rounded down."""
     height, width = render.ids.shape
@@ -158,7 +143,7 @@ def normal(scene: Scene, render: Render, rng: np.random.Generator) -> np.ndarray
     return scaled.clip(0, 255).astype(np.uint8).reshape(height, width, 3)
 
 
-CONDITION_MAPS: dict[str, Callable[[Scene, Render, np.random.Generator], np.ndarray]] = {
+CONDITION_MAPS: dict[str, Callable[[Scene, Render], np.ndarray]] = {
     "scribble": scribble,
     "canny": canny,
     "hough": hough,

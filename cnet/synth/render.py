@@ -45,6 +45,28 @@ class Render:
         return cv2.transform(self.world_normals, to_camera.astype(np.float32))
 
     @cached_property
+    def keypoints(self) -> list[np.ndarray]:
+        """(18, 3) pixel x, y and visibility (1 or 0) for every person, OpenPose COCO order. A
+        keypoint is hidden when it falls outside the image or behind another object."""
+        scene, size = self.scene, self.ids.shape[0]
+        people = []
+        for index, obj in enumerate(scene.objects):
+            if obj.kind != "person":
+                continue
+            xy, depth = scene.camera.project(obj.keypoints, size)
+            col, row = np.floor(xy).astype(int).T
+            inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+            col, row = np.clip(col, 0, size - 1), np.clip(row, 0, size - 1)
+            owner = self.ids[row, col]
+            covered = (
+                (owner != index + FIRST_OBJECT)
+                & (owner >= FIRST_OBJECT)
+                & (self.depth[row, col] < depth)
+            )
+            people.append(np.concatenate([xy, (inside & ~covered)[:, None]], axis=1))
+        return people
+
+    @cached_property
     def edges(self) -> np.ndarray:
         """(N, 4) float pixel segments (x1, y1, x2, y2): the parts of the objects' straight edges
         that no nearer surface hides."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from cnet.synth.maps import CONDITION_MAPS, keypoints
+from cnet.synth.maps import CONDITION_MAPS
 from cnet.synth.render import Render, render
 from cnet.synth.scene import Scene, sample_scene
 
@@ -19,12 +20,24 @@ class Sample:
     seed: int
     image: np.ndarray  # uint8 (H, W, 3) RGB target
     conditions: dict[str, np.ndarray]  # key -> uint8 (H, W, 3) control map
-    masks: np.ndarray  # bool (objects, H, W), visible pixels of each object
-    keypoints: list[np.ndarray]  # per person (18, 3): pixel x, y, visible
     prompt: str
-    attributes: dict
     scene: Scene = field(repr=False)
     render: Render = field(repr=False)
+
+    # Computed when first read: training reads only the image, its map and the prompt.
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """bool (objects, H, W), visible pixels of each object."""
+        return np.stack([self.render.mask(i) for i in range(len(self.scene.objects))])
+
+    @property
+    def keypoints(self) -> list[np.ndarray]:
+        """Per person (18, 3): pixel x, y, visible."""
+        return self.render.keypoints
+
+    @cached_property
+    def attributes(self) -> dict:
+        return self.scene.attributes()
 
 
 def generate(seed: int, size: int = 128, conditions: Iterable[str] | None = None) -> Sample:
@@ -39,19 +52,11 @@ def generate(seed: int, size: int = 128, conditions: Iterable[str] | None = None
         raise ValueError(f"Unknown condition {unknown}; choose from {', '.join(CONDITION_KEYS)}.")
     scene = sample_scene(seed)
     rendered = render(scene, size)
-    maps = {}
-    for key in keys:
-        # each map draws its own randomness, so one map never depends on which others were asked for
-        rng = np.random.default_rng([seed, CONDITION_KEYS.index(key)])
-        maps[key] = CONDITION_MAPS[key](scene, rendered, rng)
     return Sample(
         seed=seed,
         image=rendered.rgb,
-        conditions=maps,
-        masks=np.stack([rendered.mask(i) for i in range(len(scene.objects))]),
-        keypoints=keypoints(scene, rendered),
+        conditions={key: CONDITION_MAPS[key](scene, rendered) for key in keys},
         prompt=scene.prompt,
-        attributes=scene.attributes(),
         scene=scene,
         render=rendered,
     )
