@@ -112,10 +112,13 @@ def pose(scene: Scene, render: Render) -> np.ndarray:
     return resize_map(draw_pose(scaled, canvas_size, canvas_size), (size, size))
 
 
+_SEG_COLORS = {name: ade20k_color(label) for name, label in palette.SEG_CLASS.items()}
+
+
 def seg_colors(scene: Scene) -> np.ndarray:
     """(ids, 3) uint8: the ADE20K colour of the background, floor and each object's class."""
     names = ["background", "floor"] + [obj.kind for obj in scene.objects]
-    return np.array([ade20k_color(palette.SEG_CLASS[name]) for name in names], np.uint8)
+    return np.array([_SEG_COLORS[name] for name in names], np.uint8)
 
 
 def seg(scene: Scene, render: Render) -> np.ndarray:
