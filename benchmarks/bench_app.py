@@ -4,7 +4,7 @@ vs a direct `Engine.generate` call in this process; ratio of medians (issue 9 ta
 The app runs as `python app.py --model-dir DIR --port P` in its own process; the engine here loads
 the same model with the same thread count. Both sides get the same control map (the app detects
 it on the first call and then serves it from its cache; this side detects it once), prompt,
-steps, sampler and seed; runs are interleaved after one warm-up call each.
+steps, sampler and seed; runs are interleaved (each path first in turn) after one warm-up each.
 
 Two gradio_client set-ups are timed. gradio_client 2.x opens a new httpx client for every HTTP
 call of a request (upload, queue join, message stream, each file download), and httpx builds a
@@ -137,8 +137,11 @@ def main() -> None:
             clear_server_phases(url)
         times: dict[str, list[float]] = {name: [] for name in paths}
         images: dict[str, Image.Image] = {}
-        for _ in range(args.repeats):
-            for name, run in paths.items():
+        names = list(paths)
+        for repeat in range(args.repeats):
+            # Each path goes first in turn: what one leaves running must not slow the same next.
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                run = paths[name]
                 start = time.perf_counter()
                 images[name] = run()
                 times[name].append(time.perf_counter() - start)
