@@ -1,9 +1,11 @@
-"""Scenes per second of the synthetic world on one CPU core: all seven maps, and each map alone.
+"""Scenes per second of the synthetic world on one CPU core: the target image alone, with each map
+(what ControlNet training renders), and with all seven.
 
-    python benchmarks/bench_synth.py [--size 128] [--scenes 300]
+    python benchmarks/bench_synth.py [--size 128] [--scenes 300] [--repeats 3]
 
-Prints a table; asserts nothing. Threads are pinned to one so the figure is per core (a DataLoader
-with N workers renders about N times as many).
+Prints a table of medians over the repeats; asserts nothing. Threads are pinned to one so the
+figure is per core (a DataLoader with N workers renders about N times as many). On a shared
+machine the CPU-time column is the fairer one: other processes take turns on the same core.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -23,40 +26,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cv2  # noqa: E402
 
-from cnet.synth.render import render  # noqa: E402
 from cnet.synth.sample import CONDITION_KEYS, generate  # noqa: E402
 from cnet.synth.scene import sample_scene  # noqa: E402
 
 
-def rate(work, seeds: range) -> tuple[float, float]:
-    """Scenes per second of wall time and of this process's CPU time (the fairer figure on a
-    shared machine, where other processes take turns on the same core)."""
+def rate(work, seeds: range, repeats: int) -> tuple[float, float]:
+    """Median scenes per second of wall time and of this process's CPU time over `repeats` runs."""
     work(seeds[0])  # warm caches
-    wall, cpu = time.perf_counter(), time.process_time()
-    for seed in seeds:
-        work(seed)
-    return len(seeds) / (time.perf_counter() - wall), len(seeds) / (time.process_time() - cpu)
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for seed in seeds:
+            work(seed)
+        walls.append(len(seeds) / (time.perf_counter() - wall))
+        cpus.append(len(seeds) / (time.process_time() - cpu))
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--scenes", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    seeds = range(args.scenes)
+    seeds, repeats = range(args.scenes), args.repeats
+    load_before = os.getloadavg()[0]
     rows = [
-        ("scene spec only", rate(sample_scene, seeds)),
-        ("spec + render (target image)", rate(lambda s: render(sample_scene(s), args.size), seeds)),
-        ("all seven maps", rate(lambda s: generate(s, args.size), seeds)),
+        ("scene spec only", rate(sample_scene, seeds, repeats)),
+        ("target image", rate(lambda s: generate(s, args.size, []), seeds, repeats)),
     ]
     rows += [
-        (f"{key} only", rate(lambda s, k=key: generate(s, args.size, [k]), seeds))
+        (f"target + {key}", rate(lambda s, k=key: generate(s, args.size, [k]), seeds, repeats))
         for key in CONDITION_KEYS
     ]
+    rows.append(("target + all seven maps", rate(lambda s: generate(s, args.size), seeds, repeats)))
     machine = platform.processor() or platform.machine()
-    load = os.getloadavg()[0]
-    print(f"{args.scenes} scenes at {args.size} px, one thread, {machine}, load {load:.1f}")
+    load = f"load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print(f"{args.scenes} scenes at {args.size} px, median of {repeats}, one thread, {machine}")
+    print(f"({load})")
     print(f"| {'what':<30} | scenes/s (wall) | scenes/s (CPU time) | CPU ms/scene |")
     print(f"|{'-' * 32}|----------------:|--------------------:|-------------:|")
     for name, (wall, cpu) in rows:
