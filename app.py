@@ -17,6 +17,8 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
+from cnet.cli.options import add_performance_flags, performance_settings, positive_int  # noqa: E402
+
 if TYPE_CHECKING:
     from cnet.engine import Engine
 
@@ -31,16 +33,6 @@ def controlnet_override(text: str) -> tuple[str, str]:
     if not sep or not key or not path:
         raise argparse.ArgumentTypeError(f"expected CONDITION=PATH_OR_HUB_ID, got {text!r}")
     return key.strip(), path.strip()
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,30 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="25mb",
         help="largest upload, e.g. 25mb or 1gb (default: 25mb)",
     )
-    performance = parser.add_argument_group("performance")
-    performance.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="torch CPU threads (default: $OMP_NUM_THREADS, else one per core)",
-    )
-    performance.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the UNet and each ControlNet (the first image compiles them, later "
-        "ones are faster; needs Triton on CUDA, a C++ compiler on the CPU)",
-    )
-    performance.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels-last weights (default: on for CUDA only)",
-    )
-    performance.add_argument(
-        "--cpu-offload",
-        action="store_true",
-        help="keep each model on the CPU until it runs (GPUs short of memory; slower)",
-    )
+    add_performance_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -136,10 +105,7 @@ def engine_from(args: argparse.Namespace) -> Engine:
         base=args.base,
         controlnets=dict(args.controlnet) or None,
         controlnet_cache_size=args.controlnet_cache,
-        threads=args.threads,
-        compile=args.compile,
-        channels_last=args.channels_last,
-        cpu_offload=args.cpu_offload,
+        **performance_settings(args),
     )
 
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from cnet.cli.options import add_performance_flags, performance_settings
 from cnet.conditions import CONDITIONS
 from cnet.engine import (
     MAX_IMAGES,
@@ -51,26 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="folder, hub id or single .safetensors/.pth file (repeatable)",
     )
     model.add_argument("--device", choices=("cuda", "mps", "cpu"), help="default: best available")
-    model.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS/cores)")
 
-    speed = parser.add_argument_group("speed")
-    speed.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the UNet and ControlNet (the first image compiles them, later ones "
-        "are faster; needs Triton on CUDA, a C++ compiler on the CPU)",
-    )
-    speed.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels-last weights (default: on for CUDA only)",
-    )
-    speed.add_argument(
-        "--cpu-offload",
-        action="store_true",
-        help="keep each model on the CPU until it runs (GPUs short of memory; slower)",
-    )
+    add_performance_flags(parser)
 
     prompt = parser.add_argument_group("prompt")
     prompt.add_argument("--prompt-mode", choices=PROMPT_MODES, default=DEFAULTS["prompt_mode"])
@@ -147,10 +130,7 @@ def run(args: argparse.Namespace) -> int:
             base=args.base,
             controlnets=_controlnets(args.controlnet),
             device=args.device,
-            threads=args.threads,
-            compile=args.compile,
-            channels_last=args.channels_last,
-            cpu_offload=args.cpu_offload,
+            **performance_settings(args),
         )
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
         resolution = args.resolution or engine.preset.resolution
