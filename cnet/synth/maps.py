@@ -31,6 +31,7 @@ POSE_CANVAS = 512
 SCRIBBLE_POINTS_PER_EDGE = 8
 
 _canny = CannyDetector()
+_SEG_COLORS = {name: ade20k_color(label) for name, label in palette.SEG_CLASS.items()}
 _SCRIBBLE_EDGE_STEPS = np.linspace(0.0, 1.0, SCRIBBLE_POINTS_PER_EDGE)[None, :, None]
 
 
@@ -110,9 +111,6 @@ def pose(scene: Scene, render: Render) -> np.ndarray:
     canvas_size = round(size * scale)
     scaled = [np.concatenate([p[:, :2] * scale, p[:, 2:]], axis=1) for p in people]
     return resize_map(draw_pose(scaled, canvas_size, canvas_size), (size, size))
-
-
-_SEG_COLORS = {name: ade20k_color(label) for name, label in palette.SEG_CLASS.items()}
 
 
 def seg_colors(scene: Scene) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Ray-cast a scene into per-pixel buffers: object ids, depth, normals, albedo and the shaded image.
 
-Each solid is intersected only inside the screen box of its bounding sphere, and a z-buffer keeps
+Each solid is intersected only inside the screen box of its hull, and a z-buffer keeps
 the nearest hit. Shading is Lambert with one directional light plus ambient, no shadows, so that
 every intensity edge of the image is an object boundary or a crease.
 """

@@ -37,6 +37,7 @@ class Sample:
 
     @cached_property
     def attributes(self) -> dict:
+        """The structured description behind the prompt."""
         return self.scene.attributes()
 
 

@@ -37,12 +37,12 @@ def _sphere_hits(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
 _OCTAGON = np.array([[np.cos(a), np.sin(a)] for a in np.arange(8) * np.pi / 4]) / np.cos(
     np.pi / 8
 )  # circumscribes the unit circle
-_RING = np.stack([_OCTAGON[:, 0], np.zeros(8), _OCTAGON[:, 1]], axis=1)
-# Hull points of solids of radius 1 and height 1 standing on the origin; scaled by
-# (radius, height, radius) they bound the solid.
 _CUBE_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
-_PRISM = np.concatenate([_RING, _RING + [0.0, 1.0, 0.0]])  # around a cylinder
-_PYRAMID = np.concatenate([_RING, [[0.0, 1.0, 0.0]]])  # around a cone
+# Hull points around a cylinder and a cone of radius 1 and height 1 standing on the origin: scaled
+# by (radius, height, radius) they bound the solid.
+_RING = np.stack([_OCTAGON[:, 0], np.zeros(8), _OCTAGON[:, 1]], axis=1)
+_PRISM = np.concatenate([_RING, _RING + [0.0, 1.0, 0.0]])
+_PYRAMID = np.concatenate([_RING, [[0.0, 1.0, 0.0]]])
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -295,9 +295,6 @@ class Cone(Solid):
         return self.to_world(np.array(ends).reshape(-1, 3)).reshape(-1, 2, 3)
 
 
-_BOX_CORNERS = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)])
-
-
 @dataclass
 class Person(Solid):
     """The humanoid: capsules (segments swept by spheres) with their own albedo (skin or clothes),
@@ -319,7 +316,7 @@ class Person(Solid):
         """The corners of every capsule's axis-aligned bounding box."""
         low = np.minimum(self.starts, self.ends) - self.radii[:, None]
         high = np.maximum(self.starts, self.ends) + self.radii[:, None]
-        return np.where(_BOX_CORNERS, high[:, None], low[:, None]).reshape(-1, 3)
+        return np.where(_CUBE_CORNERS > 0, high[:, None], low[:, None]).reshape(-1, 3)
 
     @cached_property
     def axes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -391,10 +388,8 @@ class Person(Solid):
         starts, ends = self.starts[k], self.ends[k]
         side = _cross(ends - starts, (starts + ends) / 2 - eye)
         side *= (self.radii[k] / np.linalg.norm(side, axis=1))[:, None]
-        # per part: the side towards `side`, then the opposite side
-        return np.stack([starts + side, ends + side, starts - side, ends - side], axis=1).reshape(
-            -1, 2, 3
-        )
+        both_sides = [starts + side, ends + side, starts - side, ends - side]
+        return np.stack(both_sides, axis=1).reshape(-1, 2, 3)  # per part: +side, then -side
 
     def moved(self, offset: np.ndarray) -> Person:
         return replace(
