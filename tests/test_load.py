@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import serve_app
+from app_server import api_client, serve_app
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client import handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 from gradio_client.utils import QueueError, Status  # noqa: E402
 
@@ -48,7 +48,7 @@ def parameters(gallery: list[dict]) -> str:
 @pytest.mark.slow
 def test_fifty_concurrent_clients_get_their_own_images_or_a_busy_answer(server, scene):
     url, logs = server
-    clients = [Client(url, verbose=False, download_files=str(logs)) for _ in range(CLIENTS)]
+    clients = [api_client(url, str(logs)) for _ in range(CLIENTS)]
     outcomes: dict[int, tuple[str, object]] = {}
     start = threading.Barrier(CLIENTS)
 
@@ -96,8 +96,8 @@ def test_fifty_concurrent_clients_get_their_own_images_or_a_busy_answer(server, 
 
 def test_stop_frees_the_worker_for_the_next_request(server, scene):
     url, logs = server
-    alice = Client(url, verbose=False, download_files=str(logs))
-    bob = Client(url, verbose=False, download_files=str(logs))
+    alice = api_client(url, str(logs))
+    bob = api_client(url, str(logs))
     long_run = dict(FAST, steps=100, num_images=4, resolution=128)
     job = alice.submit(image=handle_file(scene), **long_run, api_name="/canny")
     deadline = time.monotonic() + 120

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from app_server import serve_app
+from app_server import api_client, serve_app
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -54,7 +54,7 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     Image.fromarray(((x // 8 + y // 8) % 2 * 255).astype(np.uint8)).save(image)
     args = ("--model-dir", str(tiny_model_dir), "--controlnet-cache", str(CACHE))
     with serve_app(*args, log_path=logs / "app.log", env=SERVER_ENV) as url:
-        client = Client(url, verbose=False, download_files=str(logs))
+        client = api_client(url, str(logs))
         generations(client, image, 0, WARM_UP)
         yield client, server_process(url), image
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_server import serve_app
+from app_server import api_client, serve_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -106,7 +106,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def client(server) -> Client:
     url, logs = server
-    return Client(url, verbose=False, download_files=str(logs))
+    return api_client(url, str(logs))
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +399,7 @@ def test_file_routes_do_not_serve_arbitrary_files(server, client, uploads):
             assert status in (403, 404), (route, path, status)
             assert b"root:" not in body and b"import" not in body
     # A file the app made is served (so the check above can fail).
-    remote = Client(url, verbose=False, download_files=False)
+    remote = api_client(url, False)
     made = remote.predict(image=handle_file(uploads["scene.png"]), api_name="/detect_canny")
     status, body = http_status(url + "gradio_api/file=" + made["path"])
     assert status == 200 and body.startswith(b"\x89PNG")
@@ -462,7 +462,7 @@ def test_malicious_controlnet_pickle_is_refused_and_the_server_keeps_serving(
     torch.save({"state_dict": Payload(marker)}, evil)
     args = ("--model-dir", str(tiny_model_dir), "--controlnet", f"canny={evil}")
     with serve_app(*args, log_path=tmp_path / "app.log", env=SERVER_ENV) as url:
-        client = Client(url, verbose=False, download_files=str(tmp_path))
+        client = api_client(url, str(tmp_path))
         image = handle_file(uploads["scene.png"])
         for _ in range(2):  # refused every time, not only on the first load
             with pytest.raises(AppError, match="(?s)Refused to load.*evil.pth.*safetensors"):
