@@ -74,6 +74,11 @@ def clear_server_phases(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="model folder (default: embedded, else tiny)")
+    parser.add_argument(
+        "--random",
+        choices=("tiny", "small"),
+        help="random weights of this architecture instead (small: the embedded preset's widths)",
+    )
     parser.add_argument("--condition", default="canny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
@@ -95,7 +100,7 @@ def main() -> None:
     from cnet.conditions import detect
     from cnet.engine import GenerationRequest, load_engine
 
-    model_dir, model_name = model_dir_or_tiny(args.model_dir)
+    model_dir, model_name = model_dir_or_tiny(args.model_dir, args.random)
     resolution = model_resolution(model_dir)
     work = Path(tempfile.mkdtemp(prefix="cnet-app-bench-"))
     image = scene(work / "scene.png")

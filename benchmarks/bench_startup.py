@@ -104,16 +104,18 @@ def check_app(app: Path = APP) -> None:
         )
 
 
-def model_dir_or_tiny(model_dir: str | None) -> tuple[Path, str]:
-    """(folder, how to name it in the table): the given one, the embedded preset, or tiny."""
+def model_dir_or_tiny(model_dir: str | None, random: str | None = None) -> tuple[Path, str]:
+    """(folder, how to name it in the table): the given one, the embedded preset, or random
+    weights of the `random` architecture (tiny when the embedded preset has no weights)."""
     if model_dir:
         return Path(model_dir), f"{model_dir} (given)"
-    if (EMBEDDED / "base" / "model_index.json").is_file():
+    if random is None and (EMBEDDED / "base" / "model_index.json").is_file():
         return EMBEDDED, "embedded preset (assets/embedded)"
     from conftest import build_tiny_model_dir
 
-    folder = build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")))
-    return folder, "tiny test model (tests/conftest.py; assets/embedded has no weights yet)"
+    architecture = random or "tiny"
+    folder = build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")), architecture)
+    return folder, f"random weights, {architecture} architecture (tests/conftest.py)"
 
 
 def model_resolution(model_dir: Path) -> int:

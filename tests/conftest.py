@@ -22,15 +22,18 @@ TINY_CORPUS = (
 )
 
 
-def build_tiny_model_dir(root: Path) -> Path:
+def build_tiny_model_dir(root: Path, architecture: str = "tiny") -> Path:
     """Write base/ (a diffusers pipeline), controlnet/<key>/ and preset.json under `root`.
 
     The ControlNets' zero convolutions get small random weights, each condition its own, so a
     test can tell them apart (at true initialisation every ControlNet leaves the base unchanged).
+    `architecture="small"` gives the embedded preset's widths (random weights: its speed, not
+    its images), for benchmarks.
     """
     import torch
 
     from cnet.architecture import (
+        SMALL,
         TINY,
         build_components,
         build_controlnet,
@@ -38,19 +41,22 @@ def build_tiny_model_dir(root: Path) -> Path:
         save_pipeline_dir,
     )
 
+    config = {"tiny": TINY, "small": SMALL}[architecture]
+
     torch.manual_seed(0)
-    tokenizer = build_tokenizer(TINY_CORPUS, root / "tokenizer-build", TINY.tokenizer_merges)
-    components = build_components(TINY, tokenizer)
-    save_pipeline_dir(components, root / "base", TINY)
+    tokenizer = build_tokenizer(TINY_CORPUS, root / "tokenizer-build", config.tokenizer_merges)
+    components = build_components(config, tokenizer)
+    save_pipeline_dir(components, root / "base", config)
     for i, key in enumerate(CONDITION_KEYS):
         torch.manual_seed(100 + i)
-        controlnet = build_controlnet(components["unet"], TINY)
+        controlnet = build_controlnet(components["unet"], config)
         zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
         with torch.no_grad():
             for conv in zero_convs:
                 conv.weight.normal_(0.0, 0.05)
         controlnet.save_pretrained(root / "controlnet" / key, safe_serialization=True)
-    (root / "preset.json").write_text(json.dumps({"name": "tiny", "resolution": TINY.sample_size}))
+    preset = {"name": architecture, "resolution": config.sample_size}
+    (root / "preset.json").write_text(json.dumps(preset))
     return root
 
 
