@@ -33,6 +33,7 @@ def tiny_run(out, **overrides) -> BaseTrainConfig:
         num_validation_images=2,
         validation_inference_steps=2,
         warmup_steps=0,
+        cooldown_steps=0,
         vae_learning_rate=1e-3,
         unet_learning_rate=1e-3,
     )

@@ -31,6 +31,7 @@ from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import drop_prompts, lock, place, tokenize
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
+from cnet.train.schedule import lr_factor
 
 PHASES = ("vae", "unet")
 # Fixed phrases the app adds to prompts: learned as merges, they cost few tokens.
@@ -68,6 +69,7 @@ class BaseTrainConfig:
     text_encoder_learning_rate: float = 1e-4
     proportion_empty_prompts: float = 0.1  # unconditional examples for classifier-free guidance
     warmup_steps: int = 200
+    cooldown_steps: int = 1_000  # each phase's learning rate falls linearly to 0 at its end
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "no"
@@ -351,9 +353,9 @@ def train_base(config: BaseTrainConfig) -> Path:
             unit="step",
         )
         while step < steps:
-            warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+            factor = lr_factor(step, steps, config.warmup_steps, config.cooldown_steps)
             for group in optimizer.param_groups:
-                group["lr"] = group["peak_lr"] * warmup
+                group["lr"] = group["peak_lr"] * factor
             batch = next(batches)
             with accelerator.autocast():
                 if phase == "vae":

@@ -34,6 +34,7 @@ from cnet import captioner as cap
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import plot_losses, tensor_to_image
+from cnet.train.schedule import lr_factor
 
 SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
 
@@ -303,12 +304,9 @@ def train(config: TrainConfig) -> TrainResult:
         unit="step",
     )
     while step < config.max_steps:
-        warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        remaining = (
-            (config.max_steps - step) / config.cooldown_steps if config.cooldown_steps else 1
-        )
+        factor = lr_factor(step, config.max_steps, config.warmup_steps, config.cooldown_steps)
         for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * min(warmup, remaining, 1.0)
+            group["lr"] = config.learning_rate * factor
 
         step_loss = torch.zeros((), device=device)
         for micro_step in range(config.gradient_accumulation_steps):

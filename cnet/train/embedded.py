@@ -28,7 +28,7 @@ WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history inc
 
 @dataclass(frozen=True)
 class Steps:
-    vae: int = 6_000
+    vae: int = 8_000
     unet: int = 15_000
     shared: int = 4_000  # the ControlNet that reads every condition
     controlnet: int = 1_500  # each condition's fine-tune of it

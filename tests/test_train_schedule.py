@@ -1,0 +1,27 @@
+"""The from-scratch trainers' learning-rate schedule: warm-up, constant, linear cool-down."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnet.train.schedule import lr_factor
+
+
+def test_warmup_then_constant_then_cooldown_to_zero():
+    factors = [lr_factor(step, 100, warmup_steps=10, cooldown_steps=20) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1)
+    assert factors[9] == 1.0 and factors[50] == 1.0 and factors[80] == 1.0
+    assert factors[90] == pytest.approx(0.5)
+    assert factors[99] == pytest.approx(0.05)
+    assert factors[80:] == sorted(factors[80:], reverse=True)
+    assert factors[:10] == sorted(factors[:10])
+
+
+def test_no_warmup_or_cooldown_is_constant_and_past_the_end_is_zero():
+    assert {lr_factor(step, 10, 0, 0) for step in range(10)} == {1.0}
+    assert lr_factor(12, 10, 0, 5) == 0.0
+
+
+def test_a_longer_run_moves_the_cooldown_to_its_new_end():
+    assert lr_factor(5_500, 6_000, 200, 1_000) == pytest.approx(0.5)
+    assert lr_factor(5_500, 8_000, 200, 1_000) == 1.0
