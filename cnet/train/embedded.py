@@ -87,7 +87,7 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
         )
     }
 
-    def controlnet(name: str, condition: str, steps: int, start: Path | None) -> Stage:
+    def controlnet(name: str, condition: str, max_steps: int, start: Path | None) -> Stage:
         config = TrainConfig(
             output_dir=str(runs / name),
             base=str(runs / "base" / "base"),
@@ -97,14 +97,14 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
             # From scratch on a small base, 1e-4 converges in thousands of steps; the paper's
             # 1e-5 is for fine-tuning Stable Diffusion's copy.
             learning_rate=1e-4,
-            max_steps=steps,
+            max_steps=max_steps,
             checkpoint_every=100,
             validate_every=500,
             resume="latest",
         )
         needs = ("base", "controlnet-all") if start else ("base",)
         ships_as = f"controlnet/{condition}" if start else None
-        return Stage(name, config, train, runs / name / "controlnet", steps, needs, ships_as)
+        return Stage(name, config, train, runs / name / "controlnet", max_steps, needs, ships_as)
 
     recipe["controlnet-all"] = controlnet("controlnet-all", EVERY_CONDITION, steps.shared, None)
     for key in CONDITION_KEYS:
