@@ -60,12 +60,31 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
-        loss = train_cap.caption_loss(model, processor, images, PROMPTS, max_length)
+        loss = train_cap.caption_forward(model, processor, images, PROMPTS, max_length).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_kind_loss_scores_each_patch_against_the_kinds_under_it():
+    from cnet.synth.sample import KIND_CLASSES
+
+    sphere = KIND_CLASSES.index("sphere")
+    kinds = torch.zeros(1, 4, 4, dtype=torch.uint8)  # 2 x 2 patches of 2 px, all background
+    kinds[0, :2, 2:] = sphere  # the whole top-right patch, second in row-major order
+    kinds[0, 2, 0] = sphere  # a quarter of the bottom-left patch, third
+    shares = torch.zeros(1, 4, len(KIND_CLASSES))
+    shares[0, :, 0] = torch.tensor([1.0, 0.0, 0.75, 1.0])
+    shares[0, :, sphere] = torch.tensor([0.0, 1.0, 0.25, 0.0])
+    best = shares.clamp_min(1e-9).log()  # predicting the shares exactly leaves their entropy
+    entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) / 4
+    assert train_cap.kind_loss(best, kinds, 2).item() == pytest.approx(entropy, rel=1e-4)
+    assert train_cap.kind_loss(best.roll(1, 1), kinds, 2) > 5  # patches out of order
+    head = train_cap.PatchKindHead(8)
+    tokens = torch.randn(3, 1 + 4, 8)  # [CLS] + 4 patches
+    assert head(tokens).shape == (3, 4, len(KIND_CLASSES))
 
 
 def test_blip_pixels_match_the_processor(tiny):
@@ -150,6 +169,31 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     )
     assert resumed.losses[:2] == whole.losses[:2]  # the history comes back from the checkpoint
     assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
+
+
+def test_synthetic_training_learns_patch_kinds_and_resumes_exactly(tmp_path):
+    out = tmp_path / "synth"
+    config = tiny_config("synth", out, corpus_examples=20)
+    whole = train_cap.train(config)
+    kinds = json.loads(next((out / "checkpoints").glob("step-0000004/*.json")).read_text())
+    assert len(kinds["kind_losses"]) == 4 and all(np.isfinite(kinds["kind_losses"]))
+    assert (out / "checkpoints" / "step-0000002" / "kind_head" / "model.safetensors").is_file()
+    assert not (whole.captioner_dir / "kind_head").exists()  # training only: not shipped
+    resumed = train_cap.train(
+        tiny_config(
+            "synth",
+            out,
+            corpus_examples=20,
+            resume=str(out / "checkpoints" / "step-0000002"),
+            checkpoints_to_keep=None,
+        )
+    )
+    assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
+    plain = train_cap.train(
+        tiny_config("synth", tmp_path / "plain", corpus_examples=20, kind_weight=0)
+    )
+    assert plain.losses[0] == pytest.approx(whole.losses[0], rel=1e-5)  # same start, same data
+    assert plain.losses[1:] != pytest.approx(whole.losses[1:], rel=1e-5)
 
 
 def test_evaluate_scores_captions_against_the_held_out_prompts(caption_folder, tmp_path):

@@ -14,7 +14,7 @@ from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
 from cnet.synth.maps import CONDITION_MAPS
 from cnet.synth.render import FIRST_OBJECT, render
-from cnet.synth.sample import CONDITION_KEYS, Sample, generate
+from cnet.synth.sample import CONDITION_KEYS, KIND_CLASSES, Sample, generate
 from cnet.synth.splits import SPLITS, split_seeds
 
 SEEDS = range(24)
@@ -103,6 +103,17 @@ def test_masks_are_disjoint_and_match_seg_classes_with_a_floor():
             same_class = [i for i, o in enumerate(s.scene.objects) if o.kind == obj.kind]
             assert np.array_equal(painted, s.masks[same_class].any(axis=0))
             assert s.masks[index].sum() > 30, "every object is mostly visible"
+
+
+def test_kind_map_names_each_pixel_s_object_kind_floor_or_background():
+    for s in map(sample, SEEDS):
+        kinds = s.kinds
+        assert kinds.shape == s.image.shape[:2] and kinds.dtype == np.uint8
+        for index, obj in enumerate(s.scene.objects):
+            assert (kinds[s.masks[index]] == KIND_CLASSES.index(obj.kind)).all()
+        uncovered = ~s.masks.any(axis=0)
+        assert set(np.unique(kinds[uncovered])) <= {0, 1}
+        assert (kinds == 1).any() == (s.scene.floor is not None)
 
 
 def test_depth_is_near_bright():

@@ -33,6 +33,9 @@ def test_dataset_items_follow_the_diffusers_layout():
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=2)))
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and len(batch["prompt"]) == 2
     assert "conditioning_pixel_values" not in SynthDataset("train", 32, condition=None)[0]
+    assert "kinds" not in item
+    with_kinds = SynthDataset("validation", 64, condition=None, length=4, kinds=True)[1]
+    assert np.array_equal(with_kinds["kinds"].numpy(), expected.kinds)
     with pytest.raises(ValueError, match="choose from"):
         SynthDataset("train", condition="sketch")
 

@@ -17,6 +17,7 @@ class SynthDataset(Dataset):
     "pixel_values" float (3, size, size) in [-1, 1], "conditioning_pixel_values" float
     (3, size, size) in [0, 1], "prompt" str, and "seed" int. With `condition=None` no map is
     drawn and items have no "conditioning_pixel_values" (base model or captioner training).
+    With `kinds=True` items also hold "kinds", uint8 (size, size) indices into KIND_CLASSES.
     """
 
     def __init__(
@@ -25,6 +26,7 @@ class SynthDataset(Dataset):
         size: int = 128,
         condition: str | None = "canny",
         length: int | None = None,
+        kinds: bool = False,
     ):
         if condition is not None and condition not in CONDITION_KEYS:
             raise ValueError(
@@ -33,6 +35,7 @@ class SynthDataset(Dataset):
         self.seeds = split_seeds(split, length)
         self.size = size
         self.condition = condition
+        self.kinds = kinds
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -49,4 +52,6 @@ class SynthDataset(Dataset):
         if self.condition is not None:
             control = np.ascontiguousarray(sample.conditions[self.condition].transpose(2, 0, 1))
             item["conditioning_pixel_values"] = torch.from_numpy(control).float() / 255.0
+        if self.kinds:
+            item["kinds"] = torch.from_numpy(sample.kinds)
         return item

@@ -10,9 +10,10 @@ import numpy as np
 
 from cnet.synth.maps import CONDITION_MAPS
 from cnet.synth.render import Render, render
-from cnet.synth.scene import Scene, sample_scene
+from cnet.synth.scene import KINDS, Scene, sample_scene
 
 CONDITION_KEYS = tuple(CONDITION_MAPS)  # paper order
+KIND_CLASSES = ("background", "floor", *KINDS)  # the values of Sample.kinds
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class Sample:
     def masks(self) -> np.ndarray:
         """bool (objects, H, W), visible pixels of each object."""
         return np.stack([self.render.mask(i) for i in range(len(self.scene.objects))])
+
+    @cached_property
+    def kinds(self) -> np.ndarray:
+        """uint8 (H, W): each pixel's index in KIND_CLASSES (background, floor or object kind)."""
+        table = [0, 1] + [KIND_CLASSES.index(obj.kind) for obj in self.scene.objects]
+        return np.asarray(table, np.uint8)[self.render.ids]
 
     @property
     def keypoints(self) -> list[np.ndarray]:

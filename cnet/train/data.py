@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 
 SYNTHETIC = "synth"
 EVERY_CONDITION = "all"  # synthetic scenes, each with the map of another condition in turn
-TENSORS = ("pixel_values", "conditioning_pixel_values")
+TENSORS = ("pixel_values", "conditioning_pixel_values", "kinds")  # stacked by collate
 
 
 def load_square(path: Path, resolution: int) -> Image.Image:
