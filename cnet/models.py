@@ -239,12 +239,17 @@ def _registry_checkpoints(preset_name: str) -> dict[str, str]:
 
 
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
-    """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json)."""
+    """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
+
+    preset.json may hold "name", "resolution" and "controlnets": {condition: folder under
+    controlnet/} for conditions whose ControlNet is not in controlnet/<condition>/.
+    """
     model_dir = Path(model_dir).expanduser()
     settings = {}
     if (model_dir / "preset.json").is_file():
         settings = json.loads((model_dir / "preset.json").read_text())
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
+    folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
     device = device or detect_device()
     captioner = model_dir / "captioner"

@@ -128,11 +128,17 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
 
     missing = pack(recipe, out, metrics)
 
-    assert "controlnet-seg" in missing and "captioner" in missing
-    assert "controlnet-canny" not in missing
-    assert json.loads((out / "preset.json").read_text()) == {"name": "embedded", "resolution": 64}
+    assert missing == ["captioner"]  # unfinished conditions are served by the shared ControlNet
+    others = ["scribble", "hough", "pose", "seg", "depth", "normal"]
+    assert json.loads((out / "preset.json").read_text()) == {
+        "name": "embedded",
+        "resolution": 64,
+        "controlnets": {key: "all" for key in others},
+    }
     assert (out / "base" / "model_index.json").is_file()
-    assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["canny"]
+    assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all", "canny"]
+    shared_card = (out / "controlnet" / "all" / "README.md").read_text()
+    assert "every condition (shared)" in shared_card and "It serves scribble, hough" in shared_card
     for path in out.rglob("*.safetensors"):
         with safe_open(path, "pt") as tensors:
             names = tensors.keys()
@@ -176,6 +182,22 @@ def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, 
     assert image.std() > 0
     with pytest.raises(ModelMissingError, match="depth"):  # not finished, so not packed
         engine.generate(GenerationRequest(control, condition="depth", steps=2, prompt="a cube"))
+
+
+def test_the_shared_controlnet_serves_unfinished_conditions(recipe, tiny_model_dir, tmp_path):
+    from cnet.engine import load_engine
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    out = tmp_path / "preset"
+    pack(recipe, out)
+
+    engine = load_engine(model_dir=str(out), device="cpu", threads=1)
+    assert engine.preset.controlnet_source("depth") == str(out / "controlnet" / "all")
+    assert engine.preset.controlnet_source("canny") == str(out / "controlnet" / "canny")
+    assert engine.controlnet("depth") is engine.controlnet("seg")  # loaded once for both
+    assert engine.controlnet("depth") is not engine.controlnet("canny")
 
 
 def test_command_line_names_unknown_stages_and_a_missing_base(tmp_path, capsys):

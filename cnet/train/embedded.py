@@ -8,7 +8,9 @@ Each stage is one of the trainers (`cnet.train.base`, `.controlnet`, `.captioner
 settings below, writing checkpoints under `<runs>/<stage>/` and resuming from the newest one, so
 running the same command again after an interruption loses at most `checkpoint_every` steps.
 `--pack` copies the finished models into the layout `--model-dir` reads, weights in float16, with a
-model card per model, and refuses to go over the weights budget.
+model card per model, and refuses to go over the weights budget. A condition whose own fine-tune
+has not finished is served by the shared ControlNet (`controlnet/all`, named in preset.json), so
+a preset can ship before every fine-tune is done, and gain them one by one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from cnet.synth.sample import CONDITION_KEYS
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
+SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
+SHARED_FOLDER = "all"  # its folder under controlnet/ when it serves conditions itself
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,10 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
         ships_as = f"controlnet/{condition}" if start else None
         return Stage(name, config, train, runs / name / "controlnet", max_steps, needs, ships_as)
 
-    recipe["controlnet-all"] = controlnet("controlnet-all", EVERY_CONDITION, steps.shared, None)
+    recipe[SHARED] = controlnet(SHARED, EVERY_CONDITION, steps.shared, None)
     for key in CONDITION_KEYS:
         name = f"controlnet-{key}"
-        recipe[name] = controlnet(name, key, steps.controlnet, recipe["controlnet-all"].result)
+        recipe[name] = controlnet(name, key, steps.controlnet, recipe[SHARED].result)
     config = captioner.TrainConfig(
         output_dir=str(runs / "captioner"),
         max_steps=steps.captioner,
@@ -221,19 +225,32 @@ named colours, on a plain background or a floor.
 """
 
 
-def controlnet_card(stage: Stage, folder: Path, resolution: int, metrics: dict) -> str:
+def controlnet_card(
+    stage: Stage, folder: Path, resolution: int, metrics: dict, serves: list[str]
+) -> str:
+    """The card of a condition's ControlNet, or of the shared one for the conditions it serves."""
     summary = json.loads((stage.run_dir / "training.json").read_text())
-    config, key = summary["config"], stage.config.condition
+    config = summary["config"]
     start = (
         "from the ControlNet trained on every condition in turn (the shared start), then "
         if config["controlnet"]
         else ""
     )
-    return f"""# Embedded ControlNet: {key}
+    if stage.name == SHARED:
+        title = "every condition (shared)"
+        maps = "the control maps of every condition in turn"
+        use = f"It serves {', '.join(serves)} until their own fine-tunes ship.\n\n"
+    else:
+        title, maps, use = serves[0], f"their `{serves[0]}` control maps", ""
+    tables = "\n\n".join(
+        (f"### {key}\n\n" if len(serves) > 1 else "") + metrics_table(metrics, key)
+        for key in serves
+    )
+    return f"""# Embedded ControlNet: {title}
 
-The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
+{use}The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
 base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet Studio on synthetic
-scenes with their `{key}` control maps ({resolution} px, train split).
+scenes with {maps} ({resolution} px, train split).
 
 - Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
 - Training: {start}{summary["steps"]} steps, batch {config["batch_size"]}, AdamW learning rate
@@ -242,7 +259,7 @@ scenes with their `{key}` control maps ({resolution} px, train split).
 
 ## Held-out test scenes (`python -m cnet eval`)
 
-{metrics_table(metrics, key)}
+{tables}
 """
 
 
@@ -259,23 +276,31 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     resolution = json.loads((base.result / "architecture.json").read_text())["sample_size"]
-    (staging / "preset.json").write_text(
-        json.dumps({"name": "embedded", "resolution": resolution}, indent=2) + "\n"
-    )
-    missing = []
+    settings: dict = {"name": "embedded", "resolution": resolution}
+    missing, shared_serves = [], []
     for name, stage in recipe.items():
         if stage.ships_as is None:
             continue
         if not stage.finished():
-            missing.append(name)
+            if name.startswith("controlnet-") and recipe[SHARED].finished():
+                shared_serves.append(stage.config.condition)
+            else:
+                missing.append(name)
             continue
         target = staging / stage.ships_as
         shutil.copytree(stage.result, target)
         if name == "base":
             (target / "README.md").write_text(base_card(stage, target))
         elif name != "captioner":  # the captioner's trainer writes its own card
-            card = controlnet_card(stage, target, resolution, metrics)
+            card = controlnet_card(stage, target, resolution, metrics, [stage.config.condition])
             (target / "README.md").write_text(card)
+    if shared_serves:
+        target = staging / "controlnet" / SHARED_FOLDER
+        shutil.copytree(recipe[SHARED].result, target)
+        card = controlnet_card(recipe[SHARED], target, resolution, metrics, shared_serves)
+        (target / "README.md").write_text(card)
+        settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
+    (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
     to_float16(staging)
     size = folder_bytes(staging)
     if size > WEIGHTS_BUDGET_BYTES:
@@ -329,6 +354,11 @@ def run(args: argparse.Namespace) -> int:
         if args.pack:
             missing = pack(recipe, Path(args.pack), Path(args.metrics) if args.metrics else None)
             print(f"Packed into {args.pack} ({folder_bytes(Path(args.pack)) / 1e6:.1f} MB).")
+            shared = json.loads((Path(args.pack) / "preset.json").read_text()).get("controlnets")
+            if shared:
+                print(
+                    f"Served by the shared ControlNet until their own finish: {', '.join(shared)}."
+                )
             if missing:
                 print(f"Not finished, so not packed: {', '.join(missing)}.")
         else:
