@@ -143,13 +143,12 @@ def build_tokenizer(
     return tokenizer
 
 
-def build_components(config: ModelConfig, tokenizer) -> dict:
-    """Randomly initialised VAE, text encoder, UNet and DDPM scheduler (SD 1.5's schedule)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_vae(config: ModelConfig):
+    """A randomly initialised AutoencoderKL of these widths."""
+    from diffusers import AutoencoderKL
 
     n_vae = len(config.vae_channels)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n_vae,
@@ -160,6 +159,14 @@ def build_components(config: ModelConfig, tokenizer) -> dict:
         norm_num_groups=config.norm_num_groups,
         sample_size=config.sample_size,
     )
+
+
+def build_components(config: ModelConfig, tokenizer) -> dict:
+    """Randomly initialised VAE, text encoder, UNet and DDPM scheduler (SD 1.5's schedule)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vae = build_vae(config)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),

@@ -152,3 +152,68 @@ def test_each_phase_reads_batches_of_its_own_size(tmp_path, monkeypatch):
     config = tiny_run(tmp_path, vae_steps=1, unet_steps=1, vae_batch_size=3, validate_every=0)
     train_base(config)
     assert sizes[0] == 3 and sizes[-1] == 2  # the VAE phase first, the UNet phase last
+
+
+def test_object_pixels_weigh_more_in_the_vae_loss():
+    from cnet.train.base import VAEObjective, object_weights, vae_loss
+
+    class Grey(torch.nn.Module):  # reconstructs every image as flat grey, whatever it is given
+        def forward(self, pixel_values, generator, weights=None):
+            return VAEObjective.forward(self, pixel_values, generator, weights)
+
+        def __init__(self):
+            super().__init__()
+            self.vae = self
+
+        def encode(self, pixels):
+            class Posterior:
+                def sample(self, generator):
+                    return pixels
+
+                def kl(self):
+                    return torch.zeros(1)
+
+            return type("Out", (), {"latent_dist": Posterior()})()
+
+        def decode(self, latents):
+            return type("Out", (), {"sample": torch.zeros_like(latents)})()
+
+    kinds = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    kinds[0, :2, :2] = 2  # an object in a quarter of the image
+    pixels = torch.zeros(1, 3, 4, 4)
+    pixels[..., :2, :2] = 1.0  # the grey reconstruction misses the object by 1 everywhere
+    weights = object_weights(kinds, 4.0)
+    assert weights[0, 0, 0, 0] == 5.0 and weights[0, 0, 3, 3] == 1.0
+    batch = {"pixel_values": pixels, "kinds": kinds}
+    plain = vae_loss(Grey(), batch, torch.Generator(), 0.0)
+    weighted = vae_loss(Grey(), batch, torch.Generator(), 0.0, object_weight=4.0)
+    assert plain.item() == pytest.approx(0.25)
+    assert weighted.item() == pytest.approx(5 * 4 / (5 * 4 + 12))  # object share of the weight
+    cropped = vae_loss(Grey(), batch, torch.Generator().manual_seed(0), 0.0, 2, 4.0)
+    assert 0.0 <= cropped.item() <= 1.0
+
+
+def test_a_vae_grown_to_more_latent_channels_starts_where_the_trained_one_was(tmp_path):
+    from dataclasses import replace
+
+    from cnet.architecture import TINY, build_vae
+    from cnet.train.base import load_vae_into
+
+    torch.manual_seed(0)
+    trained = build_vae(TINY)
+    trained.save_pretrained(tmp_path / "trained")
+    grown = build_vae(replace(TINY, latent_channels=8))
+    load_vae_into(grown, tmp_path / "trained")
+
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = trained.encode(images).latent_dist
+        after = grown.encode(images).latent_dist
+        assert torch.allclose(after.mean[:, :4], before.mean, atol=1e-5)
+        assert torch.allclose(after.logvar[:, :4], before.logvar, atol=1e-5)
+        reconstruction = trained.decode(before.mean).sample
+        noisy = torch.cat([before.mean, torch.randn(2, 4, 4, 4)], dim=1)  # new channels: ignored
+        assert torch.allclose(grown.decode(noisy).sample, reconstruction, atol=1e-5)
+    grown.save_pretrained(tmp_path / "grown")
+    with pytest.raises(ValueError, match="more than"):
+        load_vae_into(trained, tmp_path / "grown")

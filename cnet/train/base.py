@@ -1,9 +1,11 @@
 """Train the embedded preset's base model from scratch: the SD 1.5 families, small.
 
 Three parts, as Stable Diffusion 1.5 has, trained in two phases on the same data:
-1. the VAE (8x down-sampling, 4 latent channels): reconstruction (L1) plus a small KL term, as
-   SD's autoencoder without its perceptual and adversarial terms, which flat-shaded synthetic
-   scenes do not need; then the latent scaling factor is measured (1 / std of the latents);
+1. the VAE (8x down-sampling): reconstruction (L1) plus a small KL term, as SD's autoencoder
+   without its perceptual and adversarial terms, which flat-shaded synthetic scenes do not need.
+   On synthetic scenes the objects' pixels weigh more (`vae_object_weight`): they are a small
+   share of each image, and an even L1 let the VAE turn purple grey and yellow orange. Then the
+   latent scaling factor is measured (1 / std of the latents);
 2. the UNet with cross-attention, and with it the CLIP text encoder: SD borrows a text encoder
    trained contrastively on web captions; we have no such corpus, so the text encoder learns
    through the diffusion loss itself (prompts dropped 10 % of the time for classifier-free
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import drop_prompts, lock, place, tokenize
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
@@ -63,6 +66,8 @@ class BaseTrainConfig:
     # 128 px scenes reconstructed whole scenes worse (L1 0.125 against 0.093 on crops, colours
     # shifted): its group norms and attention learn the crop's statistics.
     vae_crop_size: int | None = None
+    vae_object_weight: float = 4.0  # extra L1 weight of object pixels (synthetic data only)
+    vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
     kl_weight: float = 1e-6
     unet_steps: int = 30_000
     unet_learning_rate: float = 2e-4
@@ -91,10 +96,70 @@ class VAEObjective(torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, pixel_values: torch.Tensor, generator: torch.Generator):
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        generator: torch.Generator,
+        weights: torch.Tensor | None = None,
+    ):
+        """`weights` (batch, 1, H, W): each pixel's share of the L1; None: all pixels alike."""
         posterior = self.vae.encode(pixel_values).latent_dist
         reconstruction = self.vae.decode(posterior.sample(generator)).sample
-        return F.l1_loss(reconstruction.float(), pixel_values.float()), posterior.kl().mean()
+        error = (reconstruction.float() - pixel_values.float()).abs()
+        if weights is None:
+            return error.mean(), posterior.kl().mean()
+        weighted = (error * weights).sum() / (weights.sum() * error.shape[1])
+        return weighted, posterior.kl().mean()
+
+
+def object_weights(kinds: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """(batch, 1, H, W): 1 on the background and floor, 1 + object_weight on objects."""
+    on_object = kinds >= KIND_CLASSES.index("floor") + 1
+    return 1.0 + object_weight * on_object.float()[:, None]
+
+
+def load_vae_into(vae, source: str | Path) -> None:
+    """Start `vae` from the trained AutoencoderKL in `source`, which may have fewer latent channels.
+
+    Where the latent width grows, the trained channels map onto the first ones and the decoder
+    starts blind to the new ones (zero weights), so the grown VAE reconstructs exactly as the
+    trained one did and learns to use the extra channels from there.
+    """
+    from diffusers import AutoencoderKL
+
+    trained = AutoencoderKL.from_pretrained(source).state_dict()
+    old, new = trained["post_quant_conv.weight"].shape[0], vae.config.latent_channels
+    if old > new:
+        raise ValueError(f"{source} has {old} latent channels, more than this VAE's {new}.")
+    # Encoder outputs are moments: [mean_0..mean_C-1, logvar_0..logvar_C-1].
+    moments = torch.cat([torch.arange(old), new + torch.arange(old)])
+    state = vae.state_dict()
+    for name, value in trained.items():
+        target = state[name]
+        if target.shape == value.shape:
+            target.copy_(value)
+        elif name.startswith("encoder.conv_out"):
+            target[moments] = value
+        elif name.startswith("quant_conv"):
+            target.zero_()
+            if target.dim() > 1:
+                target[:, :, 0, 0] = torch.eye(2 * new)
+                target[moments[:, None], moments] = value
+            else:
+                target[moments] = value
+        elif name.startswith("post_quant_conv"):
+            target.zero_()
+            if target.dim() > 1:
+                target[:, :, 0, 0] = torch.eye(new)
+                target[:old, :old] = value
+            else:
+                target[:old] = value
+        elif name == "decoder.conv_in.weight":
+            target.zero_()
+            target[:, :old] = value
+        else:
+            raise ValueError(f"{source} does not match this VAE's architecture ({name}).")
+    vae.load_state_dict(state)
 
 
 def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generator):
@@ -109,9 +174,17 @@ def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generat
     return pixels[..., top : top + size, left : left + size]
 
 
-def vae_loss(objective, batch, generator, kl_weight: float, crop: int | None = None):
-    pixel_values = random_crop(batch["pixel_values"].to(generator.device), crop, generator)
-    reconstruction, kl = objective(pixel_values, generator)
+def vae_loss(
+    objective, batch, generator, kl_weight: float, crop: int | None = None, object_weight=0.0
+):
+    pixel_values = batch["pixel_values"].to(generator.device)
+    if "kinds" in batch and object_weight:  # crop the weights with the pixels
+        weights = object_weights(batch["kinds"].to(generator.device), object_weight)
+        both = random_crop(torch.cat([pixel_values, weights], dim=1), crop, generator)
+        pixel_values, weights = both[:, :-1], both[:, -1:]
+    else:
+        pixel_values, weights = random_crop(pixel_values, crop, generator), None
+    reconstruction, kl = objective(pixel_values, generator, weights)
     return reconstruction + kl_weight * kl
 
 
@@ -247,7 +320,13 @@ def train_base(config: BaseTrainConfig) -> Path:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    dataset = open_dataset(config.data, arch.sample_size, config.condition, config.synth_length)
+    if config.data == SYNTHETIC and config.vae_object_weight:
+        from cnet.synth.dataset import SynthDataset
+
+        size, length = arch.sample_size, config.synth_length
+        dataset = SynthDataset("train", size, config.condition, length, kinds=True)
+    else:
+        dataset = open_dataset(config.data, arch.sample_size, config.condition, config.synth_length)
 
     # Every process builds the same random initial weights from the same seed.
     tokenizer_dir = output_dir / "tokenizer"
@@ -259,6 +338,8 @@ def train_base(config: BaseTrainConfig) -> Path:
     torch.manual_seed(config.seed + rank)
 
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    if config.vae_init and not resume_dir:
+        load_vae_into(parts["vae"], config.vae_init)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     losses = saved.get("losses", {phase: [] for phase in PHASES})
     generators = {
@@ -365,6 +446,7 @@ def train_base(config: BaseTrainConfig) -> Path:
                         generators["noise"],
                         config.kl_weight,
                         config.vae_crop_size,
+                        config.vae_object_weight,
                     )
                 else:
                     loss = unet_loss(
