@@ -197,7 +197,7 @@ def test_a_vae_grown_to_more_latent_channels_starts_where_the_trained_one_was(tm
     from dataclasses import replace
 
     from cnet.architecture import TINY, build_vae
-    from cnet.train.base import load_vae_into
+    from cnet.train.base import NEW_LATENT_LOGVAR, load_vae_into
 
     torch.manual_seed(0)
     trained = build_vae(TINY)
@@ -211,6 +211,7 @@ def test_a_vae_grown_to_more_latent_channels_starts_where_the_trained_one_was(tm
         after = grown.encode(images).latent_dist
         assert torch.allclose(after.mean[:, :4], before.mean, atol=1e-5)
         assert torch.allclose(after.logvar[:, :4], before.logvar, atol=1e-5)
+        assert (after.logvar[:, 4:] == NEW_LATENT_LOGVAR).all()  # not drowned in noise
         reconstruction = trained.decode(before.mean).sample
         noisy = torch.cat([before.mean, torch.randn(2, 4, 4, 4)], dim=1)  # new channels: ignored
         assert torch.allclose(grown.decode(noisy).sample, reconstruction, atol=1e-5)

@@ -118,6 +118,9 @@ def object_weights(kinds: torch.Tensor, object_weight: float) -> torch.Tensor:
     return 1.0 + object_weight * on_object.float()[:, None]
 
 
+NEW_LATENT_LOGVAR = -10.0  # log variance of latent channels a grown VAE adds (std 0.007)
+
+
 def load_vae_into(vae, source: str | Path) -> None:
     """Start `vae` from the trained AutoencoderKL in `source`, which may have fewer latent channels.
 
@@ -140,6 +143,9 @@ def load_vae_into(vae, source: str | Path) -> None:
             target.copy_(value)
         elif name.startswith("encoder.conv_out"):
             target[moments] = value
+            # The new channels start near-deterministic: sampled with unit noise, they would
+            # carry nothing for the decoder to learn from.
+            target[new + old :] = NEW_LATENT_LOGVAR if name.endswith("bias") else 0.0
         elif name.startswith("quant_conv"):
             target.zero_()
             if target.dim() > 1:
