@@ -63,9 +63,12 @@ class Stage:
         return all(done.get(phase, 0) >= n for phase, n in self.target_steps.items())
 
 
-def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
+def stages(runs: Path, steps: Steps = Steps(), vae_init: str | None = None) -> dict[str, Stage]:
     """The recipe, in training order: the base first, since every ControlNet locks it; then one
-    ControlNet on every condition in turn, the start of each condition's own ControlNet."""
+    ControlNet on every condition in turn, the start of each condition's own ControlNet.
+
+    `vae_init`: a trained VAE folder the base's VAE phase fine-tunes instead of starting afresh.
+    """
     from cnet.train import captioner
     from cnet.train.base import BaseTrainConfig, train_base
     from cnet.train.controlnet import TrainConfig, train
@@ -75,6 +78,7 @@ def stages(runs: Path, steps: Steps = Steps()) -> dict[str, Stage]:
         output_dir=str(runs / "base"),
         batch_size=16,
         vae_steps=steps.vae,
+        vae_init=vae_init,
         unet_steps=steps.unet,
         checkpoint_every=100,
         validate_every=500,
@@ -199,6 +203,9 @@ def base_card(stage: Stage, folder: Path) -> str:
     config, loss = summary["config"], summary["final_loss"]
     crop = config["vae_crop_size"]
     crops = f"random {crop} px crops" if crop else "whole images"
+    start = (
+        " fine-tuning an earlier VAE (README: training history)" if config.get("vae_init") else ""
+    )
     sizes = ", ".join(
         f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
         for part in ("vae", "text_encoder", "unet")
@@ -214,8 +221,10 @@ lock it.
   UNet {arch["unet_channels"]} channels with cross-attention; CLIP text encoder
   {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
 - Parameters: {sizes} (stored in float16).
-- VAE: {summary["steps"]["vae"]} steps, batch {config["vae_batch_size"] or config["batch_size"]},
-  {crops}, L1 + {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
+- VAE: {summary["steps"]["vae"]} steps{start}, batch
+  {config["vae_batch_size"] or config["batch_size"]}, {crops}, L1 (object pixels weighted
+  {1 + config.get("vae_object_weight", 0.0):g}x) + {config["kl_weight"]} x KL; final loss
+  {loss["vae"]:.4f}.
 - UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, noise
   prediction, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
@@ -333,6 +342,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
             f"--{name}-steps", type=int, default=value, help=f"optimizer steps (default {value})"
         )
     parser.add_argument(
+        "--vae-init",
+        metavar="DIR",
+        help="fine-tune this trained VAE (an AutoencoderKL folder, fewer latent channels allowed) "
+        "in the base's VAE phase instead of training one from scratch",
+    )
+    parser.add_argument(
         "--pack", metavar="DIR", help="do not train: copy the finished models here (fp16)"
     )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
@@ -345,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     steps = Steps(**{name: getattr(args, f"{name}_steps") for name in vars(Steps())})
-    recipe = stages(Path(args.runs), steps)
+    recipe = stages(Path(args.runs), steps, args.vae_init)
     unknown = sorted(set(args.only or ()) - set(recipe))
     if unknown:
         print(f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(recipe)}")
