@@ -184,6 +184,8 @@ def test_object_pixels_weigh_more_in_the_vae_loss():
     pixels[..., :2, :2] = 1.0  # the grey reconstruction misses the object by 1 everywhere
     weights = object_weights(kinds, 4.0)
     assert weights[0, 0, 0, 0] == 5.0 and weights[0, 0, 3, 3] == 1.0
+    around = object_weights(kinds, 4.0, margin=1)
+    assert around[0, 0, 2, 2] == 5.0 and around[0, 0, 3, 3] == 1.0  # one pixel out: weighed
     batch = {"pixel_values": pixels, "kinds": kinds}
     plain = vae_loss(Grey(), batch, torch.Generator(), 0.0)
     weighted = vae_loss(Grey(), batch, torch.Generator(), 0.0, object_weight=4.0)

@@ -3,8 +3,9 @@
 Three parts, as Stable Diffusion 1.5 has, trained in two phases on the same data:
 1. the VAE (8x down-sampling): reconstruction (L1) plus a small KL term, as SD's autoencoder
    without its perceptual and adversarial terms, which flat-shaded synthetic scenes do not need.
-   On synthetic scenes the objects' pixels weigh more (`vae_object_weight`): they are a small
-   share of each image, and an even L1 let the VAE turn purple grey and yellow orange. Then the
+   On synthetic scenes the objects' pixels, and a margin around them, weigh more
+   (`vae_object_weight`, `vae_object_margin`): objects are a small share of each image, and an
+   even L1 let the VAE turn purple grey and yellow orange. Then the
    latent scaling factor is measured (1 / std of the latents);
 2. the UNet with cross-attention, and with it the CLIP text encoder: SD borrows a text encoder
    trained contrastively on web captions; we have no such corpus, so the text encoder learns
@@ -67,6 +68,9 @@ class BaseTrainConfig:
     # shifted): its group norms and attention learn the crop's statistics.
     vae_crop_size: int | None = None
     vae_object_weight: float = 4.0  # extra L1 weight of object pixels (synthetic data only)
+    # ... and of the background this many pixels around them: weighting the object alone made
+    # its colour bleed outwards (edge errors outside it cost less), fattening every object.
+    vae_object_margin: int = 3
     vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
     kl_weight: float = 1e-6
     unet_steps: int = 30_000
@@ -112,10 +116,12 @@ class VAEObjective(torch.nn.Module):
         return weighted, posterior.kl().mean()
 
 
-def object_weights(kinds: torch.Tensor, object_weight: float) -> torch.Tensor:
-    """(batch, 1, H, W): 1 on the background and floor, 1 + object_weight on objects."""
-    on_object = kinds >= KIND_CLASSES.index("floor") + 1
-    return 1.0 + object_weight * on_object.float()[:, None]
+def object_weights(kinds: torch.Tensor, object_weight: float, margin: int = 0) -> torch.Tensor:
+    """(batch, 1, H, W): 1 + object_weight on objects and `margin` pixels around them, else 1."""
+    near_object = (kinds >= KIND_CLASSES.index("floor") + 1).float()[:, None]
+    if margin:
+        near_object = F.max_pool2d(near_object, 2 * margin + 1, stride=1, padding=margin)
+    return 1.0 + object_weight * near_object
 
 
 NEW_LATENT_LOGVAR = -10.0  # log variance of latent channels a grown VAE adds (std 0.007)
@@ -181,11 +187,18 @@ def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generat
 
 
 def vae_loss(
-    objective, batch, generator, kl_weight: float, crop: int | None = None, object_weight=0.0
+    objective,
+    batch,
+    generator,
+    kl_weight: float,
+    crop: int | None = None,
+    object_weight: float = 0.0,
+    object_margin: int = 0,
 ):
     pixel_values = batch["pixel_values"].to(generator.device)
     if "kinds" in batch and object_weight:  # crop the weights with the pixels
-        weights = object_weights(batch["kinds"].to(generator.device), object_weight)
+        kinds = batch["kinds"].to(generator.device)
+        weights = object_weights(kinds, object_weight, object_margin)
         both = random_crop(torch.cat([pixel_values, weights], dim=1), crop, generator)
         pixel_values, weights = both[:, :-1], both[:, -1:]
     else:
@@ -453,6 +466,7 @@ def train_base(config: BaseTrainConfig) -> Path:
                         config.kl_weight,
                         config.vae_crop_size,
                         config.vae_object_weight,
+                        config.vae_object_margin,
                     )
                 else:
                     loss = unet_loss(

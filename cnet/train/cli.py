@@ -64,6 +64,7 @@ HELP = {
     "vae_learning_rate": "learning rate of the VAE",
     "vae_crop_size": "train the VAE on random crops of this side (at least the image size: whole)",
     "vae_object_weight": "extra L1 weight of object pixels (synthetic scenes; 0: all pixels alike)",
+    "vae_object_margin": "pixels around each object that weigh as much as the object",
     "vae_init": "start the VAE from this trained AutoencoderKL folder (it may have fewer latent "
     "channels: they map onto the first ones)",
     "kl_weight": "weight of the VAE's KL term",

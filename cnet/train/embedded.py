@@ -33,7 +33,7 @@ SHARED_FOLDER = "all"  # its folder under controlnet/ when it serves conditions 
 @dataclass(frozen=True)
 class Steps:
     vae: int = 8_000
-    unet: int = 15_000
+    unet: int = 8_000
     shared: int = 4_000  # the ControlNet that reads every condition
     controlnet: int = 1_500  # each condition's fine-tune of it
     captioner: int = 6_000
@@ -203,6 +203,8 @@ def base_card(stage: Stage, folder: Path) -> str:
     config, loss = summary["config"], summary["final_loss"]
     crop = config["vae_crop_size"]
     crops = f"random {crop} px crops" if crop else "whole images"
+    weight, margin = config.get("vae_object_weight", 0.0), config.get("vae_object_margin", 0)
+    weighting = f"objects and {margin} px around them weigh {1 + weight:g}x" if weight else "even"
     start = (
         " fine-tuning an earlier VAE (README: training history)" if config.get("vae_init") else ""
     )
@@ -222,9 +224,8 @@ lock it.
   {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
 - Parameters: {sizes} (stored in float16).
 - VAE: {summary["steps"]["vae"]} steps{start}, batch
-  {config["vae_batch_size"] or config["batch_size"]}, {crops}, L1 (object pixels weighted
-  {1 + config.get("vae_object_weight", 0.0):g}x) + {config["kl_weight"]} x KL; final loss
-  {loss["vae"]:.4f}.
+  {config["vae_batch_size"] or config["batch_size"]}, {crops}, L1 ({weighting}) +
+  {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
 - UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, noise
   prediction, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
