@@ -124,6 +124,16 @@ def object_weights(kinds: torch.Tensor, object_weight: float, margin: int = 0) -
     return 1.0 + object_weight * near_object
 
 
+def embed_1x1(target: torch.Tensor, trained: torch.Tensor, index: torch.Tensor) -> None:
+    """A wider 1x1 conv's weight or bias: the trained one at `index`, the identity elsewhere."""
+    target.zero_()
+    if target.dim() > 1:
+        target[:, :, 0, 0] = torch.eye(target.shape[0])
+        target[index[:, None], index] = trained
+    else:
+        target[index] = trained
+
+
 NEW_LATENT_LOGVAR = -10.0  # log variance of latent channels a grown VAE adds (std 0.007)
 
 
@@ -153,19 +163,9 @@ def load_vae_into(vae, source: str | Path) -> None:
             # carry nothing for the decoder to learn from.
             target[new + old :] = NEW_LATENT_LOGVAR if name.endswith("bias") else 0.0
         elif name.startswith("quant_conv"):
-            target.zero_()
-            if target.dim() > 1:
-                target[:, :, 0, 0] = torch.eye(2 * new)
-                target[moments[:, None], moments] = value
-            else:
-                target[moments] = value
+            embed_1x1(target, value, moments)
         elif name.startswith("post_quant_conv"):
-            target.zero_()
-            if target.dim() > 1:
-                target[:, :, 0, 0] = torch.eye(new)
-                target[:old, :old] = value
-            else:
-                target[:old] = value
+            embed_1x1(target, value, torch.arange(old))
         elif name == "decoder.conv_in.weight":
             target.zero_()
             target[:, :old] = value
@@ -339,13 +339,13 @@ def train_base(config: BaseTrainConfig) -> Path:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    if config.data == SYNTHETIC and config.vae_object_weight:
-        from cnet.synth.dataset import SynthDataset
-
-        size, length = arch.sample_size, config.synth_length
-        dataset = SynthDataset("train", size, config.condition, length, kinds=True)
-    else:
-        dataset = open_dataset(config.data, arch.sample_size, config.condition, config.synth_length)
+    dataset = open_dataset(
+        config.data,
+        arch.sample_size,
+        config.condition,
+        config.synth_length,
+        kinds=config.vae_object_weight > 0,  # for the VAE's object weights (synthetic data)
+    )
 
     # Every process builds the same random initial weights from the same seed.
     tokenizer_dir = output_dir / "tokenizer"

@@ -37,7 +37,6 @@ import torch
 from safetensors.torch import save_file
 
 from cnet import captioner as cap
-from cnet.synth.dataset import SynthDataset
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
@@ -282,10 +281,9 @@ def train(config: TrainConfig) -> TrainResult:
     max_length = model.config.text_config.max_position_embeddings
     patch_size = model.config.vision_config.patch_size
     learns_kinds = config.kind_weight > 0 and config.data == SYNTHETIC
-    if learns_kinds:
-        dataset = SynthDataset("train", resolution, config.condition, config.synth_length, True)
-    else:
-        dataset = open_dataset(config.data, resolution, config.condition, config.synth_length)
+    dataset = open_dataset(
+        config.data, resolution, config.condition, config.synth_length, kinds=learns_kinds
+    )
     model.to(device).train()
     trained = {"captioner": model}
     if learns_kinds:

@@ -126,17 +126,19 @@ def open_dataset(
     condition: str | None = None,
     length: int = 50_000,
     split: str = "train",
+    kinds: bool = False,
 ) -> Dataset:
     """`source` is "synth" (the synthetic world), a fill50k folder, or a metadata.jsonl folder.
 
-    With "synth", `condition` is a condition key, "all" (every condition in turn) or None (no map).
+    With "synth", `condition` is a condition key, "all" (every condition in turn) or None (no map),
+    and `kinds` adds each pixel's object kind to the items (SynthDataset); other sources have none.
     """
     if source == SYNTHETIC and condition == EVERY_CONDITION:
         return EveryCondition(split, resolution, length)
     if source == SYNTHETIC:
         from cnet.synth.dataset import SynthDataset
 
-        return SynthDataset(split, resolution, condition, length)
+        return SynthDataset(split, resolution, condition, length, kinds)
     root = Path(source)
     if (root / "prompt.json").is_file():
         return fill50k(root, resolution)
