@@ -474,6 +474,9 @@ class Engine:
             return tensors
 
         height, width = control.shape[:2]
+        # With the same text on both sides CFG's two halves agree, so it would double the work for
+        # nothing (no prompt, empty negative). Guess mode keeps it: the control joins one half.
+        same_text = one_pass.prompt == request.negative_prompt and not request.guess_mode
         with self._compile_errors():
             output = pipe(
                 image=Image.fromarray(control),
@@ -483,7 +486,7 @@ class Engine:
                 negative_prompt_embeds=negative,
                 num_images_per_prompt=len(one_pass.seeds),
                 num_inference_steps=request.steps,
-                guidance_scale=request.cfg,
+                guidance_scale=1.0 if same_text else request.cfg,
                 eta=request.eta,
                 generator=generators,
                 controlnet_conditioning_scale=request.control_strength,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -149,8 +150,15 @@ def evaluate(
 
     The automatic prompt row is left out, with a note, when the preset has no working captioner.
     """
+    settings = usable_settings(engine, settings)
+    table, grid_rows = score_conditions(engine, list(conditions), scenes, size, steps, settings)
+    if grid_path is not None:
+        write_grid(grid_path, list(grid_rows.values()))
+    return table
+
+
+def usable_settings(engine, settings: Iterable[str]) -> list[str]:
     from cnet.captioner import CaptionerUnavailable
-    from cnet.engine import GenerationRequest
 
     settings = list(settings)
     if "automatic prompt" in settings:
@@ -159,8 +167,20 @@ def evaluate(
         except CaptionerUnavailable as error:
             print(f"Skipping the automatic prompt rows: {error}")
             settings.remove("automatic prompt")
+    return settings
+
+
+def score_conditions(
+    engine, conditions: list[str], scenes: int, size: int, steps: int, settings: list[str]
+) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
+    """The table, and per condition a sample-grid row: control map beside its first image."""
+    from cnet.engine import GenerationRequest
+
     table: dict[str, dict[str, Scores]] = {}
-    grid_rows = []
+    grid_rows: dict[str, np.ndarray] = {}
+    # At strength 0 no ControlNet adds anything, so a scene's image is the same for every
+    # condition: generated once, scored against each condition's own figures.
+    uncontrolled: dict[tuple[str, int], np.ndarray] = {}
     for condition in conditions:
         table[condition] = {}
         for name in settings:
@@ -168,28 +188,76 @@ def evaluate(
             per_scene = []
             for seed in split_seeds("test", scenes):
                 sample = generate(seed, size, conditions=[condition])
-                request = GenerationRequest(
-                    control_image=sample.conditions[condition],
-                    condition=condition,
-                    prompt_mode=mode,
-                    prompt=sample.prompt,
-                    added_prompt="",
-                    negative_prompt="",
-                    resolution=size,
-                    control_strength=strength,
-                    steps=steps,
-                    seed=seed,
-                )
-                image = np.asarray(engine.generate(request).images[0].convert("RGB"))
+                if strength == 0 and (mode, seed) in uncontrolled:
+                    image = uncontrolled[mode, seed]
+                else:
+                    request = GenerationRequest(
+                        control_image=sample.conditions[condition],
+                        condition=condition,
+                        prompt_mode=mode,
+                        prompt=sample.prompt,
+                        added_prompt="",
+                        negative_prompt="",
+                        resolution=size,
+                        control_strength=strength,
+                        steps=steps,
+                        seed=seed,
+                    )
+                    image = np.asarray(engine.generate(request).images[0].convert("RGB"))
+                if strength == 0:
+                    uncontrolled[mode, seed] = image
                 per_scene.append(score(image, sample, condition))
-                if grid_path is not None and name == "user prompt" and len(per_scene) == 1:
-                    grid_rows.append(np.concatenate([sample.conditions[condition], image], 1))
+                if name == "user prompt" and len(per_scene) == 1:
+                    grid_rows[condition] = np.concatenate([sample.conditions[condition], image], 1)
             table[condition][name] = mean_scores(per_scene)
-    if grid_path is not None and grid_rows:
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        grid = cv2.cvtColor(np.concatenate(grid_rows, 0), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(grid_path), grid)
-    return table
+    return table, grid_rows
+
+
+def write_grid(path: Path, rows: list[np.ndarray]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+
+
+def _score_in_worker(
+    engine_options: dict, conditions: list[str], scenes: int, size: int, steps: int, settings
+) -> tuple[dict, dict]:
+    from cnet.engine import load_engine
+
+    engine = load_engine(**engine_options)
+    return score_conditions(engine, conditions, scenes, size, steps, settings)
+
+
+def evaluate_in_processes(
+    engine_options: dict,
+    conditions: list[str],
+    workers: int,
+    scenes: int,
+    size: int,
+    steps: int,
+    settings: list[str],
+    grid_path: Path | None = None,
+) -> dict[str, dict[str, Scores]]:
+    """`evaluate`, the conditions shared among `workers` processes, each with its own engine
+    (`load_engine(**engine_options)`): on a CPU, one thread a process uses the cores best at
+    these small sizes. The same images and figures as one process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [conditions[i::workers] for i in range(workers) if conditions[i::workers]]
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
+        jobs = [
+            pool.submit(_score_in_worker, engine_options, share, scenes, size, steps, settings)
+            for share in shares
+        ]
+        parts = [job.result() for job in jobs]
+    tables = {key: rows for table, _ in parts for key, rows in table.items()}
+    grid_rows = {key: row for _, rows in parts for key, row in rows.items()}
+    if grid_path is not None:
+        write_grid(grid_path, [grid_rows[key] for key in conditions if key in grid_rows])
+    return {key: tables[key] for key in conditions}
 
 
 def format_table(table: dict[str, dict[str, Scores]]) -> str:
@@ -232,6 +300,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the conditions, each with its own model copy (CPU: one per core)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,15 +315,19 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args.preset, model_dir=args.model_dir)
     print(engine.status())
     conditions = args.conditions or list(CONDITION_KEYS)
-    table = evaluate(
-        engine,
-        conditions,
-        args.scenes,
-        args.size,
-        args.steps,
-        args.settings,
-        grid_path=args.out / "samples.png",
-    )
+    grid_path = args.out / "samples.png"
+    if args.workers > 1:
+        settings = usable_settings(engine, args.settings)
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        options = {"preset": args.preset, "model_dir": args.model_dir, "threads": threads}
+        table = evaluate_in_processes(
+            options, conditions, args.workers, args.scenes, args.size, args.steps, settings,
+            grid_path,
+        )  # fmt: skip
+    else:
+        table = evaluate(
+            engine, conditions, args.scenes, args.size, args.steps, args.settings, grid_path
+        )
     text = format_table(table)
     if "automatic prompt" in args.settings:
         text += "\n\n" + caption_line(engine, args.scenes)

@@ -151,6 +151,26 @@ def test_prompt_mode_sets_the_encoded_text(engine, control_map, calls, mode, exp
     assert torch.allclose(call["prompt_embeds"], direct, atol=1e-5)
 
 
+def test_no_prompt_skips_cfg_only_where_both_halves_agree(engine, control_map, calls):
+    unprompted = {"prompt_mode": "none", "negative_prompt": "", "cfg": 9.0}
+    fast = engine.generate(request(control_map, **unprompted, seed=3))
+    engine.generate(request(control_map, **unprompted, guess_mode=True))
+    engine.generate(request(control_map, **{**unprompted, "negative_prompt": "blurry"}))
+    assert [call["guidance_scale"] for call in calls] == [1.0, 9.0, 9.0]
+    assert fast.metadata["cfg"] == 9.0  # what the user asked for is what is recorded
+
+    call = {k: v for k, v in calls[0].items() if k != "scheduler"}
+    with_cfg = engine.pipeline(**{**call, "guidance_scale": 9.0, "generator": _generator(3)})
+    with_cfg = with_cfg.images[0]
+    assert np.abs(pixels(with_cfg) - pixels(fast.images[0])).max() <= 2
+
+
+def _generator(seed: int):
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed)]
+
+
 def test_prompt_modes_encode_different_text(engine, control_map, calls):
     for mode in ("none", "default", "user"):
         engine.generate(request(control_map, prompt_mode=mode, prompt="a yellow cone"))

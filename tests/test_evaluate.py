@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -76,9 +77,16 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
     from cnet.evaluate import evaluate
 
     engine = load_engine(model_dir=str(tiny_model_dir), threads=1)
+    generate = engine.generate
+    requests = []
+    engine.generate = lambda request: requests.append(request) or generate(request)
     grid = tmp_path / "samples.png"
     table = evaluate(engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid)
     assert list(table) == ["canny", "depth"]
+    # the no-control images of the first condition serve the second
+    assert [r.control_strength for r in requests].count(0.0) == 2 and len(requests) == 10
+    no_control = table["canny"]["no control"], table["depth"]["no control"]
+    assert no_control[0].iou == no_control[1].iou
     # the tiny model has no captioner: the automatic prompt rows are left out, not failed
     assert list(table["canny"]) == ["user prompt", "no prompt", "no control"]
     for rows in table.values():
@@ -87,6 +95,34 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
     assert table["canny"]["user prompt"].edge_f1 is not None
     assert table["depth"]["user prompt"].edge_f1 is None
     assert grid.exists()
+
+
+def test_processes_share_the_conditions_and_give_the_same_figures(tiny_model_dir, tmp_path):
+    from cnet.engine import load_engine
+    from cnet.evaluate import evaluate, evaluate_in_processes
+
+    options = {"model_dir": str(tiny_model_dir), "threads": 1}
+    conditions, settings = ["canny", "depth", "seg"], ["user prompt", "no control"]
+    alone = evaluate(load_engine(**options), conditions, 2, 64, 2, settings, tmp_path / "1.png")
+    shared = evaluate_in_processes(options, conditions, 2, 2, 64, 2, settings, tmp_path / "2.png")
+    assert shared == alone and list(shared) == conditions
+    grids = [cv2.imread(str(tmp_path / name)) for name in ("1.png", "2.png")]
+    assert np.array_equal(*grids)  # the rows in the conditions' order
+
+
+def test_at_strength_0_the_condition_makes_no_difference(tiny_model_dir):
+    from cnet.engine import GenerationRequest, load_engine
+
+    engine = load_engine(model_dir=str(tiny_model_dir), threads=1)
+    sample = generate(SEEDS[0], 64, conditions=["canny", "depth"])
+    images = [
+        engine.generate(
+            GenerationRequest(sample.conditions[key], key, prompt=sample.prompt, steps=2,
+                              resolution=64, control_strength=0.0)
+        ).images[0]
+        for key in ("canny", "depth")
+    ]  # fmt: skip
+    assert np.array_equal(np.asarray(images[0]), np.asarray(images[1]))
 
 
 def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_dir, tmp_path):
@@ -115,6 +151,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
         steps=2,
         settings=["automatic prompt", "no control"],
         out=tmp_path / "eval",
+        workers=1,
     )
     assert run(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
