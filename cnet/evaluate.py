@@ -145,15 +145,25 @@ def evaluate(
     steps: int = 20,
     settings: Iterable[str] = tuple(SETTINGS),
     grid_path: Path | None = None,
+    workers: int = 1,
+    engine_options: dict | None = None,
 ) -> dict[str, dict[str, Scores]]:
     """{condition: {setting: mean Scores}} over the first `scenes` test-split scenes.
 
     The automatic prompt row is left out, with a note, when the preset has no working captioner.
+    `workers` > 1 shares the conditions among that many processes, each with its own engine,
+    `load_engine(**engine_options)`: on a CPU, one thread a process uses the cores best at these
+    small sizes. The same images and figures as one process.
     """
-    settings = usable_settings(engine, settings)
-    table, grid_rows = score_conditions(engine, list(conditions), scenes, size, steps, settings)
+    conditions, settings = list(conditions), usable_settings(engine, settings)
+    if workers > 1:
+        table, grid_rows = score_in_processes(
+            engine_options or {}, conditions, workers, scenes, size, steps, settings
+        )
+    else:
+        table, grid_rows = score_conditions(engine, conditions, scenes, size, steps, settings)
     if grid_path is not None:
-        write_grid(grid_path, list(grid_rows.values()))
+        write_grid(grid_path, [grid_rows[key] for key in conditions if key in grid_rows])
     return table
 
 
@@ -183,13 +193,15 @@ def score_conditions(
     uncontrolled: dict[tuple[str, int], np.ndarray] = {}
     for condition in conditions:
         table[condition] = {}
+        samples = [
+            generate(seed, size, conditions=[condition]) for seed in split_seeds("test", scenes)
+        ]
         for name in settings:
             mode, strength = SETTINGS[name]
             per_scene = []
-            for seed in split_seeds("test", scenes):
-                sample = generate(seed, size, conditions=[condition])
-                if strength == 0 and (mode, seed) in uncontrolled:
-                    image = uncontrolled[mode, seed]
+            for sample in samples:
+                if strength == 0 and (mode, sample.seed) in uncontrolled:
+                    image = uncontrolled[mode, sample.seed]
                 else:
                     request = GenerationRequest(
                         control_image=sample.conditions[condition],
@@ -201,11 +213,11 @@ def score_conditions(
                         resolution=size,
                         control_strength=strength,
                         steps=steps,
-                        seed=seed,
+                        seed=sample.seed,
                     )
                     image = np.asarray(engine.generate(request).images[0].convert("RGB"))
-                if strength == 0:
-                    uncontrolled[mode, seed] = image
+                    if strength == 0:
+                        uncontrolled[mode, sample.seed] = image
                 per_scene.append(score(image, sample, condition))
                 if name == "user prompt" and len(per_scene) == 1:
                     grid_rows[condition] = np.concatenate([sample.conditions[condition], image], 1)
@@ -229,7 +241,7 @@ def _score_in_worker(
     return score_conditions(engine, conditions, scenes, size, steps, settings)
 
 
-def evaluate_in_processes(
+def score_in_processes(
     engine_options: dict,
     conditions: list[str],
     workers: int,
@@ -237,11 +249,8 @@ def evaluate_in_processes(
     size: int,
     steps: int,
     settings: list[str],
-    grid_path: Path | None = None,
-) -> dict[str, dict[str, Scores]]:
-    """`evaluate`, the conditions shared among `workers` processes, each with its own engine
-    (`load_engine(**engine_options)`): on a CPU, one thread a process uses the cores best at
-    these small sizes. The same images and figures as one process."""
+) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
+    """`score_conditions`, the conditions shared among `workers` processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -255,9 +264,7 @@ def evaluate_in_processes(
         parts = [job.result() for job in jobs]
     tables = {key: rows for table, _ in parts for key, rows in table.items()}
     grid_rows = {key: row for _, rows in parts for key, row in rows.items()}
-    if grid_path is not None:
-        write_grid(grid_path, [grid_rows[key] for key in conditions if key in grid_rows])
-    return {key: tables[key] for key in conditions}
+    return {key: tables[key] for key in conditions}, grid_rows
 
 
 def format_table(table: dict[str, dict[str, Scores]]) -> str:
@@ -315,19 +322,18 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args.preset, model_dir=args.model_dir)
     print(engine.status())
     conditions = args.conditions or list(CONDITION_KEYS)
-    grid_path = args.out / "samples.png"
-    if args.workers > 1:
-        settings = usable_settings(engine, args.settings)
-        threads = max(1, (os.cpu_count() or 1) // args.workers)
-        options = {"preset": args.preset, "model_dir": args.model_dir, "threads": threads}
-        table = evaluate_in_processes(
-            options, conditions, args.workers, args.scenes, args.size, args.steps, settings,
-            grid_path,
-        )  # fmt: skip
-    else:
-        table = evaluate(
-            engine, conditions, args.scenes, args.size, args.steps, args.settings, grid_path
-        )
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    table = evaluate(
+        engine,
+        conditions,
+        args.scenes,
+        args.size,
+        args.steps,
+        args.settings,
+        grid_path=args.out / "samples.png",
+        workers=args.workers,
+        engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
+    )
     text = format_table(table)
     if "automatic prompt" in args.settings:
         text += "\n\n" + caption_line(engine, args.scenes)

@@ -99,12 +99,23 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
 
 def test_processes_share_the_conditions_and_give_the_same_figures(tiny_model_dir, tmp_path):
     from cnet.engine import load_engine
-    from cnet.evaluate import evaluate, evaluate_in_processes
+    from cnet.evaluate import evaluate
 
     options = {"model_dir": str(tiny_model_dir), "threads": 1}
     conditions, settings = ["canny", "depth", "seg"], ["user prompt", "no control"]
-    alone = evaluate(load_engine(**options), conditions, 2, 64, 2, settings, tmp_path / "1.png")
-    shared = evaluate_in_processes(options, conditions, 2, 2, 64, 2, settings, tmp_path / "2.png")
+    engine = load_engine(**options)
+    alone = evaluate(engine, conditions, 2, 64, 2, settings, tmp_path / "1.png")
+    shared = evaluate(
+        engine,
+        conditions,
+        2,
+        64,
+        2,
+        settings,
+        tmp_path / "2.png",
+        workers=2,
+        engine_options=options,
+    )
     assert shared == alone and list(shared) == conditions
     grids = [cv2.imread(str(tmp_path / name)) for name in ("1.png", "2.png")]
     assert np.array_equal(*grids)  # the rows in the conditions' order
