@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from cnet.architecture import TINY, build_tokenizer
@@ -34,3 +35,17 @@ def test_tiny_model_dir_opens_as_a_controlnet_pipeline(tiny_model_dir: Path):
         output_type="np",
     ).images
     assert out.shape == (1, size, size, 3)
+
+
+def test_the_noise_schedule_ends_in_pure_noise_and_sampling_starts_there():
+    from cnet.architecture import noise_schedule
+
+    schedule = noise_schedule()
+    assert float(schedule.alphas_cumprod[-1]) == 0.0
+    assert schedule.config.prediction_type == "v_prediction"
+    schedule.set_timesteps(20)
+    assert int(schedule.timesteps[0]) == 999
+
+    sd15 = noise_schedule(zero_terminal_snr=False)  # 7 % of the image left at the last step
+    assert float(sd15.alphas_cumprod[-1].sqrt()) == pytest.approx(0.068, abs=1e-3)
+    assert sd15.config.prediction_type == "epsilon"

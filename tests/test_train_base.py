@@ -220,3 +220,74 @@ def test_a_vae_grown_to_more_latent_channels_starts_where_the_trained_one_was(tm
     grown.save_pretrained(tmp_path / "grown")
     with pytest.raises(ValueError, match="more than"):
         load_vae_into(trained, tmp_path / "grown")
+
+
+def test_a_base_continued_from_another_starts_from_all_its_parts(trained, tmp_path):
+    base_dir, first = trained
+    out = tmp_path / "continued"
+    # Learning rate 0: the weights stay where they started, so they show where that was.
+    frozen = dict(unet_learning_rate=0.0, text_encoder_learning_rate=0.0, validate_every=0)
+    continued = train_base(tiny_run(out, base_init=str(base_dir), vae_steps=0, **frozen))
+    for part in ("vae", "text_encoder", "unet"):
+        assert not changed(weights(base_dir / part), weights(continued / part)), part
+    vocab = (out / "tokenizer" / "tokenizer.json").read_text()
+    assert vocab == (base_dir / "tokenizer" / "tokenizer.json").read_text()
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == {"vae": 0, "unet": 2}
+    assert (
+        summary["scaling_factor"]
+        == json.loads((first / "training.json").read_text())["scaling_factor"]
+    )
+
+
+def test_a_base_init_and_a_vae_init_together_are_refused(trained, tmp_path):
+    base_dir, _ = trained
+    run = tiny_run(tmp_path, base_init=str(base_dir), vae_init=str(base_dir / "vae"))
+    with pytest.raises(ValueError, match="leave out --vae-init"):
+        train_base(run)
+
+
+@pytest.mark.parametrize("zero_terminal_snr", [True, False])
+def test_the_unet_learns_v_at_zero_terminal_snr_and_the_noise_otherwise(zero_terminal_snr):
+    from types import SimpleNamespace
+
+    from cnet.architecture import noise_schedule
+    from cnet.train.base import unet_loss
+
+    scheduler = noise_schedule(zero_terminal_snr)
+    latents = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    class VAE(torch.nn.Module):
+        dtype = torch.float32
+        config = SimpleNamespace(scaling_factor=1.0)
+
+        def encode(self, pixels):
+            dist = SimpleNamespace(sample=lambda generator: latents)
+            return SimpleNamespace(latent_dist=dist)
+
+    def unet(noisy, timesteps, text, return_dict):
+        seen.update(noisy=noisy, timesteps=timesteps)
+        return (torch.zeros_like(noisy),)
+
+    class Tokenizer:
+        model_max_length = 4
+
+        def __call__(self, prompts, **kwargs):
+            return SimpleNamespace(input_ids=torch.zeros(len(prompts), 4, dtype=torch.long))
+
+    parts = {
+        "vae": VAE(),
+        "unet": unet,
+        "text_encoder": lambda ids: (torch.zeros(len(ids), 4, 8),),
+        "tokenizer": Tokenizer(),
+        "scheduler": scheduler,
+    }
+    batch = {"pixel_values": torch.zeros(3, 3, 32, 32), "prompt": ["a red cube"] * 3}
+    loss = unet_loss(parts, batch, torch.Generator().manual_seed(0), torch.Generator(), 0.0)
+
+    signal = scheduler.alphas_cumprod[seen["timesteps"]].sqrt().view(-1, 1, 1, 1)
+    sigma = (1 - signal**2).sqrt()
+    noise = (seen["noisy"] - signal * latents) / sigma
+    target = signal * noise - sigma * latents if zero_terminal_snr else noise
+    assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-4)

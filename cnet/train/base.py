@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
-from cnet.train.controlnet import drop_prompts, lock, place, tokenize
+from cnet.train.controlnet import diffusion_target, drop_prompts, lock, place, tokenize
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
@@ -72,6 +73,10 @@ class BaseTrainConfig:
     # its colour bleed outwards (edge errors outside it cost less), fattening every object.
     vae_object_margin: int = 3
     vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
+    # Start every part (VAE, tokenizer, text encoder, UNet) from this trained base pipeline folder:
+    # a new noise schedule or a longer run without repeating the VAE phase (--vae-steps 0).
+    base_init: str | None = None
+    zero_terminal_snr: bool = True  # False: SD 1.5's schedule (cnet.architecture.noise_schedule)
     kl_weight: float = 1e-6
     unet_steps: int = 30_000
     unet_learning_rate: float = 2e-4
@@ -174,6 +179,26 @@ def load_vae_into(vae, source: str | Path) -> None:
     vae.load_state_dict(state)
 
 
+def load_base_into(parts: dict, source: str | Path) -> float:
+    """Start the VAE, text encoder and UNet from the base pipeline folder `source`, which must
+    have this run's architecture; returns the latent scaling factor its UNet was trained with."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    classes = {"vae": AutoencoderKL, "text_encoder": CLIPTextModel, "unet": UNet2DConditionModel}
+    for name, cls in classes.items():
+        trained = cls.from_pretrained(source, subfolder=name)
+        try:
+            parts[name].load_state_dict(trained.state_dict())
+        except RuntimeError as error:
+            raise ValueError(
+                f"{source}/{name} does not match this run's --architecture: {error}"
+            ) from error
+        if name == "vae":
+            scaling = trained.config.scaling_factor
+    return float(scaling)
+
+
 def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generator):
     """One random `size` x `size` window per batch (all of it when size is None or too large)."""
     height, width = pixels.shape[-2:]
@@ -208,7 +233,7 @@ def vae_loss(
 
 
 def unet_loss(parts: dict, batch, generator, prompt_generator, proportion_empty: float):
-    """The plain diffusion objective: predict the added noise, text through cross-attention."""
+    """The plain diffusion objective: predict the noise (or v), text through cross-attention."""
     device, vae = generator.device, parts["vae"]
     with torch.no_grad():
         pixel_values = batch["pixel_values"].to(device, vae.dtype)
@@ -227,7 +252,8 @@ def unet_loss(parts: dict, batch, generator, prompt_generator, proportion_empty:
     )
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = parts["unet"](noisy, timesteps, text, return_dict=False)[0]
-    return F.mse_loss(prediction.float(), noise.float())
+    target = diffusion_target(scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float())
 
 
 @torch.no_grad()
@@ -328,7 +354,7 @@ def train_base(config: BaseTrainConfig) -> Path:
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 
-    from cnet.architecture import build_components, save_pipeline_dir
+    from cnet.architecture import build_components, noise_schedule, save_pipeline_dir
 
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
@@ -348,17 +374,26 @@ def train_base(config: BaseTrainConfig) -> Path:
     )
 
     # Every process builds the same random initial weights from the same seed.
+    if config.base_init and config.vae_init:
+        raise ValueError("--base-init already holds a VAE: leave out --vae-init.")
     tokenizer_dir = output_dir / "tokenizer"
-    if accelerator.is_main_process and not (tokenizer_dir / "vocab.json").is_file():
-        build_tokenizer_for(config, dataset, tokenizer_dir)
+    if accelerator.is_main_process and not (tokenizer_dir / "tokenizer_config.json").is_file():
+        if config.base_init:  # its text encoder's embeddings are indexed by its vocabulary
+            shutil.copytree(Path(config.base_init) / "tokenizer", tokenizer_dir)
+        else:
+            build_tokenizer_for(config, dataset, tokenizer_dir)
     accelerator.wait_for_everyone()
     torch.manual_seed(config.seed)
     parts = build_components(arch, CLIPTokenizer.from_pretrained(tokenizer_dir))
+    parts["scheduler"] = noise_schedule(config.zero_terminal_snr)
     torch.manual_seed(config.seed + rank)
 
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    init_scaling = None
     if config.vae_init and not resume_dir:
         load_vae_into(parts["vae"], config.vae_init)
+    if config.base_init and not resume_dir:
+        init_scaling = load_base_into(parts, config.base_init)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     losses = saved.get("losses", {phase: [] for phase in PHASES})
     generators = {
@@ -429,6 +464,8 @@ def train_base(config: BaseTrainConfig) -> Path:
         if phase == "unet":
             if "scaling_factor" in saved:
                 scaling = saved["scaling_factor"]
+            elif init_scaling is not None:
+                scaling = init_scaling
             else:
                 scaling = latent_scaling_factor(parts["vae"], dataset, config.batch_size, device)
             parts["vae"].register_to_config(scaling_factor=scaling)

@@ -67,6 +67,10 @@ HELP = {
     "vae_object_margin": "pixels around each object that weigh as much as the object",
     "vae_init": "start the VAE from this trained AutoencoderKL folder (it may have fewer latent "
     "channels: they map onto the first ones)",
+    "base_init": "start VAE, tokenizer, text encoder and UNet from this trained base pipeline "
+    "folder (same --architecture; add --vae-steps 0 to keep its VAE)",
+    "zero_terminal_snr": "noise schedule rescaled to zero terminal SNR, v-prediction (default); "
+    "--no-zero-terminal-snr: SD 1.5's schedule, noise prediction",
     "kl_weight": "weight of the VAE's KL term",
     "unet_steps": "optimizer steps of the UNet + text encoder phase",
     "unet_learning_rate": "learning rate of the UNet",

@@ -63,11 +63,14 @@ class Stage:
         return all(done.get(phase, 0) >= n for phase, n in self.target_steps.items())
 
 
-def stages(runs: Path, steps: Steps = Steps(), vae_init: str | None = None) -> dict[str, Stage]:
+def stages(
+    runs: Path, steps: Steps = Steps(), vae_init: str | None = None, base_init: str | None = None
+) -> dict[str, Stage]:
     """The recipe, in training order: the base first, since every ControlNet locks it; then one
     ControlNet on every condition in turn, the start of each condition's own ControlNet.
 
-    `vae_init`: a trained VAE folder the base's VAE phase fine-tunes instead of starting afresh.
+    `vae_init`: a trained VAE folder the base's VAE phase fine-tunes instead of starting afresh;
+    `base_init`: a trained base pipeline folder the whole base starts from.
     """
     from cnet.train import captioner
     from cnet.train.base import BaseTrainConfig, train_base
@@ -79,6 +82,7 @@ def stages(runs: Path, steps: Steps = Steps(), vae_init: str | None = None) -> d
         batch_size=16,
         vae_steps=steps.vae,
         vae_init=vae_init,
+        base_init=base_init,
         unet_steps=steps.unet,
         checkpoint_every=100,
         validate_every=500,
@@ -205,9 +209,22 @@ def base_card(stage: Stage, folder: Path) -> str:
     crops = f"random {crop} px crops" if crop else "whole images"
     weight, margin = config.get("vae_object_weight", 0.0), config.get("vae_object_margin", 0)
     weighting = f"objects and {margin} px around them weigh {1 + weight:g}x" if weight else "even"
-    start = (
-        " fine-tuning an earlier VAE (README: training history)" if config.get("vae_init") else ""
+    start = " fine-tuning an earlier VAE" if config.get("vae_init") else ""
+    vae = (
+        f"{summary['steps']['vae']} steps{start}, batch "
+        f"{config['vae_batch_size'] or config['batch_size']}, {crops}, L1 ({weighting}) + "
+        f"{config['kl_weight']} x KL; final loss {loss['vae']:.4f}"
+        if summary["steps"]["vae"]
+        else "kept from the earlier base"
     )
+    schedule = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    objective = {"epsilon": "noise", "v_prediction": "v"}[schedule["prediction_type"]]
+    if schedule.get("rescale_betas_zero_snr"):
+        objective += " prediction at zero terminal SNR"
+    else:
+        objective += " prediction, SD 1.5's noise schedule"
+    if config.get("base_init"):
+        objective += ", continuing an earlier base"
     sizes = ", ".join(
         f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
         for part in ("vae", "text_encoder", "unet")
@@ -223,11 +240,9 @@ lock it.
   UNet {arch["unet_channels"]} channels with cross-attention; CLIP text encoder
   {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
 - Parameters: {sizes} (stored in float16).
-- VAE: {summary["steps"]["vae"]} steps{start}, batch
-  {config["vae_batch_size"] or config["batch_size"]}, {crops}, L1 ({weighting}) +
-  {config["kl_weight"]} x KL; final loss {loss["vae"]:.4f}.
-- UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, noise
-  prediction, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
+- VAE: {vae} (README: training history).
+- UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, {objective},
+  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
 
 It knows only the synthetic world: 1-3 spheres, cubes, cylinders, cones, pyramids and people in
@@ -349,6 +364,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "in the base's VAE phase instead of training one from scratch",
     )
     parser.add_argument(
+        "--base-init",
+        metavar="DIR",
+        help="start the whole base from this trained base pipeline folder (with --vae-steps 0: "
+        "keep its VAE), e.g. to continue it on a new noise schedule in a new --runs folder",
+    )
+    parser.add_argument(
         "--pack", metavar="DIR", help="do not train: copy the finished models here (fp16)"
     )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
@@ -361,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     steps = Steps(**{name: getattr(args, f"{name}_steps") for name in vars(Steps())})
-    recipe = stages(Path(args.runs), steps, args.vae_init)
+    recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
     unknown = sorted(set(args.only or ()) - set(recipe))
     if unknown:
         print(f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(recipe)}")
