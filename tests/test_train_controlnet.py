@@ -466,3 +466,24 @@ def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_con
         )
     )
     assert len(tuned.losses) == 2 and all(np.isfinite(tuned.losses))
+
+
+@pytest.mark.parametrize("condition_zero_conv", [True, False])
+def test_the_map_reaches_the_trainable_copy_only_without_the_condition_zero_conv(
+    tiny_model_dir, condition_zero_conv
+):
+    parts = load_base(str(tiny_model_dir))
+    controlnet = new_controlnet(parts["unet"], str(tiny_model_dir), condition_zero_conv)
+    features = []
+    controlnet.mid_block.register_forward_hook(lambda m, i, out: features.append(out))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, parts["unet"].config.cross_attention_dim)
+    residuals = []
+    for seed in (1, 2):
+        control = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            down, mid = controlnet(latents, 10, text, control, return_dict=False)
+        residuals += [*down, mid]
+
+    assert all(not r.any() for r in residuals)  # either way the start is exactly the base
+    assert torch.equal(features[0], features[1]) == condition_zero_conv

@@ -67,6 +67,8 @@ class TrainConfig:
     # the paper's two training modes
     small_scale: bool = False  # only the middle block connected
     reconnect_decoder: bool = False  # when resuming a small-scale checkpoint: connect all links
+    # The paper's zero convolution where the map enters (False: random; see new_controlnet).
+    condition_zero_conv: bool = True
     unlock_base_at_step: int | None = None  # large-scale: unlock the base after this many steps
     unlock_base: str = "decoder"  # "decoder" | "all"
     base_learning_rate: float = 2e-6
@@ -131,11 +133,14 @@ def read_architecture(path: Path):
     return ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
-def new_controlnet(unet, base: str | None = None):
+def new_controlnet(unet, base: str | None = None, condition_zero_conv: bool = True):
     """The trainable copy of `unet`'s encoder, its zero convolutions at zero.
 
     A base folder written by cnet.architecture records its widths in architecture.json; the
     condition encoder (the small network that turns a 512 px map into 64 px features) follows it.
+    `condition_zero_conv=False` gives the condition encoder's last convolution (the paper's
+    Z(c; Θz1)) a random start, so the map reaches the trainable copy from the first step; the
+    zero convolutions at the copy's outputs still make the start exactly the base.
     """
     from diffusers import ControlNetModel
 
@@ -143,8 +148,12 @@ def new_controlnet(unet, base: str | None = None):
 
     spec = Path(base_folder(base)) / "architecture.json" if base else None
     if spec is not None and spec.is_file():
-        return build_controlnet(unet, read_architecture(spec))
-    return ControlNetModel.from_unet(unet)
+        controlnet = build_controlnet(unet, read_architecture(spec))
+    else:
+        controlnet = ControlNetModel.from_unet(unet)
+    if not condition_zero_conv:
+        controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
+    return controlnet
 
 
 def zero_convolutions(controlnet) -> list[torch.nn.Conv2d]:
@@ -404,7 +413,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         controlnet = ControlNetModel.from_pretrained(config.controlnet)
     else:
-        controlnet = new_controlnet(parts["unet"], config.base)
+        controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
     lock(parts["vae"], parts["text_encoder"], parts["unet"])
     controlnet.train()
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
