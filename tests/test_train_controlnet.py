@@ -352,6 +352,8 @@ def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     assert [g.name for g in grids] == ["step-0000002.png", "step-0000004.png"]
     assert Image.open(grids[0]).size == (3 * 64, 2 * 64)  # control | sample | reference, 2 rows
     assert (result.controlnet_dir / "diffusion_pytorch_model.safetensors").is_file()
+    summary = json.loads((out / "training.json").read_text())
+    assert list(summary["control_gains"]) == ["2", "4"]  # measured at each validation
 
     controlnet = ControlNetModel.from_pretrained(result.controlnet_dir)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
@@ -487,3 +489,26 @@ def test_the_map_reaches_the_trainable_copy_only_without_the_condition_zero_conv
 
     assert all(not r.any() for r in residuals)  # either way the start is exactly the base
     assert torch.equal(features[0], features[1]) == condition_zero_conv
+
+
+def test_the_control_gain_is_zero_until_the_map_reaches_the_output(tiny_model_dir, fill50k_dir):
+    from cnet.train.controlnet import control_gain
+    from cnet.train.data import collate, open_dataset
+
+    parts = load_base(str(tiny_model_dir))
+    dataset = open_dataset(str(fill50k_dir), 64)
+    batches = [collate([dataset[i] for i in range(4)])]
+
+    def gain(condition_zero_conv: bool, output_zero_convs: bool) -> float:
+        torch.manual_seed(0)
+        controlnet = new_controlnet(parts["unet"], str(tiny_model_dir), condition_zero_conv)
+        if not output_zero_convs:
+            with torch.no_grad():
+                for conv in zero_convolutions(controlnet):
+                    conv.weight.normal_(0.0, 0.05)
+        return control_gain(models_with(controlnet, parts), batches, connect_decoder=True)
+
+    assert gain(condition_zero_conv=True, output_zero_convs=True) == 0.0  # a fresh ControlNet
+    assert gain(condition_zero_conv=True, output_zero_convs=False) == 0.0  # blind to the map
+    assert gain(condition_zero_conv=False, output_zero_convs=True) == 0.0  # the base unchanged
+    assert gain(condition_zero_conv=False, output_zero_convs=False) != 0.0

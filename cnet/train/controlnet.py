@@ -303,6 +303,50 @@ def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
     return examples
 
 
+GAIN_EXAMPLES = 64  # held-out examples the control gain is measured on, in batches of 16
+
+
+def gain_batches(config: TrainConfig, resolution: int) -> list[dict]:
+    """Fixed examples for control_gain: held-out scenes, or the first of another data source."""
+    from cnet.train.data import collate
+
+    if config.data == SYNTHETIC:
+        dataset = open_dataset(
+            config.data, resolution, config.condition, GAIN_EXAMPLES, "validation"
+        )
+    else:
+        dataset = open_dataset(config.data, resolution)
+    examples = [dataset[i] for i in range(min(GAIN_EXAMPLES, len(dataset)))]
+    return [collate(examples[i : i + 16]) for i in range(0, len(examples), 16)]
+
+
+@torch.no_grad()
+def control_gain(models: Models, batches: list[dict], connect_decoder: bool) -> float:
+    """How much the ControlNet uses its maps: the loss with the maps passed round the batch (each
+    example gets its neighbour's), minus the loss with its own, on the same noise, timesteps and
+    prompts. 0 while it ignores them (at the start, or when it only learnt the data's average);
+    positive once it follows them. The loss alone hides this under the noise of its timesteps."""
+    gains = []
+    for index, batch in enumerate(batches):
+        swapped = {
+            **batch,
+            "conditioning_pixel_values": batch["conditioning_pixel_values"].roll(1, 0),
+        }
+        losses = [
+            training_loss(
+                models,
+                maps,
+                torch.Generator(models.vae.device).manual_seed(index),
+                torch.Generator().manual_seed(index),
+                0.0,
+                connect_decoder,
+            ).item()
+            for maps in (batch, swapped)
+        ]
+        gains.append(losses[1] - losses[0])
+    return float(np.mean(gains))
+
+
 @torch.no_grad()
 def validate(accelerator, models: Models, examples: list[tuple], config: TrainConfig, path: Path):
     """Sample one image per example; save rows of (control map, sample, reference)."""
@@ -450,7 +494,7 @@ def train(config: TrainConfig) -> TrainResult:
         "noise": torch.Generator(device).manual_seed(config.seed * 1000 + rank),
         "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
     }
-    step, losses = 0, []
+    step, losses, gains = 0, [], {}
     if resume_dir:
         if base_unlocked:
             unlock()  # the optimizer state to load has the base's parameter group
@@ -459,6 +503,7 @@ def train(config: TrainConfig) -> TrainResult:
             trained["unet"] = models.unet
         ckpt.load_checkpoint(accelerator, resume_dir, trained, {"optimizer": optimizer}, generators)
         step, losses = saved["step"], saved["losses"]
+        gains = saved.get("control_gains", {})
         now = json.loads(json.dumps(asdict(config)))
         different = {
             k: (saved["config"][k], v)
@@ -481,11 +526,9 @@ def train(config: TrainConfig) -> TrainResult:
         num_processes=accelerator.num_processes,
         num_workers=config.num_workers,
     )
-    examples = (
-        validation_examples(config, resolution)
-        if config.validate_every and accelerator.is_main_process
-        else []
-    )
+    validating = config.validate_every and accelerator.is_main_process
+    examples = validation_examples(config, resolution) if validating else []
+    held_out = gain_batches(config, resolution) if validating else []
     accelerator.print(
         f"Training a ControlNet on {config.data} ({len(dataset)} examples, {resolution}px) on "
         f"{accelerator.num_processes} x {device}, "
@@ -499,6 +542,7 @@ def train(config: TrainConfig) -> TrainResult:
         state = {
             "step": step,
             "losses": losses,
+            "control_gains": gains,
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
             "config": asdict(config),
@@ -564,13 +608,15 @@ def train(config: TrainConfig) -> TrainResult:
             )
         progress.update(1)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
-            save(step)
         if config.validate_every and step % config.validate_every == 0:
             if accelerator.is_main_process:
                 path = output_dir / "validation" / f"step-{step:07d}.png"
                 validate(accelerator, models, examples, config, path)
+                gains[str(step)] = control_gain(models, held_out, connect_decoder)
+                progress.write(f"Control gain at step {step}: {gains[str(step)]:.5f}")
             accelerator.wait_for_everyone()
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            save(step)  # after validating: the checkpoint holds this step's control gain
     progress.close()
 
     controlnet_dir, new_base_dir = output_dir / "controlnet", None
@@ -582,6 +628,7 @@ def train(config: TrainConfig) -> TrainResult:
             "steps": step,
             "final_loss": losses[-1] if losses else None,
             "mean_loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+            "control_gains": gains,
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
             "config": asdict(config),
