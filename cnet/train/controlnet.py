@@ -25,7 +25,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -612,7 +612,13 @@ def train(config: TrainConfig) -> TrainResult:
             if accelerator.is_main_process:
                 path = output_dir / "validation" / f"step-{step:07d}.png"
                 validate(accelerator, models, examples, config, path)
-                gains[str(step)] = control_gain(models, held_out, connect_decoder)
+                plain = replace(
+                    models,
+                    controlnet=accelerator.unwrap_model(models.controlnet),
+                    unet=accelerator.unwrap_model(models.unet),
+                )
+                with accelerator.autocast():
+                    gains[str(step)] = control_gain(plain, held_out, connect_decoder)
                 progress.write(f"Control gain at step {step}: {gains[str(step)]:.5f}")
             accelerator.wait_for_everyone()
         if step % config.checkpoint_every == 0 or step == config.max_steps:
