@@ -25,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.synth import Sample, generate, split_seeds
 from cnet.synth.palette import OBJECT_COLORS
@@ -309,7 +310,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="processes sharing the conditions, each with its own model copy (CPU: one per core)",
     )

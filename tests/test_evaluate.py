@@ -1,3 +1,5 @@
+import argparse
+
 import cv2
 import numpy as np
 import pytest
@@ -170,3 +172,14 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| seg | automatic prompt |" in table
     assert "Captions with every object and colour word right: " in table
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "two"])
+def test_eval_refuses_a_worker_count_below_one(workers, capsys):
+    from cnet.evaluate import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--workers", workers])
+    assert "at least 1" in capsys.readouterr().err
