@@ -161,7 +161,7 @@ def build_vae(config: ModelConfig):
     )
 
 
-def build_components(config: ModelConfig, tokenizer) -> dict:
+def build_components(config: ModelConfig, tokenizer, zero_terminal_snr: bool = True) -> dict:
     """Randomly initialised VAE, text encoder and UNet, and the DDPM noise schedule."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -199,7 +199,7 @@ def build_components(config: ModelConfig, tokenizer) -> dict:
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "unet": unet,
-        "scheduler": noise_schedule(),
+        "scheduler": noise_schedule(zero_terminal_snr),
     }
 
 

@@ -354,7 +354,7 @@ def train_base(config: BaseTrainConfig) -> Path:
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 
-    from cnet.architecture import build_components, noise_schedule, save_pipeline_dir
+    from cnet.architecture import build_components, save_pipeline_dir
 
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
@@ -384,8 +384,8 @@ def train_base(config: BaseTrainConfig) -> Path:
             build_tokenizer_for(config, dataset, tokenizer_dir)
     accelerator.wait_for_everyone()
     torch.manual_seed(config.seed)
-    parts = build_components(arch, CLIPTokenizer.from_pretrained(tokenizer_dir))
-    parts["scheduler"] = noise_schedule(config.zero_terminal_snr)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    parts = build_components(arch, tokenizer, config.zero_terminal_snr)
     torch.manual_seed(config.seed + rank)
 
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
