@@ -354,6 +354,7 @@ def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     assert (result.controlnet_dir / "diffusion_pytorch_model.safetensors").is_file()
     summary = json.loads((out / "training.json").read_text())
     assert list(summary["control_gains"]) == ["2", "4"]  # measured at each validation
+    assert summary["device"] == "1 x cpu"
 
     controlnet = ControlNetModel.from_pretrained(result.controlnet_dir)
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
@@ -512,3 +513,17 @@ def test_the_control_gain_is_zero_until_the_map_reaches_the_output(tiny_model_di
     assert gain(condition_zero_conv=True, output_zero_convs=False) == 0.0  # blind to the map
     assert gain(condition_zero_conv=False, output_zero_convs=True) == 0.0  # the base unchanged
     assert gain(condition_zero_conv=False, output_zero_convs=False) != 0.0
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu(tiny_model_dir, fill50k_dir, tmp_path):
+    """The CPU's autocast leaves group norm's parameters uncast: locked models stay fp32 there."""
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process, fixed by the first Accelerator (fp32 elsewhere)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        run = config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, mixed_precision="bf16")
+        result = train(run)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert len(result.losses) == 1 and np.isfinite(result.losses[0])

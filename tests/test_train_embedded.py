@@ -46,6 +46,8 @@ def finish_controlnet(recipe: dict, tiny_model_dir: Path, key: str, steps: int) 
             "steps": steps,
             "final_loss": 0.2,
             "mean_loss_last_100": 0.25,
+            "control_gains": {"2": 0.01, str(steps): 0.0456},
+            "device": "1 x cpu",
             "config": asdict(stage.config),
         },
     )
@@ -62,6 +64,7 @@ def test_recipe_has_the_base_every_condition_and_the_captioner(recipe):
     assert list(recipe) == ["base", "controlnet-all", *conditions, "captioner"]
     shared = recipe["controlnet-all"]
     assert shared.config.condition == "all" and shared.config.max_steps == STEPS.shared
+    assert shared.config.batch_size == 64  # batch 8 learnt no control (README)
     assert shared.config.controlnet is None and shared.ships_as is None
     for key in keys:
         stage = recipe[f"controlnet-{key}"]
@@ -139,6 +142,8 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all", "canny"]
     shared_card = (out / "controlnet" / "all" / "README.md").read_text()
     assert "every condition (shared)" in shared_card and "It serves scribble, hough" in shared_card
+    assert f"true maps, 64 held-out examples): 0.0456 at step {STEPS.shared}." in shared_card
+    assert "Trained on 1 x cpu." in shared_card
     for path in out.rglob("*.safetensors"):
         with safe_open(path, "pt") as tensors:
             names = tensors.keys()

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
-from cnet.train.controlnet import diffusion_target, drop_prompts, lock, place, tokenize
+from cnet.train.controlnet import (
+    diffusion_target,
+    drop_prompts,
+    lock,
+    locked_dtype,
+    place,
+    tokenize,
+)
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
@@ -362,9 +369,7 @@ def train_base(config: BaseTrainConfig) -> Path:
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = locked_dtype(accelerator)
     dataset = open_dataset(
         config.data,
         arch.sample_size,

@@ -161,6 +161,25 @@ def zero_convolutions(controlnet) -> list[torch.nn.Conv2d]:
     return [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
 
 
+def locked_dtype(accelerator) -> torch.dtype:
+    """Storage dtype of the locked models: half precision under mixed precision, as diffusers'
+    scripts do, except on the CPU, whose autocast leaves group norm's parameters uncast, so a
+    half-precision locked model fails there ("mixed dtype (CPU)"); autocast still runs the
+    matrix products in half precision."""
+    if accelerator.device.type == "cpu":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        accelerator.mixed_precision, torch.float32
+    )
+
+
+def device_name(accelerator) -> str:
+    """What the run trained on, for training.json and the model cards: "1 x NVIDIA H200"."""
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return f"{accelerator.num_processes} x {name}"
+
+
 def place(model: torch.nn.Module, device, dtype: torch.dtype) -> None:
     model.to(device)
     if model.dtype != dtype:
@@ -460,9 +479,7 @@ def train(config: TrainConfig) -> TrainResult:
         controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
     lock(parts["vae"], parts["text_encoder"], parts["unet"])
     controlnet.train()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-        accelerator.mixed_precision, torch.float32
-    )
+    weight_dtype = locked_dtype(accelerator)
     place(parts["vae"], device, weight_dtype)
     place(parts["text_encoder"], device, weight_dtype)
     # A base that will be unlocked keeps fp32 weights: the optimizer updates them in place.
@@ -637,6 +654,7 @@ def train(config: TrainConfig) -> TrainResult:
             "control_gains": gains,
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
+            "device": device_name(accelerator),
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
