@@ -122,7 +122,8 @@ def stages(
 
     # Learning to steer the locked UNet at all needs batch 64: at batch 8 the zero convolutions'
     # gradients are as inconsistent as noise, and no control appeared by step 3,000 (README).
-    # 6,000 steps of batch 64 took 9.5 minutes on one H200; each condition then adapts at batch 8.
+    # 6,000 steps of batch 64 took about 9 minutes on one H200; each condition then adapts at
+    # batch 8.
     recipe[SHARED] = controlnet(SHARED, EVERY_CONDITION, steps.shared, None, batch_size=64)
     for key in CONDITION_KEYS:
         name = f"controlnet-{key}"

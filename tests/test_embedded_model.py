@@ -1,0 +1,64 @@
+"""The embedded model as committed in assets/embedded: complete, within budget, and generating."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from cnet import models
+from cnet.engine import GenerationRequest, load_engine
+from cnet.synth import CONDITION_KEYS, generate, split_seeds
+from cnet.train.embedded import WEIGHTS_BUDGET_BYTES, folder_bytes
+
+EMBEDDED = models.EMBEDDED_DIR
+ASSETS = EMBEDDED.parent
+
+
+def test_every_condition_has_a_controlnet_with_a_card():
+    preset = models.preset_from_dir(EMBEDDED, name="embedded")
+    assert set(preset.controlnets) == set(CONDITION_KEYS)
+    for condition in CONDITION_KEYS:
+        card = (models.Path(preset.controlnets[condition]) / "README.md").read_text()
+        assert condition in card and "foreground IoU" in card  # its measured figures
+    assert "Latent scaling factor" in (EMBEDDED / "base" / "README.md").read_text()
+
+
+def test_the_weights_and_their_history_fit_the_budget():
+    assert folder_bytes(ASSETS) <= WEIGHTS_BUDGET_BYTES
+    listing = subprocess.run(
+        ["git", "rev-list", "--objects", "--all", "--", str(ASSETS)],
+        cwd=ASSETS.parent, capture_output=True, text=True,
+    )  # fmt: skip
+    if listing.returncode != 0:
+        pytest.skip(f"no git history here: {listing.stderr.strip()}")
+    objects = "\n".join(line.split()[0] for line in listing.stdout.splitlines())
+    sizes = subprocess.run(
+        ["git", "cat-file", "--batch-check=%(objecttype) %(objectsize)"],
+        cwd=ASSETS.parent, input=objects, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = map(str.split, sizes.stdout.splitlines())
+    assert sum(int(size) for kind, size in rows if kind == "blob") <= WEIGHTS_BUDGET_BYTES
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load_engine("embedded", device="cpu", threads=1)
+
+
+def test_it_loads_offline_with_nothing_missing(engine):
+    assert engine.missing() == []
+    assert json.loads((EMBEDDED / "preset.json").read_text())["name"] == "embedded"
+
+
+@pytest.mark.parametrize("condition", CONDITION_KEYS)
+def test_each_condition_generates_a_picture(engine, condition):
+    seed = next(iter(split_seeds("test", 1)))
+    sample = generate(seed, 64, conditions=[condition])
+    request = GenerationRequest(
+        sample.conditions[condition], condition, prompt=sample.prompt, resolution=64, steps=4
+    )
+    image = np.asarray(engine.generate(request).images[0])
+    assert image.shape == (64, 64, 3) and image.std() > 5  # not a blank or constant image
