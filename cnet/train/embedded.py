@@ -273,13 +273,16 @@ def controlnet_card(
         use = f"It serves {', '.join(serves)} until their own fine-tunes ship.\n\n"
     else:
         title, maps, use = serves[0], f"their `{serves[0]}` control maps", ""
+    from cnet.train.controlnet import GAIN_EXAMPLES
+
     gains = summary.get("control_gains") or {}
     notes = ""
     if gains:
         last = max(gains, key=int)
         notes += (
             "- Control gain (the loss with the maps swapped round the batch minus the loss with "
-            f"the true maps, 64 held-out examples): {gains[last]:.4f} at step {last}.\n"
+            f"the true maps, {GAIN_EXAMPLES} held-out examples): {gains[last]:.4f} at step "
+            f"{last}.\n"
         )
     if "device" in summary:
         notes += f"- Trained on {summary['device']}.\n"
