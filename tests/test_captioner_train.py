@@ -171,6 +171,15 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
 
 
+def test_a_time_boxed_run_stops_with_a_checkpoint_and_a_measured_export(caption_folder, tmp_path):
+    boxed = train_cap.train(tiny_config(caption_folder, tmp_path, max_minutes=1e-9))
+    assert boxed.step == 1 and len(boxed.losses) == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["steps"] == 1 and summary["test_accuracy"] == boxed.accuracy
+    assert cap.load_captioner(boxed.captioner_dir, device="cpu") is not None
+
+
 def test_synthetic_training_learns_patch_kinds_and_resumes_exactly(tmp_path):
     out = tmp_path / "synth"
     config = tiny_config("synth", out, corpus_examples=20)

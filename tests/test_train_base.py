@@ -123,6 +123,21 @@ def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_pat
     assert resumed["losses"] == full["losses"]
 
 
+def test_a_time_boxed_base_stops_within_its_phase_exports_and_resumes_exactly(trained, tmp_path):
+    _, out = trained
+    full = json.loads((out / "checkpoints" / "step-0000004" / "state.json").read_text())
+    boxed = tiny_run(tmp_path, validate_every=0, max_minutes=1e-9)  # spent in the first step
+    train_base(boxed)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["steps"] == {"vae": 1, "unet": 0}  # the UNet phase never started
+    assert (tmp_path / "base" / "model_index.json").is_file()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
+    boxed.resume, boxed.max_minutes = "latest", None
+    train_base(boxed)
+    resumed = json.loads((tmp_path / "checkpoints" / "step-0000004" / "state.json").read_text())
+    assert resumed["losses"] == full["losses"]
+
+
 def test_vae_crops_are_random_windows_of_the_asked_size():
     import torch
 

@@ -340,6 +340,30 @@ def test_killed_and_resumed_run_gives_the_same_next_losses(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_time_boxed_run_stops_with_a_checkpoint_and_an_export_then_resumes_exactly(
+    tiny_model_dir, fill50k_dir, tmp_path, uninterrupted
+):
+    full, _ = uninterrupted
+    boxed = config(
+        tiny_model_dir,
+        fill50k_dir,
+        tmp_path,
+        max_steps=4,
+        gradient_accumulation_steps=2,
+        validate_every=2,
+        num_validation_images=2,
+        validation_inference_steps=2,
+        max_minutes=1e-9,  # spent during the first step
+    )
+    stopped = train(boxed)
+    assert stopped.step == 1
+    assert (tmp_path / "checkpoints" / "step-0000001" / "state.json").is_file()
+    assert json.loads((tmp_path / "training.json").read_text())["steps"] == 1
+    assert (tmp_path / "controlnet" / "config.json").is_file()
+    boxed.resume, boxed.max_minutes = "latest", None
+    assert train(boxed).losses == full.losses
+
+
 def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     tiny_model_dir, uninterrupted
 ):

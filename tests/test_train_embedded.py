@@ -104,6 +104,46 @@ def test_train_all_skips_finished_stages_and_runs_the_rest_in_order(recipe, tiny
     assert calls == ["controlnet-depth"]
 
 
+def test_a_time_box_spans_the_stages_and_stops_at_the_first_unfinished_one(
+    recipe, tiny_model_dir, monkeypatch
+):
+    clock = [0.0]
+    monkeypatch.setattr(embedded.time, "monotonic", lambda: clock[0])
+    finish_base(recipe, tiny_model_dir)
+    boxes = []
+
+    def shared(config):  # finishes in 20 of the 30 minutes
+        boxes.append(config.max_minutes)
+        clock[0] += 20 * 60
+        finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+
+    def scribble(config):  # its own time box ends it one step short
+        boxes.append(config.max_minutes)
+        clock[0] += config.max_minutes * 60
+        finish_controlnet(recipe, tiny_model_dir, "scribble", STEPS.controlnet - 1)
+
+    recipe["controlnet-all"].train, recipe["controlnet-scribble"].train = shared, scribble
+    recipe["controlnet-canny"].train = lambda config: pytest.fail("trained after the time box")
+    assert train_all(recipe, max_minutes=30) is False
+    assert boxes == [30, 10]  # each stage gets what is left
+    assert recipe["base"].config.max_minutes is None  # the recipe itself is unchanged
+
+
+def test_a_spent_time_box_starts_no_further_stage(recipe, tiny_model_dir, monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(embedded.time, "monotonic", lambda: clock[0])
+    finish_base(recipe, tiny_model_dir)
+
+    def shared(config):  # finishes as the time box ends
+        clock[0] += config.max_minutes * 60
+        finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+
+    recipe["controlnet-all"].train = shared
+    recipe["controlnet-scribble"].train = lambda config: pytest.fail("trained after the time box")
+    assert train_all(recipe, max_minutes=30) is False
+    assert "spent before controlnet-scribble" in capsys.readouterr().out
+
+
 def test_a_stage_refuses_to_start_before_what_it_needs(recipe, tiny_model_dir):
     recipe["controlnet-canny"].train = lambda config: pytest.fail("trained too early")
     with pytest.raises(FileNotFoundError, match="--only base"):

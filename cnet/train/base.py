@@ -44,6 +44,7 @@ from cnet.train.controlnet import (
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
+from cnet.train.timebox import TimeBox
 
 PHASES = ("vae", "unet")
 # Fixed phrases the app adds to prompts: learned as merges, they cost few tokens.
@@ -93,6 +94,7 @@ class BaseTrainConfig:
     cooldown_steps: int = 1_000  # each phase's learning rate falls linearly to 0 at its end
     weight_decay: float = 1e-2
     max_grad_norm: float | None = 1.0
+    max_minutes: float | None = None  # wall-clock time box over both phases (cnet.train.timebox)
     mixed_precision: str = "no"
     seed: int = 0
     # bookkeeping
@@ -366,6 +368,7 @@ def train_base(config: BaseTrainConfig) -> Path:
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    timebox = TimeBox(config.max_minutes, accelerator)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
@@ -423,6 +426,7 @@ def train_base(config: BaseTrainConfig) -> Path:
         if isinstance(model, torch.nn.Module):
             place(model, device, torch.float32)
 
+    stopped = False
     for phase_index, phase in enumerate(PHASES):
         if saved and PHASES.index(saved["phase"]) > phase_index:
             continue  # finished before the checkpoint we resume from
@@ -534,7 +538,8 @@ def train_base(config: BaseTrainConfig) -> Path:
                 )
             progress.update(1)
             progress.set_postfix(loss=f"{losses[phase][-1]:.4f}")
-            if step % config.checkpoint_every == 0 or step == steps:
+            stopped = timebox.spent()
+            if step % config.checkpoint_every == 0 or step == steps or stopped:
                 models = {"vae": parts["vae"], **(trained if phase == "unet" else {})}
                 save(accelerator, config, phase, step, models, optimizer, losses, generators)
             if config.validate_every and step % config.validate_every == 0:
@@ -542,9 +547,14 @@ def train_base(config: BaseTrainConfig) -> Path:
                     path = output_dir / "validation" / f"{phase}-step-{step:07d}.png"
                     validate(accelerator, phase, parts, examples, config, path)
                 accelerator.wait_for_everyone()
+            if stopped:
+                progress.write(timebox.message(step))
+                break
         progress.close()
         if phase == "vae":
             parts["vae"] = accelerator.unwrap_model(objective).vae
+        if stopped:
+            break
 
     base_dir = output_dir / "base"
     if accelerator.is_main_process:

@@ -27,8 +27,6 @@ import json
 import math
 import random
 import sys
-import types
-import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
+from cnet.train.timebox import TimeBox
 
 SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
 
@@ -68,6 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     max_grad_norm: float | None = 1.0
     max_steps: int = 5000
+    max_minutes: float | None = None  # wall-clock time box (cnet.train.timebox)
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
     seed: int = 0
     # bookkeeping
@@ -267,6 +267,7 @@ def train(config: TrainConfig) -> TrainResult:
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    timebox = TimeBox(config.max_minutes, accelerator)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
@@ -410,8 +411,12 @@ def train(config: TrainConfig) -> TrainResult:
                 accuracies.append((step, measure("validation", config.num_validation_scenes)))
                 accelerator.print(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
             accelerator.wait_for_everyone()
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
+        stopping = timebox.spent()
+        if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
             save(step)
+        if stopping:
+            progress.write(timebox.message(step))
+            break
     progress.close()
 
     captioner_dir = output_dir / "captioner"
@@ -442,18 +447,14 @@ def train(config: TrainConfig) -> TrainResult:
 # ---- command line --------------------------------------------------------------------------
 
 
-HELP = {
+HELP = {  # over cnet.train.cli's
     "output_dir": "where checkpoints, loss.png, processor/ and the result captioner/ go",
     "size": f"architecture of a new captioner: {' or '.join(SIZES)} (cnet.captioner)",
     "init": "continue training this captioner folder instead of a new one",
-    "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
-    "corpus_examples": "prompts read from the data to learn the tokenizer",
     "augment": "blur, noise and re-light training images (never re-hue them)",
     "kind_weight": "weight of the training-only loss that teaches the image encoder object kinds "
     "patch by patch (synthetic data; 0: caption loss only)",
     "cooldown_steps": "the learning rate falls linearly to 0 over these last steps",
-    "max_steps": "train until this optimizer step (raise it and --resume latest to go on)",
-    "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder",
     "validate_every": "caption accuracy on validation scenes every N steps (0: never)",
     "num_test_scenes": "held-out test scenes for the final accuracy",
 }
@@ -461,17 +462,10 @@ HELP = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """`python -m cnet train captioner`: one flag per TrainConfig field, plus --evaluate."""
-    hints = typing.get_type_hints(TrainConfig)
-    for field in fields(TrainConfig):
-        kind = hints[field.name]
-        if isinstance(kind, types.UnionType):  # "int | None" -> int
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        options: dict = {"default": field.default, "help": HELP.get(field.name, "")}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = kind
-        parser.add_argument("--" + field.name.replace("_", "-"), **options)
+    from cnet.train.cli import HELP as TRAINER_HELP
+    from cnet.train.cli import add_config_flags
+
+    add_config_flags(parser, TrainConfig, {**TRAINER_HELP, **HELP})
     parser.add_argument(
         "--evaluate",
         metavar="CAPTIONER",

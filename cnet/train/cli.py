@@ -37,6 +37,8 @@ HELP = {
     "adam_epsilon": "AdamW epsilon",
     "max_grad_norm": "clip gradients to this norm",
     "max_steps": "train until this optimizer step (raise it and --resume latest to go on)",
+    "max_minutes": "stop cleanly after this many minutes: checkpoint and export, as at the last "
+    "step (--resume latest goes on)",
     "mixed_precision": "accelerate mixed precision: no, fp16 or bf16",
     "gradient_checkpointing": "trade compute for memory",
     "seed": "seed of every random stream (data order, noise, prompt dropout)",
@@ -87,7 +89,9 @@ CHOICES = {
 }
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, config_class, help: dict[str, str] = HELP
+) -> None:
     """One flag per dataclass field, typed and defaulted from the dataclass itself."""
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
@@ -105,7 +109,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class) -> None:
         kind = hints[field.name]
         if isinstance(kind, types.UnionType):  # "int | None" -> int
             kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
-        options: dict = {"help": HELP.get(field.name, ""), "dest": field.name}
+        options: dict = {"help": help.get(field.name, ""), "dest": field.name}
         if field.name in CHOICES:
             options["choices"] = CHOICES[field.name]
         if kind is bool:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
+from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
 
@@ -61,6 +62,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float | None = 1.0
     max_steps: int = 10_000
+    max_minutes: float | None = None  # wall-clock time box (cnet.train.timebox)
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (accelerate)
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -464,6 +466,7 @@ def train(config: TrainConfig) -> TrainResult:
     # With decoder links cut, the encoder-level zero convs get no gradient: DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not connect_decoder)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+    timebox = TimeBox(config.max_minutes, accelerator)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)
@@ -638,8 +641,12 @@ def train(config: TrainConfig) -> TrainResult:
                     gains[str(step)] = control_gain(plain, held_out, connect_decoder)
                 progress.write(f"Control gain at step {step}: {gains[str(step)]:.5f}")
             accelerator.wait_for_everyone()
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
+        stopping = timebox.spent()
+        if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
             save(step)  # after validating: the checkpoint holds this step's control gain
+        if stopping:
+            progress.write(timebox.message(step))
+            break
     progress.close()
 
     controlnet_dir, new_base_dir = output_dir / "controlnet", None

@@ -19,8 +19,9 @@ import argparse
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cnet.synth.sample import CONDITION_KEYS
@@ -147,7 +148,11 @@ def stages(
     return recipe
 
 
-def train_all(recipe: dict[str, Stage], only: list[str] | None = None) -> None:
+def train_all(
+    recipe: dict[str, Stage], only: list[str] | None = None, max_minutes: float | None = None
+) -> bool:
+    """Train the unfinished stages in order; False when the time box ended the run first."""
+    deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     for name, stage in recipe.items():
         if only and name not in only:
             continue
@@ -160,8 +165,19 @@ def train_all(recipe: dict[str, Stage], only: list[str] | None = None) -> None:
                     f"{name} needs the finished {need} ({recipe[need].result}); train it first: "
                     f"python -m cnet train embedded --only {need}"
                 )
+        config = stage.config
+        if deadline is not None:
+            left = (deadline - time.monotonic()) / 60
+            if left <= 0:
+                print(f"The time box is spent before {name}; run the same command to go on.")
+                return False
+            config = replace(config, max_minutes=left)
         print(f"{name}: training in {stage.run_dir}")
-        stage.train(stage.config)
+        stage.train(config)
+        if deadline is not None and not stage.finished():  # its time box stopped it
+            print(f"{name} stopped by the time box; run the same command to go on.")
+            return False
+    return True
 
 
 # ---- packing ---------------------------------------------------------------------------------
@@ -392,6 +408,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--pack", metavar="DIR", help="do not train: copy the finished models here (fp16)"
     )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop cleanly after this many minutes of training, within whichever stage is "
+        "running (checkpoint and export); the same command goes on from there",
+    )
     parser.add_argument("--cpu-threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -418,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
             if missing:
                 print(f"Not finished, so not packed: {', '.join(missing)}.")
         else:
-            train_all(recipe, args.only)
+            train_all(recipe, args.only, args.max_minutes)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")
         return 2
