@@ -74,7 +74,9 @@ def score_obj(iou, color, edge):
     return Scores(iou, color, edge)
 
 
-def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_dir, tmp_path):
+def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
+    tiny_model_dir, tmp_path, capsys
+):
     from cnet.engine import load_engine
     from cnet.evaluate import evaluate
 
@@ -97,6 +99,8 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(tiny_model_di
     assert table["canny"]["user prompt"].edge_f1 is not None
     assert table["depth"]["user prompt"].edge_f1 is None
     assert grid.exists()
+    rows = [line for line in capsys.readouterr().out.splitlines() if " scenes in " in line]
+    assert len(rows) == 6 and rows[-1].startswith("depth, no control: 2 scenes in ")
 
 
 def test_processes_share_the_conditions_and_give_the_same_figures(tiny_model_dir, tmp_path):
