@@ -153,6 +153,30 @@ def test_a_stage_refuses_to_start_before_what_it_needs(recipe, tiny_model_dir):
         train_all(recipe, only=["controlnet-canny"])
 
 
+def test_a_runs_folder_remembers_the_steps_it_was_last_given(tmp_path, monkeypatch):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    embedded.configure(parser)
+    targets = []
+
+    def record(recipe, only, max_minutes):
+        targets.append(recipe["base"].target_steps)
+        return True
+
+    monkeypatch.setattr(embedded, "train_all", record)
+    runs = str(tmp_path / "runs")
+    for flags in (["--vae-steps", "0", "--unet-steps", "30"], [], ["--unet-steps", "40"]):
+        assert embedded.run(parser.parse_args(["--runs", runs, *flags])) == 0
+    assert targets == [{"vae": 0, "unet": 30}, {"vae": 0, "unet": 30}, {"vae": 0, "unet": 40}]
+    assert embedded.run(parser.parse_args(["--runs", str(tmp_path / "new")])) == 0
+    assert targets[-1] == {"vae": Steps().vae, "unet": Steps().unet}
+    # packing reads the remembered steps and, given none, writes nothing
+    packed = tmp_path / "packed-only"
+    assert embedded.run(parser.parse_args(["--runs", str(packed), "--pack", str(tmp_path / "p")]))
+    assert not packed.exists()
+
+
 def test_pack_refuses_without_a_base(recipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="not trained yet"):
         pack(recipe, tmp_path / "preset")

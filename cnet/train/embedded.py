@@ -29,6 +29,7 @@ from cnet.synth.sample import CONDITION_KEYS
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
 SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
 SHARED_FOLDER = "all"  # its folder under controlnet/ when it serves conditions itself
+STEPS_FILE = "steps.json"  # in the runs folder: the steps each stage trains to
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,21 @@ class Stage:
         if isinstance(self.target_steps, int):
             return done >= self.target_steps
         return all(done.get(phase, 0) >= n for phase, n in self.target_steps.items())
+
+
+def recipe_steps(runs: Path, given: dict[str, int], remember: bool = True) -> Steps:
+    """Each stage's steps: as given now, else as last given for this runs folder, else the
+    defaults. A stage counts as finished only at its steps, so a folder trained to other lengths
+    must not need them repeated on every later command: `remember` writes them to <runs>/STEPS_FILE.
+    """
+    path = runs / STEPS_FILE
+    known = set(vars(Steps()))
+    last = json.loads(path.read_text()) if path.is_file() else {}
+    steps = Steps(**{name: n for name, n in {**last, **given}.items() if name in known})
+    if remember:
+        runs.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(vars(steps), indent=2) + "\n")
+    return steps
 
 
 def stages(
@@ -390,7 +406,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     for name, value in vars(defaults).items():
         parser.add_argument(
-            f"--{name}-steps", type=int, default=value, help=f"optimizer steps (default {value})"
+            f"--{name}-steps",
+            type=int,
+            default=None,
+            help=f"optimizer steps (default: as last given for --runs, else {value})",
         )
     parser.add_argument(
         "--vae-init",
@@ -423,8 +442,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
-    steps = Steps(**{name: getattr(args, f"{name}_steps") for name in vars(Steps())})
+    given = {name: getattr(args, f"{name}_steps") for name in vars(Steps())}
+    given = {name: value for name, value in given.items() if value is not None}
+    steps = recipe_steps(Path(args.runs), given, remember=bool(given) or not args.pack)
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
+    print("Steps: " + ", ".join(f"{name} {n}" for name, n in vars(steps).items()))
     unknown = sorted(set(args.only or ()) - set(recipe))
     if unknown:
         print(f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(recipe)}")
