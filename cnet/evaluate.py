@@ -11,6 +11,11 @@ scene's control map, and three figures compare it with the scene's ground truth:
   within a small pixel tolerance.
 
 Control strength 0 gives the same figures without control: the baseline that must be far below.
+
+The automatic prompt mode never sees the scene's prompt, so its colours can only match by chance;
+two more figures say whether its two passes agree with each other: the share of objects whose
+colour in the first-pass image the caption names (does the captioner read generated images?), and
+the share whose colour in the final image the caption names (does the second pass follow it?).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import cv2
@@ -53,6 +58,8 @@ class Scores:
     iou: float
     color_accuracy: float
     edge_f1: float | None = None
+    caption_names_first_pass: float | None = None  # automatic prompt mode only
+    second_pass_follows_caption: float | None = None
 
 
 def empty_scene(sample: Sample) -> np.ndarray:
@@ -107,6 +114,21 @@ def color_accuracy(generated: np.ndarray, sample: Sample) -> float:
     return float(np.mean([seen == want for seen, want in pairs])) if pairs else 1.0
 
 
+def caption_agreement(generated: np.ndarray, sample: Sample, caption: str) -> float:
+    """The share of the objects visible in `generated` whose colour the caption gives an object
+    of their kind ("a red cube": a cube that shows red)."""
+    from cnet.captioner import scene_words
+
+    named = scene_words(caption)
+    kinds = [obj["kind"] for obj in sample.attributes["objects"]]
+    pairs = [
+        (colour, kind)
+        for colour, kind in zip(object_colors(generated, sample), kinds, strict=True)
+        if colour is not None
+    ]
+    return float(np.mean([pair in named for pair in pairs])) if pairs else 1.0
+
+
 def edge_f1(generated: np.ndarray, control_map: np.ndarray) -> float:
     """F1 of the generated image's Canny edges against the control map's white lines."""
     edges = _canny.detect(generated) > 0
@@ -131,12 +153,11 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
 
 
 def mean_scores(scores: Sequence[Scores]) -> Scores:
-    edges = [s.edge_f1 for s in scores if s.edge_f1 is not None]
-    return Scores(
-        iou=float(np.mean([s.iou for s in scores])),
-        color_accuracy=float(np.mean([s.color_accuracy for s in scores])),
-        edge_f1=float(np.mean(edges)) if edges else None,
-    )
+    def mean(name: str) -> float | None:
+        values = [getattr(s, name) for s in scores if getattr(s, name) is not None]
+        return float(np.mean(values)) if values else None
+
+    return Scores(**{f.name: mean(f.name) for f in fields(Scores)})
 
 
 def evaluate(
@@ -216,11 +237,22 @@ def score_conditions(
                         control_strength=strength,
                         steps=steps,
                         seed=sample.seed,
+                        keep_first_pass=mode == "auto",
                     )
-                    image = np.asarray(engine.generate(request).images[0].convert("RGB"))
+                    result = engine.generate(request)
+                    image = np.asarray(result.images[0].convert("RGB"))
                     if strength == 0:
                         uncontrolled[mode, sample.seed] = image
-                per_scene.append(score(image, sample, condition))
+                scores = score(image, sample, condition)
+                if mode == "auto":
+                    first = np.asarray(result.first_pass_images[0].convert("RGB"))
+                    scores.caption_names_first_pass = caption_agreement(
+                        first, sample, result.caption
+                    )
+                    scores.second_pass_follows_caption = caption_agreement(
+                        image, sample, result.caption
+                    )
+                per_scene.append(scores)
                 if name == "user prompt" and len(per_scene) == 1:
                     grid_rows[condition] = np.concatenate([sample.conditions[condition], image], 1)
             table[condition][name] = row = mean_scores(per_scene)
@@ -287,6 +319,22 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
             lines.append(
                 f"| {condition} | {name} | {s.iou:.3f} | {s.color_accuracy:.3f} | {edge} |"
             )
+    agreement = [
+        f"| {condition} | {s.caption_names_first_pass:.3f} | {s.second_pass_follows_caption:.3f} |"
+        for condition, rows in table.items()
+        for s in rows.values()
+        if s.caption_names_first_pass is not None
+    ]
+    if agreement:
+        lines += [
+            "",
+            "Automatic prompt mode, colours of the objects against the caption:",
+            "",
+            "| condition | first pass: caption names its colours | second pass shows the "
+            "caption's colours |",
+            "|---|---|---|",
+            *agreement,
+        ]
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cnet.evaluate import (
+    caption_agreement,
     color_accuracy,
     edge_f1,
     empty_scene,
@@ -44,6 +45,21 @@ def test_a_repainted_object_is_read_as_its_new_colour(samples):
     repainted[mask] = np.clip(painted, 0, 255).astype(np.uint8)
     assert object_colors(repainted, sample)[0] == other
     assert color_accuracy(repainted, sample) < 1.0
+
+
+def test_caption_agreement_reads_each_objects_colour_against_the_caption(samples):
+    for sample in samples:
+        assert caption_agreement(sample.image, sample, sample.prompt) == 1.0
+        objects = sample.attributes["objects"]
+        first = objects[0]
+        other = next(c for c in ("blue", "yellow") if c != first["color"])
+        # one object's colour word changed: that object no longer agrees, the rest still do
+        wrong = sample.prompt.replace(f" {first['color']} ", f" {other} ", 1)
+        same_colour = sum(obj["color"] == first["color"] for obj in objects)
+        expected = 1 - 1 / len(objects) if same_colour == 1 else None
+        agreement = caption_agreement(sample.image, sample, wrong)
+        assert agreement < 1.0 if expected is None else agreement == pytest.approx(expected)
+        assert caption_agreement(sample.image, sample, "") == 0.0
 
 
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
@@ -173,8 +189,12 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert run(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["seg"]) == ["automatic prompt", "no control"]
+    automatic, no_control = results["seg"]["automatic prompt"], results["seg"]["no control"]
+    for figure in ("caption_names_first_pass", "second_pass_follows_caption"):
+        assert 0.0 <= automatic[figure] <= 1.0 and no_control[figure] is None
     table = (tmp_path / "eval" / "table.md").read_text()
     assert "| seg | automatic prompt |" in table
+    assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
 
 
