@@ -5,6 +5,10 @@ scene's control map, and three figures compare it with the scene's ground truth:
 
 - foreground IoU: pixels that differ from the empty scene (background and floor alone) against
   the union of the objects' masks;
+- shape IoU: the same against the image's own background, the empty scene's wall and floor each
+  in the median colour the generated image has there. A wrong background colour counts against
+  foreground IoU (every background pixel then differs); shape IoU asks only where the objects
+  are. It matters most with no prompt, where nothing says what colour the background is;
 - colour accuracy: each object's colour, read off the generated image with the scene's own shading
   divided out, against the colour the prompt names;
 - edge F1 (canny, hough): Canny edges of the generated image against the control map's lines,
@@ -35,7 +39,7 @@ from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.synth import Sample, generate, split_seeds
 from cnet.synth.palette import OBJECT_COLORS
-from cnet.synth.render import render
+from cnet.synth.render import Render, render
 
 # Largest per-channel difference from the empty scene that still counts as empty. Shading makes
 # the dark side of an object close to a dark floor, so this sits low; a 3x3 median removes the
@@ -58,22 +62,42 @@ class Scores:
     iou: float
     color_accuracy: float
     edge_f1: float | None = None
+    shape_iou: float | None = None
     caption_names_first_pass: float | None = None  # automatic prompt mode only
     second_pass_follows_caption: float | None = None
 
 
-def empty_scene(sample: Sample) -> np.ndarray:
+def empty_render(sample: Sample) -> Render:
     """The scene's background and floor with every object taken away."""
-    scene = replace(sample.scene, objects=())
-    return render(scene, sample.image.shape[0]).rgb
+    return render(replace(sample.scene, objects=()), sample.image.shape[0])
 
 
-def foreground_iou(generated: np.ndarray, sample: Sample) -> float:
-    difference = np.abs(generated.astype(np.int16) - empty_scene(sample).astype(np.int16))
+def empty_scene(sample: Sample) -> np.ndarray:
+    return empty_render(sample).rgb
+
+
+def iou_against(generated: np.ndarray, empty: np.ndarray, sample: Sample) -> float:
+    """IoU of the pixels that differ from `empty` with the union of the objects' masks."""
+    difference = np.abs(generated.astype(np.int16) - empty.astype(np.int16))
     predicted = cv2.medianBlur(difference.max(axis=2).astype(np.uint8), 3) > FOREGROUND_THRESHOLD
     truth = sample.masks.any(axis=0)
     union = np.logical_or(predicted, truth).sum()
     return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+
+
+def foreground_iou(generated: np.ndarray, sample: Sample) -> float:
+    return iou_against(generated, empty_scene(sample), sample)
+
+
+def shape_iou(generated: np.ndarray, sample: Sample) -> float:
+    """Foreground IoU against the empty scene's regions (wall, floor) in the generated image's own
+    median colours there. The objects are a minority of each region, so the median is its colour."""
+    regions = empty_render(sample).ids
+    own = np.empty_like(generated)
+    for region in np.unique(regions):
+        where = regions == region
+        own[where] = np.median(generated[where], axis=0)
+    return iou_against(generated, own, sample)
 
 
 def nearest_color(rgb: np.ndarray) -> str:
@@ -149,7 +173,12 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
     edge = (
         edge_f1(generated, sample.conditions[condition]) if condition in EDGE_CONDITIONS else None
     )
-    return Scores(foreground_iou(generated, sample), color_accuracy(generated, sample), edge)
+    return Scores(
+        foreground_iou(generated, sample),
+        color_accuracy(generated, sample),
+        edge,
+        shape_iou=shape_iou(generated, sample),
+    )
 
 
 def mean_scores(scores: Sequence[Scores]) -> Scores:
@@ -260,6 +289,7 @@ def score_conditions(
             print(
                 f"{condition}, {name}: {len(per_scene)} scenes in "
                 f"{time.perf_counter() - started:.0f} s, IoU {row.iou:.3f}, "
+                f"shape IoU {row.shape_iou:.3f}, "
                 f"colour {row.color_accuracy:.3f}",
                 flush=True,
             )
@@ -308,17 +338,19 @@ def score_in_processes(
     return {key: tables[key] for key in conditions}, grid_rows
 
 
+def figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def format_table(table: dict[str, dict[str, Scores]]) -> str:
     lines = [
-        "| condition | setting | foreground IoU | colour accuracy | edge F1 |",
-        "|---|---|---|---|---|",
+        "| condition | setting | foreground IoU | shape IoU | colour accuracy | edge F1 |",
+        "|---|---|---|---|---|---|",
     ]
     for condition, rows in table.items():
         for name, s in rows.items():
-            edge = "—" if s.edge_f1 is None else f"{s.edge_f1:.3f}"
-            lines.append(
-                f"| {condition} | {name} | {s.iou:.3f} | {s.color_accuracy:.3f} | {edge} |"
-            )
+            figures = map(figure, (s.iou, s.shape_iou, s.color_accuracy, s.edge_f1))
+            lines.append(f"| {condition} | {name} | " + " | ".join(figures) + " |")
     agreement = [
         f"| {condition} | {s.caption_names_first_pass:.3f} | {s.second_pass_follows_caption:.3f} |"
         for condition, rows in table.items()

@@ -8,12 +8,14 @@ from cnet.evaluate import (
     caption_agreement,
     color_accuracy,
     edge_f1,
+    empty_render,
     empty_scene,
     foreground_iou,
     format_table,
     mean_scores,
     object_colors,
     score,
+    shape_iou,
 )
 from cnet.synth import generate, split_seeds
 from cnet.synth.palette import OBJECT_COLORS
@@ -62,6 +64,21 @@ def test_caption_agreement_reads_each_objects_colour_against_the_caption(samples
         assert caption_agreement(sample.image, sample, "") == 0.0
 
 
+def test_shape_iou_ignores_a_repainted_background_that_foreground_iou_counts(samples):
+    for sample in samples:
+        target = foreground_iou(sample.image, sample)
+        assert shape_iou(sample.image, sample) == pytest.approx(target)
+        assert shape_iou(empty_scene(sample), sample) == 0.0
+        regions = empty_render(sample).ids
+        repainted = sample.image.copy()
+        # every pixel of the wall and floor regions that no object covers, in other colours
+        paints = ((40, 200, 90), (230, 120, 20))
+        for region, colour in zip(np.unique(regions), paints, strict=False):
+            repainted[(regions == region) & ~sample.masks.any(axis=0)] = colour
+        assert foreground_iou(repainted, sample) < 0.5
+        assert shape_iou(repainted, sample) > 0.8
+
+
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
     sample = samples[1]
     canny = sample.conditions["canny"]
@@ -81,7 +98,7 @@ def test_mean_and_table():
     rows = mean_scores([score_obj(0.5, 1.0, None), score_obj(1.0, 0.0, 0.5)])
     assert (rows.iou, rows.color_accuracy, rows.edge_f1) == (0.75, 0.5, 0.5)
     text = format_table({"canny": {"user prompt": rows}})
-    assert "| canny | user prompt | 0.750 | 0.500 | 0.500 |" in text
+    assert "| canny | user prompt | 0.750 | — | 0.500 | 0.500 |" in text
 
 
 def score_obj(iou, color, edge):

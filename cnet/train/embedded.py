@@ -229,13 +229,18 @@ def folder_bytes(folder: Path) -> int:
 
 def metrics_table(metrics: dict, condition: str) -> str:
     """The rows of `python -m cnet eval`'s results.json for one condition, as Markdown."""
+    from cnet.evaluate import figure
+
     rows = metrics.get(condition)
     if not rows:
         return "Not evaluated yet: run `python -m cnet eval --model-dir <this preset>`."
-    lines = ["| setting | foreground IoU | colour accuracy | edge F1 |", "|---|---|---|---|"]
-    for setting, s in rows.items():
-        edge = "—" if s.get("edge_f1") is None else f"{s['edge_f1']:.3f}"
-        lines.append(f"| {setting} | {s['iou']:.3f} | {s['color_accuracy']:.3f} | {edge} |")
+    lines = [
+        "| setting | foreground IoU | shape IoU | colour accuracy | edge F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for setting, row in rows.items():
+        names = ("iou", "shape_iou", "color_accuracy", "edge_f1")
+        lines.append(f"| {setting} | " + " | ".join(figure(row.get(n)) for n in names) + " |")
     return "\n".join(lines)
 
 
