@@ -180,6 +180,20 @@ def test_a_time_boxed_run_stops_with_a_checkpoint_and_a_measured_export(caption_
     assert cap.load_captioner(boxed.captioner_dir, device="cpu") is not None
 
 
+def test_a_run_lengthened_with_a_new_rate_lists_both_schedules(caption_folder, tmp_path):
+    train_cap.train(tiny_config(caption_folder, tmp_path, max_steps=2, num_test_scenes=1))
+    longer = dict(max_steps=3, learning_rate=1e-3, resume="latest", num_test_scenes=1)
+    result = train_cap.train(tiny_config(caption_folder, tmp_path, **longer))
+    schedules = json.loads((tmp_path / "training.json").read_text())["schedules"]
+    assert [(s["from_step"], s["learning_rate"], s["max_steps"]) for s in schedules] == [
+        (0, 3e-3, 2),
+        (2, 1e-3, 3),
+    ]
+    card = (result.captioner_dir / "README.md").read_text()
+    first = "0.003 from step 0 (warm-up 0, cool-down over the last 0 of 2)"
+    assert f"{first}; 0.001 from step 2 (warm-up 0" in card
+
+
 def test_synthetic_training_learns_patch_kinds_and_resumes_exactly(tmp_path):
     out = tmp_path / "synth"
     config = tiny_config("synth", out, corpus_examples=20)

@@ -237,7 +237,42 @@ def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Pat
     return cap.build_captioner(size, tokenizer)
 
 
-def model_card(config: TrainConfig, model, step: int, losses: list[float], accuracy: float) -> str:
+SCHEDULE_FIELDS = ("learning_rate", "max_steps", "warmup_steps", "cooldown_steps")
+
+
+def schedule_of(config: dict, from_step: int) -> dict:
+    return {"from_step": from_step, **{name: config[name] for name in SCHEDULE_FIELDS}}
+
+
+def schedules_after_resume(saved: dict, config: TrainConfig) -> list[dict]:
+    """The learning-rate schedules a run has followed, each from the step it began at.
+
+    Runs here are lengthened by resuming with a larger --max-steps (and often a new rate), so the
+    final config alone misreports how the weights were trained; the model card lists them all.
+    """
+    schedules = saved.get("schedules") or [schedule_of(saved["config"], 0)]
+    now = schedule_of(asdict(config), saved["step"])
+    if any(schedules[-1][name] != now[name] for name in SCHEDULE_FIELDS):
+        schedules.append(now)
+    return schedules
+
+
+def describe_schedules(schedules: list[dict]) -> str:
+    return "; ".join(
+        f"{s['learning_rate']:g} from step {s['from_step']} (warm-up {s['warmup_steps']}, "
+        f"cool-down over the last {s['cooldown_steps']} of {s['max_steps']})"
+        for s in schedules
+    )
+
+
+def model_card(
+    config: TrainConfig,
+    model,
+    step: int,
+    losses: list[float],
+    accuracy: float,
+    schedules: list[dict],
+) -> str:
     vision, text = model.config.vision_config, model.config.text_config
     params = sum(p.numel() for p in model.parameters())
     return f"""# Embedded captioner (BLIP architecture)
@@ -252,8 +287,8 @@ the synthetic scene world for the automatic prompt mode. Load with
   {text.vocab_size} WordPiece tokens learned from the training prompts (any word tokenizes).
 - Parameters: {params / 1e6:.2f} M (stored in fp16).
 - Data: {config.data} (rendered scenes -> their prompts), augmented: {config.augment}.
-- Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps},
-  learning rate {config.learning_rate}.
+- Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps}.
+- Learning rate (AdamW): {describe_schedules(schedules)}.
 - Final loss (mean of the last 100 steps): {np.mean(losses[-100:]) if losses else float("nan"):.4f}
 - Caption accuracy (object and colour words all correct) on {config.num_test_scenes}
   held-out test scenes: {accuracy:.3f}
@@ -300,6 +335,7 @@ def train(config: TrainConfig) -> TrainResult:
     model = trained["captioner"]
     generators = {"augment": torch.Generator().manual_seed(config.seed * 1000 + rank)}
     step, losses, kind_losses, accuracies = 0, [], [], []
+    schedules = [schedule_of(asdict(config), 0)]
     if resume_dir:
         # The captioner came in through start_model: here the head, optimizer and random streams.
         heads = {name: m for name, m in trained.items() if name != "captioner"}
@@ -307,6 +343,7 @@ def train(config: TrainConfig) -> TrainResult:
         saved = ckpt.load_checkpoint(accelerator, resume_dir, heads, optimizers, generators)
         step, losses, accuracies = saved["step"], saved["losses"], saved["accuracies"]
         kind_losses = saved.get("kind_losses", [])
+        schedules = schedules_after_resume(saved, config)
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
 
     batches = batch_stream(
@@ -338,6 +375,7 @@ def train(config: TrainConfig) -> TrainResult:
             "losses": losses,
             "kind_losses": kind_losses,
             "accuracies": accuracies,
+            "schedules": schedules,
             "config": asdict(config),
         }
         ckpt.save_checkpoint(
@@ -429,7 +467,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         cap.save_captioner(unwrapped, processor, captioner_dir, dtype=torch.float16)
         (captioner_dir / "README.md").write_text(
-            model_card(config, unwrapped, step, losses, accuracy)
+            model_card(config, unwrapped, step, losses, accuracy, schedules)
         )
         summary = {
             "steps": step,
@@ -437,6 +475,7 @@ def train(config: TrainConfig) -> TrainResult:
             "mean_loss_last_100": float(np.mean(losses[-100:])) if losses else None,
             "validation_accuracies": accuracies,
             "test_accuracy": accuracy,
+            "schedules": schedules,
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
