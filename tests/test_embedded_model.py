@@ -62,3 +62,21 @@ def test_each_condition_generates_a_picture(engine, condition):
     )
     image = np.asarray(engine.generate(request).images[0])
     assert image.shape == (64, 64, 3) and image.std() > 5  # not a blank or constant image
+
+
+def test_the_captioner_reads_held_out_scenes_and_drives_the_automatic_mode(engine):
+    from cnet.train.captioner import evaluate_captioner
+
+    report = evaluate_captioner(engine.captioner(), 20)
+    assert report.accuracy >= 0.7  # 0.915 on 200 test scenes (README)
+    seed = next(iter(split_seeds("test", 1)))
+    sample = generate(seed, 64, conditions=["seg"])
+    request = GenerationRequest(
+        sample.conditions["seg"], "seg", prompt_mode="auto", resolution=64, steps=4
+    )
+    result = engine.generate(request)
+    assert result.caption and result.caption in result.prompt
+    assert any(
+        noun in result.caption
+        for noun in ("cube", "sphere", "cone", "cylinder", "pyramid", "person")
+    )
