@@ -338,19 +338,36 @@ def score_in_processes(
     return {key: tables[key] for key in conditions}, grid_rows
 
 
+# The table's figures (Scores fields, as in results.json) and their column headings.
+COLUMNS = {
+    "iou": "foreground IoU",
+    "shape_iou": "shape IoU",
+    "color_accuracy": "colour accuracy",
+    "edge_f1": "edge F1",
+}
+
+
+def table_head(*labels: str) -> list[str]:
+    """Markdown heading lines: the given label columns, then COLUMNS."""
+    names = [*labels, *COLUMNS.values()]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
+def table_row(*labels: str, figures: dict) -> str:
+    """One Markdown row: the labels, then each of COLUMNS from `figures` ("—" where absent)."""
+    cells = [*labels, *(figure(figures.get(name)) for name in COLUMNS)]
+    return "| " + " | ".join(cells) + " |"
+
+
 def figure(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
 def format_table(table: dict[str, dict[str, Scores]]) -> str:
-    lines = [
-        "| condition | setting | foreground IoU | shape IoU | colour accuracy | edge F1 |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = table_head("condition", "setting")
     for condition, rows in table.items():
         for name, s in rows.items():
-            figures = map(figure, (s.iou, s.shape_iou, s.color_accuracy, s.edge_f1))
-            lines.append(f"| {condition} | {name} | " + " | ".join(figures) + " |")
+            lines.append(table_row(condition, name, figures=asdict(s)))
     agreement = [
         f"| {condition} | {s.caption_names_first_pass:.3f} | {s.second_pass_follows_caption:.3f} |"
         for condition, rows in table.items()

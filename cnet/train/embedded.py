@@ -230,18 +230,13 @@ def folder_bytes(folder: Path) -> int:
 
 def metrics_table(metrics: dict, condition: str) -> str:
     """The rows of `python -m cnet eval`'s results.json for one condition, as Markdown."""
-    from cnet.evaluate import figure
+    from cnet.evaluate import table_head, table_row
 
     rows = metrics.get(condition)
     if not rows:
         return "Not evaluated yet: run `python -m cnet eval --model-dir <this preset>`."
-    lines = [
-        "| setting | foreground IoU | shape IoU | colour accuracy | edge F1 |",
-        "|---|---|---|---|---|",
-    ]
-    for setting, row in rows.items():
-        names = ("iou", "shape_iou", "color_accuracy", "edge_f1")
-        lines.append(f"| {setting} | " + " | ".join(figure(row.get(n)) for n in names) + " |")
+    lines = table_head("setting")
+    lines += [table_row(setting, figures=row) for setting, row in rows.items()]
     return "\n".join(lines)
 
 
