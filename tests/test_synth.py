@@ -15,6 +15,7 @@ from cnet.synth import palette
 from cnet.synth.maps import CONDITION_MAPS
 from cnet.synth.render import FIRST_OBJECT, render
 from cnet.synth.sample import CONDITION_KEYS, KIND_CLASSES, Sample, generate
+from cnet.synth.scene import MIN_WALL_SHARE, sample_scene
 from cnet.synth.splits import SPLITS, split_seeds
 
 SEEDS = range(24)
@@ -202,13 +203,30 @@ def test_prompt_names_exactly_the_objects_with_their_colours():
         named = re.findall(rf"\b(?:an? (\w+) ({kinds})|a (person) in (\w+))\b", s.prompt)
         pairs = sorted((k or k2, c or c2) for c, k, k2, c2 in named)
         assert pairs == sorted((o.kind, o.color) for o in s.scene.objects), s.prompt
-        assert s.prompt.endswith(f"{s.scene.background} background")
+        wall = s.scene.floor is None or s.scene.wall_share >= MIN_WALL_SHARE
+        assert s.prompt.endswith(f"{s.scene.background} background" if wall else "floor")
         for index, obj in enumerate(s.scene.objects):
             albedo = s.render.albedo[s.masks[index]]
             painted = np.round(albedo * 255).astype(int)
             share = np.all(painted == palette.OBJECT_COLORS[obj.color], axis=-1).mean()
             assert share > (0.5 if obj.kind == "person" else 0.99), (s.prompt, obj.kind)
         assert [o["kind"] for o in s.attributes["objects"]] == [o.kind for o in s.scene.objects]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 8, 43, 103])  # shares 0.37, 0, 0.06, 0.03, 0.03
+def test_wall_share_is_the_rows_above_the_floor(seed):
+    scene = sample_scene(seed)
+    rows_with_floor = (render(scene, 256).ids == 1).any(axis=1)
+    assert abs(scene.wall_share - rows_with_floor.argmax() / 256) <= 1 / 256
+
+
+def test_the_prompt_names_the_wall_only_when_it_shows():
+    framed_by_floor = sample_scene(1)  # the camera looks down: no wall in the picture
+    assert framed_by_floor.wall_share == 0.0
+    assert framed_by_floor.prompt.endswith(f"on a {framed_by_floor.floor} floor")
+    assert sample_scene(43).prompt.endswith("background")  # a thin strip of wall still counts
+    shares = [sample_scene(seed).wall_share for seed in range(400)]
+    assert 0.02 < np.mean(np.less(shares, MIN_WALL_SHARE)) < 0.15
 
 
 def test_every_kind_and_both_floor_settings_occur():

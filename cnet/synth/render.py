@@ -14,11 +14,10 @@ import cv2
 import numpy as np
 
 from cnet.synth import palette
-from cnet.synth.scene import Scene
+from cnet.synth.scene import FLOOR_DEPTH, Scene
 
 BACKGROUND, FLOOR = 0, 1  # pixel ids; object i of scene.objects has id i + FIRST_OBJECT
 FIRST_OBJECT = 2
-FLOOR_DEPTH = 40.0  # the ground plane ends here, which draws the horizon
 AMBIENT, DIFFUSE = 0.35, 0.65
 SAMPLES_PER_EDGE = 32
 HIDDEN_EDGE_TOLERANCE = 0.03  # relative depth by which an edge may lie behind the visible surface

@@ -22,6 +22,10 @@ COUNT_CDF = np.cumsum([0.3, 0.4, 0.3])  # 1, 2 or 3 objects
 BACKGROUNDS, FLOORS = tuple(palette.BACKGROUND_COLORS), tuple(palette.FLOOR_COLORS)
 MIN_CONTRAST = 70  # per-channel difference between an object's colour and what is behind it
 TAN_HALF_FOV = np.tan(np.radians(20))
+FLOOR_DEPTH = 40.0  # the ground plane ends here, which draws the horizon
+# The prompt names the wall only when it fills at least this share of the image's height: a
+# camera looking down can frame the floor alone, and a caption cannot name an unseen colour.
+MIN_WALL_SHARE = 0.02
 
 
 @lru_cache(maxsize=8)
@@ -68,7 +72,21 @@ class Scene:
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         if self.floor is None:
             return f"{listed} on a {self.background} background"
+        if self.wall_share < MIN_WALL_SHARE:
+            return f"{listed} on a {self.floor} floor"
         return f"{listed} on a {self.floor} floor against a {self.background} background"
+
+    @property
+    def wall_share(self) -> float:
+        """Share of the image's height above the floor's far edge (1 with no floor), at any size."""
+        if self.floor is None:
+            return 1.0
+        camera = self.camera
+        up, forward = camera.rotation[1, 1], camera.rotation[1, 2]  # world heights of the axes
+        # the image height (camera units) whose ray meets the ground FLOOR_DEPTH away
+        edge = (-camera.eye[1] / FLOOR_DEPTH - forward) / up
+        share = (camera.tan_half_fov - edge) / (2 * camera.tan_half_fov)
+        return float(np.clip(share, 0.0, 1.0))
 
     def attributes(self) -> dict:
         """The structured description behind the prompt (JSON-serialisable)."""
