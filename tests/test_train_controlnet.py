@@ -364,6 +364,29 @@ def test_a_time_boxed_run_stops_with_a_checkpoint_and_an_export_then_resumes_exa
     assert train(boxed).losses == full.losses
 
 
+def test_a_run_resumed_with_a_new_rate_and_batch_lists_both_stretches(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from cnet.train.embedded import describe_schedules
+
+    train(config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, checkpoint_every=1))
+    faster = dict(max_steps=2, learning_rate=5e-4, batch_size=4, resume="latest")
+    train(config(tiny_model_dir, fill50k_dir, tmp_path, **faster))
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert [
+        (s["from_step"], s["learning_rate"], s["batch_size"]) for s in summary["schedules"]
+    ] == [
+        (0, 1e-3, 2),
+        (1, 5e-4, 4),
+    ]
+    assert describe_schedules(summary) == (
+        "batch 2, AdamW learning rate 0.001 from step 0; "
+        "batch 4, AdamW learning rate 0.0005 from step 1"
+    )
+    summary["schedules"] = summary["schedules"][1:]  # one stretch: no steps named
+    assert describe_schedules(summary) == "batch 4, AdamW learning rate 0.0005"
+
+
 def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     tiny_model_dir, uninterrupted
 ):

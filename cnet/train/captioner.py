@@ -39,7 +39,7 @@ from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.report import plot_losses, tensor_to_image
-from cnet.train.schedule import lr_factor
+from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
@@ -240,23 +240,6 @@ def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Pat
 SCHEDULE_FIELDS = ("learning_rate", "max_steps", "warmup_steps", "cooldown_steps")
 
 
-def schedule_of(config: dict, from_step: int) -> dict:
-    return {"from_step": from_step, **{name: config[name] for name in SCHEDULE_FIELDS}}
-
-
-def schedules_after_resume(saved: dict, config: TrainConfig) -> list[dict]:
-    """The learning-rate schedules a run has followed, each from the step it began at.
-
-    Runs here are lengthened by resuming with a larger --max-steps (and often a new rate), so the
-    final config alone misreports how the weights were trained; the model card lists them all.
-    """
-    schedules = saved.get("schedules") or [schedule_of(saved["config"], 0)]
-    now = schedule_of(asdict(config), saved["step"])
-    if any(schedules[-1][name] != now[name] for name in SCHEDULE_FIELDS):
-        schedules.append(now)
-    return schedules
-
-
 def describe_schedules(schedules: list[dict]) -> str:
     return "; ".join(
         f"{s['learning_rate']:g} from step {s['from_step']} (warm-up {s['warmup_steps']}, "
@@ -335,7 +318,7 @@ def train(config: TrainConfig) -> TrainResult:
     model = trained["captioner"]
     generators = {"augment": torch.Generator().manual_seed(config.seed * 1000 + rank)}
     step, losses, kind_losses, accuracies = 0, [], [], []
-    schedules = [schedule_of(asdict(config), 0)]
+    schedules = [schedule_of(asdict(config), 0, SCHEDULE_FIELDS)]
     if resume_dir:
         # The captioner came in through start_model: here the head, optimizer and random streams.
         heads = {name: m for name, m in trained.items() if name != "captioner"}
@@ -343,7 +326,7 @@ def train(config: TrainConfig) -> TrainResult:
         saved = ckpt.load_checkpoint(accelerator, resume_dir, heads, optimizers, generators)
         step, losses, accuracies = saved["step"], saved["losses"], saved["accuracies"]
         kind_losses = saved.get("kind_losses", [])
-        schedules = schedules_after_resume(saved, config)
+        schedules = schedules_after_resume(saved, asdict(config), SCHEDULE_FIELDS)
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
 
     batches = batch_stream(

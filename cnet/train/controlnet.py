@@ -35,9 +35,12 @@ import torch.nn.functional as F
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
+from cnet.train.schedule import schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
+# What the model cards list for every stretch of a resumed run (see schedules_after_resume).
+SCHEDULE_FIELDS = ("learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_steps")
 
 
 @dataclass
@@ -515,6 +518,7 @@ def train(config: TrainConfig) -> TrainResult:
         "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
     }
     step, losses, gains = 0, [], {}
+    schedules = [schedule_of(asdict(config), 0, SCHEDULE_FIELDS)]
     if resume_dir:
         if base_unlocked:
             unlock()  # the optimizer state to load has the base's parameter group
@@ -524,6 +528,7 @@ def train(config: TrainConfig) -> TrainResult:
         ckpt.load_checkpoint(accelerator, resume_dir, trained, {"optimizer": optimizer}, generators)
         step, losses = saved["step"], saved["losses"]
         gains = saved.get("control_gains", {})
+        schedules = schedules_after_resume(saved, asdict(config), SCHEDULE_FIELDS)
         now = json.loads(json.dumps(asdict(config)))
         different = {
             k: (saved["config"][k], v)
@@ -565,6 +570,7 @@ def train(config: TrainConfig) -> TrainResult:
             "control_gains": gains,
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
+            "schedules": schedules,
             "config": asdict(config),
         }
         directory = ckpt.checkpoint_dir(output_dir, step)
@@ -662,6 +668,7 @@ def train(config: TrainConfig) -> TrainResult:
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
             "device": device_name(accelerator),
+            "schedules": schedules,
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))

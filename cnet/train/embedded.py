@@ -289,6 +289,20 @@ named colours, on a plain background or a floor.
 """
 
 
+def describe_schedules(summary: dict) -> str:
+    """ "batch 64, AdamW learning rate 0.0001", or each stretch of a run resumed with new ones."""
+    schedules = summary.get("schedules") or [{"from_step": 0, **summary["config"]}]
+
+    def settings(s: dict) -> str:
+        accumulation = s.get("gradient_accumulation_steps", 1)
+        batch = f"{s['batch_size']} x {accumulation}" if accumulation > 1 else s["batch_size"]
+        return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}"
+
+    if len(schedules) == 1:
+        return settings(schedules[0])
+    return "; ".join(f"{settings(s)} from step {s['from_step']}" for s in schedules)
+
+
 def controlnet_card(
     stage: Stage, folder: Path, resolution: int, metrics: dict, serves: list[str]
 ) -> str:
@@ -330,8 +344,8 @@ base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet S
 scenes with {maps} ({resolution} px, train split).
 
 - Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
-- Training: {start}{summary["steps"]} steps, batch {config["batch_size"]}, AdamW learning rate
-  {config["learning_rate"]}, {config["proportion_empty_prompts"]:.0%} empty prompts; final loss
+- Training: {start}{summary["steps"]} steps, {describe_schedules(summary)},
+  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss
   {summary["final_loss"]:.4f} (mean of the last 100 steps {summary["mean_loss_last_100"]:.4f}).
 {notes}
 ## Held-out test scenes (`python -m cnet eval`)

@@ -1,6 +1,9 @@
-"""The learning-rate schedule of the from-scratch trainers (base, captioner)."""
+"""Learning-rate schedules: the from-scratch trainers' warm-up and cool-down, and the record of
+the settings each stretch of a resumed run trained with."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def lr_factor(step: int, total: int, warmup_steps: int, cooldown_steps: int) -> float:
@@ -10,3 +13,20 @@ def lr_factor(step: int, total: int, warmup_steps: int, cooldown_steps: int) -> 
     warmup = (step + 1) / warmup_steps if warmup_steps else 1.0
     cooldown = (total - step) / cooldown_steps if cooldown_steps else 1.0
     return max(0.0, min(1.0, warmup, cooldown))
+
+
+def schedule_of(config: dict, from_step: int, fields: Sequence[str]) -> dict:
+    return {"from_step": from_step, **{name: config[name] for name in fields}}
+
+
+def schedules_after_resume(saved: dict, config: dict, fields: Sequence[str]) -> list[dict]:
+    """The schedules (`fields` of the config) a run has followed, each from the step it began at.
+
+    Runs here are lengthened by resuming with a larger --max-steps, often with a new rate or batch,
+    so the final config alone misreports how the weights were trained; the model cards list them.
+    """
+    schedules = saved.get("schedules") or [schedule_of(saved["config"], 0, fields)]
+    now = schedule_of(config, saved["step"], fields)
+    if any(schedules[-1].get(name) != now[name] for name in fields):
+        schedules.append(now)
+    return schedules
