@@ -31,6 +31,7 @@ def finish_base(recipe: dict, tiny_model_dir: Path) -> None:
         {
             "steps": {"vae": STEPS.vae, "unet": STEPS.unet},
             "final_loss": {"vae": 0.0512, "unet": 0.1234},
+            "mean_loss_last_100": {"vae": 0.0521, "unet": 0.1456},
             "scaling_factor": 0.61,
             "config": asdict(BaseTrainConfig()),
         },
@@ -214,11 +215,27 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
             dtypes = {str(tensors.get_tensor(name).dtype) for name in names}
         assert dtypes <= {"torch.float16", "torch.int64"}, (path, dtypes)
     base_card = (out / "base" / "README.md").read_text()
-    assert "UNet + text encoder: 5 steps" in base_card and "0.1234" in base_card
+    assert "UNet + text encoder: 5 steps" in base_card
+    assert "final loss 0.1234 (mean of the last 100 steps 0.1456)" in base_card
     card = (out / "controlnet" / "canny" / "README.md").read_text()
     assert "the shared start), then 4 steps" in card
     assert "| user prompt | 0.877 | — | 0.543 | 0.321 |" in card  # no shape IoU in these results
     assert not out.with_name("preset.packing").exists()
+
+
+def test_a_shared_controlnet_continued_from_earlier_weights_says_so(
+    recipe, tiny_model_dir, tmp_path
+):
+    finish_base(recipe, tiny_model_dir)
+    shared = recipe["controlnet-all"]
+    shared.config.controlnet = "runs/earlier/controlnet"  # e.g. a run continued on a lent GPU
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+
+    pack(recipe, tmp_path / "preset")
+
+    card = (tmp_path / "preset" / "controlnet" / "all" / "README.md").read_text()
+    assert "continuing an earlier shared ControlNet's weights, 6 steps" in card
+    assert "the shared start" not in card
 
 
 def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_path, monkeypatch):

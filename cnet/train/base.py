@@ -568,6 +568,10 @@ def train_base(config: BaseTrainConfig) -> Path:
             "final_loss": {
                 phase: values[-1] if values else None for phase, values in losses.items()
             },
+            "mean_loss_last_100": {
+                phase: float(np.mean(values[-100:])) if values else None
+                for phase, values in losses.items()
+            },
             "steps": {phase: len(values) for phase, values in losses.items()},
             "scaling_factor": components["vae"].config.scaling_factor,
             "config": asdict(config),

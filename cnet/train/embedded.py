@@ -265,6 +265,10 @@ def base_card(stage: Stage, folder: Path) -> str:
         objective += " prediction, SD 1.5's noise schedule"
     if config.get("base_init"):
         objective += ", continuing an earlier base"
+    mean = (summary.get("mean_loss_last_100") or {}).get("unet")
+    unet_loss = f"{loss['unet']:.4f}"
+    if mean:
+        unet_loss += f" (mean of the last 100 steps {mean:.4f})"
     sizes = ", ".join(
         f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
         for part in ("vae", "text_encoder", "unet")
@@ -282,7 +286,7 @@ lock it.
 - Parameters: {sizes} (stored in float16).
 - VAE: {vae} (README: training history).
 - UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, {objective},
-  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {loss["unet"]:.4f}.
+  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {unet_loss}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
 
 It knows only the synthetic world: 1-3 spheres, cubes, cylinders, cones, pyramids and people in
@@ -310,11 +314,13 @@ def controlnet_card(
     """The card of a condition's ControlNet, or of the shared one for the conditions it serves."""
     summary = json.loads((stage.run_dir / "training.json").read_text())
     config = summary["config"]
-    start = (
-        "from the ControlNet trained on every condition in turn (the shared start), then "
-        if config["controlnet"]
-        else ""
-    )
+    start = ""
+    if config["controlnet"]:
+        start = (
+            "continuing an earlier shared ControlNet's weights, "
+            if stage.name == SHARED
+            else "from the ControlNet trained on every condition in turn (the shared start), then "
+        )
     if stage.name == SHARED:
         title = "every condition (shared)"
         maps = "the control maps of every condition in turn"
