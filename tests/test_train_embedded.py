@@ -230,9 +230,15 @@ def test_a_shared_controlnet_continued_from_earlier_weights_says_so(
     shared = recipe["controlnet-all"]
     shared.config.controlnet = "runs/earlier/controlnet"  # e.g. a run continued on a lent GPU
     finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    config_path = shared.result / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "_name_or_path": "/home/me/runs/controlnet"}))
 
     pack(recipe, tmp_path / "preset")
 
+    packed = json.loads((tmp_path / "preset" / "controlnet" / "all" / "config.json").read_text())
+    assert "_name_or_path" not in packed  # a local path means nothing on a user's machine
+    assert packed["_class_name"] == config["_class_name"]
     card = (tmp_path / "preset" / "controlnet" / "all" / "README.md").read_text()
     assert "continuing an earlier shared ControlNet's weights, 6 steps" in card
     assert "the shared start" not in card

@@ -214,6 +214,15 @@ def to_float16(folder: Path) -> None:
         save_file(half, path, metadata={"format": "pt"})
 
 
+def drop_local_paths(folder: Path) -> None:
+    """Remove `_name_or_path` from the configs: a model started from a local folder records that
+    folder, which means nothing on a user's machine."""
+    for path in folder.rglob("config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def parameter_count(folder: Path) -> int:
     from safetensors import safe_open
 
@@ -400,6 +409,7 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
     to_float16(staging)
+    drop_local_paths(staging)
     size = folder_bytes(staging)
     if size > WEIGHTS_BUDGET_BYTES:
         shutil.rmtree(staging)
