@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnet.engine import DEFAULT_PROMPT
 from cnet.train.base import BaseTrainConfig, train_base
 
 
@@ -289,6 +290,7 @@ def test_the_unet_learns_v_at_zero_terminal_snr_and_the_noise_otherwise(zero_ter
         model_max_length = 4
 
         def __call__(self, prompts, **kwargs):
+            seen["prompts"] = list(prompts)
             return SimpleNamespace(input_ids=torch.zeros(len(prompts), 4, dtype=torch.long))
 
     parts = {
@@ -306,3 +308,8 @@ def test_the_unet_learns_v_at_zero_terminal_snr_and_the_noise_otherwise(zero_ter
     noise = (seen["noisy"] - signal * latents) / sigma
     target = signal * noise - sigma * latents if zero_terminal_snr else noise
     assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-4)
+    assert seen["prompts"] == ["a red cube"] * 3
+
+    # every prompt dropped, all of those given the default prompt
+    unet_loss(parts, batch, torch.Generator(), torch.Generator(), 1.0, default_prompt_share=1.0)
+    assert seen["prompts"] == [DEFAULT_PROMPT] * 3

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cnet.engine import DEFAULT_PROMPT
 from cnet.train.controlnet import (
     Models,
     TrainConfig,
@@ -192,6 +193,30 @@ def test_the_training_loss_sees_the_configured_share_of_empty_prompts(tiny_model
             training_loss(models, batch, noise, prompts, 0.5, connect_decoder=True)
     rate = sum(p == "" for p in seen) / len(seen)
     assert len(seen) == 200 and abs(rate - 0.5) < 0.12
+
+    seen.clear()
+    with torch.no_grad():
+        for _ in range(25):
+            training_loss(models, batch, noise, prompts, 0.5, True, default_prompt_share=1.0)
+    assert "" not in seen and abs(seen.count(DEFAULT_PROMPT) / len(seen) - 0.5) < 0.12
+
+
+def test_a_share_of_the_dropped_prompts_becomes_the_default_prompt():
+    prompts = [f"prompt {i}" for i in range(16)]
+    dropped = [
+        drop_prompts(prompts, 0.5, torch.Generator().manual_seed(i), default_share=0.4)
+        for i in range(500)
+    ]
+    flat = [p for batch in dropped for p in batch]
+    assert abs(flat.count(DEFAULT_PROMPT) / len(flat) - 0.5 * 0.4) < 0.015
+    assert abs(flat.count("") / len(flat) - 0.5 * 0.6) < 0.015
+    pairs = [(p, q) for b in dropped for p, q in zip(b, prompts, strict=True)]
+    assert all(p in ("", DEFAULT_PROMPT, q) for p, q in pairs)
+    # without a share nothing more is drawn: runs from before the option resume exactly
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert drop_prompts(prompts, 0.5, a) == drop_prompts(prompts, 0.5, b, default_share=0.0)
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    assert TrainConfig(base="x").default_prompt_share == 0.0
 
 
 def unet_inputs(models, batch, connect_decoder) -> dict:

@@ -90,6 +90,7 @@ class BaseTrainConfig:
     unet_learning_rate: float = 2e-4
     text_encoder_learning_rate: float = 1e-4
     proportion_empty_prompts: float = 0.1  # unconditional examples for classifier-free guidance
+    default_prompt_share: float = 0.0  # of the dropped prompts: the default prompt instead of ""
     warmup_steps: int = 200
     cooldown_steps: int = 1_000  # each phase's learning rate falls linearly to 0 at its end
     weight_decay: float = 1e-2
@@ -241,14 +242,23 @@ def vae_loss(
     return reconstruction + kl_weight * kl
 
 
-def unet_loss(parts: dict, batch, generator, prompt_generator, proportion_empty: float):
+def unet_loss(
+    parts: dict,
+    batch,
+    generator,
+    prompt_generator,
+    proportion_empty: float,
+    default_prompt_share: float = 0.0,
+):
     """The plain diffusion objective: predict the noise (or v), text through cross-attention."""
     device, vae = generator.device, parts["vae"]
     with torch.no_grad():
         pixel_values = batch["pixel_values"].to(device, vae.dtype)
         latents = vae.encode(pixel_values).latent_dist.sample(generator)
         latents = latents * vae.config.scaling_factor
-    prompts = drop_prompts(batch["prompt"], proportion_empty, prompt_generator)
+    prompts = drop_prompts(
+        batch["prompt"], proportion_empty, prompt_generator, default_prompt_share
+    )
     text = parts["text_encoder"](tokenize(parts["tokenizer"], prompts).to(device))[0]
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     scheduler = parts["scheduler"]
@@ -521,6 +531,7 @@ def train_base(config: BaseTrainConfig) -> Path:
                         generators["noise"],
                         generators["prompts"],
                         config.proportion_empty_prompts,
+                        config.default_prompt_share,
                     )
             accelerator.backward(loss)
             if config.max_grad_norm:

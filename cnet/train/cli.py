@@ -27,6 +27,8 @@ HELP = {
     "synth_length": "scenes per synthetic epoch",
     "resolution": "training image size (default: the base's native size)",
     "proportion_empty_prompts": "share of prompts replaced by '' (the paper: 0.5)",
+    "default_prompt_share": "share of those given the app's default prompt instead of '', so "
+    "that it means no content (the automatic prompt mode's first pass)",
     "num_workers": "data loader processes",
     "batch_size": "examples per process per micro-step",
     "gradient_accumulation_steps": "micro-steps per optimizer step",

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnet.engine import DEFAULT_PROMPT
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
@@ -54,6 +55,7 @@ class TrainConfig:
     synth_length: int = 50_000  # scenes per synthetic epoch
     resolution: int | None = None  # default: the base UNet's native resolution
     proportion_empty_prompts: float = 0.5  # the paper's prompt dropout
+    default_prompt_share: float = 0.0  # of the dropped prompts: the default prompt instead of ""
     num_workers: int = 0  # data loader processes
     # optimisation (per process; the global batch is batch_size x accumulation x processes)
     batch_size: int = 4
@@ -216,10 +218,22 @@ def unlock_base(unet, optimizer, which: str, learning_rate: float) -> None:
     optimizer.add_param_group({"params": params, "lr": learning_rate, "peak_lr": learning_rate})
 
 
-def drop_prompts(prompts: list[str], proportion: float, generator: torch.Generator) -> list[str]:
-    """Replace each prompt by "" with probability `proportion` (the paper uses 0.5)."""
+def drop_prompts(
+    prompts: list[str], proportion: float, generator: torch.Generator, default_share: float = 0.0
+) -> list[str]:
+    """Replace each prompt by "" with probability `proportion` (the paper uses 0.5).
+
+    `default_share` of the dropped ones get the app's default prompt instead of "", so that the
+    model learns it as a prompt without content: the automatic mode's first pass uses it.
+    """
     keep = torch.rand(len(prompts), generator=generator) >= proportion
-    return [p if k else "" for p, k in zip(prompts, keep.tolist(), strict=True)]
+    if not default_share:  # draws nothing more, so earlier runs resume exactly
+        return [p if k else "" for p, k in zip(prompts, keep.tolist(), strict=True)]
+    default = torch.rand(len(prompts), generator=generator) < default_share
+    return [
+        p if k else DEFAULT_PROMPT if d else ""
+        for p, k, d in zip(prompts, keep.tolist(), default.tolist(), strict=True)
+    ]
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -260,6 +274,7 @@ def training_loss(
     prompt_generator: torch.Generator,
     proportion_empty_prompts: float,
     connect_decoder: bool,
+    default_prompt_share: float = 0.0,
 ) -> torch.Tensor:
     """One ControlNet training objective evaluation on a batch (the paper's Eq. 5)."""
     device, dtype = generator.device, models.vae.dtype
@@ -267,7 +282,9 @@ def training_loss(
     with torch.no_grad():
         latent_dist = models.vae.encode(pixel_values).latent_dist
         latents = latent_dist.sample(generator) * models.vae.config.scaling_factor
-        prompts = drop_prompts(batch["prompt"], proportion_empty_prompts, prompt_generator)
+        prompts = drop_prompts(
+            batch["prompt"], proportion_empty_prompts, prompt_generator, default_prompt_share
+        )
         text = models.text_encoder(tokenize(models.tokenizer, prompts).to(device))[0]
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
     timesteps = torch.randint(
@@ -616,6 +633,7 @@ def train(config: TrainConfig) -> TrainResult:
                         generators["prompts"],
                         config.proportion_empty_prompts,
                         connect_decoder,
+                        config.default_prompt_share,
                     )
                 accelerator.backward(loss / config.gradient_accumulation_steps)
             step_loss += loss.detach() / config.gradient_accumulation_steps
