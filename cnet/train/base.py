@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnet.engine import DEFAULT_PROMPT
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import (
@@ -49,7 +50,7 @@ from cnet.train.timebox import TimeBox
 PHASES = ("vae", "unet")
 # Fixed phrases the app adds to prompts: learned as merges, they cost few tokens.
 APP_PHRASES = (
-    "a professional, detailed, high-quality image",
+    DEFAULT_PROMPT,
     "best quality, extremely detailed",
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
     "cropped, worst quality, low quality",
