@@ -387,6 +387,40 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
     return "\n".join(lines)
 
 
+def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    """Each RGB image through the VAE and back (the latents' mean), as the pipeline outputs it."""
+    import torch
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(np.stack(images[start : start + batch_size]))
+        pixels = pixels.permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        decoded = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        out += list((decoded * 255).round().astype(np.uint8))
+    return out
+
+
+def vae_ceiling(vae, scenes: int, size: int) -> Scores:
+    """The figures of the VAE's reconstructions of the test scenes' true images: as near as any
+    model that draws through this VAE can come to the truth."""
+    samples = [generate(seed, size, conditions=[]) for seed in split_seeds("test", scenes)]
+    decoded = reconstructions(vae, [sample.image for sample in samples])
+    return mean_scores(
+        [score(image, sample, "") for image, sample in zip(decoded, samples, strict=True)]
+    )
+
+
+def ceiling_line(engine, scenes: int, size: int) -> str:
+    ceiling = vae_ceiling(engine.pipeline.vae, scenes, size)
+    return (
+        f"The VAE's reconstructions of the same scenes' true images (the ceiling of any model "
+        f"drawing through it): foreground IoU {ceiling.iou:.3f}, shape IoU "
+        f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
+    )
+
+
 def caption_line(engine, scenes: int) -> str:
     """The captioner's share of fully correct captions on the same held-out scenes."""
     from cnet.captioner import CaptionerUnavailable
@@ -440,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
     )
-    text = format_table(table)
+    text = format_table(table) + "\n\n" + ceiling_line(engine, args.scenes, args.size)
     if "automatic prompt" in args.settings:
         text += "\n\n" + caption_line(engine, args.scenes)
     print(text)

@@ -1,8 +1,10 @@
 import argparse
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from cnet.evaluate import (
     caption_agreement,
@@ -14,8 +16,10 @@ from cnet.evaluate import (
     format_table,
     mean_scores,
     object_colors,
+    reconstructions,
     score,
     shape_iou,
+    vae_ceiling,
 )
 from cnet.synth import generate, split_seeds
 from cnet.synth.palette import OBJECT_COLORS
@@ -77,6 +81,29 @@ def test_shape_iou_ignores_a_repainted_background_that_foreground_iou_counts(sam
             repainted[(regions == region) & ~sample.masks.any(axis=0)] = colour
         assert foreground_iou(repainted, sample) < 0.5
         assert shape_iou(repainted, sample) > 0.8
+
+
+class IdentityVAE:
+    """Encodes an image as itself: its reconstructions are the true images."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def encode(self, pixels):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: pixels))
+
+    def decode(self, latents):
+        return SimpleNamespace(sample=latents)
+
+
+def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(samples):
+    images = [sample.image for sample in samples[:3]]
+    for image, decoded in zip(
+        images, reconstructions(IdentityVAE(), images, batch_size=2), strict=True
+    ):
+        assert decoded.dtype == np.uint8 and np.array_equal(decoded, image)
+    ceiling = vae_ceiling(IdentityVAE(), scenes=3, size=128)
+    truth = mean_scores([score(sample.image, sample, "") for sample in samples[:3]])
+    assert ceiling == truth and ceiling.color_accuracy == 1.0
 
 
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
@@ -213,6 +240,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert "| seg | automatic prompt |" in table
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
+    assert "The VAE's reconstructions of the same scenes' true images" in table
 
 
 @pytest.mark.parametrize("workers", ["0", "-2", "two"])

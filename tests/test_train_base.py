@@ -256,6 +256,29 @@ def test_a_base_continued_from_another_starts_from_all_its_parts(trained, tmp_pa
     )
 
 
+def test_a_decoder_only_vae_phase_keeps_the_encoder_so_the_unet_latents_stay(trained, tmp_path):
+    base_dir, first = trained
+    out = tmp_path / "decoder"
+    run = tiny_run(out, base_init=str(base_dir), vae_decoder_only=True, unet_steps=0)
+    tuned = train_base(run)
+    before, after = weights(base_dir / "vae"), weights(tuned / "vae")
+
+    def part(state: dict, prefixes: tuple[str, ...]) -> dict:
+        return {name: value for name, value in state.items() if name.startswith(prefixes)}
+
+    frozen = ("encoder.", "quant_conv.")
+    assert part(before, frozen) and not changed(part(before, frozen), part(after, frozen))
+    assert changed(part(before, ("decoder.",)), part(after, ("decoder.",)))
+    for part in ("text_encoder", "unet"):
+        assert not changed(weights(base_dir / part), weights(tuned / part)), part
+    summary = json.loads((out / "training.json").read_text())
+    assert summary["steps"] == {"vae": 2, "unet": 0}
+    assert (
+        summary["scaling_factor"]
+        == json.loads((first / "training.json").read_text())["scaling_factor"]
+    )
+
+
 def test_a_base_init_and_a_vae_init_together_are_refused(trained, tmp_path):
     base_dir, _ = trained
     run = tiny_run(tmp_path, base_init=str(base_dir), vae_init=str(base_dir / "vae"))

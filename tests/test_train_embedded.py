@@ -223,6 +223,27 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert not out.with_name("preset.packing").exists()
 
 
+def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_model_dir):
+    config = BaseTrainConfig(base_init="runs/earlier/base", vae_decoder_only=True, unet_steps=0)
+    stage = recipe["base"]
+    finish(
+        stage,
+        tiny_model_dir / "base",
+        {
+            "steps": {"vae": 3, "unet": 0},
+            "final_loss": {"vae": 0.0512, "unet": None},
+            "mean_loss_last_100": {"vae": 0.0521, "unet": None},
+            "scaling_factor": 0.61,
+            "config": asdict(config),
+        },
+    )
+    card = embedded.base_card(stage, stage.result)
+    assert "VAE: 3 steps fine-tuning an earlier VAE's decoder alone (its encoder" in card
+    assert "final loss 0.0512" in card
+    assert "UNet + text encoder: kept from the earlier base (v prediction" in card
+    assert "continuing" not in card
+
+
 def test_a_shared_controlnet_continued_from_earlier_weights_says_so(
     recipe, tiny_model_dir, tmp_path
 ):

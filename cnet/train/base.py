@@ -82,6 +82,9 @@ class BaseTrainConfig:
     # its colour bleed outwards (edge errors outside it cost less), fattening every object.
     vae_object_margin: int = 3
     vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
+    # Train the decoder alone, the encoder frozen: the latents stay those a trained UNet and its
+    # ControlNets learnt, so a sharper decoder drops into a finished base (as SD's ft-MSE VAE).
+    vae_decoder_only: bool = False
     # Start every part (VAE, tokenizer, text encoder, UNet) from this trained base pipeline folder:
     # a new noise schedule or a longer run without repeating the VAE phase (--vae-steps 0).
     base_init: str | None = None
@@ -208,6 +211,15 @@ def load_base_into(parts: dict, source: str | Path) -> float:
         if name == "vae":
             scaling = trained.config.scaling_factor
     return float(scaling)
+
+
+def vae_trainables(vae, decoder_only: bool) -> list[torch.nn.Parameter]:
+    """The VAE's parameters the VAE phase trains; with `decoder_only` the encoder is frozen."""
+    if decoder_only:
+        for frozen in (vae.encoder, vae.quant_conv):
+            if frozen is not None:  # diffusers leaves quant_conv out when use_quant_conv=False
+                frozen.requires_grad_(False)
+    return [p for p in vae.parameters() if p.requires_grad]
 
 
 def random_crop(pixels: torch.Tensor, size: int | None, generator: torch.Generator):
@@ -446,7 +458,10 @@ def train_base(config: BaseTrainConfig) -> Path:
             objective = VAEObjective(parts["vae"])
             objective.train()
             groups = [
-                {"params": list(parts["vae"].parameters()), "peak_lr": config.vae_learning_rate}
+                {
+                    "params": vae_trainables(parts["vae"], config.vae_decoder_only),
+                    "peak_lr": config.vae_learning_rate,
+                }
             ]
         else:
             steps = config.unet_steps

@@ -71,6 +71,8 @@ HELP = {
     "vae_object_margin": "pixels around each object that weigh as much as the object",
     "vae_init": "start the VAE from this trained AutoencoderKL folder (it may have fewer latent "
     "channels: they map onto the first ones)",
+    "vae_decoder_only": "train only the VAE's decoder (the encoder frozen, so the latents of a "
+    "trained UNet stay valid: a sharper decoder for a finished base, with --base-init)",
     "condition_zero_conv": "start the condition encoder's last convolution at zero, as the paper "
     "(--no-condition-zero-conv: random, so the map reaches the trainable copy from step 0)",
     "base_init": "start VAE, tokenizer, text encoder and UNet from this trained base pipeline "

@@ -258,7 +258,11 @@ def base_card(stage: Stage, folder: Path) -> str:
     crops = f"random {crop} px crops" if crop else "whole images"
     weight, margin = config.get("vae_object_weight", 0.0), config.get("vae_object_margin", 0)
     weighting = f"objects and {margin} px around them weigh {1 + weight:g}x" if weight else "even"
-    start = " fine-tuning an earlier VAE" if config.get("vae_init") else ""
+    start = ""
+    if config.get("vae_init") or config.get("base_init"):
+        start = " fine-tuning an earlier VAE"
+    if config.get("vae_decoder_only"):
+        start += "'s decoder alone (its encoder, so the UNet's latents, unchanged)"
     vae = (
         f"{summary['steps']['vae']} steps{start}, batch "
         f"{config['vae_batch_size'] or config['batch_size']}, {crops}, L1 ({weighting}) + "
@@ -272,12 +276,19 @@ def base_card(stage: Stage, folder: Path) -> str:
         objective += " prediction at zero terminal SNR"
     else:
         objective += " prediction, SD 1.5's noise schedule"
-    if config.get("base_init"):
-        objective += ", continuing an earlier base"
-    mean = (summary.get("mean_loss_last_100") or {}).get("unet")
-    unet_loss = f"{loss['unet']:.4f}"
-    if mean:
-        unet_loss += f" (mean of the last 100 steps {mean:.4f})"
+    if summary["steps"]["unet"]:
+        if config.get("base_init"):
+            objective += ", continuing an earlier base"
+        mean = (summary.get("mean_loss_last_100") or {}).get("unet")
+        unet_loss = f"{loss['unet']:.4f}"
+        if mean:
+            unet_loss += f" (mean of the last 100 steps {mean:.4f})"
+        unet = (
+            f"{summary['steps']['unet']} steps, batch {config['batch_size']}, {objective},\n  "
+            f"{config['proportion_empty_prompts']:.0%} empty prompts; final loss {unet_loss}"
+        )
+    else:
+        unet = f"kept from the earlier base ({objective})"
     sizes = ", ".join(
         f"{part} {parameter_count(folder / part) / 1e6:.2f} M"
         for part in ("vae", "text_encoder", "unet")
@@ -294,8 +305,7 @@ lock it.
   {arch["text_layers"]} layers of width {arch["text_width"]}; tokenizer learnt from the prompts.
 - Parameters: {sizes} (stored in float16).
 - VAE: {vae} (README: training history).
-- UNet + text encoder: {summary["steps"]["unet"]} steps, batch {config["batch_size"]}, {objective},
-  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss {unet_loss}.
+- UNet + text encoder: {unet}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
 
 It knows only the synthetic world: 1-3 spheres, cubes, cylinders, cones, pyramids and people in
