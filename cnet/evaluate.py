@@ -391,14 +391,15 @@ def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> 
     """Each RGB image through the VAE and back (the latents' mean), as the pipeline outputs it."""
     import torch
 
+    from cnet.train.report import tensor_to_image
+
     out = []
     for start in range(0, len(images), batch_size):
         pixels = torch.from_numpy(np.stack(images[start : start + batch_size]))
         pixels = pixels.permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1
         with torch.no_grad():
             decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
-        decoded = (decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        out += list((decoded * 255).round().astype(np.uint8))
+        out += [np.asarray(tensor_to_image(image)) for image in decoded]
     return out
 
 

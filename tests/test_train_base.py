@@ -269,8 +269,8 @@ def test_a_decoder_only_vae_phase_keeps_the_encoder_so_the_unet_latents_stay(tra
     frozen = ("encoder.", "quant_conv.")
     assert part(before, frozen) and not changed(part(before, frozen), part(after, frozen))
     assert changed(part(before, ("decoder.",)), part(after, ("decoder.",)))
-    for part in ("text_encoder", "unet"):
-        assert not changed(weights(base_dir / part), weights(tuned / part)), part
+    for locked in ("text_encoder", "unet"):
+        assert not changed(weights(base_dir / locked), weights(tuned / locked)), locked
     summary = json.loads((out / "training.json").read_text())
     assert summary["steps"] == {"vae": 2, "unet": 0}
     assert (
