@@ -412,6 +412,24 @@ def test_a_run_resumed_with_a_new_rate_and_batch_lists_both_stretches(
     assert describe_schedules(summary) == "batch 4, AdamW learning rate 0.0005"
 
 
+def test_the_cooldown_lowers_the_rate_linearly_over_the_last_steps(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from cnet.train.embedded import describe_schedules
+
+    every_step = dict(checkpoint_every=1, checkpoints_to_keep=None, cooldown_steps=3)
+    train(config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=4, **every_step))
+    rates = [
+        optimizer_groups(tmp_path / "checkpoints" / f"step-{step:07d}")[0]["lr"]
+        for step in range(1, 5)
+    ]
+    assert rates == pytest.approx([1e-3, 1e-3, 2e-3 / 3, 1e-3 / 3])
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert describe_schedules(summary) == (
+        "batch 2, AdamW learning rate 0.001 falling to 0 over the last 3 steps"
+    )
+
+
 def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     tiny_model_dir, uninterrupted
 ):

@@ -63,7 +63,8 @@ HELP = {
     "corpus": "text file of sentences to learn the tokenizer from (default: the data's prompts)",
     "corpus_examples": "prompts read from the data to learn the tokenizer",
     "vae_steps": "optimizer steps of the VAE phase",
-    "cooldown_steps": "the learning rate falls linearly to 0 over each phase's last steps",
+    "cooldown_steps": "the learning rate falls linearly to 0 over the last N steps (base: of "
+    "each phase; 0: no cool-down)",
     "vae_batch_size": "examples per VAE step (default: --batch-size)",
     "vae_learning_rate": "learning rate of the VAE",
     "vae_crop_size": "train the VAE on random crops of this side (at least the image size: whole)",

@@ -36,12 +36,18 @@ from cnet.engine import DEFAULT_PROMPT
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
-from cnet.train.schedule import schedule_of, schedules_after_resume
+from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
 # What the model cards list for every stretch of a resumed run (see schedules_after_resume).
-SCHEDULE_FIELDS = ("learning_rate", "batch_size", "gradient_accumulation_steps", "warmup_steps")
+SCHEDULE_FIELDS = (
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "warmup_steps",
+    "cooldown_steps",
+)
 
 
 @dataclass
@@ -61,7 +67,10 @@ class TrainConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5  # the paper's AdamW learning rate
-    warmup_steps: int = 0  # then constant: the schedule never depends on max_steps
+    warmup_steps: int = 0  # then constant
+    # 0: no cool-down, so the schedule never depends on max_steps and a run can be lengthened;
+    # N: the rate falls linearly to 0 over the last N steps before max_steps.
+    cooldown_steps: int = 0
     weight_decay: float = 1e-2
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_epsilon: float = 1e-8
@@ -615,9 +624,9 @@ def train(config: TrainConfig) -> TrainResult:
             unlock()
             base_unlocked = True
             accelerator.print(f"Step {step}: unlocked the base ({config.unlock_base}).")
-        warmup = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        factor = lr_factor(step, config.max_steps, config.warmup_steps, config.cooldown_steps)
         for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * warmup
+            group["lr"] = group["peak_lr"] * factor
 
         trainable = [models.controlnet] + ([models.unet] if base_unlocked else [])
         step_loss = torch.zeros((), device=device)

@@ -320,7 +320,9 @@ def describe_schedules(summary: dict) -> str:
     def settings(s: dict) -> str:
         accumulation = s.get("gradient_accumulation_steps", 1)
         batch = f"{s['batch_size']} x {accumulation}" if accumulation > 1 else s["batch_size"]
-        return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}"
+        cooldown = s.get("cooldown_steps")
+        falling = f" falling to 0 over the last {cooldown} steps" if cooldown else ""
+        return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}{falling}"
 
     if len(schedules) == 1:
         return settings(schedules[0])

@@ -16,7 +16,8 @@ def lr_factor(step: int, total: int, warmup_steps: int, cooldown_steps: int) -> 
 
 
 def schedule_of(config: dict, from_step: int, fields: Sequence[str]) -> dict:
-    return {"from_step": from_step, **{name: config[name] for name in fields}}
+    # A field newer than the run's checkpoint is left out of its record (see below).
+    return {"from_step": from_step, **{name: config[name] for name in fields if name in config}}
 
 
 def schedules_after_resume(saved: dict, config: dict, fields: Sequence[str]) -> list[dict]:
@@ -27,6 +28,7 @@ def schedules_after_resume(saved: dict, config: dict, fields: Sequence[str]) -> 
     """
     schedules = saved.get("schedules") or [schedule_of(saved["config"], 0, fields)]
     now = schedule_of(config, saved["step"], fields)
-    if any(schedules[-1].get(name) != now[name] for name in fields):
+    last = schedules[-1]
+    if any(name in last and last[name] != now[name] for name in fields):
         schedules.append(now)
     return schedules
