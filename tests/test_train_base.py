@@ -286,6 +286,20 @@ def test_a_base_init_and_a_vae_init_together_are_refused(trained, tmp_path):
         train_base(run)
 
 
+def test_a_decoder_only_phase_without_a_trained_encoder_of_the_same_width_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from cnet.architecture import TINY, build_vae
+
+    with pytest.raises(ValueError, match="give that VAE with --base-init"):
+        train_base(tiny_run(tmp_path / "run", vae_decoder_only=True))
+    build_vae(replace(TINY, latent_channels=2)).save_pretrained(tmp_path / "narrow")
+    narrow = tiny_run(tmp_path / "run", vae_init=str(tmp_path / "narrow"), vae_decoder_only=True)
+    with pytest.raises(ValueError, match="2 latent channels and this architecture 4"):
+        train_base(narrow)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 @pytest.mark.parametrize("zero_terminal_snr", [True, False])
 def test_the_unet_learns_v_at_zero_terminal_snr_and_the_noise_otherwise(zero_terminal_snr):
     from types import SimpleNamespace

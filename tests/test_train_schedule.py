@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnet.train.schedule import lr_factor
+from cnet.train.schedule import lr_factor, schedules_after_resume
 
 
 def test_warmup_then_constant_then_cooldown_to_zero():
@@ -25,3 +25,16 @@ def test_no_warmup_or_cooldown_is_constant_and_past_the_end_is_zero():
 def test_a_longer_run_moves_the_cooldown_to_its_new_end():
     assert lr_factor(5_500, 6_000, 200, 1_000) == pytest.approx(0.5)
     assert lr_factor(5_500, 8_000, 200, 1_000) == 1.0
+
+
+def test_a_field_newer_than_the_checkpoint_adds_no_stretch_until_its_settings_change():
+    fields = ("learning_rate", "cooldown_steps")
+    older = {"step": 300, "schedules": [{"from_step": 0, "learning_rate": 1e-4}]}
+    same = {"learning_rate": 1e-4, "cooldown_steps": 0}
+    assert schedules_after_resume(older, same, fields) == older["schedules"]
+    cooler = {"learning_rate": 5e-5, "cooldown_steps": 200}
+    assert schedules_after_resume(older, cooler, fields)[-1] == {"from_step": 300, **cooler}
+    before_records = {"step": 300, "config": {"learning_rate": 1e-4}}
+    assert schedules_after_resume(before_records, same, fields) == [
+        {"from_step": 0, "learning_rate": 1e-4}
+    ]

@@ -380,6 +380,28 @@ def save(accelerator, config, phase, step, models, optimizer, losses, generators
         plot_losses(losses, Path(config.output_dir) / "loss.png", "Base model training")
 
 
+def check_vae_sources(config: BaseTrainConfig, latent_channels: int) -> None:
+    """Refuse VAE starts that cannot work, before any data or model is built."""
+    from diffusers import AutoencoderKL
+
+    if config.base_init and config.vae_init:
+        raise ValueError("--base-init already holds a VAE: leave out --vae-init.")
+    if not (config.vae_decoder_only and config.vae_steps):
+        return
+    if not (config.base_init or config.vae_init):
+        raise ValueError(
+            "--vae-decoder-only fine-tunes the decoder of a trained VAE, whose encoder it keeps: "
+            "give that VAE with --base-init (or --vae-init)."
+        )
+    if config.vae_init:
+        trained = AutoencoderKL.load_config(config.vae_init)["latent_channels"]
+        if trained != latent_channels:
+            raise ValueError(
+                f"--vae-init has {trained} latent channels and this architecture {latent_channels}:"
+                " the new channels need a trainable encoder, so leave out --vae-decoder-only."
+            )
+
+
 def train_base(config: BaseTrainConfig) -> Path:
     """Train (or resume) both phases; returns the saved pipeline folder."""
     from accelerate import Accelerator
@@ -390,6 +412,7 @@ def train_base(config: BaseTrainConfig) -> Path:
 
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
+    check_vae_sources(config, arch.latent_channels)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     timebox = TimeBox(config.max_minutes, accelerator)
     device, rank = accelerator.device, accelerator.process_index
@@ -405,8 +428,6 @@ def train_base(config: BaseTrainConfig) -> Path:
     )
 
     # Every process builds the same random initial weights from the same seed.
-    if config.base_init and config.vae_init:
-        raise ValueError("--base-init already holds a VAE: leave out --vae-init.")
     tokenizer_dir = output_dir / "tokenizer"
     if accelerator.is_main_process and not (tokenizer_dir / "tokenizer_config.json").is_file():
         if config.base_init:  # its text encoder's embeddings are indexed by its vocabulary
