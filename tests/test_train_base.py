@@ -124,19 +124,29 @@ def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_pat
     assert resumed["losses"] == full["losses"]
 
 
-def test_a_time_boxed_base_stops_within_its_phase_exports_and_resumes_exactly(trained, tmp_path):
+def test_a_time_boxed_base_stops_within_its_phase_exports_no_random_unet_and_resumes_exactly(
+    trained, tmp_path
+):
     _, out = trained
     full = json.loads((out / "checkpoints" / "step-0000004" / "state.json").read_text())
     boxed = tiny_run(tmp_path, validate_every=0, max_minutes=1e-9)  # spent in the first step
-    train_base(boxed)
+    assert train_base(boxed) is None
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == {"vae": 1, "unet": 0}  # the UNet phase never started
-    assert (tmp_path / "base" / "model_index.json").is_file()
+    assert not (tmp_path / "base").exists()  # a random UNet is not exported as a pipeline
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
     boxed.resume, boxed.max_minutes = "latest", None
-    train_base(boxed)
+    assert train_base(boxed) == tmp_path / "base"
     resumed = json.loads((tmp_path / "checkpoints" / "step-0000004" / "state.json").read_text())
     assert resumed["losses"] == full["losses"]
+    assert (tmp_path / "base" / "model_index.json").is_file()
+
+
+def test_a_base_init_run_stopped_in_its_vae_phase_exports_the_earlier_unet(trained, tmp_path):
+    base_dir, _ = trained
+    boxed = tiny_run(tmp_path, base_init=str(base_dir), validate_every=0, max_minutes=1e-9)
+    assert train_base(boxed) == tmp_path / "base"
+    assert not changed(weights(base_dir / "unet"), weights(tmp_path / "base" / "unet"))
 
 
 def test_vae_crops_are_random_windows_of_the_asked_size():

@@ -402,8 +402,9 @@ def check_vae_sources(config: BaseTrainConfig, latent_channels: int) -> None:
             )
 
 
-def train_base(config: BaseTrainConfig) -> Path:
-    """Train (or resume) both phases; returns the saved pipeline folder."""
+def train_base(config: BaseTrainConfig) -> Path | None:
+    """Train (or resume) both phases; returns the saved pipeline folder, or None when the time box
+    stopped the run before its UNet had trained."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
@@ -604,6 +605,8 @@ def train_base(config: BaseTrainConfig) -> Path:
         if stopped:
             break
 
+    # A pipeline whose UNet never trained would load in the app and draw noise.
+    unet_untrained = stopped and phase == "vae" and config.unet_steps and not config.base_init
     base_dir = output_dir / "base"
     if accelerator.is_main_process:
         components = {
@@ -611,7 +614,13 @@ def train_base(config: BaseTrainConfig) -> Path:
             for name, part in parts.items()
         }
         place(components["vae"], "cpu", torch.float32)
-        save_pipeline_dir(components, base_dir, arch)
+        if unet_untrained:
+            accelerator.print(
+                "Stopped in the VAE phase, so no pipeline was exported (its UNet has not trained "
+                "yet); the same command with --resume latest goes on."
+            )
+        else:
+            save_pipeline_dir(components, base_dir, arch)
         summary = {
             "final_loss": {
                 phase: values[-1] if values else None for phase, values in losses.items()
@@ -621,9 +630,9 @@ def train_base(config: BaseTrainConfig) -> Path:
                 for phase, values in losses.items()
             },
             "steps": {phase: len(values) for phase, values in losses.items()},
-            "scaling_factor": components["vae"].config.scaling_factor,
+            "scaling_factor": None if unet_untrained else components["vae"].config.scaling_factor,
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
-    return base_dir
+    return None if unet_untrained else base_dir

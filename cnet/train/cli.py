@@ -180,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             from cnet.train.base import train_base
 
-            print(f"Base pipeline saved to {train_base(config)}")
+            base_dir = train_base(config)
+            if base_dir:
+                print(f"Base pipeline saved to {base_dir}")
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
