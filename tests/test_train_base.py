@@ -10,6 +10,8 @@ from PIL import Image
 
 from cnet.engine import DEFAULT_PROMPT
 from cnet.train.base import BaseTrainConfig, train_base
+from cnet.train.embedded import describe_run
+from cnet.train.lineage import recorded_runs
 
 
 @pytest.fixture(autouse=True)
@@ -287,6 +289,10 @@ def test_a_decoder_only_vae_phase_keeps_the_encoder_so_the_unet_latents_stay(tra
         summary["scaling_factor"]
         == json.loads((first / "training.json").read_text())["scaling_factor"]
     )
+    runs = recorded_runs(tuned)  # the earlier base's run, then this one
+    assert [r["steps"] for r in runs] == [{"vae": 2, "unet": 2}, {"vae": 2, "unet": 0}]
+    assert describe_run(runs[1]) == "its decoder 2 steps at batch 4, learning rate 0.001; 1 x cpu"
+    assert describe_run(runs[0]).startswith("VAE 2 steps at batch 4, learning rate 0.001; UNet")
 
 
 def test_a_base_init_and_a_vae_init_together_are_refused(trained, tmp_path):

@@ -430,6 +430,33 @@ def test_the_cooldown_lowers_the_rate_linearly_over_the_last_steps(
     )
 
 
+def test_the_exported_controlnet_records_every_run_behind_it_even_after_a_resume(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from cnet.train.lineage import LINEAGE_FILE, UNRECORDED, recorded_runs
+
+    first = tmp_path / "first"
+    train(config(tiny_model_dir, fill50k_dir, first, max_steps=1))
+    assert [(r["trainer"], r["steps"]) for r in recorded_runs(first / "controlnet")] == [
+        ("controlnet", 1)
+    ]
+    second = config(tiny_model_dir, fill50k_dir, tmp_path / "second", checkpoint_every=1)
+    second.controlnet = str(first / "controlnet")
+    second.max_steps, second.cooldown_steps = 1, 1
+    train(second)
+    (first / "controlnet" / LINEAGE_FILE).unlink()  # gone before the resume: kept in the state
+    second.max_steps, second.resume = 2, "latest"
+    train(second)
+    runs = recorded_runs(tmp_path / "second" / "controlnet")
+    assert [r["steps"] for r in runs] == [1, 2]
+    assert runs[1]["data"] == fill50k_dir.name  # a folder's name, not a path on this machine
+    assert [s["cooldown_steps"] for s in runs[1]["schedules"]] == [1]
+    third = config(tiny_model_dir, fill50k_dir, tmp_path / "third", max_steps=1)
+    third.controlnet = str(first / "controlnet")  # no record left there
+    train(third)
+    assert recorded_runs(tmp_path / "third" / "controlnet")[0] == UNRECORDED
+
+
 def test_a_run_writes_loss_curve_validation_grids_and_a_loadable_controlnet(
     tiny_model_dir, uninterrupted
 ):

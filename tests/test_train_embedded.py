@@ -265,6 +265,42 @@ def test_a_shared_controlnet_continued_from_earlier_weights_says_so(
     assert "the shared start" not in card
 
 
+def test_a_card_lists_every_run_behind_the_weights(recipe, tiny_model_dir, tmp_path):
+    from cnet.train.controlnet import lineage_entry
+    from cnet.train.lineage import LINEAGE_FILE, UNRECORDED
+
+    finish_base(recipe, tiny_model_dir)
+    shared = recipe["controlnet-all"]
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    config = {**asdict(shared.config), "default_prompt_share": 0.5}
+    schedule = {"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}
+    run = {
+        "steps": 600,
+        "schedules": [schedule, {**schedule, "from_step": 500, "cooldown_steps": 100}],
+        "connect_decoder": True,
+        "base_unlocked": False,
+        "mean_loss_last_100": 0.19,
+        "control_gains": {"500": 0.1, "600": 0.2},
+        "device": "1 x NVIDIA H200",
+        "config": config,
+    }
+    lineage = [UNRECORDED, lineage_entry(run)]
+    (shared.result / LINEAGE_FILE).write_text(json.dumps(lineage))
+
+    pack(recipe, tmp_path / "preset")
+
+    card = (tmp_path / "preset" / "controlnet" / "all" / "README.md").read_text()
+    assert (
+        "- Every run behind these weights, oldest first:\n"
+        "  1. an earlier model whose training is not recorded here.\n"
+        "  2. 600 steps on all maps, batch 64, AdamW learning rate 0.0001 from step 0; batch 64, "
+        "AdamW learning rate 0.0001 falling to 0 over the last 100 steps from step 500, 50% empty "
+        "prompts (50% of them the default prompt); control gain 0.2000 at step 600; "
+        "1 x NVIDIA H200.\n"
+    ) in card
+    assert (tmp_path / "preset" / "controlnet" / "all" / LINEAGE_FILE).is_file()
+
+
 def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_path, monkeypatch):
     finish_base(recipe, tiny_model_dir)
     monkeypatch.setattr(embedded, "WEIGHTS_BUDGET_BYTES", 1000)

@@ -35,6 +35,7 @@ from cnet.engine import DEFAULT_PROMPT
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import (
+    device_name,
     diffusion_target,
     drop_prompts,
     lock,
@@ -43,6 +44,7 @@ from cnet.train.controlnet import (
     tokenize,
 )
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
+from cnet.train.lineage import read_lineage, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
 from cnet.train.timebox import TimeBox
@@ -360,8 +362,14 @@ def validate(accelerator, phase: str, parts: dict, examples: list[dict], config,
     path.with_suffix(".txt").write_text("\n".join(e["prompt"] for e in examples) + "\n")
 
 
-def save(accelerator, config, phase, step, models, optimizer, losses, generators) -> None:
-    state = {"phase": phase, "step": step, "losses": losses, "config": asdict(config)}
+def save(accelerator, config, phase, step, models, optimizer, losses, generators, lineage) -> None:
+    state = {
+        "phase": phase,
+        "step": step,
+        "losses": losses,
+        "lineage": lineage,
+        "config": asdict(config),
+    }
     if phase == "unet":
         state["scaling_factor"] = models["vae"].config.scaling_factor
     # Checkpoints count steps across both phases, so "latest" is the newest of either.
@@ -448,6 +456,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     if config.base_init and not resume_dir:
         init_scaling = load_base_into(parts, config.base_init)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
+    earlier = saved.get("lineage", read_lineage(config.base_init or config.vae_init))
     losses = saved.get("losses", {phase: [] for phase in PHASES})
     generators = {
         "noise": torch.Generator(device).manual_seed(config.seed * 1000 + rank),
@@ -590,7 +599,9 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             stopped = timebox.spent()
             if step % config.checkpoint_every == 0 or step == steps or stopped:
                 models = {"vae": parts["vae"], **(trained if phase == "unet" else {})}
-                save(accelerator, config, phase, step, models, optimizer, losses, generators)
+                save(
+                    accelerator, config, phase, step, models, optimizer, losses, generators, earlier
+                )
             if config.validate_every and step % config.validate_every == 0:
                 if accelerator.is_main_process:
                     path = output_dir / "validation" / f"{phase}-step-{step:07d}.png"
@@ -631,8 +642,33 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             },
             "steps": {phase: len(values) for phase, values in losses.items()},
             "scaling_factor": None if unet_untrained else components["vae"].config.scaling_factor,
+            "device": device_name(accelerator),
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+        if not unet_untrained:
+            write_lineage(base_dir, earlier, lineage_entry(summary))
     accelerator.wait_for_everyone()
     return None if unet_untrained else base_dir
+
+
+def lineage_entry(summary: dict) -> dict:
+    """This run, as the exported base's lineage.json records it (no local paths)."""
+    config = summary["config"]
+    return {
+        "trainer": "base",
+        "data": Path(config["data"]).name,
+        "steps": summary["steps"],
+        "vae_decoder_only": config["vae_decoder_only"],
+        "vae_batch_size": config["vae_batch_size"] or config["batch_size"],
+        "vae_learning_rate": config["vae_learning_rate"],
+        "batch_size": config["batch_size"],
+        "unet_learning_rate": config["unet_learning_rate"],
+        "text_encoder_learning_rate": config["text_encoder_learning_rate"],
+        "cooldown_steps": config["cooldown_steps"],
+        "zero_terminal_snr": config["zero_terminal_snr"],
+        "proportion_empty_prompts": config["proportion_empty_prompts"],
+        "default_prompt_share": config["default_prompt_share"],
+        "mean_loss_last_100": summary["mean_loss_last_100"],
+        "device": summary["device"],
+    }

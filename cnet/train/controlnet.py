@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from cnet.engine import DEFAULT_PROMPT
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
+from cnet.train.lineage import last_gain, read_lineage, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
@@ -545,6 +546,8 @@ def train(config: TrainConfig) -> TrainResult:
     }
     step, losses, gains = 0, [], {}
     schedules = [schedule_of(asdict(config), 0, SCHEDULE_FIELDS)]
+    # Read once, at the start: the start folder may be gone (or re-exported) by a resume.
+    earlier = saved.get("lineage", read_lineage(config.controlnet))
     if resume_dir:
         if base_unlocked:
             unlock()  # the optimizer state to load has the base's parameter group
@@ -597,6 +600,7 @@ def train(config: TrainConfig) -> TrainResult:
             "connect_decoder": connect_decoder,
             "base_unlocked": base_unlocked,
             "schedules": schedules,
+            "lineage": earlier,
             "config": asdict(config),
         }
         directory = ckpt.checkpoint_dir(output_dir, step)
@@ -699,5 +703,25 @@ def train(config: TrainConfig) -> TrainResult:
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+        write_lineage(controlnet_dir, earlier, lineage_entry(summary))
     accelerator.wait_for_everyone()
     return TrainResult(step, losses, controlnet_dir, new_base_dir)
+
+
+def lineage_entry(summary: dict) -> dict:
+    """This run, as the exported ControlNet's lineage.json records it (no local paths)."""
+    config = summary["config"]
+    return {
+        "trainer": "controlnet",
+        "data": Path(config["data"]).name,
+        "condition": config["condition"],
+        "steps": summary["steps"],
+        "schedules": summary["schedules"],
+        "proportion_empty_prompts": config["proportion_empty_prompts"],
+        "default_prompt_share": config["default_prompt_share"],
+        "all_links": summary["connect_decoder"],
+        "base_unlocked": summary["base_unlocked"],
+        "mean_loss_last_100": summary["mean_loss_last_100"],
+        "control_gain": last_gain(summary["control_gains"]),
+        "device": summary["device"],
+    }

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cnet.synth.sample import CONDITION_KEYS
+from cnet.train.lineage import recorded_runs
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
 SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
@@ -307,7 +308,7 @@ lock it.
 - VAE: {vae} (README: training history).
 - UNet + text encoder: {unet}.
 - Latent scaling factor {summary["scaling_factor"]:.5f}.
-
+{lineage_lines(recorded_runs(folder))}
 It knows only the synthetic world: 1-3 spheres, cubes, cylinders, cones, pyramids and people in
 named colours, on a plain background or a floor.
 """
@@ -327,6 +328,53 @@ def describe_schedules(summary: dict) -> str:
     if len(schedules) == 1:
         return settings(schedules[0])
     return "; ".join(f"{settings(s)} from step {s['from_step']}" for s in schedules)
+
+
+def describe_run(run: dict) -> str:
+    """One run of a model's lineage.json, as its card lists it."""
+    if run["trainer"] == "controlnet":
+        text = f"{run['steps']} steps on {run['condition']} maps, {describe_schedules(run)}, "
+        text += f"{run['proportion_empty_prompts']:.0%} empty prompts"
+        if run["default_prompt_share"]:
+            text += f" ({run['default_prompt_share']:.0%} of them the default prompt)"
+        if not run["all_links"]:
+            text += ", middle block only"
+        if run["base_unlocked"]:
+            text += ", base unlocked"
+        if run["control_gain"]:
+            gain = run["control_gain"]
+            text += f"; control gain {gain['value']:.4f} at step {gain['step']}"
+    elif run["trainer"] == "base":
+        steps, phases = run["steps"], []
+        if steps["vae"]:
+            part = "its decoder" if run["vae_decoder_only"] else "VAE"
+            phases.append(
+                f"{part} {steps['vae']} steps at batch {run['vae_batch_size']}, "
+                f"learning rate {run['vae_learning_rate']:g}"
+            )
+        if steps["unet"]:
+            schedule = "zero terminal SNR" if run["zero_terminal_snr"] else "SD 1.5's schedule"
+            phases.append(
+                f"UNet + text encoder {steps['unet']} steps at batch {run['batch_size']}, "
+                f"learning rates {run['unet_learning_rate']:g} / "
+                f"{run['text_encoder_learning_rate']:g}, {schedule}"
+            )
+        text = "; ".join(phases) or "no steps"
+        if run["cooldown_steps"]:
+            text += f", each phase cooling down over its last {run['cooldown_steps']} steps"
+    else:
+        return "an earlier model whose training is not recorded here"
+    if run.get("device"):
+        text += f"; {run['device']}"
+    return text
+
+
+def lineage_lines(runs: list[dict]) -> str:
+    """A card's list of the runs behind its weights, when there was more than one."""
+    if len(runs) < 2:
+        return ""
+    items = "".join(f"  {i}. {describe_run(run)}.\n" for i, run in enumerate(runs, 1))
+    return f"- Every run behind these weights, oldest first:\n{items}"
 
 
 def controlnet_card(
@@ -361,6 +409,7 @@ def controlnet_card(
         )
     if "device" in summary:
         notes += f"- Trained on {summary['device']}.\n"
+    notes += lineage_lines(recorded_runs(folder))
     tables = "\n\n".join(
         (f"### {key}\n\n" if len(serves) > 1 else "") + metrics_table(metrics, key)
         for key in serves

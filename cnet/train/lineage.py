@@ -1,0 +1,39 @@
+"""The runs behind a trained model folder, oldest first, in its `lineage.json`.
+
+A run that starts from a model folder (`--controlnet DIR`, `--base-init DIR`) takes that
+folder's record and adds itself, so a model card can list every run behind the weights, not
+just the last one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LINEAGE_FILE = "lineage.json"
+# Stands for the runs behind a start folder that has no record (a hub model, an older export).
+UNRECORDED = {"trainer": "unrecorded"}
+
+
+def recorded_runs(folder: str | Path) -> list[dict]:
+    """The runs a model folder records, oldest first; [] when it records none."""
+    path = Path(folder) / LINEAGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def read_lineage(start: str | Path | None) -> list[dict]:
+    """What a run inherits from the folder it starts from: [] for a run from scratch."""
+    if not start:
+        return []
+    return recorded_runs(start) or [dict(UNRECORDED)]
+
+
+def write_lineage(folder: Path, earlier: list[dict], run: dict) -> None:
+    (folder / LINEAGE_FILE).write_text(json.dumps([*earlier, run], indent=2) + "\n")
+
+
+def last_gain(gains: dict[str, float]) -> dict | None:
+    if not gains:
+        return None
+    step = max(gains, key=int)
+    return {"step": int(step), "value": gains[step]}
