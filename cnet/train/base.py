@@ -44,7 +44,7 @@ from cnet.train.controlnet import (
     tokenize,
 )
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
-from cnet.train.lineage import read_lineage, write_lineage
+from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor
 from cnet.train.timebox import TimeBox
@@ -653,22 +653,18 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
 
 def lineage_entry(summary: dict) -> dict:
-    """This run, as the exported base's lineage.json records it (no local paths)."""
+    """This run, as the exported base's lineage.json records it."""
     config = summary["config"]
-    return {
-        "trainer": "base",
-        "data": Path(config["data"]).name,
-        "steps": summary["steps"],
-        "vae_decoder_only": config["vae_decoder_only"],
-        "vae_batch_size": config["vae_batch_size"] or config["batch_size"],
-        "vae_learning_rate": config["vae_learning_rate"],
-        "batch_size": config["batch_size"],
-        "unet_learning_rate": config["unet_learning_rate"],
-        "text_encoder_learning_rate": config["text_encoder_learning_rate"],
-        "cooldown_steps": config["cooldown_steps"],
-        "zero_terminal_snr": config["zero_terminal_snr"],
-        "proportion_empty_prompts": config["proportion_empty_prompts"],
-        "default_prompt_share": config["default_prompt_share"],
-        "mean_loss_last_100": summary["mean_loss_last_100"],
-        "device": summary["device"],
-    }
+    settings = (
+        "vae_decoder_only",
+        "vae_learning_rate",
+        "batch_size",
+        "unet_learning_rate",
+        "text_encoder_learning_rate",
+        "cooldown_steps",
+        "zero_terminal_snr",
+        "proportion_empty_prompts",
+        "default_prompt_share",
+    )
+    vae_batch = config["vae_batch_size"] or config["batch_size"]
+    return run_record("base", summary, settings, vae_batch_size=vae_batch)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from cnet.engine import DEFAULT_PROMPT
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
-from cnet.train.lineage import last_gain, read_lineage, write_lineage
+from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
@@ -709,19 +709,13 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def lineage_entry(summary: dict) -> dict:
-    """This run, as the exported ControlNet's lineage.json records it (no local paths)."""
-    config = summary["config"]
-    return {
-        "trainer": "controlnet",
-        "data": Path(config["data"]).name,
-        "condition": config["condition"],
-        "steps": summary["steps"],
-        "schedules": summary["schedules"],
-        "proportion_empty_prompts": config["proportion_empty_prompts"],
-        "default_prompt_share": config["default_prompt_share"],
-        "all_links": summary["connect_decoder"],
-        "base_unlocked": summary["base_unlocked"],
-        "mean_loss_last_100": summary["mean_loss_last_100"],
-        "control_gain": last_gain(summary["control_gains"]),
-        "device": summary["device"],
-    }
+    """This run, as the exported ControlNet's lineage.json records it."""
+    return run_record(
+        "controlnet",
+        summary,
+        ("condition", "proportion_empty_prompts", "default_prompt_share"),
+        schedules=summary["schedules"],
+        all_links=summary["connect_decoder"],
+        base_unlocked=summary["base_unlocked"],
+        control_gain=last_gain(summary["control_gains"]),
+    )

@@ -32,6 +32,21 @@ def write_lineage(folder: Path, earlier: list[dict], run: dict) -> None:
     (folder / LINEAGE_FILE).write_text(json.dumps([*earlier, run], indent=2) + "\n")
 
 
+def run_record(trainer: str, summary: dict, settings: tuple[str, ...], **more) -> dict:
+    """One run, as lineage.json records it: its training.json's figures and the `settings` of
+    its config that say how it trained (no local paths: the data is named by its folder)."""
+    config = summary["config"]
+    return {
+        "trainer": trainer,
+        "data": Path(config["data"]).name,
+        "steps": summary["steps"],
+        **{name: config[name] for name in settings},
+        **more,
+        "mean_loss_last_100": summary["mean_loss_last_100"],
+        "device": summary["device"],
+    }
+
+
 def last_gain(gains: dict[str, float]) -> dict | None:
     if not gains:
         return None
