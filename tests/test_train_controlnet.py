@@ -632,6 +632,25 @@ def test_the_control_gain_is_zero_until_the_map_reaches_the_output(tiny_model_di
     assert gain(condition_zero_conv=False, output_zero_convs=False) != 0.0
 
 
+def test_the_control_gain_draws_the_same_noise_on_any_device(monkeypatch):
+    """Its random streams are CPU generators, so gains measured on a GPU and on a CPU compare."""
+    from types import SimpleNamespace
+
+    from cnet.train import controlnet
+
+    seen = []
+
+    def loss(models, batch, generator, prompt_generator, *settings):
+        seen.append((generator.device.type, generator.initial_seed(), prompt_generator.device.type))
+        return torch.zeros(())
+
+    monkeypatch.setattr(controlnet, "training_loss", loss)
+    on_a_gpu = SimpleNamespace(vae=SimpleNamespace(device=torch.device("cuda")))
+    batch = {"conditioning_pixel_values": torch.zeros(2, 3, 4, 4)}
+    controlnet.control_gain(on_a_gpu, [batch, batch], connect_decoder=True)
+    assert seen == [("cpu", 0, "cpu")] * 2 + [("cpu", 1, "cpu")] * 2
+
+
 def test_bf16_mixed_precision_trains_on_the_cpu(tiny_model_dir, fill50k_dir, tmp_path):
     """The CPU's autocast leaves group norm's parameters uncast: locked models stay fp32 there."""
     from accelerate.state import AcceleratorState

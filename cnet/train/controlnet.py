@@ -286,8 +286,11 @@ def training_loss(
     connect_decoder: bool,
     default_prompt_share: float = 0.0,
 ) -> torch.Tensor:
-    """One ControlNet training objective evaluation on a batch (the paper's Eq. 5)."""
-    device, dtype = generator.device, models.vae.dtype
+    """One ControlNet training objective evaluation on a batch (the paper's Eq. 5).
+
+    The random draws come from `generator`'s device and move to the models': a CPU generator
+    gives the same noise on any device (control_gain), one on the models' device is faster."""
+    device, dtype = models.vae.device, models.vae.dtype
     pixel_values = batch["pixel_values"].to(device, dtype)
     with torch.no_grad():
         latent_dist = models.vae.encode(pixel_values).latent_dist
@@ -296,14 +299,16 @@ def training_loss(
             batch["prompt"], proportion_empty_prompts, prompt_generator, default_prompt_share
         )
         text = models.text_encoder(tokenize(models.tokenizer, prompts).to(device))[0]
-    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    drawn_on = generator.device
+    noise = torch.randn(latents.shape, generator=generator, device=drawn_on, dtype=latents.dtype)
     timesteps = torch.randint(
         0,
         models.scheduler.config.num_train_timesteps,
         (latents.shape[0],),
         generator=generator,
-        device=device,
+        device=drawn_on,
     )
+    noise, timesteps = noise.to(device), timesteps.to(device)
     noisy_latents = models.scheduler.add_noise(latents, noise, timesteps)
     control = batch["conditioning_pixel_values"].to(device)
     down, mid = models.controlnet(
@@ -387,7 +392,7 @@ def control_gain(models: Models, batches: list[dict], connect_decoder: bool) -> 
             training_loss(
                 models,
                 maps,
-                torch.Generator(models.vae.device).manual_seed(index),
+                torch.Generator().manual_seed(index),  # the same noise on every device
                 torch.Generator().manual_seed(index),
                 0.0,
                 connect_decoder,
