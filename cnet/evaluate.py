@@ -38,6 +38,7 @@ import numpy as np
 from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.synth import Sample, generate, split_seeds
+from cnet.synth.maps import MAP_SHOWS_ONLY
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
 
@@ -65,6 +66,7 @@ class Scores:
     shape_iou: float | None = None
     caption_names_first_pass: float | None = None  # automatic prompt mode only
     second_pass_follows_caption: float | None = None
+    shown_iou: float | None = None  # maps that show only some objects: IoU on those alone
 
 
 def empty_render(sample: Sample) -> Render:
@@ -76,17 +78,30 @@ def empty_scene(sample: Sample) -> np.ndarray:
     return empty_render(sample).rgb
 
 
-def iou_against(generated: np.ndarray, empty: np.ndarray, sample: Sample) -> float:
-    """IoU of the pixels that differ from `empty` with the union of the objects' masks."""
+def iou_against(
+    generated: np.ndarray, empty: np.ndarray, truth: np.ndarray, ignored: np.ndarray | None = None
+) -> float:
+    """IoU of the pixels that differ from `empty` with `truth`, the `ignored` pixels left out."""
     difference = np.abs(generated.astype(np.int16) - empty.astype(np.int16))
     predicted = cv2.medianBlur(difference.max(axis=2).astype(np.uint8), 3) > FOREGROUND_THRESHOLD
-    truth = sample.masks.any(axis=0)
+    if ignored is not None:
+        predicted, truth = predicted & ~ignored, truth & ~ignored
     union = np.logical_or(predicted, truth).sum()
     return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
 
 
 def foreground_iou(generated: np.ndarray, sample: Sample) -> float:
-    return iou_against(generated, empty_scene(sample), sample)
+    return iou_against(generated, empty_scene(sample), sample.masks.any(axis=0))
+
+
+def shown_iou(generated: np.ndarray, sample: Sample, kinds: tuple[str, ...]) -> float | None:
+    """Foreground IoU on the objects of `kinds` alone, the other objects' pixels left out: how
+    well a map that shows only those places them. None when the scene has none of them in view."""
+    shown = np.array([obj.kind in kinds for obj in sample.scene.objects])
+    truth = sample.masks[shown].any(axis=0)
+    if not truth.any():
+        return None
+    return iou_against(generated, empty_scene(sample), truth, sample.masks[~shown].any(axis=0))
 
 
 def shape_iou(generated: np.ndarray, sample: Sample) -> float:
@@ -97,7 +112,7 @@ def shape_iou(generated: np.ndarray, sample: Sample) -> float:
     for region in np.unique(regions):
         where = regions == region
         own[where] = np.median(generated[where], axis=0)
-    return iou_against(generated, own, sample)
+    return iou_against(generated, own, sample.masks.any(axis=0))
 
 
 def nearest_color(rgb: np.ndarray) -> str:
@@ -173,11 +188,13 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
     edge = (
         edge_f1(generated, sample.conditions[condition]) if condition in EDGE_CONDITIONS else None
     )
+    shown = MAP_SHOWS_ONLY.get(condition)
     return Scores(
         foreground_iou(generated, sample),
         color_accuracy(generated, sample),
         edge,
         shape_iou=shape_iou(generated, sample),
+        shown_iou=shown_iou(generated, sample, shown) if shown else None,
     )
 
 
@@ -374,6 +391,22 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
         for s in rows.values()
         if s.caption_names_first_pass is not None
     ]
+    shown = [
+        f"| {condition} | {', '.join(MAP_SHOWS_ONLY[condition])} | {name} | {s.shown_iou:.3f} |"
+        for condition, rows in table.items()
+        for name, s in rows.items()
+        if s.shown_iou is not None
+    ]
+    if shown:
+        lines += [
+            "",
+            "Maps that show only some objects: foreground IoU on those alone (scenes with one in "
+            "view; the other objects' pixels left out):",
+            "",
+            "| condition | objects in the map | setting | foreground IoU |",
+            "|---|---|---|---|",
+            *shown,
+        ]
     if agreement:
         lines += [
             "",

@@ -19,6 +19,7 @@ from cnet.evaluate import (
     reconstructions,
     score,
     shape_iou,
+    shown_iou,
     vae_ceiling,
 )
 from cnet.synth import generate, split_seeds
@@ -119,6 +120,32 @@ def test_hough_lines_of_the_target_are_mostly_found_in_its_edges(samples):
     with_lines = [s for s in samples if s.conditions["hough"].any()]
     assert with_lines
     assert np.mean([edge_f1(s.image, s.conditions["hough"]) for s in with_lines]) > 0.4
+
+
+def test_a_pose_map_is_scored_on_the_people_alone_the_only_objects_it_shows():
+    scenes = (generate(seed, 128) for seed in split_seeds("test", 200))
+    mixed = next(  # a person and something else, both in view
+        s
+        for s in scenes
+        if {o.kind for o in s.scene.objects} > {"person"} and s.masks.any(axis=(1, 2)).all()
+    )
+    people = np.array([obj.kind == "person" for obj in mixed.scene.objects])
+    only_people = empty_scene(mixed).copy()
+    where = mixed.masks[people].any(axis=0)
+    only_people[where] = mixed.image[where]
+    assert shown_iou(only_people, mixed, ("person",)) > 0.8
+    assert shown_iou(mixed.image, mixed, ("person",)) > 0.8  # the others' pixels do not count
+    assert foreground_iou(only_people, mixed) < foreground_iou(mixed.image, mixed)
+    assert score(only_people, mixed, "pose").shown_iou == shown_iou(only_people, mixed, ("person",))
+    assert score(only_people, mixed, "canny").shown_iou is None  # canny shows every object
+    nobody = next(
+        s
+        for s in (generate(seed, 128) for seed in split_seeds("test", 200))
+        if all(obj.kind != "person" for obj in s.scene.objects)
+    )
+    assert shown_iou(nobody.image, nobody, ("person",)) is None
+    rows = {"pose": {"user prompt": score(only_people, mixed, "pose")}}
+    assert "| pose | person | user prompt | " in format_table(rows)
 
 
 def test_mean_and_table():

@@ -144,6 +144,9 @@ def normal(scene: Scene, render: Render) -> np.ndarray:
     return scaled.clip(0, 255).astype(np.uint8).reshape(height, width, 3)
 
 
+# Conditions whose map shows only some kinds of object: the others are not in it at all.
+MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {"pose": ("person",)}
+
 CONDITION_MAPS: dict[str, Callable[[Scene, Render], np.ndarray]] = {
     "scribble": scribble,
     "canny": canny,
