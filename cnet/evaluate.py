@@ -436,23 +436,32 @@ def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> 
     return out
 
 
-def vae_ceiling(vae, scenes: int, size: int) -> Scores:
+def vae_ceiling(vae, scenes: int, size: int, shown: tuple[str, ...] = ()) -> Scores:
     """The figures of the VAE's reconstructions of the test scenes' true images: as near as any
-    model that draws through this VAE can come to the truth."""
+    model that draws through this VAE can come to the truth (`shown`: also the IoU on objects of
+    those kinds alone, as for a map that shows only them)."""
     samples = [generate(seed, size, conditions=[]) for seed in split_seeds("test", scenes)]
     decoded = reconstructions(vae, [sample.image for sample in samples])
-    return mean_scores(
-        [score(image, sample, "") for image, sample in zip(decoded, samples, strict=True)]
-    )
+    scores = []
+    for image, sample in zip(decoded, samples, strict=True):
+        scores.append(score(image, sample, ""))
+        scores[-1].shown_iou = shown_iou(image, sample, shown) if shown else None
+    return mean_scores(scores)
 
 
-def ceiling_line(engine, scenes: int, size: int) -> str:
+def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ()) -> str:
     ceiling = vae_ceiling(engine.pipeline.vae, scenes, size)
-    return (
+    line = (
         f"The VAE's reconstructions of the same scenes' true images (the ceiling of any model "
         f"drawing through it): foreground IoU {ceiling.iou:.3f}, shape IoU "
         f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
     )
+    for condition in conditions:
+        if kinds := MAP_SHOWS_ONLY.get(condition):
+            shown = vae_ceiling(engine.pipeline.vae, scenes, size, kinds).shown_iou
+            line += f"; on the objects the {condition} map shows alone ({', '.join(kinds)}): "
+            line += f"foreground IoU {figure(shown)}"
+    return line
 
 
 def caption_line(engine, scenes: int) -> str:
@@ -508,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
     )
-    text = format_table(table) + "\n\n" + ceiling_line(engine, args.scenes, args.size)
+    text = format_table(table) + "\n\n" + ceiling_line(engine, args.scenes, args.size, conditions)
     if "automatic prompt" in args.settings:
         text += "\n\n" + caption_line(engine, args.scenes)
     print(text)

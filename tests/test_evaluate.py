@@ -8,6 +8,7 @@ import torch
 
 from cnet.evaluate import (
     caption_agreement,
+    ceiling_line,
     color_accuracy,
     edge_f1,
     empty_render,
@@ -105,6 +106,15 @@ def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(sam
     ceiling = vae_ceiling(IdentityVAE(), scenes=3, size=128)
     truth = mean_scores([score(sample.image, sample, "") for sample in samples[:3]])
     assert ceiling == truth and ceiling.color_accuracy == 1.0
+    people = vae_ceiling(IdentityVAE(), scenes=12, size=128, shown=("person",)).shown_iou
+    in_view = [shown_iou(sample.image, sample, ("person",)) for sample in samples]
+    assert people == pytest.approx(np.mean([iou for iou in in_view if iou is not None]))
+    engine = SimpleNamespace(pipeline=SimpleNamespace(vae=IdentityVAE()))
+    line = ceiling_line(engine, 12, 128, ["canny", "pose"])
+    assert line.endswith(
+        f"; on the objects the pose map shows alone (person): foreground IoU {people:.3f}"
+    )
+    assert "shows alone" not in ceiling_line(engine, 3, 128, ["canny"])
 
 
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
