@@ -106,7 +106,7 @@ def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(sam
     ceiling = vae_ceiling(IdentityVAE(), scenes=3, size=128)
     truth = mean_scores([score(sample.image, sample, "") for sample in samples[:3]])
     assert ceiling == truth and ceiling.color_accuracy == 1.0
-    people = vae_ceiling(IdentityVAE(), scenes=12, size=128, shown=("person",)).shown_iou
+    people = vae_ceiling(IdentityVAE(), scenes=12, size=128, condition="pose").shown_iou
     in_view = [shown_iou(sample.image, sample, ("person",)) for sample in samples]
     assert people == pytest.approx(np.mean([iou for iou in in_view if iou is not None]))
     engine = SimpleNamespace(pipeline=SimpleNamespace(vae=IdentityVAE()))

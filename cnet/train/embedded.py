@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cnet.synth.sample import CONDITION_KEYS
-from cnet.train.lineage import recorded_runs
+from cnet.train.lineage import last_gain, recorded_runs
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
 SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
@@ -398,14 +398,13 @@ def controlnet_card(
         title, maps, use = serves[0], f"their `{serves[0]}` control maps", ""
     from cnet.train.controlnet import GAIN_EXAMPLES
 
-    gains = summary.get("control_gains") or {}
+    gain = last_gain(summary.get("control_gains") or {})
     notes = ""
-    if gains:
-        last = max(gains, key=int)
+    if gain:
         notes += (
             "- Control gain (the loss with the maps swapped round the batch minus the loss with "
-            f"the true maps, {GAIN_EXAMPLES} held-out examples): {gains[last]:.4f} at step "
-            f"{last}.\n"
+            f"the true maps, {GAIN_EXAMPLES} held-out examples): {gain['value']:.4f} at step "
+            f"{gain['step']}.\n"
         )
     if "device" in summary:
         notes += f"- Trained on {summary['device']}.\n"
