@@ -41,7 +41,7 @@ from bench_startup import (  # noqa: E402
     free_port,
     generation_settings,
     model_dir_or_tiny,
-    model_resolution,
+    model_preset,
     scene,
     start_app,
     stop,
@@ -101,10 +101,11 @@ def main() -> None:
     from cnet.engine import GenerationRequest, load_engine
 
     model_dir, model_name = model_dir_or_tiny(args.model_dir, args.random)
-    resolution = model_resolution(model_dir)
+    preset = model_preset(model_dir)
+    resolution = preset.resolution
     work = Path(tempfile.mkdtemp(prefix="cnet-app-bench-"))
     image = scene(work / "scene.png")
-    settings = generation_settings(resolution, args.steps, seed=5)
+    settings = generation_settings(preset, args.steps, seed=5)
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/"

@@ -73,7 +73,12 @@ def main() -> None:
 
     size = preset.resolution
     request = GenerationRequest(
-        control_map(size), args.condition, prompt="a red sphere", steps=args.steps, seed=3
+        control_map(size),
+        args.condition,
+        prompt="a red sphere",
+        steps=args.steps,
+        cfg=preset.cfg,
+        seed=3,
     )
     prompt = "a red sphere, " + request.added_prompt
     generator_device = "cpu" if preset.device == "mps" else preset.device

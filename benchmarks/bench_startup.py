@@ -13,7 +13,6 @@ Then each heavy import is timed in a fresh interpreter, to show where the start-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -118,9 +117,11 @@ def model_dir_or_tiny(model_dir: str | None, random: str | None = None) -> tuple
     return folder, f"random weights, {architecture} architecture (tests/conftest.py)"
 
 
-def model_resolution(model_dir: Path) -> int:
-    preset = model_dir / "preset.json"
-    return int(json.loads(preset.read_text()).get("resolution", 512)) if preset.is_file() else 512
+def model_preset(model_dir: Path):
+    """The folder's preset as the app reads it: its resolution and guidance scale."""
+    from cnet.models import preset_from_dir
+
+    return preset_from_dir(model_dir, device="cpu")
 
 
 def scene(path: Path, size: int = 256) -> Path:
@@ -179,8 +180,9 @@ def stop(process) -> None:
         process.wait()
 
 
-def generation_settings(resolution: int, steps: int, seed: int = 0) -> dict:
-    """The Run endpoint's settings, as the engine's defaults apart from steps and resolution."""
+def generation_settings(preset, steps: int, seed: int = 0) -> dict:
+    """The Run endpoint's settings as the app starts them (the engine's defaults, the preset's
+    resolution and guidance scale), apart from steps."""
     from cnet.engine import GenerationRequest
 
     defaults = GenerationRequest(np.zeros((1, 1, 3), np.uint8), "canny")
@@ -190,16 +192,16 @@ def generation_settings(resolution: int, steps: int, seed: int = 0) -> dict:
         added_prompt=defaults.added_prompt,
         negative_prompt=defaults.negative_prompt,
         num_images=1,
-        resolution=resolution,
+        resolution=preset.resolution,
         steps=steps,
-        cfg=defaults.cfg,
+        cfg=preset.cfg,
         sampler=defaults.sampler,
         seed=seed,
         randomize_seed=False,
     )
 
 
-def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path: Path):
+def one_cold_start(args, model_dir: Path, image: Path, preset, log_path: Path):
     from gradio_client import handle_file
 
     port = free_port()
@@ -212,7 +214,7 @@ def one_cold_start(args, model_dir: Path, image: Path, resolution: int, log_path
         client = api_client(url, download_files=str(log_path.parent))
         gallery, _, _ = client.predict(
             image=handle_file(image),
-            **generation_settings(resolution, args.steps),
+            **generation_settings(preset, args.steps),
             api_name=f"/{args.condition}",
         )
         first_image = time.perf_counter() - started
@@ -262,14 +264,15 @@ def main() -> None:
 
     check_app(Path(args.app))
     model_dir, model_name = model_dir_or_tiny(args.model_dir)
-    resolution = model_resolution(model_dir)
+    preset = model_preset(model_dir)
+    resolution = preset.resolution
     work = Path(tempfile.mkdtemp(prefix="cnet-startup-"))
     image = scene(work / "scene.png")
 
     runs = []
     for run in range(args.runs):
         log_path = work / f"app-{run}.log"
-        runs.append(one_cold_start(args, model_dir, image, resolution, log_path))
+        runs.append(one_cold_start(args, model_dir, image, preset, log_path))
         print(
             f"run {run + 1}: UI {runs[-1][0]:.1f} s, first image {runs[-1][1]:.1f} s",
             file=sys.stderr,

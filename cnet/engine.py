@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -86,7 +86,7 @@ class GenerationRequest:
     control_start: float = 0.0
     control_end: float = 1.0
     steps: int = 20
-    cfg: float = 9.0
+    cfg: float | None = None  # None = the preset's (the paper's 9.0 unless its preset.json says)
     sampler: str = "DDPM"
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
@@ -115,7 +115,8 @@ class GenerationRequest:
                 f"({self.control_end})."
             )
         _in_range("steps", self.steps, 1, MAX_STEPS, integer=True)
-        _in_range("CFG scale", self.cfg, 0.0, MAX_CFG)
+        if self.cfg is not None:
+            _in_range("CFG scale", self.cfg, 0.0, MAX_CFG)
         _in_range("eta", self.eta, 0.0, 1.0)
         _in_range("seed", self.seed, 0, MAX_SEED, integer=True)
 
@@ -377,6 +378,8 @@ class Engine:
         import torch
 
         request.validate()
+        if request.cfg is None:
+            request = replace(request, cfg=self.preset.cfg)
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
             _check_cancel(cancel)

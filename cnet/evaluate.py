@@ -206,6 +206,16 @@ def mean_scores(scores: Sequence[Scores]) -> Scores:
     return Scores(**{f.name: mean(f.name) for f in fields(Scores)})
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each image is drawn: DDPM at `size` px, `steps` steps, guidance `cfg` (None: the
+    preset's default)."""
+
+    size: int = 128
+    steps: int = 20
+    cfg: float | None = None
+
+
 def evaluate(
     engine,
     conditions: Iterable[str],
@@ -216,6 +226,7 @@ def evaluate(
     grid_path: Path | None = None,
     workers: int = 1,
     engine_options: dict | None = None,
+    cfg: float | None = None,
 ) -> dict[str, dict[str, Scores]]:
     """{condition: {setting: mean Scores}} over the first `scenes` test-split scenes.
 
@@ -225,12 +236,13 @@ def evaluate(
     small sizes. The same images and figures as one process.
     """
     conditions, settings = list(conditions), usable_settings(engine, settings)
+    sampling = Sampling(size, steps, cfg)
     if workers > 1:
         table, grid_rows = score_in_processes(
-            engine_options or {}, conditions, workers, scenes, size, steps, settings
+            engine_options or {}, conditions, workers, scenes, settings, sampling
         )
     else:
-        table, grid_rows = score_conditions(engine, conditions, scenes, size, steps, settings)
+        table, grid_rows = score_conditions(engine, conditions, scenes, settings, sampling)
     if grid_path is not None:
         write_grid(grid_path, [grid_rows[key] for key in conditions if key in grid_rows])
     return table
@@ -250,7 +262,7 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
 
 
 def score_conditions(
-    engine, conditions: list[str], scenes: int, size: int, steps: int, settings: list[str]
+    engine, conditions: list[str], scenes: int, settings: list[str], sampling: Sampling
 ) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
     """The table, and per condition a sample-grid row: control map beside its first image."""
     from cnet.engine import GenerationRequest
@@ -263,7 +275,8 @@ def score_conditions(
     for condition in conditions:
         table[condition] = {}
         samples = [
-            generate(seed, size, conditions=[condition]) for seed in split_seeds("test", scenes)
+            generate(seed, sampling.size, conditions=[condition])
+            for seed in split_seeds("test", scenes)
         ]
         for name in settings:
             mode, strength = SETTINGS[name]
@@ -279,9 +292,10 @@ def score_conditions(
                         prompt=sample.prompt,
                         added_prompt="",
                         negative_prompt="",
-                        resolution=size,
+                        resolution=sampling.size,
                         control_strength=strength,
-                        steps=steps,
+                        steps=sampling.steps,
+                        cfg=sampling.cfg,
                         seed=sample.seed,
                         keep_first_pass=mode == "auto",
                     )
@@ -321,12 +335,12 @@ def write_grid(path: Path, rows: list[np.ndarray]) -> None:
 
 
 def _score_in_worker(
-    engine_options: dict, conditions: list[str], scenes: int, size: int, steps: int, settings
+    engine_options: dict, conditions: list[str], scenes: int, settings, sampling: Sampling
 ) -> tuple[dict, dict]:
     from cnet.engine import load_engine
 
     engine = load_engine(**engine_options)
-    return score_conditions(engine, conditions, scenes, size, steps, settings)
+    return score_conditions(engine, conditions, scenes, settings, sampling)
 
 
 def score_in_processes(
@@ -334,9 +348,8 @@ def score_in_processes(
     conditions: list[str],
     workers: int,
     scenes: int,
-    size: int,
-    steps: int,
     settings: list[str],
+    sampling: Sampling,
 ) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
     """`score_conditions`, the conditions shared among `workers` processes."""
     import multiprocessing
@@ -346,7 +359,7 @@ def score_in_processes(
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
         jobs = [
-            pool.submit(_score_in_worker, engine_options, share, scenes, size, steps, settings)
+            pool.submit(_score_in_worker, engine_options, share, scenes, settings, sampling)
             for share in shares
         ]
         parts = [job.result() for job in jobs]
@@ -489,6 +502,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=100, help="held-out test scenes per row")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--cfg", type=float, default=None, help="guidance scale (default: the preset's)"
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
@@ -507,6 +523,7 @@ def run(args: argparse.Namespace) -> int:
     print(engine.status())
     conditions = args.conditions or list(CONDITION_KEYS)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
+    cfg = engine.preset.cfg if args.cfg is None else args.cfg
     table = evaluate(
         engine,
         conditions,
@@ -517,8 +534,16 @@ def run(args: argparse.Namespace) -> int:
         grid_path=args.out / "samples.png",
         workers=args.workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
+        cfg=cfg,
     )
-    text = format_table(table) + "\n\n" + ceiling_line(engine, args.scenes, args.size, conditions)
+    source = "the preset's default" if args.cfg is None else "--cfg"
+    text = (
+        f"{args.scenes} held-out test scenes a row, {args.size} px, DDPM {args.steps} steps, "
+        f"CFG {cfg:g} ({source})\n\n"
+        + format_table(table)
+        + "\n\n"
+        + ceiling_line(engine, args.scenes, args.size, conditions)
+    )
     if "automatic prompt" in args.settings:
         text += "\n\n" + caption_line(engine, args.scenes)
     print(text)

@@ -34,6 +34,7 @@ EMBEDDED_TRAIN_COMMAND = (
 SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
 SD15_RESOLUTION = 512
+PAPER_CFG = 9.0  # the ControlNet paper's guidance scale, every preset's unless its preset.json says
 # The files diffusers reads from the SD 1.5 repository (the safety checker is not loaded).
 SD15_BASE_FILES = (
     "model_index.json",
@@ -68,6 +69,7 @@ class Preset:
     base: str  # diffusers pipeline folder or hub id
     controlnets: Mapping[str, str] = field(default_factory=dict)  # condition -> folder/id/file
     resolution: int = SD15_RESOLUTION  # default short side of generated images
+    cfg: float = PAPER_CFG  # default guidance scale
     device: str = "cpu"
     dtype: str = "float32"  # a torch dtype name
     captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
@@ -241,7 +243,8 @@ def _registry_checkpoints(preset_name: str) -> dict[str, str]:
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
     """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
 
-    preset.json may hold "name", "resolution" and "controlnets": {condition: folder under
+    preset.json may hold "name", "resolution", "cfg" (the default guidance scale, when the
+    paper's 9.0 does not suit the model) and "controlnets": {condition: folder under
     controlnet/} for conditions whose ControlNet is not in controlnet/<condition>/.
     """
     model_dir = Path(model_dir).expanduser()
@@ -258,6 +261,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         base=str(model_dir / "base"),
         controlnets=controlnets,
         resolution=int(settings.get("resolution", SD15_RESOLUTION)),
+        cfg=float(settings.get("cfg", PAPER_CFG)),
         device=device,
         dtype=dtype_for(device),
         captioner=str(captioner),

@@ -77,12 +77,21 @@ def test_settings_panel_defaults_are_the_request_defaults(engine):
         controls = settings_panel(engine)
     for name in ("num_images", "control_strength", "guess_mode", "control_start", "control_end"):
         assert controls[name].value == defaults[name], name
-    assert controls["steps"].value == 20 and controls["cfg"].value == 9.0
+    assert controls["steps"].value == 20 and controls["cfg"].value == 9.0  # the paper's
+    assert controls["cfg"].info is None
     assert controls["sampler"].value == "DDPM"
     assert [value for _, value in controls["sampler"].choices] == list(SAMPLERS)
     assert controls["resolution"].value == engine.preset.resolution
     assert (controls["num_images"].minimum, controls["num_images"].maximum) == (1, 12)
     assert (controls["control_strength"].minimum, controls["control_strength"].maximum) == (0, 2)
+
+
+def test_the_cfg_slider_starts_at_the_presets_own_guidance(engine, monkeypatch):
+    monkeypatch.setattr(engine, "preset", dataclasses.replace(engine.preset, cfg=2.0))
+    with gr.Blocks():
+        controls = settings_panel(engine)
+    assert controls["cfg"].value == 2.0
+    assert "2" in controls["cfg"].info and "9.0" in controls["cfg"].info
 
 
 def test_param_controls_follow_the_spec():

@@ -165,6 +165,17 @@ def test_no_prompt_skips_cfg_only_where_both_halves_agree(engine, control_map, c
     assert np.abs(pixels(with_cfg) - pixels(fast.images[0])).max() <= 2
 
 
+def test_a_request_without_cfg_takes_the_presets(engine, control_map, calls, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setattr(engine, "preset", replace(engine.preset, cfg=2.5))
+    preset_default = engine.generate(request(control_map, prompt="a red cube"))
+    asked = engine.generate(request(control_map, prompt="a red cube", cfg=7.0))
+    assert [call["guidance_scale"] for call in calls] == [2.5, 7.0]
+    assert (preset_default.metadata["cfg"], asked.metadata["cfg"]) == (2.5, 7.0)
+    assert "CFG scale: 2.5" in preset_default.images[0].info["parameters"]
+
+
 def _generator(seed: int):
     import torch
 

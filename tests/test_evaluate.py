@@ -182,8 +182,11 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     requests = []
     engine.generate = lambda request: requests.append(request) or generate(request)
     grid = tmp_path / "samples.png"
-    table = evaluate(engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid)
+    table = evaluate(
+        engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid, cfg=3.0
+    )
     assert list(table) == ["canny", "depth"]
+    assert {(r.cfg, r.steps, r.resolution) for r in requests} == {(3.0, 2, 64)}
     # the no-control images of the first condition serve the second
     assert [r.control_strength for r in requests].count(0.0) == 2 and len(requests) == 10
     no_control = table["canny"]["no control"], table["depth"]["no control"]
@@ -266,6 +269,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
         settings=["automatic prompt", "no control"],
         out=tmp_path / "eval",
         workers=1,
+        cfg=None,
     )
     assert run(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -274,6 +278,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     for figure in ("caption_names_first_pass", "second_pass_follows_caption"):
         assert 0.0 <= automatic[figure] <= 1.0 and no_control[figure] is None
     table = (tmp_path / "eval" / "table.md").read_text()
+    assert table.startswith("2 held-out test scenes a row, 64 px, DDPM 2 steps, CFG 9 (the preset")
     assert "| seg | automatic prompt |" in table
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table

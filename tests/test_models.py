@@ -148,6 +148,18 @@ def test_model_dir_preset(tiny_model_dir):
     assert str(tiny_model_dir) in reason
 
 
+def test_preset_json_may_set_the_guidance_scale(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    assert resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0].cfg == 9.0
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    settings = json.loads((folder / "preset.json").read_text())
+    (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5}))
+    assert resolve_preset(model_dir=str(folder), device="cpu")[0].cfg == 2.5
+
+
 def test_sd15_preset_takes_checkpoints_from_the_registry():
     preset, _ = resolve_preset("sd15", device="cuda")
     assert preset.base == SD15_BASE and preset.dtype == "float16"

@@ -71,7 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_argument("--control-start", type=float, default=DEFAULTS["control_start"])
     settings.add_argument("--control-end", type=float, default=DEFAULTS["control_end"])
     settings.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    settings.add_argument("--cfg", type=float, default=DEFAULTS["cfg"])
+    settings.add_argument(
+        "--cfg", type=float, help="guidance scale (default: the preset's, 9.0 as in the paper)"
+    )
     settings.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS["sampler"])
     settings.add_argument("--eta", type=float, default=DEFAULTS["eta"], help="DDIM only")
     settings.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="-1: random")

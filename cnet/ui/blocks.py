@@ -22,6 +22,7 @@ from cnet.engine import (
     Engine,
     GenerationRequest,
 )
+from cnet.models import PAPER_CFG
 from cnet.ui import components as checked
 from cnet.ui.events import AppEvents, backend_named, input_name, param_input_name
 
@@ -280,6 +281,12 @@ def param_trigger(control: gr.components.Component):
     return control.release if isinstance(control, gr.Slider) else control.change
 
 
+def cfg_info(cfg: float) -> str | None:
+    if cfg == PAPER_CFG:
+        return None
+    return f"This model's default is {cfg:g}; the paper's 9.0 suits Stable Diffusion 1.5."
+
+
 def settings_panel(engine: Engine) -> Controls:
     """The engine settings of one tab, defaults taken from `GenerationRequest` itself."""
     defaults = {
@@ -315,7 +322,12 @@ def settings_panel(engine: Engine) -> Controls:
             ),
             steps=checked.Slider(1, 100, value=defaults["steps"], step=1, label="Steps"),
             cfg=checked.Slider(
-                0.1, 30.0, value=defaults["cfg"], step=0.1, label="Guidance scale (CFG)"
+                0.1,
+                30.0,
+                value=engine.preset.cfg,
+                step=0.1,
+                label="Guidance scale (CFG)",
+                info=cfg_info(engine.preset.cfg),
             ),
             sampler=checked.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler"),
             eta=checked.Slider(0.0, 1.0, value=defaults["eta"], step=0.01, label="Eta (DDIM)"),
