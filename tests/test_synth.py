@@ -253,3 +253,15 @@ def test_any_size_renders_the_same_scene():
     assert small.prompt == large.prompt
     coverage = [s.masks.any(axis=0).mean() for s in (small, large)]
     assert abs(coverage[0] - coverage[1]) < 0.02
+
+
+def test_a_scene_drawn_to_include_a_kind_holds_one_and_others_stay_as_they_were():
+    for seed in range(60):
+        plain = sample_scene(seed)
+        with_person = sample_scene(seed, ("person",))
+        assert any(obj.kind == "person" for obj in with_person.objects)
+        assert with_person.include == ("person",) and plain.include == ()
+        assert with_person.attributes()["include"] == ["person"]
+        assert "include" not in plain.attributes()
+    # without `include` the scene is the one the seed always drew (the test split's included)
+    assert generate(5, 64).prompt == sample_scene(5).prompt == sample(5).prompt

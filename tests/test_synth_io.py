@@ -40,6 +40,20 @@ def test_dataset_items_follow_the_diffusers_layout():
         SynthDataset("train", condition="sketch")
 
 
+def test_pose_examples_come_from_scenes_with_a_person():
+    from cnet.synth.dataset import SynthDataset
+    from cnet.train.data import prompts_of
+
+    data = SynthDataset("train", size=64, condition="pose", length=40)
+    assert data.include == ("person",)
+    assert all(data[i]["conditioning_pixel_values"].max() > 0 for i in range(len(data)))
+    assert prompts_of(data, 5) == [data[i]["prompt"] for i in range(5)]
+    assert all("person" in prompt for prompt in prompts_of(data, 40))
+    # the scenes of every other map are the seeds' own
+    seg = SynthDataset("train", 64, "seg", 3)
+    assert seg.include == () and seg[2]["prompt"] == generate(split_seeds("train")[2]).prompt
+
+
 def test_fill50k_export(tmp_path):
     assert main(["synth", "export", "fill50k", str(tmp_path), "--condition", "scribble",
                  "--count", "3", "--size", "64", "--split", "test"]) == 0  # fmt: skip
@@ -68,6 +82,18 @@ def test_imagefolder_export(tmp_path):
     for line in lines:
         assert Image.open(tmp_path / line["image"]).size == (64, 64)
         assert Image.open(tmp_path / line["conditioning_image"]).mode == "RGB"
+
+
+def test_a_pose_export_holds_people_and_says_how_its_scenes_were_drawn(tmp_path):
+    assert main(["synth", "export", "imagefolder", str(tmp_path), "--condition", "pose",
+                 "--count", "3", "--size", "64"]) == 0  # fmt: skip
+    attributes, lines = (
+        [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        for name in ("attributes.jsonl", "metadata.jsonl")
+    )
+    for line, record in zip(lines, attributes, strict=True):
+        assert record["include"] == ["person"] and "person" in line["text"]
+        assert np.asarray(Image.open(tmp_path / line["conditioning_image"])).max() > 0
 
 
 def test_contact_sheet_and_render_commands(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cnet.synth.maps import MAP_SHOWS_ONLY
 from cnet.synth.sample import CONDITION_KEYS, generate
 from cnet.synth.splits import split_seeds
 
@@ -18,6 +19,9 @@ class SynthDataset(Dataset):
     (3, size, size) in [0, 1], "prompt" str, and "seed" int. With `condition=None` no map is
     drawn and items have no "conditioning_pixel_values" (base model or captioner training).
     With `kinds=True` items also hold "kinds", uint8 (size, size) indices into KIND_CLASSES.
+
+    A map that shows only some kinds of object (pose: people) is drawn from scenes that hold one,
+    as a pose dataset is made of photos of people: a blank map teaches the ControlNet nothing.
     """
 
     def __init__(
@@ -36,13 +40,14 @@ class SynthDataset(Dataset):
         self.size = size
         self.condition = condition
         self.kinds = kinds
+        self.include = MAP_SHOWS_ONLY.get(condition, ())
 
     def __len__(self) -> int:
         return len(self.seeds)
 
     def __getitem__(self, index: int) -> dict:
         conditions = [] if self.condition is None else [self.condition]
-        sample = generate(self.seeds[index], self.size, conditions)
+        sample = generate(self.seeds[index], self.size, conditions, self.include)
         image = torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1)))
         item = {
             "pixel_values": image.float() / 127.5 - 1.0,

@@ -6,6 +6,8 @@
   {"image": "images/0.png", "conditioning_image": "conditioning_images/0.png", "text": ...}.
 
 Both also write `attributes.jsonl`: the seed and structured scene description of every line.
+A map that shows only some kinds of object (pose: people) is drawn from scenes that hold one, as
+`SynthDataset` draws them for training.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cnet.synth.maps import MAP_SHOWS_ONLY
 from cnet.synth.sample import Sample, generate
 from cnet.synth.splits import split_seeds
 
@@ -40,12 +43,13 @@ def _export(
     image_dir, control_dir = folders
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / control_dir).mkdir(parents=True, exist_ok=True)
+    include = MAP_SHOWS_ONLY.get(condition, ())
     with (
         open(out_dir / index_file, "w") as index,
         open(out_dir / "attributes.jsonl", "w") as attributes,
     ):
         for number, seed in enumerate(split_seeds(split, count, start)):
-            sample = generate(seed, size, [condition])
+            sample = generate(seed, size, [condition], include)
             image_path, control_path = f"{image_dir}/{number}.png", f"{control_dir}/{number}.png"
             _save(sample.image, out_dir / image_path)
             _save(sample.conditions[condition], out_dir / control_path)

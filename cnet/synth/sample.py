@@ -48,17 +48,23 @@ class Sample:
         return self.scene.attributes()
 
 
-def generate(seed: int, size: int = 128, conditions: Iterable[str] | None = None) -> Sample:
+def generate(
+    seed: int,
+    size: int = 128,
+    conditions: Iterable[str] | None = None,
+    include: tuple[str, ...] = (),
+) -> Sample:
     """Render scene `seed` at `size` x `size` with the named control maps (default: all seven).
 
     The same seed gives identical arrays on every call; asking for fewer conditions is faster and
-    does not change the maps that are computed.
+    does not change the maps that are computed. `include`: object kinds of which the scene holds
+    at least one (`sample_scene`).
     """
     keys = CONDITION_KEYS if conditions is None else tuple(conditions)
     unknown = [key for key in keys if key not in CONDITION_MAPS]
     if unknown:
         raise ValueError(f"Unknown condition {unknown}; choose from {', '.join(CONDITION_KEYS)}.")
-    scene = sample_scene(seed)
+    scene = sample_scene(seed, include)
     rendered = render(scene, size)
     return Sample(
         seed=seed,

@@ -1,7 +1,8 @@
 """Random scenes: 1-3 coloured solids or people on an optional floor, a camera, a light, a prompt.
 
 `sample_scene(seed)` is deterministic and does not depend on the image size: the same seed renders
-the same scene at any resolution.
+the same scene at any resolution. `sample_scene(seed, include)` is another scene, just as fixed,
+whose first object is one of the `include` kinds.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Scene:
     floor: str | None  # name in palette.FLOOR_COLORS, None: no ground plane drawn
     camera: Camera
     light: np.ndarray  # (3,) unit vector towards the light, world coordinates
+    include: tuple[str, ...] = ()  # sample_scene(seed, include) drew it
 
     @property
     def prompt(self) -> str:
@@ -90,8 +92,10 @@ class Scene:
 
     def attributes(self) -> dict:
         """The structured description behind the prompt (JSON-serialisable)."""
+        drawn_with = {"include": list(self.include)} if self.include else {}
         return {
             "seed": self.seed,
+            **drawn_with,
             "background": self.background,
             "floor": self.floor,
             "objects": [
@@ -181,7 +185,7 @@ def _first_fit(
     return int(hits[0]), (xy[hits[0]], r[hits[0]])
 
 
-def sample_scene(seed: int) -> Scene:
+def sample_scene(seed: int, include: tuple[str, ...] = ()) -> Scene:
     rng = np.random.default_rng(seed)
     # the draw rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]) makes
     count = 1 + int(COUNT_CDF.searchsorted(rng.random(), side="right"))
@@ -193,7 +197,7 @@ def sample_scene(seed: int) -> Scene:
     placed: list[Solid] = []
     discs: list[tuple[np.ndarray, float]] = []
     while len(placed) < count:
-        kind = _pick(rng, KINDS)
+        kind = _pick(rng, include if include and not placed else KINDS)
         color = _pick(rng, colors)
         if any(obj.kind == kind and obj.color == color for obj in placed):
             continue
@@ -218,4 +222,4 @@ def sample_scene(seed: int) -> Scene:
             np.cos(elevation) * np.sin(azimuth),
         ]
     )
-    return Scene(seed, tuple(placed), background, floor, camera, light)
+    return Scene(seed, tuple(placed), background, floor, camera, light, include)

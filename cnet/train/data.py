@@ -159,7 +159,7 @@ def prompts_of(dataset: Dataset, count: int) -> list[str]:
     from cnet.synth.scene import sample_scene
 
     if isinstance(dataset, SynthDataset):
-        return [sample_scene(seed).prompt for seed in dataset.seeds[:count]]
+        return [sample_scene(seed, dataset.include).prompt for seed in dataset.seeds[:count]]
     return [dataset[i]["prompt"] for i in range(min(count, len(dataset)))]
 
 
