@@ -201,6 +201,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert json.loads((out / "preset.json").read_text()) == {
         "name": "embedded",
         "resolution": 64,
+        "cfg": 2.0,
         "controlnets": {key: "all" for key in others},
     }
     assert (out / "base" / "model_index.json").is_file()
@@ -209,6 +210,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert "every condition (shared)" in shared_card and "It serves scribble, hough" in shared_card
     assert f"true maps, 64 held-out examples): 0.0456 at step {STEPS.shared}." in shared_card
     assert "Trained on 1 x cpu." in shared_card
+    assert "(`python -m cnet eval`, at the preset's CFG 2)" in shared_card
     for path in out.rglob("*.safetensors"):
         with safe_open(path, "pt") as tensors:
             names = tensors.keys()
