@@ -50,7 +50,8 @@ def engine():
 
 def test_it_loads_offline_with_nothing_missing(engine):
     assert engine.missing() == []
-    assert json.loads((EMBEDDED / "preset.json").read_text())["name"] == "embedded"
+    settings = json.loads((EMBEDDED / "preset.json").read_text())
+    assert settings["name"] == "embedded" and settings["cfg"] == engine.preset.cfg == 2.0
 
 
 @pytest.mark.parametrize("condition", CONDITION_KEYS)
