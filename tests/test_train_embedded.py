@@ -76,6 +76,9 @@ def test_recipe_has_the_base_every_condition_and_the_captioner(recipe):
         assert stage.needs == ("base", "controlnet-all")
         assert stage.ships_as == f"controlnet/{key}"
     assert all(stage.config.resume == "latest" for stage in recipe.values())
+    # validation images sample as the packed preset will (its preset.json's CFG)
+    sampled = [recipe["base"], shared, *(recipe[name] for name in conditions)]
+    assert {stage.config.validation_guidance_scale for stage in sampled} == {2.0}
 
 
 def test_finished_needs_the_result_and_every_phase_done(recipe, tiny_model_dir):

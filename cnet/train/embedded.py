@@ -109,6 +109,7 @@ def stages(
         unet_steps=steps.unet,
         checkpoint_every=100,
         validate_every=500,
+        validation_guidance_scale=PRESET_CFG,
         resume="latest",
     )
     recipe = {
@@ -137,6 +138,7 @@ def stages(
             max_steps=max_steps,
             checkpoint_every=100,
             validate_every=500,
+            validation_guidance_scale=PRESET_CFG,
             resume="latest",
         )
         needs = ("base", "controlnet-all") if start else ("base",)
