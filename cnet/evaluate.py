@@ -211,9 +211,9 @@ class Sampling:
     """How each image is drawn: DDPM at `size` px, `steps` steps, guidance `cfg` (None: the
     preset's default)."""
 
-    size: int = 128
-    steps: int = 20
-    cfg: float | None = None
+    size: int
+    steps: int
+    cfg: float | None
 
 
 def evaluate(

@@ -72,7 +72,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.add_argument("--control-end", type=float, default=DEFAULTS["control_end"])
     settings.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     settings.add_argument(
-        "--cfg", type=float, help="guidance scale (default: the preset's, 9.0 as in the paper)"
+        "--cfg",
+        type=float,
+        help="guidance scale (default: the preset's; the paper's 9.0 unless its preset.json says)",
     )
     settings.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS["sampler"])
     settings.add_argument("--eta", type=float, default=DEFAULTS["eta"], help="DDIM only")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cnet.synth.maps import MAP_SHOWS_ONLY
+from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, generate
 from cnet.synth.splits import split_seeds
 
@@ -20,8 +20,8 @@ class SynthDataset(Dataset):
     drawn and items have no "conditioning_pixel_values" (base model or captioner training).
     With `kinds=True` items also hold "kinds", uint8 (size, size) indices into KIND_CLASSES.
 
-    A map that shows only some kinds of object (pose: people) is drawn from scenes that hold one,
-    as a pose dataset is made of photos of people: a blank map teaches the ControlNet nothing.
+    Scenes for a map that shows only some kinds of object hold one of them (`training_kinds`:
+    pose examples always show a person, as a pose data set is made of photos of people).
     """
 
     def __init__(
@@ -40,7 +40,7 @@ class SynthDataset(Dataset):
         self.size = size
         self.condition = condition
         self.kinds = kinds
-        self.include = MAP_SHOWS_ONLY.get(condition, ())
+        self.include = training_kinds(condition)
 
     def __len__(self) -> int:
         return len(self.seeds)

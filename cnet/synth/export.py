@@ -6,7 +6,7 @@
   {"image": "images/0.png", "conditioning_image": "conditioning_images/0.png", "text": ...}.
 
 Both also write `attributes.jsonl`: the seed and structured scene description of every line.
-A map that shows only some kinds of object (pose: people) is drawn from scenes that hold one, as
+Scenes for a map that shows only some kinds of object hold one of them (`training_kinds`), as
 `SynthDataset` draws them for training.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnet.synth.maps import MAP_SHOWS_ONLY
+from cnet.synth.maps import training_kinds
 from cnet.synth.sample import Sample, generate
 from cnet.synth.splits import split_seeds
 
@@ -43,7 +43,7 @@ def _export(
     image_dir, control_dir = folders
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / control_dir).mkdir(parents=True, exist_ok=True)
-    include = MAP_SHOWS_ONLY.get(condition, ())
+    include = training_kinds(condition)
     with (
         open(out_dir / index_file, "w") as index,
         open(out_dir / "attributes.jsonl", "w") as attributes,

@@ -147,6 +147,13 @@ def normal(scene: Scene, render: Render) -> np.ndarray:
 # Conditions whose map shows only some kinds of object: the others are not in it at all.
 MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {"pose": ("person",)}
 
+
+def training_kinds(condition: str | None) -> tuple[str, ...]:
+    """Object kinds every training scene for `condition` holds one of: a map that shows only some
+    kinds is blank without one (pose: a person), and a blank map teaches a ControlNet nothing."""
+    return MAP_SHOWS_ONLY.get(condition, ())
+
+
 CONDITION_MAPS: dict[str, Callable[[Scene, Render], np.ndarray]] = {
     "scribble": scribble,
     "canny": canny,

@@ -284,7 +284,7 @@ def param_trigger(control: gr.components.Component):
 def cfg_info(cfg: float) -> str | None:
     if cfg == PAPER_CFG:
         return None
-    return f"This model's default is {cfg:g}; the paper's 9.0 suits Stable Diffusion 1.5."
+    return f"This model's default is {cfg:g}; the paper's {PAPER_CFG} suits Stable Diffusion 1.5."
 
 
 def settings_panel(engine: Engine) -> Controls:
