@@ -249,6 +249,30 @@ def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_mod
     assert "continuing" not in card
 
 
+def test_a_base_card_names_the_default_prompt_share_of_the_run_and_its_lineage(
+    recipe, tiny_model_dir
+):
+    from cnet.train.base import lineage_entry
+    from cnet.train.lineage import LINEAGE_FILE, UNRECORDED
+
+    config = BaseTrainConfig(base_init="runs/earlier/base", vae_steps=0, default_prompt_share=0.5)
+    summary = {
+        "steps": {"vae": 0, "unet": 7},
+        "final_loss": {"vae": None, "unet": 0.2},
+        "mean_loss_last_100": {"vae": None, "unet": 0.19},
+        "scaling_factor": 0.61,
+        "device": "1 x NVIDIA H200",
+        "config": asdict(config),
+    }
+    stage = recipe["base"]
+    finish(stage, tiny_model_dir / "base", summary)
+    (stage.result / LINEAGE_FILE).write_text(json.dumps([UNRECORDED, lineage_entry(summary)]))
+    card = embedded.base_card(stage, stage.result)
+    assert "10% empty prompts (50% of them the default prompt); final loss 0.2000" in card
+    assert "  2. UNet + text encoder 7 steps at batch 16" in card
+    assert "zero terminal SNR, 10% empty prompts (50% of them the default prompt)" in card
+
+
 def test_a_shared_controlnet_continued_from_earlier_weights_says_so(
     recipe, tiny_model_dir, tmp_path
 ):

@@ -291,7 +291,7 @@ def base_card(stage: Stage, folder: Path) -> str:
             unet_loss += f" (mean of the last 100 steps {mean:.4f})"
         unet = (
             f"{summary['steps']['unet']} steps, batch {config['batch_size']}, {objective},\n  "
-            f"{config['proportion_empty_prompts']:.0%} empty prompts; final loss {unet_loss}"
+            f"{empty_prompts(config)}; final loss {unet_loss}"
         )
     else:
         unet = f"kept from the earlier base ({objective})"
@@ -319,6 +319,14 @@ named colours, on a plain background or a floor.
 """
 
 
+def empty_prompts(settings: dict) -> str:
+    """The prompt dropout of a run's config or lineage entry, as the cards say it."""
+    text = f"{settings['proportion_empty_prompts']:.0%} empty prompts"
+    if settings.get("default_prompt_share"):
+        text += f" ({settings['default_prompt_share']:.0%} of them the default prompt)"
+    return text
+
+
 def describe_schedules(summary: dict) -> str:
     """The batch and learning rate, or those of each stretch of a run resumed with new ones."""
     schedules = summary.get("schedules") or [{"from_step": 0, **summary["config"]}]
@@ -339,9 +347,7 @@ def describe_run(run: dict) -> str:
     """One run of a model's lineage.json, as its card lists it."""
     if run["trainer"] == "controlnet":
         text = f"{run['steps']} steps on {run['condition']} maps, {describe_schedules(run)}, "
-        text += f"{run['proportion_empty_prompts']:.0%} empty prompts"
-        if run["default_prompt_share"]:
-            text += f" ({run['default_prompt_share']:.0%} of them the default prompt)"
+        text += empty_prompts(run)
         if not run["all_links"]:
             text += ", middle block only"
         if run["base_unlocked"]:
@@ -362,7 +368,7 @@ def describe_run(run: dict) -> str:
             phases.append(
                 f"UNet + text encoder {steps['unet']} steps at batch {run['batch_size']}, "
                 f"learning rates {run['unet_learning_rate']:g} / "
-                f"{run['text_encoder_learning_rate']:g}, {schedule}"
+                f"{run['text_encoder_learning_rate']:g}, {schedule}, {empty_prompts(run)}"
             )
         text = "; ".join(phases) or "no steps"
         if run["cooldown_steps"]:
@@ -426,7 +432,7 @@ scenes with {maps} ({resolution} px, train split).
 
 - Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
 - Training: {start}{summary["steps"]} steps, {describe_schedules(summary)},
-  {config["proportion_empty_prompts"]:.0%} empty prompts; final loss
+  {empty_prompts(config)}; final loss
   {summary["final_loss"]:.4f} (mean of the last 100 steps {summary["mean_loss_last_100"]:.4f}).
 {notes}
 ## Held-out test scenes (`python -m cnet eval`, at the preset's CFG {PRESET_CFG:g})
