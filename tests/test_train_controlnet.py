@@ -430,6 +430,19 @@ def test_the_cooldown_lowers_the_rate_linearly_over_the_last_steps(
     )
 
 
+def test_a_run_stopped_before_its_cooldown_ended_says_where_it_stopped():
+    from cnet.train.embedded import describe_schedules
+
+    stretch = {"from_step": 0, "learning_rate": 1e-4, "batch_size": 64, "cooldown_steps": 1700}
+    lineage_run = {"steps": 2178, "max_steps": 2600, "schedules": [stretch]}
+    assert describe_schedules(lineage_run) == (
+        "batch 64, AdamW learning rate 0.0001 falling to 0 over the last 1700 steps "
+        "(stopped at step 2178 of 2600, at 25% of the peak rate)"
+    )
+    summary = {"steps": 2600, "config": {"max_steps": 2600}, "schedules": [stretch]}
+    assert describe_schedules(summary).endswith("over the last 1700 steps")
+
+
 def test_the_exported_controlnet_records_every_run_behind_it_even_after_a_resume(
     tiny_model_dir, fill50k_dir, tmp_path
 ):
@@ -451,6 +464,7 @@ def test_the_exported_controlnet_records_every_run_behind_it_even_after_a_resume
     assert [r["steps"] for r in runs] == [1, 2]
     assert runs[1]["data"] == fill50k_dir.name  # a folder's name, not a path on this machine
     assert [s["cooldown_steps"] for s in runs[1]["schedules"]] == [1]
+    assert runs[1]["max_steps"] == 2  # the card can tell a run stopped short of its cool-down
     third = config(tiny_model_dir, fill50k_dir, tmp_path / "third", max_steps=1)
     third.controlnet = str(first / "controlnet")  # no record left there
     train(third)

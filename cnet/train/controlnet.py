@@ -718,7 +718,7 @@ def lineage_entry(summary: dict) -> dict:
     return run_record(
         "controlnet",
         summary,
-        ("condition", "proportion_empty_prompts", "default_prompt_share"),
+        ("condition", "proportion_empty_prompts", "default_prompt_share", "max_steps"),
         schedules=summary["schedules"],
         all_links=summary["connect_decoder"],
         base_unlocked=summary["base_unlocked"],

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.lineage import last_gain, recorded_runs
+from cnet.train.schedule import lr_factor
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
 SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
@@ -328,7 +329,8 @@ def empty_prompts(settings: dict) -> str:
 
 
 def describe_schedules(summary: dict) -> str:
-    """The batch and learning rate, or those of each stretch of a run resumed with new ones."""
+    """The batch and learning rate, or those of each stretch of a run resumed with new ones; and
+    where a run stopped short of its cool-down's end (a time box), the rate it stopped at."""
     schedules = summary.get("schedules") or [{"from_step": 0, **summary["config"]}]
 
     def settings(s: dict) -> str:
@@ -339,8 +341,16 @@ def describe_schedules(summary: dict) -> str:
         return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}{falling}"
 
     if len(schedules) == 1:
-        return settings(schedules[0])
-    return "; ".join(f"{settings(s)} from step {s['from_step']}" for s in schedules)
+        text = settings(schedules[0])
+    else:
+        text = "; ".join(f"{settings(s)} from step {s['from_step']}" for s in schedules)
+    last, steps = schedules[-1], summary["steps"]
+    # Lineage entries name the planned length themselves; a training.json keeps it in its config.
+    planned = summary.get("max_steps") or summary.get("config", {}).get("max_steps")
+    if last.get("cooldown_steps") and planned and steps < planned:
+        factor = lr_factor(steps - 1, planned, last.get("warmup_steps", 0), last["cooldown_steps"])
+        text += f" (stopped at step {steps} of {planned}, at {factor:.0%} of the peak rate)"
+    return text
 
 
 def describe_run(run: dict) -> str:
