@@ -67,6 +67,7 @@ class Scores:
     caption_names_first_pass: float | None = None  # automatic prompt mode only
     second_pass_follows_caption: float | None = None
     shown_iou: float | None = None  # maps that show only some objects: IoU on those alone
+    shown_color_accuracy: float | None = None  # and colour accuracy on those alone
 
 
 def empty_render(sample: Sample) -> Render:
@@ -143,14 +144,29 @@ def object_colors(generated: np.ndarray, sample: Sample) -> list[str | None]:
     return found
 
 
-def color_accuracy(generated: np.ndarray, sample: Sample) -> float:
-    wanted = [obj["color"] for obj in sample.attributes["objects"]]
-    pairs = [
-        (seen, want)
-        for seen, want in zip(object_colors(generated, sample), wanted, strict=True)
-        if seen is not None
+def color_hits(
+    generated: np.ndarray, sample: Sample, kinds: tuple[str, ...] | None = None
+) -> list[bool]:
+    """Per visible object (of `kinds` alone, if given): does it show the colour the prompt names?"""
+    objects = sample.attributes["objects"]
+    return [
+        seen == obj["color"]
+        for seen, obj in zip(object_colors(generated, sample), objects, strict=True)
+        if seen is not None and (kinds is None or obj["kind"] in kinds)
     ]
-    return float(np.mean([seen == want for seen, want in pairs])) if pairs else 1.0
+
+
+def color_accuracy(generated: np.ndarray, sample: Sample) -> float:
+    hits = color_hits(generated, sample)
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def shown_color_accuracy(
+    generated: np.ndarray, sample: Sample, kinds: tuple[str, ...]
+) -> float | None:
+    """Colour accuracy on the objects of `kinds` alone; None when none of them is in view."""
+    hits = color_hits(generated, sample, kinds)
+    return float(np.mean(hits)) if hits else None
 
 
 def caption_agreement(generated: np.ndarray, sample: Sample, caption: str) -> float:
@@ -195,6 +211,7 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
         edge,
         shape_iou=shape_iou(generated, sample),
         shown_iou=shown_iou(generated, sample, shown) if shown else None,
+        shown_color_accuracy=shown_color_accuracy(generated, sample, shown) if shown else None,
     )
 
 
@@ -405,7 +422,8 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
         if s.caption_names_first_pass is not None
     ]
     shown = [
-        f"| {condition} | {', '.join(MAP_SHOWS_ONLY[condition])} | {name} | {s.shown_iou:.3f} |"
+        f"| {condition} | {', '.join(MAP_SHOWS_ONLY[condition])} | {name} | "
+        f"{figure(s.shown_iou)} | {figure(s.shown_color_accuracy)} |"
         for condition, rows in table.items()
         for name, s in rows.items()
         if s.shown_iou is not None
@@ -413,11 +431,11 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
     if shown:
         lines += [
             "",
-            "Maps that show only some objects: foreground IoU on those alone (scenes with one in "
-            "view; the other objects' pixels left out):",
+            "Maps that show only some objects: foreground IoU and colour accuracy on those alone "
+            "(scenes with one in view; the other objects' pixels left out):",
             "",
-            "| condition | objects in the map | setting | foreground IoU |",
-            "|---|---|---|---|",
+            "| condition | objects in the map | setting | foreground IoU | colour accuracy |",
+            "|---|---|---|---|---|",
             *shown,
         ]
     if agreement:
@@ -472,9 +490,11 @@ def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ())
         f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
     )
     for condition in partial:
+        shown = ceilings[condition]
         line += f"; on the objects the {condition} map shows alone "
         line += f"({', '.join(MAP_SHOWS_ONLY[condition])}): "
-        line += f"foreground IoU {figure(ceilings[condition].shown_iou)}"
+        line += f"foreground IoU {figure(shown.shown_iou)}, "
+        line += f"colour accuracy {figure(shown.shown_color_accuracy)}"
     return line
 
 

@@ -20,6 +20,7 @@ from cnet.evaluate import (
     reconstructions,
     score,
     shape_iou,
+    shown_color_accuracy,
     shown_iou,
     vae_ceiling,
 )
@@ -112,7 +113,8 @@ def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(sam
     engine = SimpleNamespace(pipeline=SimpleNamespace(vae=IdentityVAE()))
     line = ceiling_line(engine, 12, 128, ["canny", "pose"])
     assert line.endswith(
-        f"; on the objects the pose map shows alone (person): foreground IoU {people:.3f}"
+        f"; on the objects the pose map shows alone (person): foreground IoU {people:.3f}, "
+        "colour accuracy 1.000"
     )
     assert "shows alone" not in ceiling_line(engine, 3, 128, ["canny"])
 
@@ -156,6 +158,26 @@ def test_a_pose_map_is_scored_on_the_people_alone_the_only_objects_it_shows():
     assert shown_iou(nobody.image, nobody, ("person",)) is None
     rows = {"pose": {"user prompt": score(only_people, mixed, "pose")}}
     assert "| pose | person | user prompt | " in format_table(rows)
+
+
+def test_a_hough_map_is_scored_on_the_objects_with_straight_edges_alone():
+    scenes = (generate(seed, 128) for seed in split_seeds("test", 200))
+    mixed = next(  # a sphere and something else, both in view
+        s
+        for s in scenes
+        if {o.kind for o in s.scene.objects} > {"sphere"} and s.masks.any(axis=(1, 2)).all()
+    )
+    spheres = np.array([obj.kind == "sphere" for obj in mixed.scene.objects])
+    wrong = mixed.image.copy()  # every sphere painted a colour no prompt names for it
+    where = mixed.masks[spheres].any(axis=0)
+    wrong[where] = 255 - wrong[where]
+    scores = score(wrong, mixed, "hough")
+    assert scores.color_accuracy < 1.0
+    assert scores.shown_color_accuracy == 1.0
+    assert shown_color_accuracy(wrong, mixed, ("sphere",)) < 1.0
+    assert score(wrong, mixed, "canny").shown_color_accuracy is None  # canny shows every object
+    table = format_table({"hough": {"user prompt": scores}})
+    assert f"| user prompt | {scores.shown_iou:.3f} | 1.000 |" in table
 
 
 def test_mean_and_table():

@@ -12,7 +12,7 @@ import pytest
 
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
-from cnet.synth.maps import CONDITION_MAPS
+from cnet.synth.maps import CONDITION_MAPS, MAP_SHOWS_ONLY, training_kinds
 from cnet.synth.render import FIRST_OBJECT, render
 from cnet.synth.sample import CONDITION_KEYS, KIND_CLASSES, Sample, generate
 from cnet.synth.scene import MIN_WALL_SHARE, sample_scene
@@ -265,3 +265,26 @@ def test_a_scene_drawn_to_include_a_kind_holds_one_and_others_stay_as_they_were(
         assert "include" not in plain.attributes()
     # without `include` the scene is the one the seed always drew (the test split's included)
     assert generate(5, 64).prompt == sample_scene(5).prompt == sample(5).prompt
+
+
+@pytest.mark.parametrize("condition", sorted(MAP_SHOWS_ONLY))
+def test_objects_a_map_does_not_show_leave_no_trace_in_it(condition):
+    shown, checked = MAP_SHOWS_ONLY[condition], 0
+    for seed in range(40):
+        scene = sample_scene(seed)
+        hidden = tuple(obj for obj in scene.objects if obj.kind not in shown)
+        if not hidden:
+            continue
+        only_hidden, empty = (replace(scene, objects=o) for o in (hidden, ()))
+        drawn, bare = (
+            CONDITION_MAPS[condition](s, render(s, 128)).any(axis=2) for s in (only_hidden, empty)
+        )
+        assert not (drawn & ~bare).any(), (seed, [obj.kind for obj in hidden])
+        checked += 1
+    assert checked > 10
+
+
+def test_only_a_map_blank_without_a_kind_has_its_training_scenes_hold_one():
+    assert training_kinds("pose") == ("person",)
+    assert training_kinds("hough") == ()  # its map still holds the horizon
+    assert "sphere" not in MAP_SHOWS_ONLY["hough"] and "cube" in MAP_SHOWS_ONLY["hough"]

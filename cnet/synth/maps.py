@@ -22,7 +22,7 @@ from cnet.detectors.scribble import thicken
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
 from cnet.synth.render import FLOOR, Render
-from cnet.synth.scene import Scene
+from cnet.synth.scene import KINDS, Scene
 
 # The pose ControlNets saw skeletons drawn at ~512 px; drawing at that scale and resizing keeps
 # limb width relative to the image the same as the app's keypoint detector at any size.
@@ -144,14 +144,20 @@ def normal(scene: Scene, render: Render) -> np.ndarray:
     return scaled.clip(0, 255).astype(np.uint8).reshape(height, width, 3)
 
 
-# Conditions whose map shows only some kinds of object: the others are not in it at all.
-MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {"pose": ("person",)}
+# Conditions whose map is blank without one of these kinds of object: pose draws only people.
+MAP_BLANK_WITHOUT: dict[str, tuple[str, ...]] = {"pose": ("person",)}
+# Conditions whose map shows only some kinds of object: the others are not in it at all. Hough
+# draws straight edges, and a sphere has none (its map still holds the horizon).
+MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {
+    **MAP_BLANK_WITHOUT,
+    "hough": tuple(kind for kind in KINDS if kind != "sphere"),
+}
 
 
 def training_kinds(condition: str | None) -> tuple[str, ...]:
-    """Object kinds every training scene for `condition` holds one of: a map that shows only some
-    kinds is blank without one (pose: a person), and a blank map teaches a ControlNet nothing."""
-    return MAP_SHOWS_ONLY.get(condition, ())
+    """Object kinds every training scene for `condition` holds one of: a map that is blank
+    without one (pose: a person) teaches a ControlNet nothing."""
+    return MAP_BLANK_WITHOUT.get(condition, ())
 
 
 CONDITION_MAPS: dict[str, Callable[[Scene, Render], np.ndarray]] = {
