@@ -12,6 +12,7 @@ COMMANDS = {
     "synth": ("cnet.synth.cli", "render, export and preview the synthetic scene world"),
     "train": ("cnet.train.cli", "train a ControlNet, or the embedded base model"),
     "eval": ("cnet.evaluate", "measure control and prompt fidelity on held-out scenes"),
+    "compare": ("cnet.comparison", "is one evaluated model better than another, scene by scene"),
 }
 
 

@@ -215,12 +215,40 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
     )
 
 
+# {condition: {setting: [Scores of each test scene, in seed order]}}
+PerScene = dict[str, dict[str, list[Scores]]]
+
+
 def mean_scores(scores: Sequence[Scores]) -> Scores:
     def mean(name: str) -> float | None:
         values = [getattr(s, name) for s in scores if getattr(s, name) is not None]
         return float(np.mean(values)) if values else None
 
     return Scores(**{f.name: mean(f.name) for f in fields(Scores)})
+
+
+def mean_table(per_scene: PerScene) -> dict[str, dict[str, Scores]]:
+    return {c: {name: mean_scores(rows) for name, rows in r.items()} for c, r in per_scene.items()}
+
+
+def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling) -> dict:
+    """scenes.json: every scene's figures, so two runs on the same scenes can be compared scene
+    by scene (`python -m cnet compare`)."""
+
+    def values(rows: list[Scores], name: str) -> list[float | None]:
+        return [None if getattr(s, name) is None else round(getattr(s, name), 4) for s in rows]
+
+    return {
+        "sampling": asdict(sampling),
+        "seeds": list(seeds),
+        "figures": {
+            condition: {
+                setting: {f.name: values(rows, f.name) for f in fields(Scores)}
+                for setting, rows in settings.items()
+            }
+            for condition, settings in per_scene.items()
+        },
+    }
 
 
 @dataclass(frozen=True)
@@ -244,8 +272,9 @@ def evaluate(
     workers: int = 1,
     engine_options: dict | None = None,
     cfg: float | None = None,
-) -> dict[str, dict[str, Scores]]:
-    """{condition: {setting: mean Scores}} over the first `scenes` test-split scenes.
+) -> PerScene:
+    """{condition: {setting: each scene's Scores}} over the first `scenes` test-split scenes, in
+    seed order (`mean_table` averages them).
 
     The automatic prompt row is left out, with a note, when the preset has no working captioner.
     `workers` > 1 shares the conditions among that many processes, each with its own engine,
@@ -280,11 +309,12 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
 
 def score_conditions(
     engine, conditions: list[str], scenes: int, settings: list[str], sampling: Sampling
-) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
-    """The table, and per condition a sample-grid row: control map beside its first image."""
+) -> tuple[PerScene, dict[str, np.ndarray]]:
+    """Each scene's scores, and per condition a sample-grid row: control map beside its first
+    image."""
     from cnet.engine import GenerationRequest
 
-    table: dict[str, dict[str, Scores]] = {}
+    table: PerScene = {}
     grid_rows: dict[str, np.ndarray] = {}
     # At strength 0 no ControlNet adds anything, so a scene's image is the same for every
     # condition: generated once, scored against each condition's own figures.
@@ -332,7 +362,8 @@ def score_conditions(
                 per_scene.append(scores)
                 if name == "user prompt" and len(per_scene) == 1:
                     grid_rows[condition] = np.concatenate([sample.conditions[condition], image], 1)
-            table[condition][name] = row = mean_scores(per_scene)
+            table[condition][name] = per_scene
+            row = mean_scores(per_scene)
             # A full run takes the better part of an hour on a CPU: say where it is.
             print(
                 f"{condition}, {name}: {len(per_scene)} scenes in "
@@ -367,7 +398,7 @@ def score_in_processes(
     scenes: int,
     settings: list[str],
     sampling: Sampling,
-) -> tuple[dict[str, dict[str, Scores]], dict[str, np.ndarray]]:
+) -> tuple[PerScene, dict[str, np.ndarray]]:
     """`score_conditions`, the conditions shared among `workers` processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -544,7 +575,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = args.conditions or list(CONDITION_KEYS)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     cfg = engine.preset.cfg if args.cfg is None else args.cfg
-    table = evaluate(
+    per_scene = evaluate(
         engine,
         conditions,
         args.scenes,
@@ -556,6 +587,7 @@ def run(args: argparse.Namespace) -> int:
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
         cfg=cfg,
     )
+    table = mean_table(per_scene)
     source = "the preset's default" if args.cfg is None else "--cfg"
     text = (
         f"{args.scenes} held-out test scenes a row, {args.size} px, DDPM {args.steps} steps, "
@@ -571,5 +603,8 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table.md").write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"Wrote {args.out / 'table.md'}, results.json and samples.png")
+    seeds = split_seeds("test", args.scenes)
+    figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg))
+    (args.out / "scenes.json").write_text(json.dumps(figures))
+    print(f"Wrote {args.out / 'table.md'}, results.json, scenes.json and samples.png")
     return 0

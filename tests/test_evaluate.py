@@ -197,16 +197,18 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     tiny_model_dir, tmp_path, capsys
 ):
     from cnet.engine import load_engine
-    from cnet.evaluate import evaluate
+    from cnet.evaluate import evaluate, mean_table
 
     engine = load_engine(model_dir=str(tiny_model_dir), threads=1)
     generate = engine.generate
     requests = []
     engine.generate = lambda request: requests.append(request) or generate(request)
     grid = tmp_path / "samples.png"
-    table = evaluate(
+    per_scene = evaluate(
         engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid, cfg=3.0
     )
+    assert [len(rows) for rows in per_scene["canny"].values()] == [2, 2, 2]  # one per scene
+    table = mean_table(per_scene)
     assert list(table) == ["canny", "depth"]
     assert {(r.cfg, r.steps, r.resolution) for r in requests} == {(3.0, 2, 64)}
     # the no-control images of the first condition serve the second
@@ -305,6 +307,11 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
     assert "The VAE's reconstructions of the same scenes' true images" in table
+    scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
+    assert scenes["seeds"] == list(split_seeds("test", 2))
+    assert scenes["sampling"] == {"size": 64, "steps": 2, "cfg": 9.0}
+    per_scene = scenes["figures"]["seg"]["automatic prompt"]["iou"]
+    assert np.mean(per_scene) == pytest.approx(automatic["iou"], abs=1e-4)
 
 
 @pytest.mark.parametrize("workers", ["0", "-2", "two"])

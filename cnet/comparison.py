@@ -1,0 +1,175 @@
+"""Is one evaluated model better than another? Paired differences on the same held-out scenes.
+
+`python -m cnet eval` writes every scene's figures to `scenes.json`. Two evaluations of the same
+test scenes pair up scene by scene, so what the scenes themselves make easy or hard cancels out,
+and a bootstrap over the scenes gives each mean difference a 95 % interval. A change whose
+interval holds 0 is within the noise of 100 scenes: "the evaluation improves" means an interval
+above 0.
+
+    python -m cnet compare outputs/eval-old outputs/eval-new
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnet.evaluate import COLUMNS
+
+SCENES_FILE = "scenes.json"
+FIGURES = {
+    **COLUMNS,
+    "shown_iou": "shown objects' IoU",
+    "shown_color_accuracy": "shown objects' colour",
+}
+MEAN_ROW = "mean of the conditions"
+RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Change:
+    old: float
+    new: float
+    low: float  # the 95 % interval of new - old
+    high: float
+    scenes: int
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "higher"
+        if self.high < 0:
+            return "lower"
+        return "within noise"
+
+
+def load_scenes(folder: Path) -> dict:
+    path = Path(folder) / SCENES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {SCENES_FILE}: evaluate that model again with "
+            f"`python -m cnet eval --out {folder}` (older evaluations did not write one)."
+        )
+    return json.loads(path.read_text())
+
+
+def paired_change(old: np.ndarray, new: np.ndarray, seed: int = 0) -> Change | None:
+    """Means and the bootstrap interval of the mean difference over the pairs where both runs
+    have a figure (NaN: none, as for a scene with no shown object); None when no pair does."""
+    both = ~(np.isnan(old) | np.isnan(new))
+    old, new = old[both], new[both]
+    if not len(old):
+        return None
+    differences = new - old
+    picks = np.random.default_rng(seed).integers(0, len(differences), (RESAMPLES, len(differences)))
+    low, high = np.percentile(differences[picks].mean(axis=1), [2.5, 97.5])
+    return Change(float(old.mean()), float(new.mean()), float(low), float(high), len(old))
+
+
+def aligned(run: dict, seeds: list[int], condition: str, setting: str, name: str) -> np.ndarray:
+    """One figure of one row, in the order of `seeds`, NaN where the scene has none (and for a
+    figure the run's version of the eval did not write)."""
+    values = run["figures"][condition][setting].get(name, [None] * len(run["seeds"]))
+    by_seed = dict(zip(run["seeds"], values, strict=True))
+    return np.array([np.nan if by_seed[s] is None else by_seed[s] for s in seeds], np.float64)
+
+
+def mean_over_conditions(rows: list[np.ndarray]) -> np.ndarray:
+    """Per scene, the mean of the conditions that have the figure there (NaN where none has)."""
+    stacked = np.stack(rows)
+    counts = (~np.isnan(stacked)).sum(axis=0)
+    sums = np.nansum(stacked, axis=0)
+    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
+def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
+    """{(condition, setting, figure): Change} for every row both runs have, on the scenes both
+    scored, in the new run's order; after each setting's conditions, the mean of the conditions
+    (averaged within each scene, so the bootstrap resamples scenes, not condition-scene pairs
+    that share one)."""
+    seeds = [seed for seed in new["seeds"] if seed in set(old["seeds"])]
+    if not seeds:
+        raise ValueError(
+            "The two evaluations share no test scene: run both with the same --scenes."
+        )
+    rows = [
+        (condition, setting)
+        for condition, settings in new["figures"].items()
+        for setting in settings
+        if setting in old["figures"].get(condition, {})
+    ]
+    changes: dict[tuple[str, str, str], Change] = {}
+    for setting in dict.fromkeys(setting for _, setting in rows):
+        conditions = [condition for condition, s in rows if s == setting]
+        sides = {
+            (c, name): (
+                aligned(old, seeds, c, setting, name),
+                aligned(new, seeds, c, setting, name),
+            )
+            for c in conditions
+            for name in FIGURES
+        }
+        for (condition, name), (before, after) in sides.items():
+            if change := paired_change(before, after):
+                changes[condition, setting, name] = change
+        for name in COLUMNS if len(conditions) > 1 else ():
+            before, after = (
+                mean_over_conditions([sides[c, name][side] for c in conditions]) for side in (0, 1)
+            )
+            if change := paired_change(before, after):
+                changes[MEAN_ROW, setting, name] = change
+    return changes
+
+
+def format_comparison(changes: dict[tuple[str, str, str], Change]) -> str:
+    lines = [
+        "| condition | setting | figure | old | new | change | 95 % interval | scenes | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (condition, setting, name), c in changes.items():
+        lines.append(
+            f"| {condition} | {setting} | {FIGURES[name]} | {c.old:.3f} | {c.new:.3f} | "
+            f"{c.new - c.old:+.3f} | {c.low:+.3f} … {c.high:+.3f} | {c.scenes} | {c.verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def sampling_line(label: str, run: dict) -> str:
+    s = run["sampling"]
+    return (
+        f"{label}: {len(run['seeds'])} scenes, {s['size']} px, {s['steps']} steps, CFG {s['cfg']:g}"
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", type=Path, help="an evaluation's output folder (`cnet eval --out`)")
+    parser.add_argument("new", type=Path, help="another, of the same test scenes")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        old, new = load_scenes(args.old), load_scenes(args.new)
+        changes = compare(old, new)
+    except (FileNotFoundError, ValueError) as error:
+        print(error)
+        return 1
+    text = "\n".join(
+        [
+            sampling_line(f"old ({args.old})", old),
+            sampling_line(f"new ({args.new})", new),
+            "",
+            "new - old on the same scenes; 95 % bootstrap interval of the mean difference:",
+            "",
+            format_comparison(changes),
+        ]
+    )
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0

@@ -1,0 +1,89 @@
+"""`python -m cnet compare`: paired differences of two evaluations on the same scenes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cnet.comparison import MEAN_ROW, compare, format_comparison, run
+
+
+def evaluation(figures: dict, seeds=range(100)) -> dict:
+    """A scenes.json: {condition: {setting: {figure: per-scene values}}}."""
+    return {"sampling": {"size": 128, "steps": 20, "cfg": 2.0}, "seeds": list(seeds),
+            "figures": figures}  # fmt: skip
+
+
+def test_a_clear_gain_is_higher_and_the_same_figures_are_within_noise():
+    rng = np.random.default_rng(1)
+    before = rng.uniform(0.3, 0.9, 100)
+    after = before + 0.05 + rng.normal(0, 0.02, 100)
+    old = evaluation({"seg": {"user prompt": {"iou": list(before)}}})
+    new = evaluation({"seg": {"user prompt": {"iou": list(after)}}})
+    gain = compare(old, new)["seg", "user prompt", "iou"]
+    assert gain.verdict == "higher" and 0.04 < gain.low < gain.new - gain.old < gain.high < 0.06
+    assert gain.old == pytest.approx(before.mean()) and gain.scenes == 100
+    assert compare(new, old)["seg", "user prompt", "iou"].verdict == "lower"
+    same = compare(old, old)["seg", "user prompt", "iou"]
+    assert same.verdict == "within noise" and same.low == same.high == 0.0
+
+
+def test_noise_alone_stays_within_noise():
+    rng = np.random.default_rng(2)
+    old, new = (
+        evaluation({"canny": {"user prompt": {"iou": list(rng.uniform(0.3, 0.9, 100))}}})
+        for _ in range(2)
+    )
+    change = compare(old, new)["canny", "user prompt", "iou"]
+    assert change.verdict == "within noise" and change.low < 0 < change.high
+
+
+def test_scenes_pair_by_seed_and_a_missing_figure_drops_its_scene():
+    old = evaluation({"pose": {"user prompt": {"shown_iou": [0.1, None, 0.3, 0.5]}}}, [7, 8, 9, 10])
+    new = evaluation({"pose": {"user prompt": {"shown_iou": [0.6, 0.2, 0.9, None]}}}, [9, 8, 7, 11])
+    change = compare(old, new)["pose", "user prompt", "shown_iou"]
+    # seeds 7 and 9 pair (8 has no old figure; 10 and 11 are in one run only)
+    assert (
+        change.scenes == 2
+        and change.old == pytest.approx(0.2)
+        and change.new == pytest.approx(0.75)
+    )
+
+
+def test_the_mean_of_the_conditions_averages_each_scene_first():
+    def run(ious: tuple[float, float], canny_edges: float) -> dict:
+        edges = {"canny": [canny_edges] * 100, "depth": [None] * 100}
+        return evaluation(
+            {
+                c: {"user prompt": {"iou": [iou] * 100, "edge_f1": edges[c]}}
+                for c, iou in zip(("canny", "depth"), ious, strict=True)
+            }
+        )
+
+    old, new = run((0.2, 0.2), 0.5), run((0.4, 0.3), 0.7)
+    changes = compare(old, new)
+    mean = changes[MEAN_ROW, "user prompt", "iou"]
+    assert mean.old == pytest.approx(0.2) and mean.new == pytest.approx(0.35)
+    assert changes[MEAN_ROW, "user prompt", "edge_f1"].new == pytest.approx(0.7)  # canny alone
+    assert list(changes)[-1][0] == MEAN_ROW
+    table = format_comparison(changes)
+    assert "| canny | user prompt | foreground IoU | 0.200 | 0.400 | +0.200 |" in table
+    assert table.count("| higher |") == 5  # canny IoU and edges, depth IoU, both means
+
+
+def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_json(tmp_path, capsys):
+    import argparse
+
+    for name, value in (("old", 0.2), ("new", 0.4)):
+        (tmp_path / name).mkdir()
+        figures = {"seg": {"no prompt": {"iou": [value] * 50, "shape_iou": [0.7] * 50}}}
+        (tmp_path / name / "scenes.json").write_text(json.dumps(evaluation(figures, range(50))))
+    args = argparse.Namespace(old=tmp_path / "old", new=tmp_path / "new", out=tmp_path / "c.md")
+    assert run(args) == 0
+    text = (tmp_path / "c.md").read_text()
+    assert text.startswith(f"old ({tmp_path / 'old'}): 50 scenes, 128 px, 20 steps, CFG 2\n")
+    assert "| seg | no prompt | foreground IoU | 0.200 | 0.400 | +0.200 |" in text
+    assert "| seg | no prompt | shape IoU | 0.700 | 0.700 | +0.000 |" in text
+    args.old = tmp_path / "nothing"
+    assert run(args) == 1
+    assert "python -m cnet eval --out" in capsys.readouterr().out
