@@ -195,6 +195,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     metrics = tmp_path / "results.json"
     row = {"iou": 0.8766, "color_accuracy": 0.5432, "edge_f1": 0.321}
     metrics.write_text(json.dumps({"canny": {"user prompt": row}}))
+    (tmp_path / "table.md").write_text("the evaluation's table\n")
     out = tmp_path / "preset"
 
     missing = pack(recipe, out, metrics)
@@ -226,6 +227,8 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert "the shared start), then 4 steps" in card
     assert "| user prompt | 0.877 | — | 0.543 | 0.321 |" in card  # no shape IoU in these results
     assert not out.with_name("preset.packing").exists()
+    # the evaluation the cards quote travels with them (this one wrote no scenes.json)
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["results.json", "table.md"]
 
 
 def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_model_dir):

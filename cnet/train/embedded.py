@@ -451,8 +451,22 @@ scenes with {maps} ({resolution} px, train split).
 """
 
 
+# A packed preset keeps the evaluation its cards quote: the reference the next model is compared
+# with (`python -m cnet compare assets/embedded/eval outputs/eval`).
+EVALUATION_FOLDER = "eval"
+EVALUATION_FILES = ("table.md", "results.json", "scenes.json")
+
+
+def keep_evaluation(source: Path, target: Path) -> None:
+    target.mkdir()
+    for name in EVALUATION_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
+
+
 def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
-    """Copy the finished models to `out` in the embedded layout; returns what is missing."""
+    """Copy the finished models to `out` in the embedded layout, with the evaluation in
+    `metrics_path`'s folder when given; returns what is missing."""
     base = recipe["base"]
     if not base.finished():
         raise FileNotFoundError(
@@ -489,6 +503,8 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         (target / "README.md").write_text(card)
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
+    if metrics_path:
+        keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
     size = folder_bytes(staging)
