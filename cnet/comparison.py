@@ -25,6 +25,8 @@ FIGURES = {
     **COLUMNS,
     "shown_iou": "shown objects' IoU",
     "shown_color_accuracy": "shown objects' colour",
+    "caption_names_first_pass": "caption names first pass",
+    "second_pass_follows_caption": "second pass follows caption",
 }
 MEAN_ROW = "mean of the conditions"
 RESAMPLES = 10_000
@@ -91,7 +93,8 @@ def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
     scored, in the new run's order; after each setting's conditions, the mean of the conditions
     (averaged within each scene, so the bootstrap resamples scenes, not condition-scene pairs
     that share one)."""
-    seeds = [seed for seed in new["seeds"] if seed in set(old["seeds"])]
+    scored = set(old["seeds"])
+    seeds = [seed for seed in new["seeds"] if seed in scored]
     if not seeds:
         raise ValueError(
             "The two evaluations share no test scene: run both with the same --scenes."

@@ -87,3 +87,12 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     args.old = tmp_path / "nothing"
     assert run(args) == 1
     assert "python -m cnet eval --out" in capsys.readouterr().out
+
+
+def test_every_figure_the_eval_writes_is_compared():
+    from dataclasses import fields
+
+    from cnet.comparison import FIGURES
+    from cnet.evaluate import Scores
+
+    assert set(FIGURES) == {f.name for f in fields(Scores)}
