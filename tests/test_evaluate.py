@@ -134,13 +134,17 @@ def test_hough_lines_of_the_target_are_mostly_found_in_its_edges(samples):
     assert np.mean([edge_f1(s.image, s.conditions["hough"]) for s in with_lines]) > 0.4
 
 
-def test_a_pose_map_is_scored_on_the_people_alone_the_only_objects_it_shows():
-    scenes = (generate(seed, 128) for seed in split_seeds("test", 200))
-    mixed = next(  # a person and something else, both in view
+def mixed_scene(kind: str):
+    """The first test scene with an object of `kind` and another kind, every object in view."""
+    return next(
         s
-        for s in scenes
-        if {o.kind for o in s.scene.objects} > {"person"} and s.masks.any(axis=(1, 2)).all()
+        for s in (generate(seed, 128) for seed in split_seeds("test", 200))
+        if {o.kind for o in s.scene.objects} > {kind} and s.masks.any(axis=(1, 2)).all()
     )
+
+
+def test_a_pose_map_is_scored_on_the_people_alone_the_only_objects_it_shows():
+    mixed = mixed_scene("person")
     people = np.array([obj.kind == "person" for obj in mixed.scene.objects])
     only_people = empty_scene(mixed).copy()
     where = mixed.masks[people].any(axis=0)
@@ -161,12 +165,7 @@ def test_a_pose_map_is_scored_on_the_people_alone_the_only_objects_it_shows():
 
 
 def test_a_hough_map_is_scored_on_the_objects_with_straight_edges_alone():
-    scenes = (generate(seed, 128) for seed in split_seeds("test", 200))
-    mixed = next(  # a sphere and something else, both in view
-        s
-        for s in scenes
-        if {o.kind for o in s.scene.objects} > {"sphere"} and s.masks.any(axis=(1, 2)).all()
-    )
+    mixed = mixed_scene("sphere")
     spheres = np.array([obj.kind == "sphere" for obj in mixed.scene.objects])
     wrong = mixed.image.copy()  # every sphere painted a colour no prompt names for it
     where = mixed.masks[spheres].any(axis=0)
