@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnet.evaluate import COLUMNS
+from cnet.evaluate import COLUMNS, SCENES_FILE
 
-SCENES_FILE = "scenes.json"
 FIGURES = {
     **COLUMNS,
     "shown_iou": "shown objects' IoU",

@@ -48,6 +48,7 @@ from cnet.synth.render import Render, render
 FOREGROUND_THRESHOLD = 20
 EDGE_TOLERANCE = 2  # pixels
 EDGE_CONDITIONS = ("canny", "hough")
+SCENES_FILE = "scenes.json"  # every scene's figures (`scene_figures`), for `python -m cnet compare`
 SETTINGS = {  # name -> (prompt mode, control strength)
     "user prompt": ("user", 1.0),
     "no prompt": ("none", 1.0),
@@ -605,6 +606,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     seeds = split_seeds("test", args.scenes)
     figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg))
-    (args.out / "scenes.json").write_text(json.dumps(figures))
+    (args.out / SCENES_FILE).write_text(json.dumps(figures))
     print(f"Wrote {args.out / 'table.md'}, results.json, scenes.json and samples.png")
     return 0
