@@ -15,6 +15,7 @@ scene's control map, and three figures compare it with the scene's ground truth:
   within a small pixel tolerance.
 
 Control strength 0 gives the same figures without control: the baseline that must be far below.
+A second table gives the IoUs apart in the scenes with a floor and in those without.
 
 The automatic prompt mode never sees the scene's prompt, so its colours can only match by chance;
 two more figures say whether its two passes agree with each other: the share of objects whose
@@ -41,6 +42,7 @@ from cnet.synth import Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
+from cnet.synth.scene import sample_scene
 
 # Largest per-channel difference from the empty scene that still counts as empty. Shading makes
 # the dark side of an object close to a dark floor, so this sits low; a 3x3 median removes the
@@ -483,6 +485,39 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
     return "\n".join(lines)
 
 
+def with_floor(seeds: Sequence[int]) -> np.ndarray:
+    """Which test scenes have a floor (the others show the wall alone behind their objects)."""
+    return np.array([sample_scene(seed).floor is not None for seed in seeds], bool)
+
+
+def floor_apart(scores: Sequence[Scores], floor: np.ndarray) -> tuple[Scores, Scores]:
+    """The mean figures of the scenes with a floor, and of those without."""
+    return tuple(
+        mean_scores([s for s, on in zip(scores, floor, strict=True) if on == group])
+        for group in (True, False)
+    )
+
+
+def floor_table(per_scene: PerScene, seeds: Sequence[int]) -> str:
+    """Foreground and shape IoU apart in the scenes with a floor and in those without. The floor
+    is the one surface whose shade follows the scene's light (which neither prompt nor map gives),
+    and the scribble, hough and pose maps do not show where it begins."""
+    floor = with_floor(seeds)
+    lines = [
+        f"Foreground IoU and shape IoU in the {floor.sum()} scenes with a floor and the "
+        f"{(~floor).sum()} without (the wall alone behind the objects):",
+        "",
+        "| condition | setting | foreground IoU, floor | without | shape IoU, floor | without |",
+        "|---|---|---|---|---|---|",
+    ]
+    for condition, rows in per_scene.items():
+        for name, scores in rows.items():
+            apart = floor_apart(scores, floor)
+            figures = [figure(s.iou) for s in apart] + [figure(s.shape_iou) for s in apart]
+            lines.append(f"| {condition} | {name} | " + " | ".join(figures) + " |")
+    return "\n".join(lines)
+
+
 def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
     """Each RGB image through the VAE and back (the latents' mean), as the pipeline outputs it."""
     import torch
@@ -524,16 +559,18 @@ def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ())
     # One pass through the VAE serves the main figures and every partial map's (hough's, pose's).
     partial = [condition for condition in conditions if condition in MAP_SHOWS_ONLY]
     pairs = reconstructed_scenes(engine.pipeline.vae, scenes, size, partial)
-    ceilings = {
-        c: mean_scores([score(image, sample, c) for image, sample in pairs])
-        for c in partial or [""]
-    }
+    per_scene = {c: [score(image, sample, c) for image, sample in pairs] for c in partial or [""]}
+    ceilings = {c: mean_scores(rows) for c, rows in per_scene.items()}
     ceiling = next(iter(ceilings.values()))
+    floor = np.array([sample.scene.floor is not None for _, sample in pairs], bool)
     line = (
         f"The VAE's reconstructions of the same scenes' true images (the ceiling of any model "
         f"drawing through it): foreground IoU {ceiling.iou:.3f}, shape IoU "
         f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
     )
+    if floor.any() and not floor.all():
+        on, off = floor_apart(next(iter(per_scene.values())), floor)
+        line += f" (foreground IoU {on.iou:.3f} with a floor, {off.iou:.3f} without)"
     for condition in partial:
         shown = ceilings[condition]
         line += f"; on the objects the {condition} map shows alone "
@@ -607,6 +644,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.scenes} held-out test scenes a row, {args.size} px, DDPM {args.steps} steps, "
         f"CFG {cfg:g} ({source})\n\n"
         + format_table(table)
+        + "\n\n"
+        + floor_table(per_scene, split_seeds("test", args.scenes))
         + "\n\n"
         + ceiling_line(engine, args.scenes, args.size, conditions)
     )

@@ -13,6 +13,7 @@ from cnet.evaluate import (
     edge_f1,
     empty_render,
     empty_scene,
+    floor_table,
     foreground_iou,
     format_table,
     mean_scores,
@@ -117,6 +118,22 @@ def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(sam
         "colour accuracy 1.000"
     )
     assert "shows alone" not in ceiling_line(engine, 3, 128, ["canny"])
+    floor = [sample.scene.floor is not None for sample in samples]
+    assert any(floor) and not all(floor)  # both kinds among the 12 test scenes
+    ious = [foreground_iou(sample.image, sample) for sample in samples]
+    on = np.mean([iou for iou, f in zip(ious, floor, strict=True) if f])
+    off = np.mean([iou for iou, f in zip(ious, floor, strict=True) if not f])
+    assert f"(foreground IoU {on:.3f} with a floor, {off:.3f} without)" in line
+
+
+def test_the_floor_table_sets_the_scenes_with_a_floor_apart(samples):
+    from cnet.evaluate import Scores
+
+    floor = [sample.scene.floor is not None for sample in samples]
+    rows = [Scores(1.0 if f else 0.25, 1.0, shape_iou=0.5 if f else 0.75) for f in floor]
+    text = floor_table({"seg": {"user prompt": rows}}, SEEDS)
+    assert f"in the {sum(floor)} scenes with a floor and the {12 - sum(floor)} without" in text
+    assert "| seg | user prompt | 1.000 | 0.250 | 0.500 | 0.750 |" in text
 
 
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
@@ -306,6 +323,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
     assert "The VAE's reconstructions of the same scenes' true images" in table
+    assert "| seg | automatic prompt | " in table.split("scenes with a floor and the")[1]
     scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
     assert scenes["seeds"] == list(split_seeds("test", 2))
     assert scenes["sampling"] == {"size": 64, "steps": 2, "cfg": 9.0}
