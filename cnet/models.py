@@ -240,6 +240,20 @@ def _registry_checkpoints(preset_name: str) -> dict[str, str]:
     }
 
 
+def preset_settings(model_dir: str | Path) -> dict:
+    """The folder's preset.json ({} when it has none)."""
+    path = Path(model_dir).expanduser() / "preset.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def sampling_cfg(base: str | None) -> float:
+    """The guidance scale a base pipeline folder is sampled at: the "cfg" of the preset.json
+    beside it (the embedded layout: <dir>/preset.json next to <dir>/base/), else the paper's."""
+    if base is None:
+        return PAPER_CFG
+    return float(preset_settings(Path(base).expanduser().parent).get("cfg", PAPER_CFG))
+
+
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
     """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
 
@@ -248,9 +262,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     controlnet/} for conditions whose ControlNet is not in controlnet/<condition>/.
     """
     model_dir = Path(model_dir).expanduser()
-    settings = {}
-    if (model_dir / "preset.json").is_file():
-        settings = json.loads((model_dir / "preset.json").read_text())
+    settings = preset_settings(model_dir)
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}

@@ -158,6 +158,11 @@ def test_preset_json_may_set_the_guidance_scale(tiny_model_dir, tmp_path):
     settings = json.loads((folder / "preset.json").read_text())
     (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5}))
     assert resolve_preset(model_dir=str(folder), device="cpu")[0].cfg == 2.5
+    # a trainer given the base folder samples its validation images at the same scale
+    from cnet.models import sampling_cfg
+
+    assert sampling_cfg(str(folder / "base")) == 2.5
+    assert sampling_cfg(str(tiny_model_dir / "base")) == sampling_cfg(None) == 9.0
 
 
 def test_sd15_preset_takes_checkpoints_from_the_registry():

@@ -522,6 +522,37 @@ def test_cli_trains_and_exports(tiny_model_dir, fill50k_dir, tmp_path):
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == 1 and summary["connect_decoder"] is False
     assert (tmp_path / "controlnet" / "config.json").is_file()
+    assert summary["config"]["validation_guidance_scale"] == 9.0  # no "cfg" in its preset.json
+
+
+def test_validation_images_take_the_guidance_scale_of_the_bases_preset(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from unittest.mock import patch
+
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from cnet.train.controlnet import TrainConfig, train
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "base").symlink_to(tiny_model_dir / "base")
+    (model / "preset.json").write_text(json.dumps({"cfg": 2.5}))
+    scales = []
+    pipeline_call = StableDiffusionControlNetPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        scales.append(kwargs["guidance_scale"])
+        return pipeline_call(self, *args, **kwargs)
+
+    config = TrainConfig(
+        base=str(model / "base"), data=str(fill50k_dir), output_dir=str(tmp_path / "run"),
+        max_steps=1, batch_size=2, validate_every=1, num_validation_images=1,
+        validation_inference_steps=1,
+    )  # fmt: skip
+    with patch.object(StableDiffusionControlNetPipeline, "__call__", recording):
+        train(config)
+    assert scales == [2.5]
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT
+from cnet.models import sampling_cfg
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import (
@@ -111,7 +112,7 @@ class BaseTrainConfig:
     validate_every: int = 1_000  # 0: never
     num_validation_images: int = 4
     validation_inference_steps: int = 20
-    validation_guidance_scale: float = 9.0
+    validation_guidance_scale: float | None = None  # None: --base-init's (models.sampling_cfg)
 
 
 class VAEObjective(torch.nn.Module):
@@ -419,6 +420,8 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
     from cnet.architecture import build_components, save_pipeline_dir
 
+    if config.validation_guidance_scale is None:
+        config = replace(config, validation_guidance_scale=sampling_cfg(config.base_init))
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
     check_vae_sources(config, arch.latent_channels)

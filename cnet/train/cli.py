@@ -55,7 +55,8 @@ HELP = {
     "validate_every": "sample validation images every N steps (0: never)",
     "num_validation_images": "validation examples (from held-out data)",
     "validation_inference_steps": "sampler steps of validation images",
-    "validation_guidance_scale": "classifier-free guidance scale of validation images",
+    "validation_guidance_scale": "classifier-free guidance scale of validation images (default: "
+    'the "cfg" of the preset.json beside the base, as in assets/embedded, else the paper\'s 9.0)',
     "validation_prompts": "prompts for the validation images",
     "validation_images": "control maps for the validation images (one prompt each)",
     # base

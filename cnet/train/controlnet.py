@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT
+from cnet.models import sampling_cfg
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
@@ -96,7 +97,7 @@ class TrainConfig:
     validate_every: int = 500  # 0: never
     num_validation_images: int = 4
     validation_inference_steps: int = 20
-    validation_guidance_scale: float = 9.0  # the paper's CFG scale
+    validation_guidance_scale: float | None = None  # None: the base's (models.sampling_cfg)
     validation_prompts: list[str] = field(default_factory=list)  # default: the data's own
     validation_images: list[str] = field(default_factory=list)  # control maps; with the prompts
 
@@ -490,6 +491,8 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
+    if config.validation_guidance_scale is None:
+        config = replace(config, validation_guidance_scale=sampling_cfg(base_folder(config.base)))
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
