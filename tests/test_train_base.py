@@ -182,29 +182,34 @@ def test_each_phase_reads_batches_of_its_own_size(tmp_path, monkeypatch):
     assert sizes[0] == 3 and sizes[-1] == 2  # the VAE phase first, the UNet phase last
 
 
+class Grey(torch.nn.Module):
+    """A VAE objective that reconstructs every image as flat grey (0), whatever it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.vae = self
+
+    def forward(self, pixel_values, generator, weights=None):
+        from cnet.train.base import VAEObjective
+
+        return VAEObjective.forward(self, pixel_values, generator, weights)
+
+    def encode(self, pixels):
+        class Posterior:
+            def sample(self, generator):
+                return pixels
+
+            def kl(self):
+                return torch.zeros(1)
+
+        return type("Out", (), {"latent_dist": Posterior()})()
+
+    def decode(self, latents):
+        return type("Out", (), {"sample": torch.zeros_like(latents)})()
+
+
 def test_object_pixels_weigh_more_in_the_vae_loss():
-    from cnet.train.base import VAEObjective, object_weights, vae_loss
-
-    class Grey(torch.nn.Module):  # reconstructs every image as flat grey, whatever it is given
-        def forward(self, pixel_values, generator, weights=None):
-            return VAEObjective.forward(self, pixel_values, generator, weights)
-
-        def __init__(self):
-            super().__init__()
-            self.vae = self
-
-        def encode(self, pixels):
-            class Posterior:
-                def sample(self, generator):
-                    return pixels
-
-                def kl(self):
-                    return torch.zeros(1)
-
-            return type("Out", (), {"latent_dist": Posterior()})()
-
-        def decode(self, latents):
-            return type("Out", (), {"sample": torch.zeros_like(latents)})()
+    from cnet.train.base import object_weights, vae_loss
 
     kinds = torch.zeros(1, 4, 4, dtype=torch.uint8)
     kinds[0, :2, :2] = 2  # an object in a quarter of the image
@@ -220,6 +225,27 @@ def test_object_pixels_weigh_more_in_the_vae_loss():
     assert plain.item() == pytest.approx(0.25)
     assert weighted.item() == pytest.approx(5 * 4 / (5 * 4 + 12))  # object share of the weight
     cropped = vae_loss(Grey(), batch, torch.Generator().manual_seed(0), 0.0, 2, 4.0)
+    assert 0.0 <= cropped.item() <= 1.0
+
+
+def test_the_image_border_weighs_more_in_the_vae_loss_with_a_frame_weight():
+    from cnet.train.base import FRAME_WIDTH, frame_mask, vae_loss
+
+    size = 2 * FRAME_WIDTH + 4  # a 4 x 4 inside
+    assert frame_mask(size, size).sum() == size * size - 16
+    pixels = torch.zeros(2, 3, size, size)
+    pixels[..., :FRAME_WIDTH, :] = 1.0  # the grey reconstruction misses the top band by 1
+    batch = {"pixel_values": pixels}
+    plain = vae_loss(Grey(), batch, torch.Generator(), 0.0)
+    framed = vae_loss(Grey(), batch, torch.Generator(), 0.0, frame_weight=4.0)
+    band = FRAME_WIDTH * size
+    assert plain.item() == pytest.approx(band / size**2)
+    assert framed.item() == pytest.approx(5 * band / (5 * (size**2 - 16) + 16))
+    # with object weights too, both add up; a crop keeps the image's own border weights
+    kinds = torch.zeros(2, size, size, dtype=torch.uint8)
+    both = vae_loss(Grey(), {**batch, "kinds": kinds}, torch.Generator(), 0.0, None, 4.0, 0, 4.0)
+    assert both.item() == pytest.approx(framed.item())  # no object: the frame alone
+    cropped = vae_loss(Grey(), batch, torch.Generator().manual_seed(0), 0.0, 4, 0.0, 0, 4.0)
     assert 0.0 <= cropped.item() <= 1.0
 
 

@@ -84,6 +84,9 @@ class BaseTrainConfig:
     # ... and of the background this many pixels around them: weighting the object alone made
     # its colour bleed outwards (edge errors outside it cost less), fattening every object.
     vae_object_margin: int = 3
+    # Extra L1 weight of the image's outer FRAME_WIDTH pixels: zero padding leaves a decoder's
+    # border its worst-reconstructed part (the shipped one's outer pixels err twice as much).
+    vae_frame_weight: float = 0.0
     vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
     # Train the decoder alone, the encoder frozen: the latents stay those a trained UNet and its
     # ControlNets learnt, so a sharper decoder drops into a finished base (as SD's ft-MSE VAE).
@@ -136,6 +139,16 @@ class VAEObjective(torch.nn.Module):
             return error.mean(), posterior.kl().mean()
         weighted = (error * weights).sum() / (weights.sum() * error.shape[1])
         return weighted, posterior.kl().mean()
+
+
+FRAME_WIDTH = 4  # pixels; the shipped decoder's border error fades over about this many
+
+
+def frame_mask(height: int, width: int, device=None) -> torch.Tensor:
+    """(1, 1, H, W): 1 on the outer FRAME_WIDTH pixels of the image, else 0."""
+    mask = torch.ones(1, 1, height, width, device=device)
+    mask[..., FRAME_WIDTH:-FRAME_WIDTH, FRAME_WIDTH:-FRAME_WIDTH] = 0.0
+    return mask
 
 
 def object_weights(kinds: torch.Tensor, object_weight: float, margin: int = 0) -> torch.Tensor:
@@ -245,15 +258,21 @@ def vae_loss(
     crop: int | None = None,
     object_weight: float = 0.0,
     object_margin: int = 0,
+    frame_weight: float = 0.0,
 ):
     pixel_values = batch["pixel_values"].to(generator.device)
-    if "kinds" in batch and object_weight:  # crop the weights with the pixels
-        kinds = batch["kinds"].to(generator.device)
-        weights = object_weights(kinds, object_weight, object_margin)
+    weights = None
+    if "kinds" in batch and object_weight:
+        weights = object_weights(batch["kinds"].to(generator.device), object_weight, object_margin)
+    if frame_weight:
+        frame = frame_mask(*pixel_values.shape[2:], device=pixel_values.device)
+        weights = (1.0 if weights is None else weights) + frame_weight * frame
+    if weights is None:
+        pixel_values = random_crop(pixel_values, crop, generator)
+    else:  # crop the weights with the pixels: a crop's own edge is no image border
+        weights = weights.expand(len(pixel_values), 1, *pixel_values.shape[2:])
         both = random_crop(torch.cat([pixel_values, weights], dim=1), crop, generator)
         pixel_values, weights = both[:, :-1], both[:, -1:]
-    else:
-        pixel_values, weights = random_crop(pixel_values, crop, generator), None
     reconstruction, kl = objective(pixel_values, generator, weights)
     return reconstruction + kl_weight * kl
 
@@ -573,6 +592,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                         config.vae_crop_size,
                         config.vae_object_weight,
                         config.vae_object_margin,
+                        config.vae_frame_weight,
                     )
                 else:
                     loss = unet_loss(
@@ -660,6 +680,7 @@ def lineage_entry(summary: dict) -> dict:
     config = summary["config"]
     settings = (
         "vae_decoder_only",
+        "vae_frame_weight",
         "vae_learning_rate",
         "batch_size",
         "unet_learning_rate",

@@ -71,6 +71,8 @@ HELP = {
     "vae_crop_size": "train the VAE on random crops of this side (at least the image size: whole)",
     "vae_object_weight": "extra L1 weight of object pixels (synthetic scenes; 0: all pixels alike)",
     "vae_object_margin": "pixels around each object that weigh as much as the object",
+    "vae_frame_weight": "extra L1 weight of the image's outer 4 pixels (0: none), where a decoder "
+    "reconstructs worst",
     "vae_init": "start the VAE from this trained AutoencoderKL folder (it may have fewer latent "
     "channels: they map onto the first ones)",
     "vae_decoder_only": "train only the VAE's decoder (the encoder frozen, so the latents of a "

@@ -265,6 +265,11 @@ def base_card(stage: Stage, folder: Path) -> str:
     crops = f"random {crop} px crops" if crop else "whole images"
     weight, margin = config.get("vae_object_weight", 0.0), config.get("vae_object_margin", 0)
     weighting = f"objects and {margin} px around them weigh {1 + weight:g}x" if weight else "even"
+    if config.get("vae_frame_weight"):
+        from cnet.train.base import FRAME_WIDTH
+
+        frame = f"the outer {FRAME_WIDTH} px weigh {1 + config['vae_frame_weight']:g}x"
+        weighting = frame if weighting == "even" else f"{weighting}, {frame}"
     start = ""
     if config.get("vae_init") or config.get("base_init"):
         start = " fine-tuning an earlier VAE"
