@@ -232,24 +232,33 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
 
 
 def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_model_dir):
-    config = BaseTrainConfig(base_init="runs/earlier/base", vae_decoder_only=True, unet_steps=0)
-    stage = recipe["base"]
-    finish(
-        stage,
-        tiny_model_dir / "base",
-        {
-            "steps": {"vae": 3, "unet": 0},
-            "final_loss": {"vae": 0.0512, "unet": None},
-            "mean_loss_last_100": {"vae": 0.0521, "unet": None},
-            "scaling_factor": 0.61,
-            "config": asdict(config),
-        },
+    from cnet.train.base import lineage_entry
+    from cnet.train.lineage import LINEAGE_FILE, UNRECORDED
+
+    config = BaseTrainConfig(
+        base_init="runs/earlier/base", vae_decoder_only=True, unet_steps=0, vae_frame_weight=4.0
     )
+    summary = {
+        "steps": {"vae": 3, "unet": 0},
+        "final_loss": {"vae": 0.0512, "unet": None},
+        "mean_loss_last_100": {"vae": 0.0521, "unet": None},
+        "scaling_factor": 0.61,
+        "device": "1 x cpu",
+        "config": asdict(config),
+    }
+    stage = recipe["base"]
+    finish(stage, tiny_model_dir / "base", summary)
+    (stage.result / LINEAGE_FILE).write_text(json.dumps([UNRECORDED, lineage_entry(summary)]))
     card = embedded.base_card(stage, stage.result)
     assert "VAE: 3 steps fine-tuning an earlier VAE's decoder alone (its encoder" in card
+    assert "objects and 3 px around them weigh 5x, the outer 4 px weighing 5x" in card
     assert "final loss 0.0512" in card
     assert "UNet + text encoder: kept from the earlier base (v prediction" in card
     assert "continuing" not in card
+    assert (
+        "  2. its decoder 3 steps at batch 4, learning rate 0.0002, the outer 4 px weighing 5x"
+        in card
+    )
 
 
 def test_a_base_card_names_the_default_prompt_share_of_the_run_and_its_lineage(

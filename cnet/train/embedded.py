@@ -257,6 +257,12 @@ def metrics_table(metrics: dict, condition: str) -> str:
     return "\n".join(lines)
 
 
+def frame_weighting(frame_weight: float) -> str:
+    from cnet.train.base import FRAME_WIDTH
+
+    return f"the outer {FRAME_WIDTH} px weighing {1 + frame_weight:g}x"
+
+
 def base_card(stage: Stage, folder: Path) -> str:
     summary = json.loads((stage.run_dir / "training.json").read_text())
     arch = json.loads((folder / "architecture.json").read_text())
@@ -266,9 +272,7 @@ def base_card(stage: Stage, folder: Path) -> str:
     weight, margin = config.get("vae_object_weight", 0.0), config.get("vae_object_margin", 0)
     weighting = f"objects and {margin} px around them weigh {1 + weight:g}x" if weight else "even"
     if config.get("vae_frame_weight"):
-        from cnet.train.base import FRAME_WIDTH
-
-        frame = f"the outer {FRAME_WIDTH} px weigh {1 + config['vae_frame_weight']:g}x"
+        frame = frame_weighting(config["vae_frame_weight"])
         weighting = frame if weighting == "even" else f"{weighting}, {frame}"
     start = ""
     if config.get("vae_init") or config.get("base_init"):
@@ -378,6 +382,8 @@ def describe_run(run: dict) -> str:
                 f"{part} {steps['vae']} steps at batch {run['vae_batch_size']}, "
                 f"learning rate {run['vae_learning_rate']:g}"
             )
+            if run.get("vae_frame_weight"):
+                phases[-1] += f", {frame_weighting(run['vae_frame_weight'])}"
         if steps["unet"]:
             schedule = "zero terminal SNR" if run["zero_terminal_snr"] else "SD 1.5's schedule"
             phases.append(
