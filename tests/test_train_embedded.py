@@ -231,32 +231,38 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["results.json", "table.md"]
 
 
-def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_model_dir):
+def card_of_one_run(recipe, tiny_model_dir, config, losses: dict, device: str) -> str:
+    """The base card of a finished `config` run that trained the parts `losses` names (their final
+    losses; a part without one trained no step), with its lineage entry."""
     from cnet.train.base import lineage_entry
     from cnet.train.lineage import LINEAGE_FILE, UNRECORDED
 
-    config = BaseTrainConfig(
-        base_init="runs/earlier/base", vae_decoder_only=True, unet_steps=0, vae_frame_weight=4.0
-    )
     summary = {
-        "steps": {"vae": 3, "unet": 0},
-        "final_loss": {"vae": 0.0512, "unet": None},
-        "mean_loss_last_100": {"vae": 0.0521, "unet": None},
+        "steps": {part: 0 if loss is None else 7 for part, loss in losses.items()},
+        "final_loss": losses,
+        "mean_loss_last_100": losses,
         "scaling_factor": 0.61,
-        "device": "1 x cpu",
+        "device": device,
         "config": asdict(config),
     }
     stage = recipe["base"]
     finish(stage, tiny_model_dir / "base", summary)
     (stage.result / LINEAGE_FILE).write_text(json.dumps([UNRECORDED, lineage_entry(summary)]))
-    card = embedded.base_card(stage, stage.result)
-    assert "VAE: 3 steps fine-tuning an earlier VAE's decoder alone (its encoder" in card
+    return embedded.base_card(stage, stage.result)
+
+
+def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_model_dir):
+    config = BaseTrainConfig(
+        base_init="runs/earlier/base", vae_decoder_only=True, unet_steps=0, vae_frame_weight=4.0
+    )
+    card = card_of_one_run(recipe, tiny_model_dir, config, {"vae": 0.0512, "unet": None}, "1 x cpu")
+    assert "VAE: 7 steps fine-tuning an earlier VAE's decoder alone (its encoder" in card
     assert "objects and 3 px around them weigh 5x, the outer 4 px weighing 5x" in card
     assert "final loss 0.0512" in card
     assert "UNet + text encoder: kept from the earlier base (v prediction" in card
     assert "continuing" not in card
     assert (
-        "  2. its decoder 3 steps at batch 4, learning rate 0.0002, the outer 4 px weighing 5x"
+        "  2. its decoder 7 steps at batch 4, learning rate 0.0002, the outer 4 px weighing 5x"
         in card
     )
 
@@ -264,22 +270,9 @@ def test_a_base_card_says_when_only_the_vae_decoder_was_trained(recipe, tiny_mod
 def test_a_base_card_names_the_default_prompt_share_of_the_run_and_its_lineage(
     recipe, tiny_model_dir
 ):
-    from cnet.train.base import lineage_entry
-    from cnet.train.lineage import LINEAGE_FILE, UNRECORDED
-
     config = BaseTrainConfig(base_init="runs/earlier/base", vae_steps=0, default_prompt_share=0.5)
-    summary = {
-        "steps": {"vae": 0, "unet": 7},
-        "final_loss": {"vae": None, "unet": 0.2},
-        "mean_loss_last_100": {"vae": None, "unet": 0.19},
-        "scaling_factor": 0.61,
-        "device": "1 x NVIDIA H200",
-        "config": asdict(config),
-    }
-    stage = recipe["base"]
-    finish(stage, tiny_model_dir / "base", summary)
-    (stage.result / LINEAGE_FILE).write_text(json.dumps([UNRECORDED, lineage_entry(summary)]))
-    card = embedded.base_card(stage, stage.result)
+    losses = {"vae": None, "unet": 0.2}
+    card = card_of_one_run(recipe, tiny_model_dir, config, losses, "1 x NVIDIA H200")
     assert "10% empty prompts (50% of them the default prompt); final loss 0.2000" in card
     assert "  2. UNet + text encoder 7 steps at batch 16" in card
     assert "zero terminal SNR, 10% empty prompts (50% of them the default prompt)" in card
