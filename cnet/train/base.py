@@ -85,7 +85,8 @@ class BaseTrainConfig:
     # its colour bleed outwards (edge errors outside it cost less), fattening every object.
     vae_object_margin: int = 3
     # Extra L1 weight of the image's outer FRAME_WIDTH pixels: zero padding leaves a decoder's
-    # border its worst-reconstructed part (the shipped one's outer pixels err twice as much).
+    # border its worst-reconstructed part (an earlier embedded decoder's outer pixels erred twice
+    # as much as its inside).
     vae_frame_weight: float = 0.0
     vae_init: str | None = None  # start the VAE from this trained AutoencoderKL folder
     # Train the decoder alone, the encoder frozen: the latents stay those a trained UNet and its
@@ -141,7 +142,7 @@ class VAEObjective(torch.nn.Module):
         return weighted, posterior.kl().mean()
 
 
-FRAME_WIDTH = 4  # pixels; the shipped decoder's border error fades over about this many
+FRAME_WIDTH = 4  # pixels; that decoder's border error faded over about this many
 
 
 def frame_mask(height: int, width: int, device=None) -> torch.Tensor:
