@@ -561,7 +561,8 @@ def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ())
     pairs = reconstructed_scenes(engine.pipeline.vae, scenes, size, partial)
     per_scene = {c: [score(image, sample, c) for image, sample in pairs] for c in partial or [""]}
     ceilings = {c: mean_scores(rows) for c, rows in per_scene.items()}
-    ceiling = next(iter(ceilings.values()))
+    first = next(iter(per_scene))  # any of them: the main figures are the same for each
+    ceiling = ceilings[first]
     floor = np.array([sample.scene.floor is not None for _, sample in pairs], bool)
     line = (
         f"The VAE's reconstructions of the same scenes' true images (the ceiling of any model "
@@ -569,7 +570,7 @@ def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ())
         f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
     )
     if floor.any() and not floor.all():
-        on, off = floor_apart(next(iter(per_scene.values())), floor)
+        on, off = floor_apart(per_scene[first], floor)
         line += f" (foreground IoU {on.iou:.3f} with a floor, {off.iou:.3f} without)"
     for condition in partial:
         shown = ceilings[condition]
@@ -639,13 +640,14 @@ def run(args: argparse.Namespace) -> int:
         cfg=cfg,
     )
     table = mean_table(per_scene)
+    seeds = split_seeds("test", args.scenes)
     source = "the preset's default" if args.cfg is None else "--cfg"
     text = (
         f"{args.scenes} held-out test scenes a row, {args.size} px, DDPM {args.steps} steps, "
         f"CFG {cfg:g} ({source})\n\n"
         + format_table(table)
         + "\n\n"
-        + floor_table(per_scene, split_seeds("test", args.scenes))
+        + floor_table(per_scene, seeds)
         + "\n\n"
         + ceiling_line(engine, args.scenes, args.size, conditions)
     )
@@ -656,7 +658,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table.md").write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    seeds = split_seeds("test", args.scenes)
     figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg))
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
     print(f"Wrote {args.out / 'table.md'}, results.json, scenes.json and samples.png")
