@@ -142,8 +142,10 @@ def format_comparison(changes: dict[tuple[str, str, str], Change]) -> str:
 
 def sampling_line(label: str, run: dict) -> str:
     s = run["sampling"]
+    sampler = s.get("sampler", "DDPM")  # evaluations from before it was recorded all used DDPM
     return (
-        f"{label}: {len(run['seeds'])} scenes, {s['size']} px, {s['steps']} steps, CFG {s['cfg']:g}"
+        f"{label}: {len(run['seeds'])} scenes, {s['size']} px, {s['steps']} steps of {sampler}, "
+        f"CFG {s['cfg']:g}"
     )
 
 

@@ -87,7 +87,7 @@ class GenerationRequest:
     control_end: float = 1.0
     steps: int = 20
     cfg: float | None = None  # None = the preset's (the paper's 9.0 unless its preset.json says)
-    sampler: str = "DDPM"
+    sampler: str | None = None  # None = the preset's (the paper's DDPM unless its preset.json says)
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
     keep_first_pass: bool = False  # auto mode: also return first-pass images
@@ -102,7 +102,8 @@ class GenerationRequest:
         if not self.condition:
             raise ValueError("No condition given (e.g. 'canny').")
         _choice("prompt mode", self.prompt_mode, PROMPT_MODES)
-        _choice("sampler", self.sampler, SAMPLERS)
+        if self.sampler is not None:
+            _choice("sampler", self.sampler, SAMPLERS)
         _in_range("number of images", self.num_images, 1, MAX_IMAGES, integer=True)
         if self.resolution is not None:
             _in_range("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION, integer=True)
@@ -216,6 +217,11 @@ class Engine:
             raise ValueError(
                 "Model CPU offload moves each model between the CPU and a GPU while it runs; "
                 "this engine runs on the CPU, so leave out --cpu-offload (or use --device cuda)."
+            )
+        if preset.sampler not in SAMPLERS:
+            raise ValueError(
+                f"Preset '{preset.name}' names the sampler {preset.sampler!r}; set \"sampler\" in "
+                f"its preset.json to one of: {', '.join(SAMPLERS)}."
             )
         self.preset = preset
         self.reason = reason
@@ -378,8 +384,11 @@ class Engine:
         import torch
 
         request.validate()
-        if request.cfg is None:
-            request = replace(request, cfg=self.preset.cfg)
+        request = replace(
+            request,
+            cfg=self.preset.cfg if request.cfg is None else request.cfg,
+            sampler=request.sampler or self.preset.sampler,
+        )
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
             _check_cancel(cancel)

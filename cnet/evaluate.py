@@ -38,6 +38,7 @@ import numpy as np
 
 from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
+from cnet.engine import SAMPLERS
 from cnet.synth import Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY
 from cnet.synth.palette import OBJECT_COLORS
@@ -256,12 +257,13 @@ def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling)
 
 @dataclass(frozen=True)
 class Sampling:
-    """How each image is drawn: DDPM at `size` px, `steps` steps, guidance `cfg` (None: the
-    preset's default)."""
+    """How each image is drawn: at `size` px, `steps` steps of `sampler`, guidance `cfg` (None:
+    the preset's default, for either)."""
 
     size: int
     steps: int
     cfg: float | None
+    sampler: str | None = None
 
 
 def evaluate(
@@ -275,6 +277,7 @@ def evaluate(
     workers: int = 1,
     engine_options: dict | None = None,
     cfg: float | None = None,
+    sampler: str | None = None,
 ) -> PerScene:
     """{condition: {setting: each scene's Scores}} over the first `scenes` test-split scenes, in
     seed order (`mean_table` averages them).
@@ -285,7 +288,7 @@ def evaluate(
     small sizes. The same images and figures as one process.
     """
     conditions, settings = list(conditions), usable_settings(engine, settings)
-    sampling = Sampling(size, steps, cfg)
+    sampling = Sampling(size, steps, cfg, sampler)
     if workers > 1:
         table, grid_rows = score_in_processes(
             engine_options or {}, conditions, workers, scenes, settings, sampling
@@ -346,6 +349,7 @@ def score_conditions(
                         control_strength=strength,
                         steps=sampling.steps,
                         cfg=sampling.cfg,
+                        sampler=sampling.sampler,
                         seed=sample.seed,
                         keep_first_pass=mode == "auto",
                     )
@@ -608,6 +612,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cfg", type=float, default=None, help="guidance scale (default: the preset's)"
     )
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the preset's")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
@@ -627,6 +632,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = args.conditions or list(CONDITION_KEYS)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     cfg = engine.preset.cfg if args.cfg is None else args.cfg
+    sampler = args.sampler or engine.preset.sampler
     per_scene = evaluate(
         engine,
         conditions,
@@ -638,13 +644,17 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
         cfg=cfg,
+        sampler=sampler,
     )
     table = mean_table(per_scene)
     seeds = split_seeds("test", args.scenes)
-    source = "the preset's default" if args.cfg is None else "--cfg"
+    preset_or = {
+        option: "the preset's default" if value is None else option
+        for option, value in (("--sampler", args.sampler), ("--cfg", args.cfg))
+    }
     text = (
-        f"{args.scenes} held-out test scenes a row, {args.size} px, DDPM {args.steps} steps, "
-        f"CFG {cfg:g} ({source})\n\n"
+        f"{args.scenes} held-out test scenes a row, {args.size} px, {args.steps} steps of "
+        f"{sampler} ({preset_or['--sampler']}), CFG {cfg:g} ({preset_or['--cfg']})\n\n"
         + format_table(table)
         + "\n\n"
         + floor_table(per_scene, seeds)
@@ -658,7 +668,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "table.md").write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg))
+    figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg, sampler))
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
     print(f"Wrote {args.out / 'table.md'}, results.json, scenes.json and samples.png")
     return 0

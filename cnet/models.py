@@ -35,6 +35,7 @@ SD15_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
 SD15_RESOLUTION = 512
 PAPER_CFG = 9.0  # the ControlNet paper's guidance scale, every preset's unless its preset.json says
+PAPER_SAMPLER = "DDPM"  # likewise the sampler
 # The files diffusers reads from the SD 1.5 repository (the safety checker is not loaded).
 SD15_BASE_FILES = (
     "model_index.json",
@@ -70,6 +71,7 @@ class Preset:
     controlnets: Mapping[str, str] = field(default_factory=dict)  # condition -> folder/id/file
     resolution: int = SD15_RESOLUTION  # default short side of generated images
     cfg: float = PAPER_CFG  # default guidance scale
+    sampler: str = PAPER_SAMPLER  # default sampler, one of engine.SAMPLERS
     device: str = "cpu"
     dtype: str = "float32"  # a torch dtype name
     captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
@@ -257,9 +259,10 @@ def sampling_cfg(base: str | None) -> float:
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
     """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
 
-    preset.json may hold "name", "resolution", "cfg" (the default guidance scale, when the
-    paper's 9.0 does not suit the model) and "controlnets": {condition: folder under
-    controlnet/} for conditions whose ControlNet is not in controlnet/<condition>/.
+    preset.json may hold "name", "resolution", "cfg" and "sampler" (the default guidance scale
+    and sampler, when the paper's 9.0 and DDPM do not suit the model) and "controlnets":
+    {condition: folder under controlnet/} for conditions whose ControlNet is not in
+    controlnet/<condition>/.
     """
     model_dir = Path(model_dir).expanduser()
     settings = preset_settings(model_dir)
@@ -274,6 +277,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         controlnets=controlnets,
         resolution=int(settings.get("resolution", SD15_RESOLUTION)),
         cfg=float(settings.get("cfg", PAPER_CFG)),
+        sampler=settings.get("sampler", PAPER_SAMPLER),
         device=device,
         dtype=dtype_for(device),
         captioner=str(captioner),

@@ -79,19 +79,22 @@ def test_settings_panel_defaults_are_the_request_defaults(engine):
         assert controls[name].value == defaults[name], name
     assert controls["steps"].value == 20 and controls["cfg"].value == 9.0  # the paper's
     assert controls["cfg"].info is None
-    assert controls["sampler"].value == "DDPM"
+    assert controls["sampler"].value == "DDPM" and controls["sampler"].info is None
     assert [value for _, value in controls["sampler"].choices] == list(SAMPLERS)
     assert controls["resolution"].value == engine.preset.resolution
     assert (controls["num_images"].minimum, controls["num_images"].maximum) == (1, 12)
     assert (controls["control_strength"].minimum, controls["control_strength"].maximum) == (0, 2)
 
 
-def test_the_cfg_slider_starts_at_the_presets_own_guidance(engine, monkeypatch):
-    monkeypatch.setattr(engine, "preset", dataclasses.replace(engine.preset, cfg=2.0))
+def test_cfg_and_sampler_start_at_the_presets_own(engine, monkeypatch):
+    own = dataclasses.replace(engine.preset, cfg=2.0, sampler="DDIM")
+    monkeypatch.setattr(engine, "preset", own)
     with gr.Blocks():
         controls = settings_panel(engine)
     assert controls["cfg"].value == 2.0
     assert "2" in controls["cfg"].info and "9.0" in controls["cfg"].info
+    assert controls["sampler"].value == "DDIM"
+    assert "DDIM" in controls["sampler"].info and "DDPM" in controls["sampler"].info
 
 
 def test_param_controls_follow_the_spec():

@@ -77,11 +77,17 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     for name, value in (("old", 0.2), ("new", 0.4)):
         (tmp_path / name).mkdir()
         figures = {"seg": {"no prompt": {"iou": [value] * 50, "shape_iou": [0.7] * 50}}}
-        (tmp_path / name / "scenes.json").write_text(json.dumps(evaluation(figures, range(50))))
+        written = evaluation(figures, range(50))
+        if name == "new":  # the old one is from before scenes.json recorded the sampler
+            written["sampling"]["sampler"] = "DDIM"
+        (tmp_path / name / "scenes.json").write_text(json.dumps(written))
     args = argparse.Namespace(old=tmp_path / "old", new=tmp_path / "new", out=tmp_path / "c.md")
     assert run(args) == 0
     text = (tmp_path / "c.md").read_text()
-    assert text.startswith(f"old ({tmp_path / 'old'}): 50 scenes, 128 px, 20 steps, CFG 2\n")
+    assert text.startswith(
+        f"old ({tmp_path / 'old'}): 50 scenes, 128 px, 20 steps of DDPM, CFG 2\n"
+        f"new ({tmp_path / 'new'}): 50 scenes, 128 px, 20 steps of DDIM, CFG 2\n"
+    )
     assert "| seg | no prompt | foreground IoU | 0.200 | 0.400 | +0.200 |" in text
     assert "| seg | no prompt | shape IoU | 0.700 | 0.700 | +0.000 |" in text
     args.old = tmp_path / "nothing"

@@ -176,6 +176,31 @@ def test_a_request_without_cfg_takes_the_presets(engine, control_map, calls, mon
     assert "CFG scale: 2.5" in preset_default.images[0].info["parameters"]
 
 
+def test_a_request_without_sampler_takes_the_presets(engine, control_map, monkeypatch):
+    from dataclasses import replace
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    used = []
+    original = engine.scheduler
+    monkeypatch.setattr(engine, "scheduler", lambda name: used.append(original(name)) or used[-1])
+    monkeypatch.setattr(engine, "preset", replace(engine.preset, sampler="DDIM"))
+    preset_default = engine.generate(request(control_map, prompt="a red cube", steps=2))
+    asked = engine.generate(request(control_map, prompt="a red cube", steps=2, sampler="DDPM"))
+    assert [type(s) for s in used] == [DDIMScheduler, DDPMScheduler]
+    assert (preset_default.metadata["sampler"], asked.metadata["sampler"]) == ("DDIM", "DDPM")
+    assert "Sampler: DDIM" in preset_default.images[0].info["parameters"]
+
+
+def test_a_preset_naming_an_unknown_sampler_is_refused_with_the_fix(engine):
+    from dataclasses import replace
+
+    from cnet.engine import Engine
+
+    with pytest.raises(ValueError, match=r"set \"sampler\" in its preset.json to one of: DDPM"):
+        Engine(replace(engine.preset, sampler="Euler"))
+
+
 def _generator(seed: int):
     import torch
 

@@ -55,6 +55,7 @@ def test_generate_writes_images_with_parameters(tiny_model_dir, control_png, tmp
         assert prompt == "a red sphere, best quality, extremely detailed"
         assert settings["Seed"] == str(seed) and settings["Steps"] == "2"
         assert settings["CFG scale"] == "9.0"  # the preset's: no --cfg given
+        assert settings["Sampler"] == "DDPM"  # likewise
     assert "canny-6.png" in capsys.readouterr().out
 
 

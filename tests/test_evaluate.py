@@ -221,12 +221,19 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     engine.generate = lambda request: requests.append(request) or generate(request)
     grid = tmp_path / "samples.png"
     per_scene = evaluate(
-        engine, ["canny", "depth"], scenes=2, size=64, steps=2, grid_path=grid, cfg=3.0
+        engine,
+        ["canny", "depth"],
+        scenes=2,
+        size=64,
+        steps=2,
+        grid_path=grid,
+        cfg=3.0,
+        sampler="DDIM",
     )
     assert [len(rows) for rows in per_scene["canny"].values()] == [2, 2, 2]  # one per scene
     table = mean_table(per_scene)
     assert list(table) == ["canny", "depth"]
-    assert {(r.cfg, r.steps, r.resolution) for r in requests} == {(3.0, 2, 64)}
+    assert {(r.cfg, r.sampler, r.steps, r.resolution) for r in requests} == {(3.0, "DDIM", 2, 64)}
     # the no-control images of the first condition serve the second
     assert [r.control_strength for r in requests].count(0.0) == 2 and len(requests) == 10
     no_control = table["canny"]["no control"], table["depth"]["no control"]
@@ -310,6 +317,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
         out=tmp_path / "eval",
         workers=1,
         cfg=None,
+        sampler=None,
     )
     assert run(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -318,7 +326,9 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     for figure in ("caption_names_first_pass", "second_pass_follows_caption"):
         assert 0.0 <= automatic[figure] <= 1.0 and no_control[figure] is None
     table = (tmp_path / "eval" / "table.md").read_text()
-    assert table.startswith("2 held-out test scenes a row, 64 px, DDPM 2 steps, CFG 9 (the preset")
+    assert table.startswith(
+        "2 held-out test scenes a row, 64 px, 2 steps of DDPM (the preset's default), CFG 9 (the"
+    )
     assert "| seg | automatic prompt |" in table
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
@@ -326,7 +336,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert "| seg | automatic prompt | " in table.split("scenes with a floor and the")[1]
     scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
     assert scenes["seeds"] == list(split_seeds("test", 2))
-    assert scenes["sampling"] == {"size": 64, "steps": 2, "cfg": 9.0}
+    assert scenes["sampling"] == {"size": 64, "steps": 2, "cfg": 9.0, "sampler": "DDPM"}
     per_scene = scenes["figures"]["seg"]["automatic prompt"]["iou"]
     assert np.mean(per_scene) == pytest.approx(automatic["iou"], abs=1e-4)
 

@@ -148,16 +148,18 @@ def test_model_dir_preset(tiny_model_dir):
     assert str(tiny_model_dir) in reason
 
 
-def test_preset_json_may_set_the_guidance_scale(tiny_model_dir, tmp_path):
+def test_preset_json_may_set_the_guidance_scale_and_sampler(tiny_model_dir, tmp_path):
     import json
     import shutil
 
-    assert resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0].cfg == 9.0
+    paper = resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0]
+    assert (paper.cfg, paper.sampler) == (9.0, "DDPM")
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     settings = json.loads((folder / "preset.json").read_text())
-    (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5}))
-    assert resolve_preset(model_dir=str(folder), device="cpu")[0].cfg == 2.5
+    (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5, "sampler": "DDIM"}))
+    own = resolve_preset(model_dir=str(folder), device="cpu")[0]
+    assert (own.cfg, own.sampler) == (2.5, "DDIM")
     # a trainer given the base folder samples its validation images at the same scale
     from cnet.models import sampling_cfg
 

@@ -76,7 +76,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="guidance scale (default: the preset's; the paper's 9.0 unless its preset.json says)",
     )
-    settings.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS["sampler"])
+    settings.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help="default: the preset's; the paper's DDPM unless its preset.json says",
+    )
     settings.add_argument("--eta", type=float, default=DEFAULTS["eta"], help="DDIM only")
     settings.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="-1: random")
     settings.add_argument(

@@ -22,7 +22,7 @@ from cnet.engine import (
     Engine,
     GenerationRequest,
 )
-from cnet.models import PAPER_CFG
+from cnet.models import PAPER_CFG, PAPER_SAMPLER
 from cnet.ui import components as checked
 from cnet.ui.events import AppEvents, backend_named, input_name, param_input_name
 
@@ -287,6 +287,12 @@ def cfg_info(cfg: float) -> str | None:
     return f"This model's default is {cfg:g}; the paper's {PAPER_CFG} suits Stable Diffusion 1.5."
 
 
+def sampler_info(sampler: str) -> str | None:
+    if sampler == PAPER_SAMPLER:
+        return None
+    return f"This model's default is {sampler}; Stable Diffusion 1.5 starts from {PAPER_SAMPLER}."
+
+
 def settings_panel(engine: Engine) -> Controls:
     """The engine settings of one tab, defaults taken from `GenerationRequest` itself."""
     defaults = {
@@ -329,7 +335,12 @@ def settings_panel(engine: Engine) -> Controls:
                 label="Guidance scale (CFG)",
                 info=cfg_info(engine.preset.cfg),
             ),
-            sampler=checked.Dropdown(list(SAMPLERS), value=defaults["sampler"], label="Sampler"),
+            sampler=checked.Dropdown(
+                list(SAMPLERS),
+                value=engine.preset.sampler,
+                label="Sampler",
+                info=sampler_info(engine.preset.sampler),
+            ),
             eta=checked.Slider(0.0, 1.0, value=defaults["eta"], step=0.01, label="Eta (DDIM)"),
         )
         with gr.Row():
