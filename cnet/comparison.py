@@ -96,7 +96,7 @@ def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
     seeds = [seed for seed in new["seeds"] if seed in scored]
     if not seeds:
         raise ValueError(
-            "The two evaluations share no test scene: run both with the same --scenes."
+            "The two evaluations share no scene: run both with the same --split and --scenes."
         )
     rows = [
         (condition, setting)

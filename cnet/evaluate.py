@@ -1,7 +1,8 @@
 """Does a ControlNet follow its control? Scores on held-out synthetic scenes.
 
-For each condition and prompt mode, the engine generates one image per test scene from that
-scene's control map, and three figures compare it with the scene's ground truth:
+For each condition and prompt mode, the engine generates one image per test scene (or validation
+scene, to choose settings on) from that scene's control map, and three figures compare it with
+the scene's ground truth:
 
 - foreground IoU: pixels that differ from the empty scene (background and floor alone) against
   the union of the objects' masks;
@@ -219,7 +220,7 @@ def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
     )
 
 
-# {condition: {setting: [Scores of each test scene, in seed order]}}
+# {condition: {setting: [Scores of each scene, in seed order]}}
 PerScene = dict[str, dict[str, list[Scores]]]
 
 
@@ -278,9 +279,11 @@ def evaluate(
     engine_options: dict | None = None,
     cfg: float | None = None,
     sampler: str | None = None,
+    split: str = "test",
 ) -> PerScene:
-    """{condition: {setting: each scene's Scores}} over the first `scenes` test-split scenes, in
-    seed order (`mean_table` averages them).
+    """{condition: {setting: each scene's Scores}} over the first `scenes` scenes of `split` (the
+    held-out test scenes; "validation" to choose settings without them), in seed order
+    (`mean_table` averages them).
 
     The automatic prompt row is left out, with a note, when the preset has no working captioner.
     `workers` > 1 shares the conditions among that many processes, each with its own engine,
@@ -289,12 +292,13 @@ def evaluate(
     """
     conditions, settings = list(conditions), usable_settings(engine, settings)
     sampling = Sampling(size, steps, cfg, sampler)
+    seeds = split_seeds(split, scenes)
     if workers > 1:
         table, grid_rows = score_in_processes(
-            engine_options or {}, conditions, workers, scenes, settings, sampling
+            engine_options or {}, conditions, workers, seeds, settings, sampling
         )
     else:
-        table, grid_rows = score_conditions(engine, conditions, scenes, settings, sampling)
+        table, grid_rows = score_conditions(engine, conditions, seeds, settings, sampling)
     if grid_path is not None:
         write_grid(grid_path, [grid_rows[key] for key in conditions if key in grid_rows])
     return table
@@ -314,7 +318,7 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
 
 
 def score_conditions(
-    engine, conditions: list[str], scenes: int, settings: list[str], sampling: Sampling
+    engine, conditions: list[str], seeds: Sequence[int], settings: list[str], sampling: Sampling
 ) -> tuple[PerScene, dict[str, np.ndarray]]:
     """Each scene's scores, and per condition a sample-grid row: control map beside its first
     image."""
@@ -327,10 +331,7 @@ def score_conditions(
     uncontrolled: dict[tuple[str, int], np.ndarray] = {}
     for condition in conditions:
         table[condition] = {}
-        samples = [
-            generate(seed, sampling.size, conditions=[condition])
-            for seed in split_seeds("test", scenes)
-        ]
+        samples = [generate(seed, sampling.size, conditions=[condition]) for seed in seeds]
         for name in settings:
             mode, strength = SETTINGS[name]
             per_scene, started = [], time.perf_counter()
@@ -390,19 +391,19 @@ def write_grid(path: Path, rows: list[np.ndarray]) -> None:
 
 
 def _score_in_worker(
-    engine_options: dict, conditions: list[str], scenes: int, settings, sampling: Sampling
+    engine_options: dict, conditions: list[str], seeds: Sequence[int], settings, sampling: Sampling
 ) -> tuple[dict, dict]:
     from cnet.engine import load_engine
 
     engine = load_engine(**engine_options)
-    return score_conditions(engine, conditions, scenes, settings, sampling)
+    return score_conditions(engine, conditions, seeds, settings, sampling)
 
 
 def score_in_processes(
     engine_options: dict,
     conditions: list[str],
     workers: int,
-    scenes: int,
+    seeds: Sequence[int],
     settings: list[str],
     sampling: Sampling,
 ) -> tuple[PerScene, dict[str, np.ndarray]]:
@@ -414,7 +415,7 @@ def score_in_processes(
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with ProcessPoolExecutor(len(shares), mp_context=context) as pool:
         jobs = [
-            pool.submit(_score_in_worker, engine_options, share, scenes, settings, sampling)
+            pool.submit(_score_in_worker, engine_options, share, seeds, settings, sampling)
             for share in shares
         ]
         parts = [job.result() for job in jobs]
@@ -490,7 +491,7 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
 
 
 def with_floor(seeds: Sequence[int]) -> np.ndarray:
-    """Which test scenes have a floor (the others show the wall alone behind their objects)."""
+    """Which scenes have a floor (the others show the wall alone behind their objects)."""
     return np.array([sample_scene(seed).floor is not None for seed in seeds], bool)
 
 
@@ -539,30 +540,23 @@ def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> 
 
 
 def reconstructed_scenes(
-    vae, scenes: int, size: int, conditions: Sequence[str] = ()
+    vae, seeds: Sequence[int], size: int, conditions: Sequence[str] = ()
 ) -> list[tuple[np.ndarray, Sample]]:
-    """The test scenes (with `conditions`' maps), each beside the VAE's reconstruction of its true
-    image."""
-    samples = [
-        generate(seed, size, conditions=list(conditions)) for seed in split_seeds("test", scenes)
-    ]
+    """The scenes of `seeds` (with `conditions`' maps), each beside the VAE's reconstruction of
+    its true image."""
+    samples = [generate(seed, size, conditions=list(conditions)) for seed in seeds]
     return list(
         zip(reconstructions(vae, [sample.image for sample in samples]), samples, strict=True)
     )
 
 
-def vae_ceiling(vae, scenes: int, size: int, condition: str = "") -> Scores:
-    """The figures of the VAE's reconstructions of the test scenes' true images: as near as any
-    model that draws through this VAE can come to the truth (scored as `condition`'s images, so
-    a map that shows only some objects also gets the IoU on those alone)."""
-    pairs = reconstructed_scenes(vae, scenes, size, [condition] if condition else [])
-    return mean_scores([score(image, sample, condition) for image, sample in pairs])
-
-
-def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ()) -> str:
+def ceiling_line(engine, seeds: Sequence[int], size: int, conditions: Sequence[str] = ()) -> str:
+    """The figures of the VAE's reconstructions of the scenes' true images: as near as any model
+    that draws through this VAE can come to the truth (and, for maps that show only some objects,
+    on those alone)."""
     # One pass through the VAE serves the main figures and every partial map's (hough's, pose's).
     partial = [condition for condition in conditions if condition in MAP_SHOWS_ONLY]
-    pairs = reconstructed_scenes(engine.pipeline.vae, scenes, size, partial)
+    pairs = reconstructed_scenes(engine.pipeline.vae, seeds, size, partial)
     per_scene = {c: [score(image, sample, c) for image, sample in pairs] for c in partial or [""]}
     ceilings = {c: mean_scores(rows) for c, rows in per_scene.items()}
     first = next(iter(per_scene))  # any of them: the main figures are the same for each
@@ -585,18 +579,18 @@ def ceiling_line(engine, scenes: int, size: int, conditions: Sequence[str] = ())
     return line
 
 
-def caption_line(engine, scenes: int) -> str:
-    """The captioner's share of fully correct captions on the same held-out scenes."""
+def caption_line(engine, scenes: int, split: str = "test") -> str:
+    """The captioner's share of fully correct captions on the first `scenes` scenes of `split`."""
     from cnet.captioner import CaptionerUnavailable
     from cnet.train.captioner import evaluate_captioner
 
     try:
-        report = evaluate_captioner(engine.captioner(), scenes)
+        report = evaluate_captioner(engine.captioner(), scenes, split=split)
     except CaptionerUnavailable as error:
         return f"Captions: not measured ({error})"
     return (
         f"Captions with every object and colour word right: {report.accuracy:.3f} "
-        f"({report.count} test scenes)"
+        f"({report.count} {split} scenes)"
     )
 
 
@@ -606,7 +600,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--conditions", nargs="+", default=None, help="default: all seven")
-    parser.add_argument("--scenes", type=int, default=100, help="held-out test scenes per row")
+    parser.add_argument("--scenes", type=int, default=100, help="scenes per row")
+    parser.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="test: the held-out evaluation scenes; validation: to choose settings on",
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
@@ -645,24 +645,25 @@ def run(args: argparse.Namespace) -> int:
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
         cfg=cfg,
         sampler=sampler,
+        split=args.split,
     )
     table = mean_table(per_scene)
-    seeds = split_seeds("test", args.scenes)
+    seeds = split_seeds(args.split, args.scenes)
     preset_or = {
         option: "the preset's default" if value is None else option
         for option, value in (("--sampler", args.sampler), ("--cfg", args.cfg))
     }
     text = (
-        f"{args.scenes} held-out test scenes a row, {args.size} px, {args.steps} steps of "
+        f"{args.scenes} held-out {args.split} scenes a row, {args.size} px, {args.steps} steps of "
         f"{sampler} ({preset_or['--sampler']}), CFG {cfg:g} ({preset_or['--cfg']})\n\n"
         + format_table(table)
         + "\n\n"
         + floor_table(per_scene, seeds)
         + "\n\n"
-        + ceiling_line(engine, args.scenes, args.size, conditions)
+        + ceiling_line(engine, seeds, args.size, conditions)
     )
     if "automatic prompt" in args.settings:
-        text += "\n\n" + caption_line(engine, args.scenes)
+        text += "\n\n" + caption_line(engine, args.scenes, args.split)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.md").write_text(text + "\n")
