@@ -209,6 +209,16 @@ def score_obj(iou, color, edge):
     return Scores(iou, color, edge)
 
 
+def eval_args(model_dir, tmp_path, *options: str) -> argparse.Namespace:
+    """`cnet eval`'s arguments for 2 scenes at 64 px, 2 steps, into tmp_path/eval."""
+    from cnet.evaluate import configure
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    small = ["--scenes", "2", "--size", "64", "--steps", "2", "--out", str(tmp_path / "eval")]
+    return parser.parse_args(["--preset", "auto", "--model-dir", str(model_dir), *small, *options])
+
+
 def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     tiny_model_dir, tmp_path, capsys
 ):
@@ -291,7 +301,6 @@ def test_at_strength_0_the_condition_makes_no_difference(tiny_model_dir):
 
 
 def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_dir, tmp_path):
-    import argparse
     import json
 
     import torch
@@ -307,21 +316,8 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     model, processor = cap.build_captioner(cap.TINY, cap.build_tokenizer(["a red sphere"]))
     cap.save_captioner(model, processor, model_dir / "captioner")
 
-    args = argparse.Namespace(
-        preset="auto",
-        model_dir=str(model_dir),
-        conditions=["seg"],
-        scenes=2,
-        size=64,
-        steps=2,
-        settings=["automatic prompt", "no control"],
-        out=tmp_path / "eval",
-        workers=1,
-        cfg=None,
-        sampler=None,
-        split="test",
-    )
-    assert run(args) == 0
+    settings = ["--settings", "automatic prompt", "no control"]
+    assert run(eval_args(model_dir, tmp_path, "--conditions", "seg", *settings)) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["seg"]) == ["automatic prompt", "no control"]
     automatic, no_control = results["seg"]["automatic prompt"], results["seg"]["no control"]
@@ -348,21 +344,8 @@ def test_eval_on_the_validation_split_leaves_the_test_scenes_alone(tiny_model_di
 
     from cnet.evaluate import run
 
-    args = argparse.Namespace(
-        preset="auto",
-        model_dir=str(tiny_model_dir),
-        conditions=["canny"],
-        scenes=2,
-        size=64,
-        steps=2,
-        settings=["user prompt"],
-        out=tmp_path / "eval",
-        workers=1,
-        cfg=None,
-        sampler=None,
-        split="validation",
-    )
-    assert run(args) == 0
+    options = ["--conditions", "canny", "--settings", "user prompt", "--split", "validation"]
+    assert run(eval_args(tiny_model_dir, tmp_path, *options)) == 0
     table = (tmp_path / "eval" / "table.md").read_text()
     assert table.startswith("2 held-out validation scenes a row, 64 px, 2 steps of DDPM")
     scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
