@@ -649,13 +649,11 @@ def run(args: argparse.Namespace) -> int:
     )
     table = mean_table(per_scene)
     seeds = split_seeds(args.split, args.scenes)
-    preset_or = {
-        option: "the preset's default" if value is None else option
-        for option, value in (("--sampler", args.sampler), ("--cfg", args.cfg))
-    }
+    sampler_from = "the preset's default" if args.sampler is None else "--sampler"
+    cfg_from = "the preset's default" if args.cfg is None else "--cfg"
     text = (
         f"{args.scenes} held-out {args.split} scenes a row, {args.size} px, {args.steps} steps of "
-        f"{sampler} ({preset_or['--sampler']}), CFG {cfg:g} ({preset_or['--cfg']})\n\n"
+        f"{sampler} ({sampler_from}), CFG {cfg:g} ({cfg_from})\n\n"
         + format_table(table)
         + "\n\n"
         + floor_table(per_scene, seeds)
