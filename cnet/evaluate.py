@@ -264,7 +264,7 @@ class Sampling:
     size: int
     steps: int
     cfg: float | None
-    sampler: str | None = None
+    sampler: str | None
 
 
 def evaluate(
