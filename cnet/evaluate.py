@@ -52,7 +52,10 @@ from cnet.synth.scene import sample_scene
 FOREGROUND_THRESHOLD = 20
 EDGE_TOLERANCE = 2  # pixels
 EDGE_CONDITIONS = ("canny", "hough")
+TABLE_FILE = "table.md"
+RESULTS_FILE = "results.json"
 SCENES_FILE = "scenes.json"  # every scene's figures (`scene_figures`), for `python -m cnet compare`
+REPORT_FILES = (TABLE_FILE, RESULTS_FILE, SCENES_FILE)  # what a packed preset keeps of a run
 SETTINGS = {  # name -> (prompt mode, control strength)
     "user prompt": ("user", 1.0),
     "no prompt": ("none", 1.0),
@@ -664,10 +667,10 @@ def run(args: argparse.Namespace) -> int:
         text += "\n\n" + caption_line(engine, args.scenes, args.split)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(text + "\n")
+    (args.out / TABLE_FILE).write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg, sampler))
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
-    print(f"Wrote {args.out / 'table.md'}, results.json, scenes.json and samples.png")
+    print(f"Wrote {args.out / TABLE_FILE}, {RESULTS_FILE}, {SCENES_FILE} and samples.png")
     return 0

@@ -465,12 +465,13 @@ scenes with {maps} ({resolution} px, train split).
 # A packed preset keeps the evaluation its cards quote: the reference the next model is compared
 # with (`python -m cnet compare assets/embedded/eval outputs/eval`).
 EVALUATION_FOLDER = "eval"
-EVALUATION_FILES = ("table.md", "results.json", "scenes.json")
 
 
 def keep_evaluation(source: Path, target: Path) -> None:
+    from cnet.evaluate import REPORT_FILES
+
     target.mkdir()
-    for name in EVALUATION_FILES:
+    for name in REPORT_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
 
