@@ -248,12 +248,12 @@ def preset_settings(model_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def sampling_cfg(base: str | None) -> float:
-    """The guidance scale a base pipeline folder is sampled at: the "cfg" of the preset.json
-    beside it (the embedded layout: <dir>/preset.json next to <dir>/base/), else the paper's."""
-    if base is None:
-        return PAPER_CFG
-    return float(preset_settings(Path(base).expanduser().parent).get("cfg", PAPER_CFG))
+def sampling_defaults(base: str | None) -> tuple[float, str]:
+    """The guidance scale and sampler a base pipeline folder is sampled at: the "cfg" and
+    "sampler" of the preset.json beside it (the embedded layout: <dir>/preset.json next to
+    <dir>/base/), else the paper's."""
+    settings = {} if base is None else preset_settings(Path(base).expanduser().parent)
+    return float(settings.get("cfg", PAPER_CFG)), settings.get("sampler", PAPER_SAMPLER)
 
 
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):

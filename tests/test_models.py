@@ -160,11 +160,12 @@ def test_preset_json_may_set_the_guidance_scale_and_sampler(tiny_model_dir, tmp_
     (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5, "sampler": "DDIM"}))
     own = resolve_preset(model_dir=str(folder), device="cpu")[0]
     assert (own.cfg, own.sampler) == (2.5, "DDIM")
-    # a trainer given the base folder samples its validation images at the same scale
-    from cnet.models import sampling_cfg
+    # a trainer given the base folder samples its validation images the same way
+    from cnet.models import sampling_defaults
 
-    assert sampling_cfg(str(folder / "base")) == 2.5
-    assert sampling_cfg(str(tiny_model_dir / "base")) == sampling_cfg(None) == 9.0
+    assert sampling_defaults(str(folder / "base")) == (2.5, "DDIM")
+    paper = (9.0, "DDPM")
+    assert sampling_defaults(str(tiny_model_dir / "base")) == sampling_defaults(None) == paper
 
 
 def test_sd15_preset_takes_checkpoints_from_the_registry():

@@ -523,11 +523,13 @@ def test_cli_trains_and_exports(tiny_model_dir, fill50k_dir, tmp_path):
     assert summary["steps"] == 1 and summary["connect_decoder"] is False
     assert (tmp_path / "controlnet" / "config.json").is_file()
     assert summary["config"]["validation_guidance_scale"] == 9.0  # no "cfg" in its preset.json
+    assert summary["config"]["validation_sampler"] == "DDPM"  # nor a "sampler"
 
 
-def test_validation_images_take_the_guidance_scale_of_the_bases_preset(
+def test_validation_images_take_the_guidance_scale_and_sampler_of_the_bases_preset(
     tiny_model_dir, fill50k_dir, tmp_path
 ):
+    from dataclasses import replace
     from unittest.mock import patch
 
     from diffusers import StableDiffusionControlNetPipeline
@@ -537,12 +539,12 @@ def test_validation_images_take_the_guidance_scale_of_the_bases_preset(
     model = tmp_path / "model"
     model.mkdir()
     (model / "base").symlink_to(tiny_model_dir / "base")
-    (model / "preset.json").write_text(json.dumps({"cfg": 2.5}))
-    scales = []
+    (model / "preset.json").write_text(json.dumps({"cfg": 2.5, "sampler": "DDIM"}))
+    calls = []
     pipeline_call = StableDiffusionControlNetPipeline.__call__
 
     def recording(self, *args, **kwargs):
-        scales.append(kwargs["guidance_scale"])
+        calls.append((kwargs["guidance_scale"], type(self.scheduler).__name__))
         return pipeline_call(self, *args, **kwargs)
 
     config = TrainConfig(
@@ -552,7 +554,12 @@ def test_validation_images_take_the_guidance_scale_of_the_bases_preset(
     )  # fmt: skip
     with patch.object(StableDiffusionControlNetPipeline, "__call__", recording):
         train(config)
-    assert scales == [2.5]
+    assert calls == [(2.5, "DDIMScheduler")]
+    # a sampler the app does not know is refused before training starts, saying what to set
+    (model / "preset.json").write_text(json.dumps({"sampler": "Heun"}))
+    with pytest.raises(ValueError, match="Unknown validation sampler 'Heun'.*DDPM"):
+        train(replace(config, output_dir=str(tmp_path / "refused")))
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow

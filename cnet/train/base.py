@@ -24,15 +24,14 @@ import json
 import math
 import random
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnet.engine import DEFAULT_PROMPT
-from cnet.models import sampling_cfg
+from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import (
@@ -47,6 +46,7 @@ from cnet.train.controlnet import (
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
+from cnet.train.sampling import sampled_like_the_app
 from cnet.train.schedule import lr_factor
 from cnet.train.timebox import TimeBox
 
@@ -116,7 +116,8 @@ class BaseTrainConfig:
     validate_every: int = 1_000  # 0: never
     num_validation_images: int = 4
     validation_inference_steps: int = 20
-    validation_guidance_scale: float | None = None  # None: --base-init's (models.sampling_cfg)
+    validation_guidance_scale: float | None = None  # None: --base-init's (train.sampling)
+    validation_sampler: str | None = None  # None: --base-init's, as the guidance scale
 
 
 class VAEObjective(torch.nn.Module):
@@ -348,7 +349,7 @@ def architecture(name: str):
 @torch.no_grad()
 def validate(accelerator, phase: str, parts: dict, examples: list[dict], config, path: Path):
     """VAE phase: rows of (image, reconstruction). UNet phase: rows of (reference, sample)."""
-    from diffusers import StableDiffusionPipeline, UniPCMultistepScheduler
+    from diffusers import StableDiffusionPipeline
 
     vae = accelerator.unwrap_model(parts["vae"])
     images = [tensor_to_image(e["pixel_values"]) for e in examples]
@@ -362,7 +363,7 @@ def validate(accelerator, phase: str, parts: dict, examples: list[dict], config,
             text_encoder=accelerator.unwrap_model(parts["text_encoder"]),
             tokenizer=parts["tokenizer"],
             unet=accelerator.unwrap_model(parts["unet"]),
-            scheduler=UniPCMultistepScheduler.from_config(parts["scheduler"].config),
+            scheduler=make_scheduler(config.validation_sampler, parts["scheduler"].config),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -440,8 +441,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
     from cnet.architecture import build_components, save_pipeline_dir
 
-    if config.validation_guidance_scale is None:
-        config = replace(config, validation_guidance_scale=sampling_cfg(config.base_init))
+    config = sampled_like_the_app(config, config.base_init)
     output_dir = Path(config.output_dir)
     arch = architecture(config.architecture)
     check_vae_sources(config, arch.latent_channels)

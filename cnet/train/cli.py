@@ -15,6 +15,7 @@ import sys
 import types
 import typing
 
+from cnet.engine import SAMPLERS
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
 
@@ -57,6 +58,8 @@ HELP = {
     "validation_inference_steps": "sampler steps of validation images",
     "validation_guidance_scale": "classifier-free guidance scale of validation images (default: "
     'the "cfg" of the preset.json beside the base, as in assets/embedded, else the paper\'s 9.0)',
+    "validation_sampler": 'sampler of validation images (default: the "sampler" of the '
+    "preset.json beside the base, else the paper's DDPM)",
     "validation_prompts": "prompts for the validation images",
     "validation_images": "control maps for the validation images (one prompt each)",
     # base
@@ -93,6 +96,7 @@ HELP = {
 CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
     "unlock_base": UNLOCK_CHOICES,
+    "validation_sampler": SAMPLERS,
     "architecture": ("small", "tiny"),
 }
 

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnet.engine import DEFAULT_PROMPT
-from cnet.models import sampling_cfg
+from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
+from cnet.train.sampling import sampled_like_the_app
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
@@ -97,7 +97,8 @@ class TrainConfig:
     validate_every: int = 500  # 0: never
     num_validation_images: int = 4
     validation_inference_steps: int = 20
-    validation_guidance_scale: float | None = None  # None: the base's (models.sampling_cfg)
+    validation_guidance_scale: float | None = None  # None: the base's (train.sampling)
+    validation_sampler: str | None = None  # None: the base's, as the guidance scale
     validation_prompts: list[str] = field(default_factory=list)  # default: the data's own
     validation_images: list[str] = field(default_factory=list)  # control maps; with the prompts
 
@@ -407,7 +408,7 @@ def control_gain(models: Models, batches: list[dict], connect_decoder: bool) -> 
 @torch.no_grad()
 def validate(accelerator, models: Models, examples: list[tuple], config: TrainConfig, path: Path):
     """Sample one image per example; save rows of (control map, sample, reference)."""
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from diffusers import StableDiffusionControlNetPipeline
 
     controlnet = accelerator.unwrap_model(models.controlnet)
     unet = accelerator.unwrap_model(models.unet)
@@ -417,7 +418,7 @@ def validate(accelerator, models: Models, examples: list[tuple], config: TrainCo
         tokenizer=models.tokenizer,
         unet=unet,
         controlnet=controlnet,
-        scheduler=UniPCMultistepScheduler.from_config(models.scheduler.config),
+        scheduler=make_scheduler(config.validation_sampler, models.scheduler.config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -491,8 +492,7 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate.utils import DistributedDataParallelKwargs
     from tqdm.auto import tqdm
 
-    if config.validation_guidance_scale is None:
-        config = replace(config, validation_guidance_scale=sampling_cfg(base_folder(config.base)))
+    config = sampled_like_the_app(config, base_folder(config.base))
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
