@@ -1,8 +1,9 @@
-"""`python -m cnet train controlnet|base|captioner|embedded`: config dataclass fields are flags.
+"""`python -m cnet train controlnet|base|captioner|decoder|embedded`: config fields are flags.
 
 python -m cnet train controlnet --base assets/embedded --data synth --condition canny
 accelerate launch -m cnet train controlnet --base runwayml/stable-diffusion-v1-5 --data fill50k
 python -m cnet train base --output-dir runs/base --resume latest
+python -m cnet train decoder --model-dir assets/embedded --output-dir runs/decoder
 python -m cnet train embedded --runs runs/embedded
 """
 
@@ -139,16 +140,19 @@ def add_config_flags(
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from cnet.train import captioner, embedded
+    from cnet.train import captioner, decoder, embedded
 
     sub = parser.add_subparsers(
-        dest="what", metavar="{controlnet,base,captioner,embedded}", required=True
+        dest="what", metavar="{controlnet,base,captioner,decoder,embedded}", required=True
     )
     controlnet = sub.add_parser("controlnet", help="train a ControlNet as the paper describes")
     add_config_flags(controlnet, TrainConfig)
     base = sub.add_parser("base", help="train the embedded base (VAE, text encoder, UNet)")
     add_config_flags(base, BaseTrainConfig)
     captioner.configure(sub.add_parser("captioner", help="train the small BLIP captioner"))
+    decoder.configure(
+        sub.add_parser("decoder", help="fine-tune a preset's VAE decoder on its sampled latents")
+    )
     embedded.configure(
         sub.add_parser("embedded", help="the embedded preset: every model, resumable; --pack")
     )
@@ -164,7 +168,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.what in ("captioner", "embedded"):
+    if args.what in ("captioner", "decoder", "embedded"):
         module = importlib.import_module(f"cnet.train.{args.what}")
         return module.run(args)
 

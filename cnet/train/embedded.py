@@ -394,6 +394,16 @@ def describe_run(run: dict) -> str:
         text = "; ".join(phases) or "no steps"
         if run["cooldown_steps"]:
             text += f", each phase cooling down over its last {run['cooldown_steps']} steps"
+    elif run["trainer"] == "decoder":
+        text = (
+            f"its decoder {run['steps']} steps at batch {run['batch_size']}, half of each batch "
+            f"latents the preset sampled for {run['pairs']} training scenes, learning rate "
+            f"{run['learning_rate']:g}"
+        )
+        if run["frame_weight"]:
+            text += f", {frame_weighting(run['frame_weight'])}"
+        if run["cooldown_steps"]:
+            text += f", cooling down over its last {run['cooldown_steps']} steps"
     else:
         return "an earlier model whose training is not recorded here"
     if run.get("device"):

@@ -1,0 +1,339 @@
+"""Fine-tune a preset's VAE decoder on the latents its UNet samples.
+
+A decoder trained on encoded images meets something else in use: the latents the UNet samples,
+whose object edges are softer than an encoder's. Here it also learns from what it is handed:
+pairs of (the latent the preset sampled for a training scene, under that scene's control map and
+prompt at the preset's settings; the scene's true image). Half of each batch is such pairs, the
+other half encoded true images, so reconstructions stay faithful. The encoder stays frozen, so
+the UNet's latents keep their meaning.
+
+Train:   python -m cnet train decoder --model-dir assets/embedded --output-dir runs/decoder
+         (samples the pairs first, saving as it goes; then trains; the same command goes on
+         after an interruption)
+The result, <output-dir>/vae/, replaces <model-dir>/base/vae/, and <output-dir>/lineage.json
+the base's lineage.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from cnet.synth import generate, split_seeds
+from cnet.synth.maps import training_kinds
+from cnet.synth.sample import CONDITION_KEYS
+from cnet.train.base import frame_mask, object_weights, vae_trainables
+from cnet.train.lineage import read_lineage, run_record, write_lineage
+from cnet.train.schedule import lr_factor
+
+SAVE_EVERY = 50  # pairs
+HELD_OUT_EVERY = 10  # every 10th pair is held out: the fit is measured on them
+
+
+@dataclass
+class DecoderConfig:
+    model_dir: str = "assets/embedded"
+    output_dir: str = "runs/decoder"
+    pairs: int = 2_600
+    first_seed: int = 300_000
+    resolution: int | None = None
+    workers: int = 1
+    steps: int = 1_500
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    cooldown_steps: int = 750
+    object_weight: float = 4.0
+    object_margin: int = 3
+    frame_weight: float = 4.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+HELP = {
+    "model_dir": "embedded-layout folder: its preset samples the pairs, its base/vae is tuned",
+    "output_dir": "where the pairs, the checkpoint, training.json and vae/ go",
+    "pairs": "(sampled latent, true image) pairs of training scenes",
+    "first_seed": "scene seed of the first pair (train split)",
+    "resolution": "image size of the pairs (default: the preset's)",
+    "workers": "processes sampling the pairs, each with its own model copy (CPU: one per core)",
+    "steps": "optimizer steps",
+    "batch_size": "examples a step: half sampled latents, half encoded true images",
+    "learning_rate": "AdamW learning rate of the decoder",
+    "warmup_steps": "linear warm-up",
+    "cooldown_steps": "the learning rate falls linearly to 0 over the last N steps",
+    "object_weight": "extra L1 weight of object pixels",
+    "object_margin": "pixels around each object that weigh as much as the object",
+    "frame_weight": "extra L1 weight of the image's outer 4 pixels",
+    "checkpoint_every": "save a checkpoint every N steps (the same command resumes from it)",
+    "seed": "seed of batch order",
+}
+
+
+def pair_plan(
+    first_seed: int, count: int, worker: int = 0, workers: int = 1
+) -> list[tuple[int, str]]:
+    """(scene seed, condition) of the pairs this worker samples: pair i is scene first_seed + i
+    under condition i mod 7, and worker w of W takes the pairs with i mod W == w."""
+    return [
+        (first_seed + i, CONDITION_KEYS[i % len(CONDITION_KEYS)])
+        for i in range(worker, count, workers)
+    ]
+
+
+def decoder_input(vae):
+    """The module whose input is the latent the decoder is handed (post_quant_conv's, when the
+    VAE has one)."""
+    return vae.post_quant_conv if vae.post_quant_conv is not None else vae.decoder
+
+
+def collect_pairs(engine, plan: list[tuple[int, str]], path: Path, size: int) -> dict:
+    """Sample each planned scene at the engine's preset settings with the scene's own prompt,
+    keeping the latent handed to the decoder beside the true image; saved to `path` every
+    SAVE_EVERY pairs and continued from what `path` already holds."""
+    from cnet.engine import GenerationRequest
+
+    pairs = (
+        torch.load(path)
+        if path.is_file()
+        else {"latents": [], "images": [], "seeds": [], "conditions": []}
+    )
+    done = set(pairs["seeds"])
+    todo = [(seed, condition) for seed, condition in plan if seed not in done]
+    if not todo:
+        return pairs
+    engine.load()
+    handed: list[torch.Tensor] = []
+    hook = decoder_input(engine.pipeline.vae).register_forward_pre_hook(
+        lambda module, args: handed.append(args[0].detach().to(torch.float16).cpu())
+    )
+    try:
+        for seed, condition in todo:
+            sample = generate(seed, size, conditions=[condition], include=training_kinds(condition))
+            engine.generate(
+                GenerationRequest(
+                    control_image=sample.conditions[condition],
+                    condition=condition,
+                    prompt_mode="user",
+                    prompt=sample.prompt,
+                    added_prompt="",
+                    negative_prompt="",
+                    resolution=size,
+                    seed=seed,
+                )
+            )
+            pairs["latents"].append(handed.pop()[0])
+            pairs["images"].append(torch.from_numpy(sample.image))
+            pairs["seeds"].append(seed)
+            pairs["conditions"].append(condition)
+            if len(pairs["seeds"]) % SAVE_EVERY == 0:
+                save_whole(pairs, path)
+    finally:
+        hook.remove()
+    save_whole(pairs, path)
+    return pairs
+
+
+def save_whole(state: dict, path: Path) -> None:
+    """torch.save through a temporary file, so an interruption never leaves half a file."""
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _collect_in_worker(config: DecoderConfig, worker: int) -> None:
+    from cnet.engine import load_engine
+
+    engine = load_engine(model_dir=config.model_dir, threads=1 if config.workers > 1 else None)
+    plan = pair_plan(config.first_seed, config.pairs, worker, config.workers)
+    collect_pairs(engine, plan, pairs_path(config, worker), resolution(config))
+
+
+def pairs_path(config: DecoderConfig, worker: int) -> Path:
+    return Path(config.output_dir) / f"pairs-{worker}-of-{config.workers}.pt"
+
+
+def resolution(config: DecoderConfig) -> int:
+    from cnet.models import preset_settings
+
+    if config.resolution:
+        return config.resolution
+    return int(preset_settings(config.model_dir).get("resolution", 128))
+
+
+def sampled_pairs(config: DecoderConfig) -> dict:
+    """Every planned pair, sampled by `config.workers` processes (those already saved kept), in
+    pair order."""
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    if config.workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+            for job in [pool.submit(_collect_in_worker, config, w) for w in range(config.workers)]:
+                job.result()
+    else:
+        _collect_in_worker(config, 0)
+    parts = [torch.load(pairs_path(config, w)) for w in range(config.workers)]
+    merged = {key: [item for part in parts for item in part[key]] for key in parts[0]}
+    order = sorted(range(len(merged["seeds"])), key=merged["seeds"].__getitem__)
+    return {key: [values[i] for i in order] for key, values in merged.items()}
+
+
+def weighted_l1(vae, latents, images, weights) -> torch.Tensor:
+    error = (vae.decode(latents).sample - images).abs()
+    return (error * weights).sum() / (weights.sum() * images.shape[1])
+
+
+@torch.no_grad()
+def held_out_l1(vae, data: dict, index: torch.Tensor) -> dict[str, float]:
+    """Weighted L1 of the held-out pairs, decoded from the sampled and from the encoded latents."""
+    vae.eval()
+    figures = {
+        name: weighted_l1(
+            vae, data[name][index], data["images"][index], data["weights"][index]
+        ).item()
+        for name in ("sampled", "encoded")
+    }
+    vae.train()
+    return figures
+
+
+def train(config: DecoderConfig) -> Path:
+    """Sample the pairs (or read those saved), then fine-tune; returns the saved VAE folder."""
+    from diffusers import AutoencoderKL
+
+    vae_source = Path(config.model_dir) / "base" / "vae"
+    if not (vae_source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{config.model_dir} has no base/vae/: give --model-dir an embedded-layout folder "
+            "(as assets/embedded)."
+        )
+    last = config.first_seed + config.pairs - 1
+    if last not in split_seeds("train"):
+        raise ValueError(f"Pair seeds must lie in the train split; {last} does not.")
+    output_dir = Path(config.output_dir)
+    pairs = sampled_pairs(config)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae = AutoencoderKL.from_pretrained(vae_source, torch_dtype=torch.float32).to(device)
+    params = vae_trainables(vae, decoder_only=True)
+    images = torch.stack(pairs["images"]).permute(0, 3, 1, 2).to(device).float() / 127.5 - 1
+    kinds = torch.stack(
+        [
+            torch.from_numpy(generate(seed, images.shape[-1], [], training_kinds(c)).kinds)
+            for seed, c in zip(pairs["seeds"], pairs["conditions"], strict=True)
+        ]
+    )
+    with torch.no_grad():
+        encoded = torch.cat(
+            [vae.encode(images[i : i + 64]).latent_dist.mode() for i in range(0, len(images), 64)]
+        )
+    data = {
+        "sampled": torch.stack(pairs["latents"]).to(device).float(),
+        "encoded": encoded,
+        "images": images,
+        "weights": object_weights(kinds.long(), config.object_weight, config.object_margin).to(
+            device
+        )
+        + config.frame_weight * frame_mask(*images.shape[-2:], device=device),
+    }
+    held = torch.arange(len(images)) % HELD_OUT_EVERY == 0
+    train_index, held_index = (
+        torch.nonzero(~held)[:, 0].to(device),
+        torch.nonzero(held)[:, 0].to(device),
+    )
+
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
+    generator = torch.Generator().manual_seed(config.seed)
+    checkpoint = output_dir / "checkpoint.pt"
+    step, losses, before = 0, [], held_out_l1(vae, data, held_index)
+    if checkpoint.is_file():
+        state = torch.load(checkpoint)
+        vae.load_state_dict(state["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, losses, before = state["step"], state["losses"], state["before"]
+        print(f"Resuming at step {step}", flush=True)
+    half = config.batch_size // 2
+    started = time.perf_counter()
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = config.learning_rate * lr_factor(
+                step, config.steps, config.warmup_steps, config.cooldown_steps
+            )
+        picks = train_index[
+            torch.randint(len(train_index), (2, half), generator=generator).to(device)
+        ]
+        latents = torch.cat([data["sampled"][picks[0]], data["encoded"][picks[1]]])
+        chosen = picks.flatten()
+        loss = weighted_l1(vae, latents, data["images"][chosen], data["weights"][chosen])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            now = held_out_l1(vae, data, held_index)
+            print(
+                f"step {step}: loss {sum(losses[-100:]) / len(losses[-100:]):.4f}, held-out L1 "
+                f"sampled {now['sampled']:.4f} (from {before['sampled']:.4f}), encoded "
+                f"{now['encoded']:.4f} (from {before['encoded']:.4f}), "
+                f"{time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+            state = {
+                "vae": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "generator": generator.get_state(),
+                "losses": losses,
+                "before": before,
+            }
+            save_whole(state, checkpoint)
+
+    result = output_dir / "vae"
+    vae.save_pretrained(result)
+    summary = {
+        "config": asdict(config),
+        "steps": step,
+        "final_loss": losses[-1],
+        "mean_loss_last_100": sum(losses[-100:]) / len(losses[-100:]),
+        "held_out_l1_before": before,
+        "held_out_l1_after": held_out_l1(vae, data, held_index),
+        "device": f"1 x {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}",
+    }
+    (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    record = run_record(
+        "decoder",
+        {**summary, "config": {**summary["config"], "data": "synth"}},
+        ("pairs", "batch_size", "learning_rate", "cooldown_steps", "frame_weight"),
+    )
+    # What base/lineage.json becomes once vae/ replaces base/vae/.
+    write_lineage(output_dir, read_lineage(vae_source.parent), record)
+    return result
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from cnet.train.cli import add_config_flags
+
+    add_config_flags(parser, DecoderConfig, HELP)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = DecoderConfig(**{f.name: getattr(args, f.name) for f in fields(DecoderConfig)})
+    try:
+        result = train(config)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Decoder saved to {result}: copy it over {config.model_dir}/base/vae to use it.")
+    return 0

@@ -1,0 +1,105 @@
+"""Fine-tuning a preset's VAE decoder on the latents it samples: pairs, training, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from cnet.synth.sample import CONDITION_KEYS
+from cnet.train.decoder import DecoderConfig, collect_pairs, pair_plan, train
+from cnet.train.embedded import describe_run
+from cnet.train.lineage import recorded_runs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_workers_share_the_plan_and_every_condition_takes_its_turn():
+    whole = pair_plan(300_000, 10)
+    assert whole[:8] == [(300_000 + i, CONDITION_KEYS[i % 7]) for i in range(8)]
+    shares = [pair_plan(300_000, 10, w, 3) for w in range(3)]
+    assert sorted(pair for share in shares for pair in share) == whole
+
+
+def test_a_pair_holds_the_latent_that_decodes_to_the_engines_image(engine, tmp_path):
+    from cnet.engine import GenerationRequest
+    from cnet.synth import generate
+    from cnet.synth.maps import training_kinds
+
+    plan = pair_plan(300_000, 5)[3:5]  # pose (its scene holds a person), seg
+    pairs = collect_pairs(engine, plan, tmp_path / "pairs.pt", 64)
+    assert pairs["seeds"] == [300_003, 300_004] and pairs["conditions"] == ["pose", "seg"]
+    seed, condition = plan[0]
+    sample = generate(seed, 64, [condition], training_kinds(condition))
+    assert np.array_equal(pairs["images"][0].numpy(), sample.image)
+    request = GenerationRequest(
+        control_image=sample.conditions[condition], condition=condition, prompt_mode="user",
+        prompt=sample.prompt, added_prompt="", negative_prompt="", resolution=64, seed=seed,
+    )  # fmt: skip
+    image = np.asarray(engine.generate(request).images[0].convert("RGB"), np.float32)
+    vae = engine.pipeline.vae
+    with torch.no_grad():
+        decoded = vae.decode(pairs["latents"][0][None].to(vae.dtype)).sample[0]
+    mine = ((decoded.clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert np.abs(mine - image).mean() < 1.0  # the latent is stored in float16
+
+
+def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
+    tiny_model_dir, tmp_path, capsys
+):
+    from diffusers import AutoencoderKL
+
+    config = DecoderConfig(
+        model_dir=str(tiny_model_dir), output_dir=str(tmp_path / "run"), pairs=4, resolution=64,
+        steps=2, batch_size=4, warmup_steps=0, cooldown_steps=0, learning_rate=1e-3,
+        checkpoint_every=1,
+    )  # fmt: skip
+    result = train(config)
+    before = AutoencoderKL.from_pretrained(tiny_model_dir / "base" / "vae").state_dict()
+    after = AutoencoderKL.from_pretrained(result).state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    summary = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert summary["steps"] == 2
+    assert set(summary["held_out_l1_after"]) == {"sampled", "encoded"}
+    runs = recorded_runs(tmp_path / "run")  # the base's, then this one
+    assert runs[-1]["trainer"] == "decoder" and runs[-1]["pairs"] == 4
+    assert describe_run(runs[-1]).startswith("its decoder 2 steps at batch 4, half of each batch")
+
+    # More steps: the same command goes on from the checkpoint, sampling no pair again.
+    saved = (tmp_path / "run" / "pairs-0-of-1.pt").stat().st_mtime_ns
+    train(replace(config, steps=3))
+    assert "Resuming at step 2" in capsys.readouterr().out
+    assert (tmp_path / "run" / "pairs-0-of-1.pt").stat().st_mtime_ns == saved
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["steps"] == 3
+
+
+def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(
+    tiny_model_dir, tmp_path
+):
+    with pytest.raises(ValueError, match="train split"):
+        train(DecoderConfig(model_dir=str(tiny_model_dir), output_dir=str(tmp_path), pairs=2,
+                            first_seed=899_999))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="embedded-layout folder"):
+        train(DecoderConfig(model_dir=str(tmp_path), output_dir=str(tmp_path / "run")))
+
+
+def test_workers_sample_the_same_pairs_as_one_process(tiny_model_dir, tmp_path):
+    from cnet.train.decoder import sampled_pairs
+
+    config = DecoderConfig(model_dir=str(tiny_model_dir), pairs=3, resolution=64)
+    alone = sampled_pairs(replace(config, output_dir=str(tmp_path / "alone")))
+    shared = sampled_pairs(replace(config, output_dir=str(tmp_path / "shared"), workers=2))
+    assert shared["seeds"] == alone["seeds"] == [300_000, 300_001, 300_002]
+    assert shared["conditions"] == alone["conditions"]
+    for mine, theirs in zip(shared["latents"], alone["latents"], strict=True):
+        assert torch.allclose(mine.float(), theirs.float(), atol=1e-2)
