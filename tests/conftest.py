@@ -60,6 +60,17 @@ def build_tiny_model_dir(root: Path, architecture: str = "tiny") -> Path:
     return root
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster on one thread, and leave the shared cores to others."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))

@@ -13,13 +13,7 @@ from cnet.train.base import BaseTrainConfig, train_base
 from cnet.train.embedded import describe_run
 from cnet.train.lineage import recorded_runs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_run(out, **overrides) -> BaseTrainConfig:

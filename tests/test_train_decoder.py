@@ -14,13 +14,7 @@ from cnet.train.decoder import DecoderConfig, collect_pairs, pair_plan, train
 from cnet.train.embedded import describe_run
 from cnet.train.lineage import recorded_runs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_workers_share_the_plan_and_every_condition_takes_its_turn():
