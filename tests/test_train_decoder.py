@@ -83,6 +83,8 @@ def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(
     with pytest.raises(ValueError, match="train split"):
         train(DecoderConfig(model_dir=str(tiny_model_dir), output_dir=str(tmp_path), pairs=2,
                             first_seed=899_999))  # fmt: skip
+    with pytest.raises(ValueError, match="--batch-size 2 or more"):
+        train(DecoderConfig(model_dir=str(tiny_model_dir), output_dir=str(tmp_path), batch_size=1))
     with pytest.raises(FileNotFoundError, match="embedded-layout folder"):
         train(DecoderConfig(model_dir=str(tmp_path), output_dir=str(tmp_path / "run")))
 

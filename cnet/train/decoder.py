@@ -206,6 +206,28 @@ def held_out_l1(vae, data: dict, index: torch.Tensor) -> dict[str, float]:
     return figures
 
 
+@torch.no_grad()
+def training_data(vae, pairs: dict, config: DecoderConfig, device: str) -> dict[str, torch.Tensor]:
+    """Per pair, on `device`: the true image in [-1, 1], its sampled latent, its encoded latent
+    (the frozen encoder's mean) and each pixel's weight in the L1."""
+    images = torch.stack(pairs["images"]).permute(0, 3, 1, 2).to(device).float() / 127.5 - 1
+    kinds = torch.stack(
+        [
+            torch.from_numpy(generate(seed, images.shape[-1], [], training_kinds(c)).kinds)
+            for seed, c in zip(pairs["seeds"], pairs["conditions"], strict=True)
+        ]
+    ).to(device)
+    weights = object_weights(kinds.long(), config.object_weight, config.object_margin)
+    return {
+        "images": images,
+        "sampled": torch.stack(pairs["latents"]).to(device).float(),
+        "encoded": torch.cat(
+            [vae.encode(images[i : i + 64]).latent_dist.mode() for i in range(0, len(images), 64)]
+        ),
+        "weights": weights + config.frame_weight * frame_mask(*images.shape[-2:], device=device),
+    }
+
+
 def train(config: DecoderConfig) -> Path:
     """Sample the pairs (or read those saved), then fine-tune; returns the saved VAE folder."""
     from diffusers import AutoencoderKL
@@ -219,33 +241,19 @@ def train(config: DecoderConfig) -> Path:
     last = config.first_seed + config.pairs - 1
     if last not in split_seeds("train"):
         raise ValueError(f"Pair seeds must lie in the train split; {last} does not.")
+    if config.pairs < 2 or config.steps < 1 or config.batch_size < 2:
+        raise ValueError(
+            "Give --pairs 2 or more (every 10th is held out), --steps 1 or more and "
+            "--batch-size 2 or more (half sampled latents, half encoded images)."
+        )
     output_dir = Path(config.output_dir)
     pairs = sampled_pairs(config)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae = AutoencoderKL.from_pretrained(vae_source, torch_dtype=torch.float32).to(device)
     params = vae_trainables(vae, decoder_only=True)
-    images = torch.stack(pairs["images"]).permute(0, 3, 1, 2).to(device).float() / 127.5 - 1
-    kinds = torch.stack(
-        [
-            torch.from_numpy(generate(seed, images.shape[-1], [], training_kinds(c)).kinds)
-            for seed, c in zip(pairs["seeds"], pairs["conditions"], strict=True)
-        ]
-    )
-    with torch.no_grad():
-        encoded = torch.cat(
-            [vae.encode(images[i : i + 64]).latent_dist.mode() for i in range(0, len(images), 64)]
-        )
-    data = {
-        "sampled": torch.stack(pairs["latents"]).to(device).float(),
-        "encoded": encoded,
-        "images": images,
-        "weights": object_weights(kinds.long(), config.object_weight, config.object_margin).to(
-            device
-        )
-        + config.frame_weight * frame_mask(*images.shape[-2:], device=device),
-    }
-    held = torch.arange(len(images)) % HELD_OUT_EVERY == 0
+    data = training_data(vae, pairs, config, device)
+    held = torch.arange(len(data["images"])) % HELD_OUT_EVERY == 0
     train_index, held_index = (
         torch.nonzero(~held)[:, 0].to(device),
         torch.nonzero(held)[:, 0].to(device),
