@@ -248,12 +248,16 @@ def preset_settings(model_dir: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def sampling_defaults(base: str | None) -> tuple[float, str]:
-    """The guidance scale and sampler a base pipeline folder is sampled at: the "cfg" and
-    "sampler" of the preset.json beside it (the embedded layout: <dir>/preset.json next to
-    <dir>/base/), else the paper's."""
-    settings = {} if base is None else preset_settings(Path(base).expanduser().parent)
+def preset_sampling(settings: dict) -> tuple[float, str]:
+    """The guidance scale and sampler a preset.json's settings name, else the paper's."""
     return float(settings.get("cfg", PAPER_CFG)), settings.get("sampler", PAPER_SAMPLER)
+
+
+def sampling_defaults(base: str | None) -> tuple[float, str]:
+    """The guidance scale and sampler a base pipeline folder is sampled at: those of the
+    preset.json beside it (the embedded layout: <dir>/preset.json next to <dir>/base/), else the
+    paper's."""
+    return preset_sampling({} if base is None else preset_settings(Path(base).expanduser().parent))
 
 
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
@@ -271,13 +275,14 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
     device = device or detect_device()
     captioner = model_dir / "captioner"
+    cfg, sampler = preset_sampling(settings)
     return Preset(
         name=name or settings.get("name") or model_dir.name,
         base=str(model_dir / "base"),
         controlnets=controlnets,
         resolution=int(settings.get("resolution", SD15_RESOLUTION)),
-        cfg=float(settings.get("cfg", PAPER_CFG)),
-        sampler=settings.get("sampler", PAPER_SAMPLER),
+        cfg=cfg,
+        sampler=sampler,
         device=device,
         dtype=dtype_for(device),
         captioner=str(captioner),
