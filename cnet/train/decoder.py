@@ -152,19 +152,12 @@ def _collect_in_worker(config: DecoderConfig, worker: int) -> None:
 
     engine = load_engine(model_dir=config.model_dir, threads=1 if config.workers > 1 else None)
     plan = pair_plan(config.first_seed, config.pairs, worker, config.workers)
-    collect_pairs(engine, plan, pairs_path(config, worker), resolution(config))
+    size = config.resolution or engine.preset.resolution
+    collect_pairs(engine, plan, pairs_path(config, worker), size)
 
 
 def pairs_path(config: DecoderConfig, worker: int) -> Path:
     return Path(config.output_dir) / f"pairs-{worker}-of-{config.workers}.pt"
-
-
-def resolution(config: DecoderConfig) -> int:
-    from cnet.models import preset_settings
-
-    if config.resolution:
-        return config.resolution
-    return int(preset_settings(config.model_dir).get("resolution", 128))
 
 
 def sampled_pairs(config: DecoderConfig) -> dict:
@@ -262,7 +255,6 @@ def train(config: DecoderConfig) -> Path:
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
     generator = torch.Generator().manual_seed(config.seed)
     checkpoint = output_dir / "checkpoint.pt"
-    step, losses, before = 0, [], held_out_l1(vae, data, held_index)
     if checkpoint.is_file():
         state = torch.load(checkpoint)
         vae.load_state_dict(state["vae"])
@@ -270,6 +262,8 @@ def train(config: DecoderConfig) -> Path:
         generator.set_state(state["generator"])
         step, losses, before = state["step"], state["losses"], state["before"]
         print(f"Resuming at step {step}", flush=True)
+    else:
+        step, losses, before = 0, [], held_out_l1(vae, data, held_index)
     half = config.batch_size // 2
     started = time.perf_counter()
     while step < config.steps:
