@@ -72,7 +72,9 @@ def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
     # More steps: the same command goes on from the checkpoint, sampling no pair again.
     saved = (tmp_path / "run" / "pairs-0-of-1.pt").stat().st_mtime_ns
     train(replace(config, steps=3))
-    assert "Resuming at step 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Resuming at step 2" in out
+    assert "Settings changed since that checkpoint (was, now): {'steps': (2, 3)}" in out
     assert (tmp_path / "run" / "pairs-0-of-1.pt").stat().st_mtime_ns == saved
     assert json.loads((tmp_path / "run" / "training.json").read_text())["steps"] == 3
 
@@ -89,7 +91,9 @@ def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(
         train(DecoderConfig(model_dir=str(tmp_path), output_dir=str(tmp_path / "run")))
 
 
-def test_workers_sample_the_same_pairs_as_one_process(tiny_model_dir, tmp_path):
+def test_workers_sample_the_same_pairs_as_one_process_and_keep_each_others(
+    tiny_model_dir, tmp_path
+):
     from cnet.train.decoder import sampled_pairs
 
     config = DecoderConfig(model_dir=str(tiny_model_dir), pairs=3, resolution=64)
@@ -99,3 +103,11 @@ def test_workers_sample_the_same_pairs_as_one_process(tiny_model_dir, tmp_path):
     assert shared["conditions"] == alone["conditions"]
     for mine, theirs in zip(shared["latents"], alone["latents"], strict=True):
         assert torch.allclose(mine.float(), theirs.float(), atol=1e-2)
+
+    # Another worker count in the same folder samples only the pairs no file holds yet.
+    more = sampled_pairs(replace(config, output_dir=str(tmp_path / "shared"), pairs=4))
+    assert more["seeds"] == [300_000, 300_001, 300_002, 300_003]
+    assert torch.load(tmp_path / "shared" / "pairs-0-of-1.pt")["seeds"] == [300_003]
+    assert all(
+        torch.equal(a, b) for a, b in zip(more["latents"][:3], shared["latents"], strict=True)
+    )

@@ -1,4 +1,5 @@
-"""The from-scratch trainers' learning-rate schedule: warm-up, constant, linear cool-down."""
+"""The from-scratch trainers' learning-rate schedule (warm-up, constant, linear cool-down) and
+what a resumed run makes of settings changed since its checkpoint."""
 
 from __future__ import annotations
 
@@ -38,3 +39,11 @@ def test_a_field_newer_than_the_checkpoint_adds_no_stretch_until_its_settings_ch
     assert schedules_after_resume(before_records, same, fields) == [
         {"from_step": 0, "learning_rate": 1e-4}
     ]
+
+
+def test_changed_settings_name_what_differs_from_the_checkpoint_as_json_would_hold_it():
+    from cnet.train.checkpoint import changed_settings
+
+    saved = {"conditions": ["canny", "depth"], "steps": 100, "resume": None, "lr": 1e-4}
+    now = {"conditions": ("canny", "depth"), "steps": 200, "resume": "latest", "new": 1}
+    assert changed_settings(saved, now, ignore=("resume",)) == {"steps": (100, 200)}

@@ -24,6 +24,17 @@ CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 
 
+def changed_settings(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> dict:
+    """{setting: (was, now)} for the settings a checkpoint was saved with that differ now (both as
+    JSON would hold them, so tuples and lists compare equal)."""
+    now = json.loads(json.dumps(now))
+    return {
+        key: (saved[key], value)
+        for key, value in now.items()
+        if key in saved and saved[key] != value and key not in ignore
+    }
+
+
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
 

@@ -566,12 +566,7 @@ def train(config: TrainConfig) -> TrainResult:
         step, losses = saved["step"], saved["losses"]
         gains = saved.get("control_gains", {})
         schedules = schedules_after_resume(saved, asdict(config), SCHEDULE_FIELDS)
-        now = json.loads(json.dumps(asdict(config)))
-        different = {
-            k: (saved["config"][k], v)
-            for k, v in now.items()
-            if k in saved["config"] and saved["config"][k] != v and k != "resume"
-        }
+        different = ckpt.changed_settings(saved["config"], asdict(config), ignore=("resume",))
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
         if different:
             accelerator.print(f"Settings changed since that checkpoint (was, now): {different}")

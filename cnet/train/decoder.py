@@ -29,11 +29,13 @@ from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.base import frame_mask, object_weights, vae_trainables
+from cnet.train.checkpoint import changed_settings
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.schedule import lr_factor
 
 SAVE_EVERY = 50  # pairs
 HELD_OUT_EVERY = 10  # every 10th pair is held out: the fit is measured on them
+RESUME_FREE = ("output_dir", "workers", "checkpoint_every")  # may change on resume unremarked
 
 
 @dataclass
@@ -150,19 +152,36 @@ def save_whole(state: dict, path: Path) -> None:
 def _collect_in_worker(config: DecoderConfig, worker: int) -> None:
     from cnet.engine import load_engine
 
-    engine = load_engine(model_dir=config.model_dir, threads=1 if config.workers > 1 else None)
+    saved = set(saved_pairs(Path(config.output_dir))["plan"])
     plan = pair_plan(config.first_seed, config.pairs, worker, config.workers)
+    todo = [pair for pair in plan if pair not in saved]
+    if not todo:
+        return
+    engine = load_engine(model_dir=config.model_dir, threads=1 if config.workers > 1 else None)
     size = config.resolution or engine.preset.resolution
-    collect_pairs(engine, plan, pairs_path(config, worker), size)
+    collect_pairs(engine, todo, pairs_path(config, worker), size)
 
 
 def pairs_path(config: DecoderConfig, worker: int) -> Path:
     return Path(config.output_dir) / f"pairs-{worker}-of-{config.workers}.pt"
 
 
+def saved_pairs(folder: Path) -> dict:
+    """Every pair saved in `folder` by any number of workers, one per (seed, condition), in seed
+    order; "plan" lists those (seed, condition)."""
+    found: dict[tuple[int, str], dict] = {}
+    for path in sorted(folder.glob("pairs-*-of-*.pt")):
+        part = torch.load(path)
+        for i, pair in enumerate(zip(part["seeds"], part["conditions"], strict=True)):
+            found.setdefault(pair, {key: values[i] for key, values in part.items()})
+    plan = sorted(found)
+    keys = ("latents", "images", "seeds", "conditions")
+    return {"plan": plan} | {key: [found[pair][key] for pair in plan] for key in keys}
+
+
 def sampled_pairs(config: DecoderConfig) -> dict:
-    """Every planned pair, sampled by `config.workers` processes (those already saved kept), in
-    pair order."""
+    """Every planned pair, sampled by `config.workers` processes (those already saved, by any
+    number of workers, kept), in pair order."""
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     if config.workers > 1:
         import multiprocessing
@@ -174,10 +193,10 @@ def sampled_pairs(config: DecoderConfig) -> dict:
                 job.result()
     else:
         _collect_in_worker(config, 0)
-    parts = [torch.load(pairs_path(config, w)) for w in range(config.workers)]
-    merged = {key: [item for part in parts for item in part[key]] for key in parts[0]}
-    order = sorted(range(len(merged["seeds"])), key=merged["seeds"].__getitem__)
-    return {key: [values[i] for i in order] for key, values in merged.items()}
+    planned = set(pair_plan(config.first_seed, config.pairs))
+    saved = saved_pairs(Path(config.output_dir))
+    keep = [i for i, pair in enumerate(saved.pop("plan")) if pair in planned]
+    return {key: [values[i] for i in keep] for key, values in saved.items()}
 
 
 def weighted_l1(vae, latents, images, weights) -> torch.Tensor:
@@ -262,6 +281,9 @@ def train(config: DecoderConfig) -> Path:
         generator.set_state(state["generator"])
         step, losses, before = state["step"], state["losses"], state["before"]
         print(f"Resuming at step {step}", flush=True)
+        different = changed_settings(state.get("config", {}), asdict(config), RESUME_FREE)
+        if different:
+            print(f"Settings changed since that checkpoint (was, now): {different}", flush=True)
     else:
         step, losses, before = 0, [], held_out_l1(vae, data, held_index)
     half = config.batch_size // 2
@@ -299,6 +321,7 @@ def train(config: DecoderConfig) -> Path:
                 "generator": generator.get_state(),
                 "losses": losses,
                 "before": before,
+                "config": asdict(config),
             }
             save_whole(state, checkpoint)
 
