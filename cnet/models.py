@@ -76,6 +76,8 @@ class Preset:
     dtype: str = "float32"  # a torch dtype name
     captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
     model_dir: str | None = None  # the model-dir layout folder, when the preset came from one
+    # condition -> the prompt its tab starts with, in words the model knows (else the registry's)
+    example_prompts: Mapping[str, str] = field(default_factory=dict)
 
     def controlnet_source(self, condition: str) -> str:
         if condition in self.controlnets:
@@ -264,12 +266,22 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
 
     preset.json may hold "name", "resolution", "cfg" and "sampler" (the default guidance scale
-    and sampler, when the paper's 9.0 and DDPM do not suit the model) and "controlnets":
+    and sampler, when the paper's 9.0 and DDPM do not suit the model), "controlnets":
     {condition: folder under controlnet/} for conditions whose ControlNet is not in
-    controlnet/<condition>/.
+    controlnet/<condition>/, and "example_prompts": {condition: prompt} for a model that knows
+    only a small vocabulary (the registry's example prompts are written for SD 1.5).
     """
+    from cnet.conditions import CONDITIONS
+
     model_dir = Path(model_dir).expanduser()
     settings = preset_settings(model_dir)
+    example_prompts = settings.get("example_prompts", {})
+    unknown = sorted(set(example_prompts) - set(CONDITIONS))
+    if unknown:
+        raise ValueError(
+            f"{model_dir / 'preset.json'} gives an example prompt for {unknown[0]!r}, which is no "
+            f"condition; use the condition keys: {', '.join(CONDITIONS)}."
+        )
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
@@ -287,6 +299,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         dtype=dtype_for(device),
         captioner=str(captioner),
         model_dir=str(model_dir),
+        example_prompts=example_prompts,
     )
 
 

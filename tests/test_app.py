@@ -97,6 +97,24 @@ def test_cfg_and_sampler_start_at_the_presets_own(engine, monkeypatch):
     assert "DDIM" in controls["sampler"].info and "DDPM" in controls["sampler"].info
 
 
+def test_each_tab_and_its_examples_start_with_the_presets_prompt_else_the_registrys(
+    engine, monkeypatch
+):
+    own = dataclasses.replace(
+        engine.preset, example_prompts={"canny": "a red cube on a white background"}
+    )
+    monkeypatch.setattr(engine, "preset", own)
+    demo = build_demo(engine)
+    for key, condition in CONDITIONS.items():
+        prompt = next(b for b in demo.blocks.values() if b.elem_id == f"{key}-prompt")
+        assert prompt.value == own.example_prompts.get(key, condition.example_prompt), key
+    rows = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset)]
+    prompts = {row[-1] for dataset in rows for row in dataset.samples}
+    assert "a red cube on a white background" in prompts
+    assert CONDITIONS["canny"].example_prompt not in prompts
+    assert CONDITIONS["scribble"].example_prompt in prompts
+
+
 def test_param_controls_follow_the_spec():
     with gr.Blocks():
         slider = param_control(Param("low", "Low", 100, 1, 255, 1))

@@ -43,6 +43,19 @@ def test_the_weights_and_their_history_fit_the_budget():
     assert sum(int(size) for kind, size in rows if kind == "blob") <= WEIGHTS_BUDGET_BYTES
 
 
+def test_its_example_prompts_are_the_recipes_and_use_only_words_of_its_training_prompts():
+    from cnet.synth.scene import sample_scene
+    from cnet.train.embedded import EXAMPLE_PROMPTS
+
+    preset = models.preset_from_dir(EMBEDDED, name="embedded")
+    assert preset.example_prompts == EXAMPLE_PROMPTS
+    assert set(EXAMPLE_PROMPTS) == set(CONDITION_KEYS)
+    seeds = split_seeds("train")[:2000]
+    known = {word for seed in seeds for word in sample_scene(seed).prompt.split()}
+    for condition, prompt in EXAMPLE_PROMPTS.items():
+        assert set(prompt.split()) <= known, (condition, set(prompt.split()) - known)
+
+
 @pytest.fixture(scope="module")
 def engine():
     return load_engine("embedded", device="cpu", threads=1)

@@ -168,6 +168,22 @@ def test_preset_json_may_set_the_guidance_scale_and_sampler(tiny_model_dir, tmp_
     assert sampling_defaults(str(tiny_model_dir / "base")) == sampling_defaults(None) == paper
 
 
+def test_preset_json_may_give_example_prompts_for_known_conditions(tiny_model_dir, tmp_path):
+    import json
+    import shutil
+
+    assert resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0].example_prompts == {}
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    settings = json.loads((folder / "preset.json").read_text())
+    prompts = {"canny": "a red cube on a white background"}
+    (folder / "preset.json").write_text(json.dumps({**settings, "example_prompts": prompts}))
+    assert resolve_preset(model_dir=str(folder), device="cpu")[0].example_prompts == prompts
+    (folder / "preset.json").write_text(json.dumps({**settings, "example_prompts": {"edges": "x"}}))
+    with pytest.raises(ValueError, match="'edges', which is no condition; use the condition keys"):
+        resolve_preset(model_dir=str(folder), device="cpu")
+
+
 def test_sd15_preset_takes_checkpoints_from_the_registry():
     preset, _ = resolve_preset("sd15", device="cuda")
     assert preset.base == SD15_BASE and preset.dtype == "float16"

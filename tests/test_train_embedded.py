@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
-from cnet.train.embedded import Steps, pack, stages, train_all
+from cnet.train.embedded import EXAMPLE_PROMPTS, Steps, pack, stages, train_all
 
 STEPS = Steps(vae=3, unet=5, shared=6, controlnet=4, captioner=2)
 
@@ -207,6 +207,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
         "resolution": 64,
         "cfg": 2.0,
         "controlnets": {key: "all" for key in others},
+        "example_prompts": EXAMPLE_PROMPTS,
     }
     assert (out / "base" / "model_index.json").is_file()
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all", "canny"]

@@ -96,6 +96,7 @@ def model_status(engine: Engine) -> str:
 def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr.events.Dependency:
     """One tab's components and events; returns its Run event."""
     key = condition.key
+    example_prompt = engine.preset.example_prompts.get(key, condition.example_prompt)
     with gr.Row():
         with gr.Column(scale=1):
             inputs = input_components(condition)
@@ -116,7 +117,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                 label="Prompt mode",
             )
             prompt = checked.Textbox(
-                value=condition.example_prompt,
+                value=example_prompt,
                 label="Prompt",
                 info="Used in User prompt mode.",
                 elem_id=f"{key}-prompt",
@@ -145,7 +146,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                 interactive=False,
                 elem_id=f"{key}-caption",
             )
-    examples(condition, inputs, preprocessor, prompt)
+    examples(condition, inputs, preprocessor, prompt, example_prompt)
 
     def show_backend(name: str) -> list:
         chosen = backend_named(condition, name)
@@ -358,9 +359,14 @@ def settings_panel(engine: Engine) -> Controls:
 
 
 def examples(
-    condition: Condition, inputs: Controls, preprocessor: gr.Dropdown, prompt: gr.Textbox
+    condition: Condition,
+    inputs: Controls,
+    preprocessor: gr.Dropdown,
+    prompt: gr.Textbox,
+    example_prompt: str,
 ) -> None:
-    """Our own drawn or rendered inputs from assets/examples/; none until they exist.
+    """Our own drawn or rendered inputs from assets/examples/, with `example_prompt`; none until
+    they exist.
 
     A keypoints file goes to the keypoints input and picks the backend that reads it."""
     rows = []
@@ -375,7 +381,7 @@ def examples(
         )
         if kind in inputs and backend is not None:
             values = [str(path) if name == kind else None for name in inputs]
-            rows.append([*values, backend.name, condition.example_prompt])
+            rows.append([*values, backend.name, example_prompt])
     if rows:
         gr.Examples(
             examples=rows,
