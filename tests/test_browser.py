@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from app_server import serve_app
+from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -88,6 +91,12 @@ def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
         except sync_api.TimeoutError:
             page.screenshot(path=str(tmp_path / f"no-preview-{attempt}.png"), full_page=True)
     preview.first.wait_for(state="visible")
+    # A small map (128 px for the embedded model) is drawn enlarged in its box, not at its size:
+    # the columns its black background covers on screen.
+    natural = preview.first.evaluate("img => img.naturalWidth")
+    shown = np.asarray(Image.open(io.BytesIO(preview.first.screenshot())).convert("L"))
+    drawn = int((shown < 40).any(axis=0).sum())
+    assert natural <= 128 and drawn >= 2 * natural, (natural, drawn)
 
     page.click("#scribble-run")
     samples = page.locator("#scribble-gallery img")

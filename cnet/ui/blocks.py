@@ -134,6 +134,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                 format="png",
                 interactive=False,
                 elem_id=f"{key}-map",
+                elem_classes=["control-map"],
             )
             gallery = gr.Gallery(
                 label="Control map and samples",
