@@ -708,3 +708,21 @@ def test_bf16_mixed_precision_trains_on_the_cpu(tiny_model_dir, fill50k_dir, tmp
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert len(result.losses) == 1 and np.isfinite(result.losses[0])
+
+
+def test_train_flags_read_back_into_each_trainers_config():
+    import argparse
+
+    from cnet.train import cli
+    from cnet.train.decoder import DecoderConfig
+
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    args = parser.parse_args(["controlnet", "--base", "b", "--adam-betas", "0.8", "0.9"])
+    config = cli.config_from_args(TrainConfig, args)
+    assert config.adam_betas == (0.8, 0.9) and config.base == "b"
+    assert cli.config_from_args(TrainConfig, parser.parse_args(["controlnet", "--base", "b"])) == (
+        TrainConfig(base="b")
+    )
+    args = parser.parse_args(["decoder", "--pairs", "10"])
+    assert cli.config_from_args(DecoderConfig, args) == DecoderConfig(pairs=10)

@@ -27,7 +27,7 @@ import json
 import math
 import random
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -516,7 +516,9 @@ def run(args: argparse.Namespace) -> int:
         for reference, caption in report.mistakes[:10]:
             print(f"  expected:  {reference}\n  captioned: {caption}")
         return 0
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    from cnet.train.cli import config_from_args
+
+    config = config_from_args(TrainConfig, args)
     try:
         result = train(config)
     except (FileNotFoundError, ValueError) as error:

@@ -139,6 +139,19 @@ def add_config_flags(
             parser.add_argument(flag, default=default, **options)
 
 
+def config_from_args(config_class, args: argparse.Namespace):
+    """The dataclass `add_config_flags` made the flags of, from the parsed flags (a tuple field's
+    values back into a tuple)."""
+    hints = typing.get_type_hints(config_class)
+    settings = {}
+    for field in dataclasses.fields(config_class):
+        value = getattr(args, field.name)
+        if typing.get_origin(hints[field.name]) is tuple and value is not None:
+            value = tuple(value)
+        settings[field.name] = value
+    return config_class(**settings)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from cnet.train import captioner, decoder, embedded
 
@@ -174,12 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
-    config_class = TrainConfig if args.what == "controlnet" else BaseTrainConfig
-    names = {field.name for field in dataclasses.fields(config_class)}
-    settings = {name: value for name, value in vars(args).items() if name in names}
-    if "adam_betas" in settings:
-        settings["adam_betas"] = tuple(settings["adam_betas"])
-    config = config_class(**settings)
+    config = config_from_args(TrainConfig if args.what == "controlnet" else BaseTrainConfig, args)
     try:
         if args.what == "controlnet":
             from cnet.train.controlnet import train

@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -354,7 +354,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = DecoderConfig(**{f.name: getattr(args, f.name) for f in fields(DecoderConfig)})
+    from cnet.train.cli import config_from_args
+
+    config = config_from_args(DecoderConfig, args)
     try:
         result = train(config)
     except (FileNotFoundError, ValueError) as error:
