@@ -149,14 +149,9 @@ def save_whole(state: dict, path: Path) -> None:
     partial.replace(path)
 
 
-def _collect_in_worker(config: DecoderConfig, worker: int) -> None:
+def _collect_in_worker(config: DecoderConfig, worker: int, todo: list[tuple[int, str]]) -> None:
     from cnet.engine import load_engine
 
-    saved = set(saved_pairs(Path(config.output_dir))["plan"])
-    plan = pair_plan(config.first_seed, config.pairs, worker, config.workers)
-    todo = [pair for pair in plan if pair not in saved]
-    if not todo:
-        return
     engine = load_engine(model_dir=config.model_dir, threads=1 if config.workers > 1 else None)
     size = config.resolution or engine.preset.resolution
     collect_pairs(engine, todo, pairs_path(config, worker), size)
@@ -182,19 +177,34 @@ def saved_pairs(folder: Path) -> dict:
 def sampled_pairs(config: DecoderConfig) -> dict:
     """Every planned pair, sampled by `config.workers` processes (those already saved, by any
     number of workers, kept), in pair order."""
-    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-    if config.workers > 1:
+    folder = Path(config.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = saved_pairs(folder)
+    done = set(saved["plan"])
+    jobs: dict[int, list[tuple[int, str]]] = {}  # worker -> the pairs it still has to sample
+    for worker in range(config.workers):
+        todo = [
+            pair
+            for pair in pair_plan(config.first_seed, config.pairs, worker, config.workers)
+            if pair not in done
+        ]
+        if todo:
+            jobs[worker] = todo
+    if len(jobs) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
-            for job in [pool.submit(_collect_in_worker, config, w) for w in range(config.workers)]:
+        with ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+            running = [pool.submit(_collect_in_worker, config, w, t) for w, t in jobs.items()]
+            for job in running:
                 job.result()
     else:
-        _collect_in_worker(config, 0)
+        for worker, todo in jobs.items():
+            _collect_in_worker(config, worker, todo)
+    if jobs:
+        saved = saved_pairs(folder)
     planned = set(pair_plan(config.first_seed, config.pairs))
-    saved = saved_pairs(Path(config.output_dir))
     keep = [i for i, pair in enumerate(saved.pop("plan")) if pair in planned]
     return {key: [values[i] for i in keep] for key, values in saved.items()}
 
