@@ -40,6 +40,16 @@ def test_invert_for_far_is_bright_renders():
     assert control[0, 0, 0] == 255 and control[0, -1, 0] == 0
 
 
+def test_enlarging_a_sharp_map_keeps_its_far_background_at_zero():
+    """Lanczos overshoots next to a sharp edge; that must not lift the whole background."""
+    near = np.zeros((128, 128), np.uint8)
+    near[40:90, 30:70] = 250  # an object in front of a far background
+    control = detect(
+        "depth", near, backend="depth_map", detect_resolution=512, image_resolution=128
+    )
+    assert control[5, 5, 0] == 0 and control[60, 50, 0] == 255
+
+
 @pytest.fixture(scope="module")
 def tiny_depth_anything_dir(tmp_path_factory):
     """A random-weight Depth Anything in the layout `hf download` makes."""

@@ -30,8 +30,11 @@ def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
 
 def load_depth(image: ImageLike, resolution: int, invert: bool = False) -> np.ndarray:
     """An uploaded depth image -> uint8 HxW near-is-bright map at `resolution` (short side)."""
-    depth = resize_to_resolution(to_grey_float(image), resolution)
-    return depth_to_map(depth, invert)
+    depth = to_grey_float(image)
+    # Lanczos overshoots at sharp edges when enlarging; outside the map's own range that would
+    # move the min-max scaling (a far background of 0 came out at 47)
+    resized = resize_to_resolution(depth, resolution).clip(depth.min(), depth.max())
+    return depth_to_map(resized, invert)
 
 
 class DepthMapDetector:
