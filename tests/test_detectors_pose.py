@@ -125,3 +125,17 @@ def test_drawing_matches_controlnet_aux():
                      for p in person]  # fmt: skip
         draw_bodypose(theirs, keypoints)
     assert np.array_equal(ours, theirs)
+
+
+def test_a_small_preprocessor_resolution_draws_limbs_no_thicker():
+    """Limbs have a fixed width in pixels, so a 128 px map must be the 512 px drawing resized,
+    the width every pose ControlNet saw, not a drawing at 128 px with limbs 4x as thick."""
+    data = _openpose_json(POINTS, canvas_width=512, canvas_height=512)
+    small = detect(
+        "pose", data, backend="keypoints_json", detect_resolution=128, image_resolution=128
+    )
+    large = detect(
+        "pose", data, backend="keypoints_json", detect_resolution=512, image_resolution=128
+    )
+    assert small.shape == (128, 128, 3)
+    assert np.array_equal(small, large)

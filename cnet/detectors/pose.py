@@ -49,6 +49,10 @@ LIMB_COLORS = tuple(tuple(int(c * 0.6) for c in color) for color in KEYPOINT_COL
 
 STICK_WIDTH = 4
 KEYPOINT_RADIUS = 4
+# The pose ControlNets saw skeletons drawn at about 512 px. Limbs and discs have fixed pixel
+# sizes, so keypoints are drawn on a canvas at least this large and the map resized: a smaller
+# one would draw them thicker relative to the image.
+POSE_CANVAS = 512
 
 HAND_EDGES = (
     (0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11),
@@ -269,7 +273,7 @@ class KeypointsJSONDetector:
         **params: Any,
     ) -> np.ndarray:
         pose = read_openpose_json(image)
-        height, width = target_size(pose.height, pose.width, detect_resolution)
+        height, width = target_size(pose.height, pose.width, max(detect_resolution, POSE_CANVAS))
         people = [p.scaled(width / pose.width, height / pose.height) for p in pose.people]
         control = draw_people(people, height, width, include_hands, include_face)
         return resize_map(control, target_size(height, width, image_resolution))

@@ -17,16 +17,12 @@ from cnet.detectors.base import resize_map
 from cnet.detectors.depth import depth_to_map
 from cnet.detectors.edges import CannyDetector
 from cnet.detectors.lines import draw_segments
-from cnet.detectors.pose import draw_pose
+from cnet.detectors.pose import POSE_CANVAS, draw_pose
 from cnet.detectors.scribble import thicken
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
 from cnet.synth.render import FLOOR, Render
 from cnet.synth.scene import KINDS, Scene
-
-# The pose ControlNets saw skeletons drawn at ~512 px; drawing at that scale and resizing keeps
-# limb width relative to the image the same as the app's keypoint detector at any size.
-POSE_CANVAS = 512
 
 SCRIBBLE_POINTS_PER_EDGE = 8
 
