@@ -32,6 +32,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Condition",
+    "Example",
     "Param",
     "annotators_dir",
     "detect",
@@ -101,6 +102,16 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class Example:
+    """An input shown under a tab and the backend that reads it. A map needs its reader named
+    (a depth map given to MiDaS would be read as a photo); None: the first backend that runs
+    here and reads this kind of file, so a photo goes to the best detector installed."""
+
+    path: str  # relative to the repository root, or absolute
+    backend: str | None = None
+
+
+@dataclass(frozen=True)
 class Condition:
     key: str
     label: str
@@ -108,7 +119,7 @@ class Condition:
     controlnet: Mapping[str, str]
     sketch: bool = False
     example_prompt: str = ""
-    examples: tuple[str, ...] = ()
+    examples: tuple[Example, ...] = ()
 
     def backend(self, name: str) -> Backend:
         for backend in self.backends:
@@ -186,7 +197,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("scribble", "lllyasviel/control_v11p_sd15_scribble"),
             example_prompt="a hot air balloon over a lake",
-            examples=(f"{_EXAMPLES}/scribble_balloon.png",),
+            examples=(Example(f"{_EXAMPLES}/scribble_balloon.png"),),
         ),
         Condition(
             key="canny",
@@ -205,7 +216,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("canny", "lllyasviel/control_v11p_sd15_canny"),
             example_prompt="a red sphere and a blue cube on a wooden table",
-            examples=(f"{_EXAMPLES}/scene.jpg",),
+            examples=(Example(f"{_EXAMPLES}/scene.jpg"),),
         ),
         Condition(
             key="hough",
@@ -235,7 +246,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("hough", "lllyasviel/control_v11p_sd15_mlsd"),
             example_prompt="a bright modern room with a large window",
-            examples=(f"{_EXAMPLES}/room.png",),
+            examples=(Example(f"{_EXAMPLES}/room.png"),),
         ),
         Condition(
             key="pose",
@@ -266,7 +277,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("pose", "lllyasviel/control_v11p_sd15_openpose"),
             example_prompt="an astronaut dancing on the moon",
-            examples=(f"{_EXAMPLES}/pose.json",),
+            examples=(Example(f"{_EXAMPLES}/pose.json", "keypoints_json"),),
         ),
         Condition(
             key="seg",
@@ -292,7 +303,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("seg", "lllyasviel/control_v11p_sd15_seg"),
             example_prompt="a cozy living room",
-            examples=(f"{_EXAMPLES}/seg.png",),
+            examples=(Example(f"{_EXAMPLES}/seg.png", "palette"),),
         ),
         Condition(
             key="depth",
@@ -326,7 +337,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("depth", "lllyasviel/control_v11f1p_sd15_depth"),
             example_prompt="a stone statue in a garden",
-            examples=(f"{_EXAMPLES}/depth.png",),
+            examples=(Example(f"{_EXAMPLES}/depth.png", "depth_map"),),
         ),
         Condition(
             key="normal",
@@ -360,7 +371,7 @@ CONDITIONS: dict[str, Condition] = {
             ),
             controlnet=_controlnet("normal", "lllyasviel/control_v11p_sd15_normalbae"),
             example_prompt="a marble bust in a museum",
-            examples=(f"{_EXAMPLES}/depth.png",),
+            examples=(Example(f"{_EXAMPLES}/depth.png", "depth_map"),),
         ),
     )
 }

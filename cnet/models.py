@@ -23,6 +23,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnet.conditions import Example
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO_ROOT / "assets" / "embedded"
@@ -78,6 +82,8 @@ class Preset:
     model_dir: str | None = None  # the model-dir layout folder, when the preset came from one
     # condition -> the prompt its tab starts with, in words the model knows (else the registry's)
     example_prompts: Mapping[str, str] = field(default_factory=dict)
+    # condition -> example inputs from the scenes the model was trained on (else the registry's)
+    examples: Mapping[str, tuple[Example, ...]] = field(default_factory=dict)
 
     def controlnet_source(self, condition: str) -> str:
         if condition in self.controlnets:
@@ -268,20 +274,16 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     preset.json may hold "name", "resolution", "cfg" and "sampler" (the default guidance scale
     and sampler, when the paper's 9.0 and DDPM do not suit the model), "controlnets":
     {condition: folder under controlnet/} for conditions whose ControlNet is not in
-    controlnet/<condition>/, and "example_prompts": {condition: prompt} for a model that knows
-    only a small vocabulary (the registry's example prompts are written for SD 1.5).
+    controlnet/<condition>/, "example_prompts": {condition: prompt} for a model that knows only
+    a small vocabulary (the registry's example prompts are written for SD 1.5), and "examples":
+    {condition: [{"file": path in the folder, "backend": the backend that reads it}]}, inputs of
+    the kind the model was trained on, shown under the tabs instead of the registry's.
     """
-    from cnet.conditions import CONDITIONS
-
     model_dir = Path(model_dir).expanduser()
     settings = preset_settings(model_dir)
     example_prompts = settings.get("example_prompts", {})
-    unknown = sorted(set(example_prompts) - set(CONDITIONS))
-    if unknown:
-        raise ValueError(
-            f"{model_dir / 'preset.json'} gives an example prompt for {unknown[0]!r}, which is no "
-            f"condition; use the condition keys: {', '.join(CONDITIONS)}."
-        )
+    known_conditions(model_dir, example_prompts, "an example prompt")
+    examples = preset_examples(model_dir, settings.get("examples", {}))
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
@@ -300,7 +302,49 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         captioner=str(captioner),
         model_dir=str(model_dir),
         example_prompts=example_prompts,
+        examples=examples,
     )
+
+
+def known_conditions(model_dir: Path, entries: Mapping, what: str) -> None:
+    from cnet.conditions import CONDITIONS
+
+    unknown = sorted(set(entries) - set(CONDITIONS))
+    if unknown:
+        raise ValueError(
+            f"{model_dir / 'preset.json'} gives {what} for {unknown[0]!r}, which is no "
+            f"condition; use the condition keys: {', '.join(CONDITIONS)}."
+        )
+
+
+def preset_examples(model_dir: Path, entries: Mapping) -> dict[str, tuple[Example, ...]]:
+    """preset.json's "examples", each file found in `model_dir` and each backend its condition's."""
+    from cnet.conditions import CONDITIONS, Example
+
+    known_conditions(model_dir, entries, "examples")
+    examples = {}
+    for key, listed in entries.items():
+        if not all(isinstance(entry, dict) and "file" in entry for entry in listed):
+            raise ValueError(
+                f"{model_dir / 'preset.json'}: each {key} example is "
+                '{"file": "examples/...", "backend": "..."} (the backend optional).'
+            )
+        examples[key] = tuple(
+            Example(str(model_dir / entry["file"]), entry.get("backend")) for entry in listed
+        )
+        for example in examples[key]:
+            if not Path(example.path).is_file():
+                raise FileNotFoundError(
+                    f"{model_dir / 'preset.json'} names the {key} example {example.path}, which "
+                    "is not there; restore the folder's examples/ or drop the entry."
+                )
+            backends = [backend.name for backend in CONDITIONS[key].backends]
+            if example.backend not in (None, *backends):
+                raise ValueError(
+                    f"{model_dir / 'preset.json'} gives the {key} example the backend "
+                    f"{example.backend!r}; choose one of: {', '.join(backends)}."
+                )
+    return examples
 
 
 def sd15_preset(device: str | None = None) -> Preset:

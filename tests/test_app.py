@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from cnet.conditions import CONDITIONS, Backend, Param
+from cnet.conditions import CONDITIONS, Availability, Backend, Param
 from cnet.engine import SAMPLERS, GenerationRequest, load_engine
 from cnet.imageio import ImageInputError
 from cnet.ui import build_demo
@@ -113,6 +113,41 @@ def test_each_tab_and_its_examples_start_with_the_presets_prompt_else_the_regist
     assert "a red cube on a white background" in prompts
     assert CONDITIONS["canny"].example_prompt not in prompts
     assert CONDITIONS["scribble"].example_prompt in prompts
+
+
+def test_examples_go_to_the_backend_they_name_and_the_presets_replace_the_registrys(
+    engine, monkeypatch, tmp_path
+):
+    from cnet.conditions import Example
+
+    depth_map = tmp_path / "depth.png"
+    depth_map.write_bytes((ROOT / "assets/examples/depth.png").read_bytes())
+    own = dataclasses.replace(
+        engine.preset, resolution=128, examples={"depth": (Example(str(depth_map), "none"),)}
+    )
+    monkeypatch.setattr(engine, "preset", own)
+    # as on a machine with every annotator's weights: a map must still go to its reader
+    monkeypatch.setattr(Backend, "availability", lambda self: Availability(True))
+    demo = build_demo(engine)
+
+    def example_rows(key: str) -> list[list]:
+        tab = next(b for b in demo.blocks.values() if b.elem_id == f"{key}-preprocessor")
+        return [
+            row
+            for dataset in demo.blocks.values()
+            if isinstance(dataset, gr.Dataset) and tab in dataset._components
+            for row in dataset.samples
+        ]
+
+    (depth_row,) = example_rows("depth")
+    assert depth_row[-2] == "none" and depth_row[0]["path"].endswith("depth.png")
+    assert [row[-2] for row in example_rows("normal")] == ["depth_map"]  # not NormalBae
+    assert [row[-2] for row in example_rows("seg")] == ["palette"]  # not UperNet
+    assert [row[-2] for row in example_rows("canny")] == ["canny"]  # a photo: the default
+    sliders = [
+        b for b in demo.blocks.values() if getattr(b, "label", "") == "Preprocessor resolution"
+    ]
+    assert len(sliders) == len(CONDITIONS) and {b.value for b in sliders} == {128}
 
 
 def test_param_controls_follow_the_spec():

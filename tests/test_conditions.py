@@ -138,9 +138,11 @@ def test_examples_exist_and_give_a_map_offline(key, empty_annotators):
     condition = CONDITIONS[key]
     assert condition.example_prompt and condition.examples
     for example in condition.examples:
-        path = ROOT / example
+        path = ROOT / example.path
         assert path.is_file() and path.stat().st_size < 50 * 1024
-        backend = None if key != "scribble" else "drawing"  # the canvas reads sketch-pad values
+        backend = example.backend
+        if backend is None:  # a photo: the first backend that runs offline (the canvas reads
+            backend = "drawing" if key == "scribble" else None  # sketch-pad values)
         control = detect(key, path, backend=backend, image_resolution=256)
         assert control.dtype == np.uint8 and control.ndim == 3 and control.shape[2] == 3
         assert min(control.shape[:2]) == 256 and control.max() > 0

@@ -43,16 +43,30 @@ def test_the_weights_and_their_history_fit_the_budget():
     assert sum(int(size) for kind, size in rows if kind == "blob") <= WEIGHTS_BUDGET_BYTES
 
 
-def test_its_example_prompts_are_the_recipes_and_use_only_words_of_its_training_prompts():
+def test_its_examples_are_held_out_scenes_in_the_form_the_app_reads_and_their_prompts(tmp_path):
+    from cnet.conditions import detect
+    from cnet.synth.examples import example_scenes, write_examples
     from cnet.synth.scene import sample_scene
-    from cnet.train.embedded import EXAMPLE_PROMPTS
 
     preset = models.preset_from_dir(EMBEDDED, name="embedded")
-    assert preset.example_prompts == EXAMPLE_PROMPTS
-    assert set(EXAMPLE_PROMPTS) == set(CONDITION_KEYS)
+    made = write_examples(tmp_path, preset.resolution)  # what the code makes now
+    assert preset.example_prompts == made["example_prompts"]
+    assert set(preset.examples) == set(CONDITION_KEYS)
+    scenes = example_scenes(preset.resolution)
+    for condition, (example,) in preset.examples.items():
+        fresh = tmp_path / made["examples"][condition][0]["file"]
+        assert models.Path(example.path).read_bytes() == fresh.read_bytes(), condition
+        control = detect(
+            condition,
+            example.path,
+            backend=example.backend,
+            detect_resolution=preset.resolution,  # the UI's default for this preset
+            image_resolution=preset.resolution,
+        )
+        assert np.array_equal(control, scenes[condition].conditions[condition]), condition
     seeds = split_seeds("train")[:2000]
     known = {word for seed in seeds for word in sample_scene(seed).prompt.split()}
-    for condition, prompt in EXAMPLE_PROMPTS.items():
+    for condition, prompt in preset.example_prompts.items():
         assert set(prompt.split()) <= known, (condition, set(prompt.split()) - known)
 
 

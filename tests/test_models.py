@@ -184,6 +184,41 @@ def test_preset_json_may_give_example_prompts_for_known_conditions(tiny_model_di
         resolve_preset(model_dir=str(folder), device="cpu")
 
 
+def test_preset_json_may_give_examples_found_in_its_folder_with_their_backends(
+    tiny_model_dir, tmp_path
+):
+    import json
+    import shutil
+
+    from cnet.conditions import Example
+
+    assert resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0].examples == {}
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "examples").mkdir()
+    (folder / "examples" / "depth.png").write_bytes(b"png")
+    settings = json.loads((folder / "preset.json").read_text())
+
+    def preset_with(examples: dict):
+        (folder / "preset.json").write_text(json.dumps({**settings, "examples": examples}))
+        return resolve_preset(model_dir=str(folder), device="cpu")[0]
+
+    given = {"depth": [{"file": "examples/depth.png", "backend": "none"}]}
+    assert preset_with(given).examples == {
+        "depth": (Example(str(folder / "examples" / "depth.png"), "none"),)
+    }
+    plain = preset_with({"depth": [{"file": "examples/depth.png"}]})
+    assert plain.examples["depth"][0].backend is None
+    with pytest.raises(ValueError, match="'edges', which is no condition"):
+        preset_with({"edges": given["depth"]})
+    with pytest.raises(ValueError, match="backend 'canny'; choose one of: midas, depth_anything"):
+        preset_with({"depth": [{"file": "examples/depth.png", "backend": "canny"}]})
+    with pytest.raises(ValueError, match='each depth example is {"file"'):
+        preset_with({"depth": ["examples/depth.png"]})
+    with pytest.raises(FileNotFoundError, match="examples/seg.png, which is not there"):
+        preset_with({"seg": [{"file": "examples/seg.png", "backend": "none"}]})
+
+
 def test_sd15_preset_takes_checkpoints_from_the_registry():
     preset, _ = resolve_preset("sd15", device="cuda")
     assert preset.base == SD15_BASE and preset.dtype == "float16"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from cnet.synth.examples import write_examples
+from cnet.synth.sample import CONDITION_KEYS
 from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
-from cnet.train.embedded import EXAMPLE_PROMPTS, Steps, pack, stages, train_all
+from cnet.train.embedded import Steps, pack, stages, train_all
 
 STEPS = Steps(vae=3, unet=5, shared=6, controlnet=4, captioner=2)
 
@@ -202,13 +204,16 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
 
     assert missing == ["captioner"]  # unfinished conditions are served by the shared ControlNet
     others = ["scribble", "hough", "pose", "seg", "depth", "normal"]
-    assert json.loads((out / "preset.json").read_text()) == {
+    settings = json.loads((out / "preset.json").read_text())
+    examples = {key: settings.pop(key) for key in ("examples", "example_prompts")}
+    assert settings == {
         "name": "embedded",
         "resolution": 64,
         "cfg": 2.0,
         "controlnets": {key: "all" for key in others},
-        "example_prompts": EXAMPLE_PROMPTS,
     }
+    assert examples == write_examples(tmp_path / "examples", 64)  # scenes at the preset's size
+    assert set(examples["examples"]) == set(CONDITION_KEYS)
     assert (out / "base" / "model_index.json").is_file()
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all", "canny"]
     shared_card = (out / "controlnet" / "all" / "README.md").read_text()

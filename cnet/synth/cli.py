@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from PIL import Image
 
 from cnet.synth.contact_sheet import contact_sheet
+from cnet.synth.examples import add_examples
 from cnet.synth.export import export_fill50k, export_imagefolder
 from cnet.synth.sample import CONDITION_KEYS, generate
 from cnet.synth.splits import SPLITS, split_seeds
@@ -40,6 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     render.add_argument("out_dir", type=Path)
     render.add_argument("--size", type=int, default=128)
 
+    examples = sub.add_parser(
+        "examples",
+        help="put one held-out scene per condition under a model folder's tabs (examples/, "
+        "named in its preset.json)",
+    )
+    examples.add_argument("model_dir", type=Path, help="a folder in the embedded layout")
+
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "export":
@@ -52,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
         seeds = split_seeds(args.split, args.count, args.start)
         Image.fromarray(contact_sheet(seeds, args.size)).save(args.out, optimize=True)
         print(f"wrote {args.out}")
+    elif args.action == "examples":
+        try:
+            settings = add_examples(args.model_dir)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        for key, prompt in settings["example_prompts"].items():
+            print(f"{key:9s} {settings['examples'][key][0]['file']:22s} {prompt}")
+        print(f"named them in {args.model_dir / 'preset.json'}")
     else:
         sample = generate(args.seed, args.size)
         args.out_dir.mkdir(parents=True, exist_ok=True)

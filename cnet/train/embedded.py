@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cnet.synth.examples import write_examples
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.lineage import last_gain, recorded_runs
 from cnet.train.schedule import lr_factor
@@ -35,17 +36,6 @@ STEPS_FILE = "steps.json"  # in the runs folder: the steps each stage trains to
 # The packed preset's default guidance scale. The paper's 9.0 suits SD 1.5; this recipe's small
 # models follow map and prompt best at 2.0 (chosen on validation scenes, see the training log).
 PRESET_CFG = 2.0
-# Each tab's example prompt for the packed preset, in the synthetic scenes' own words (it knows no
-# other): the registry's are written for SD 1.5 ("a hot air balloon over a lake").
-EXAMPLE_PROMPTS = {
-    "scribble": "a red sphere on a light blue background",
-    "canny": "a red sphere and a blue cube on a brown floor against a light gray background",
-    "hough": "a white cube on a brown floor against a light gray background",
-    "pose": "a person in red on a white background",
-    "seg": "a person in red and a green cone on a gray floor against a light blue background",
-    "depth": "a white sphere and a gray cube on a black background",
-    "normal": "a yellow sphere and a blue cube on a white background",
-}
 
 
 @dataclass(frozen=True)
@@ -535,7 +525,7 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         card = controlnet_card(recipe[SHARED], target, resolution, metrics, shared_serves)
         (target / "README.md").write_text(card)
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
-    settings["example_prompts"] = EXAMPLE_PROMPTS
+    settings.update(write_examples(staging, resolution))  # its own scenes under each tab
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
     if metrics_path:
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)

@@ -7,13 +7,13 @@ A tab is built by `condition_tab` from a `Condition`; the engine settings of eve
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
-from cnet.conditions import CONDITIONS, Backend, Condition, Param
+from cnet.conditions import CONDITIONS, Backend, Condition, Example, Param
 from cnet.engine import (
     MAX_SEED,
     MIN_RESOLUTION,
@@ -108,7 +108,11 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                     elem_id=f"{key}-preprocessor",
                 )
                 detect_resolution = checked.Slider(
-                    128, 1024, value=512, step=64, label="Preprocessor resolution"
+                    128,
+                    1024,
+                    value=engine.preset.resolution,  # the size the model's maps were made at
+                    step=64,
+                    label="Preprocessor resolution",
                 )
             params, backend_panels = preprocessor_params(condition)
             prompt_mode = checked.Radio(
@@ -147,7 +151,8 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                 interactive=False,
                 elem_id=f"{key}-caption",
             )
-    examples(condition, inputs, preprocessor, prompt, example_prompt)
+    own = engine.preset.examples.get(key, ())
+    examples(condition, own, inputs, preprocessor, prompt, example_prompt)
 
     def show_backend(name: str) -> list:
         chosen = backend_named(condition, name)
@@ -361,23 +366,30 @@ def settings_panel(engine: Engine) -> Controls:
 
 def examples(
     condition: Condition,
+    own: Sequence[Example],
     inputs: Controls,
     preprocessor: gr.Dropdown,
     prompt: gr.Textbox,
     example_prompt: str,
 ) -> None:
-    """Our own drawn or rendered inputs from assets/examples/, with `example_prompt`; none until
-    they exist.
-
-    A keypoints file goes to the keypoints input and picks the backend that reads it."""
+    """The preset's `own` example inputs for this tab if it has any, else the registry's (our own
+    drawn or rendered ones in assets/examples/), with `example_prompt`; each goes to the backend it
+    names, or the first that runs here and reads its kind of file. An example whose backend cannot
+    run here is left out."""
     rows = []
-    for relative in condition.examples:
-        path = ROOT / relative
+    for example in own or condition.examples:
+        path = ROOT / example.path
         if not path.is_file():
             continue
         kind = "openpose_json" if path.suffix == ".json" else "image"
         backend = next(
-            (b for b in condition.backends if input_name(b) == kind and b.availability().ok),
+            (
+                b
+                for b in condition.backends
+                if input_name(b) == kind
+                and example.backend in (None, b.name)
+                and b.availability().ok
+            ),
             None,
         )
         if kind in inputs and backend is not None:
