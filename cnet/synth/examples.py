@@ -1,6 +1,7 @@
 """Example inputs for a model trained on the synthetic scenes: one held-out scene per condition,
-in the form a user would hand it to the app (a photo for canny, keypoints for pose, the map
-itself for the others, each with the backend that reads it), with the scene's own prompt.
+in the form a user would hand it to the app (a photo for canny, keypoints for pose, a drawing on
+paper for scribble, the map itself for the others, each with the backend that reads it), with the
+scene's own prompt.
 
 The registry's examples (a balloon, a street, a bust) are drawn for SD 1.5; a model that knows
 only these scenes draws one blob for them. `write_examples` puts the files in a model folder and
@@ -36,10 +37,11 @@ class Form:
     backend: str
     photo: bool = False  # the scene's image, for the backend to detect the map from
     keypoints: bool = False  # OpenPose JSON of its people
+    on_paper: bool = False  # the map's white-on-black strokes drawn dark on white, as by hand
 
 
 FORMS = {
-    "scribble": Form("drawing"),
+    "scribble": Form("drawing", on_paper=True),  # so the sketch pad's dark brush adds to it
     "canny": Form("canny", photo=True),
     "hough": Form("none"),  # the app's offline line detector is no M-LSD; the map is
     "pose": Form("keypoints_json", keypoints=True),
@@ -107,6 +109,7 @@ def write_examples(model_dir: Path, size: int) -> dict:
         else:
             name = f"{key}.png"
             picture = sample.image if form.photo else sample.conditions[key]
+            picture = 255 - picture if form.on_paper else picture
             Image.fromarray(np.ascontiguousarray(picture)).save(folder / name, optimize=True)
         examples[key] = [{"file": f"{FOLDER}/{name}", "backend": form.backend}]
         prompts[key] = sample.prompt
