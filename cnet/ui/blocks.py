@@ -108,7 +108,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                     elem_id=f"{key}-preprocessor",
                 )
                 detect_resolution = checked.Slider(
-                    128,
+                    64,  # a model trained at 64 px detects at 64
                     1024,
                     value=engine.preset.resolution,  # the size the model's maps were made at
                     step=64,
