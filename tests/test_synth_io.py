@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cnet.__main__ import main
-from cnet.synth.sample import generate
+from cnet.synth.sample import CONDITION_KEYS, generate
 from cnet.synth.splits import split_seeds
 
 
@@ -104,3 +104,19 @@ def test_contact_sheet_and_render_commands(tmp_path):
     assert main(["synth", "render", "4", str(tmp_path / "one"), "--size", "64"]) == 0
     names = {p.name for p in (tmp_path / "one").iterdir()}
     assert {"target.png", "canny.png", "normal.png", "attributes.json"} <= names
+
+
+def test_examples_command_names_its_files_in_the_model_folders_preset(tmp_path, capsys):
+    assert main(["synth", "examples", str(tmp_path)]) == 2
+    assert "has no preset.json" in capsys.readouterr().err
+    (tmp_path / "preset.json").write_text(json.dumps({"name": "mine", "resolution": 64}))
+    assert main(["synth", "examples", str(tmp_path)]) == 0
+    settings = json.loads((tmp_path / "preset.json").read_text())
+    assert settings["name"] == "mine"  # kept
+    assert set(settings["examples"]) == set(settings["example_prompts"]) == set(CONDITION_KEYS)
+    (canny,) = settings["examples"]["canny"]
+    assert canny["backend"] == "canny" and Image.open(tmp_path / canny["file"]).size == (64, 64)
+    pose = json.loads((tmp_path / settings["examples"]["pose"][0]["file"]).read_text())
+    assert pose["canvas_width"] == 64 and len(pose["people"]) >= 1
+    scribble = np.asarray(Image.open(tmp_path / settings["examples"]["scribble"][0]["file"]))
+    assert np.median(scribble) == 255  # dark strokes on white paper

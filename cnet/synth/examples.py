@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnet.detectors.pose import KEYPOINT_NAMES
+from cnet.models import SD15_RESOLUTION
 from cnet.synth.maps import MAP_SHOWS_ONLY, training_kinds
 from cnet.synth.sample import CONDITION_KEYS, Sample, generate
 from cnet.synth.scene import KINDS
@@ -43,7 +43,7 @@ class Form:
 FORMS = {
     "scribble": Form("drawing", on_paper=True),  # so the sketch pad's dark brush adds to it
     "canny": Form("canny", photo=True),
-    "hough": Form("none"),  # the app's offline line detector is no M-LSD; the map is
+    "hough": Form("none"),  # the map itself: M-LSD needs weights, the offline detector is rougher
     "pose": Form("keypoints_json", keypoints=True),
     "seg": Form("palette"),
     "depth": Form("depth_map"),
@@ -88,7 +88,7 @@ def openpose_json(sample: Sample) -> dict:
     for points in sample.keypoints:
         flat = [
             float(value) if visible else 0.0
-            for x, y, visible in points[: len(KEYPOINT_NAMES)]
+            for x, y, visible in points
             for value in (x, y, visible)
         ]
         people.append({"pose_keypoints_2d": flat})
@@ -125,6 +125,7 @@ def add_examples(model_dir: Path) -> dict:
             "(python -m cnet train embedded --pack writes one)."
         )
     settings = json.loads(preset.read_text())
-    settings.update(write_examples(Path(model_dir), int(settings["resolution"])))
+    size = int(settings.get("resolution", SD15_RESOLUTION))  # preset_from_dir's default too
+    settings.update(write_examples(Path(model_dir), size))
     preset.write_text(json.dumps(settings, indent=2) + "\n")
     return settings
