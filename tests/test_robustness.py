@@ -65,7 +65,7 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     exif[0x0112] = 6
     save("exif.jpg", scene, exif=exif)
     save("huge.png", Image.new("RGB", (4800, 4000), (30, 90, 200)))  # > the 16.8 MP cap
-    save("thin.png", Image.new("RGB", (1, 3000), (30, 90, 200)))
+    save("thin.png", Image.new("RGB", (1, 20000), (30, 90, 200)))  # too thin at any resolution
     ink = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
     ImageDraw.Draw(ink).line((10, 80, 48, 10, 86, 80), fill=(0, 0, 0, 255), width=4)
     save("ink.png", ink)
