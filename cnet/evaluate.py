@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -597,6 +598,38 @@ def caption_line(engine, scenes: int, split: str = "test") -> str:
     )
 
 
+def earlier_scenes(
+    folder: Path, seeds: Sequence[int], sampling: Sampling, settings: Sequence[str]
+) -> PerScene:
+    """The per-scene figures of an earlier evaluation (its scenes.json), checked to be of the
+    same scenes, sampling and settings as this one."""
+    path = Path(folder) / SCENES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {SCENES_FILE}; give an evaluation folder.")
+    earlier = json.loads(path.read_text())
+    if earlier["seeds"] != list(seeds) or earlier["sampling"] != asdict(sampling):
+        raise ValueError(
+            f"{folder} evaluated other scenes or sampled otherwise ({earlier['sampling']}, "
+            f"{len(earlier['seeds'])} scenes); run with the same --split, --scenes, --size, "
+            "--steps, --cfg and --sampler."
+        )
+    per_scene: PerScene = {}
+    for condition, rows in earlier["figures"].items():
+        if set(rows) != set(settings):
+            raise ValueError(
+                f"{folder} has the settings {', '.join(rows)} for {condition}; run with "
+                f"--settings naming those."
+            )
+        per_scene[condition] = {
+            setting: [
+                Scores(**dict(zip(figures, values, strict=True)))
+                for values in zip(*figures.values(), strict=True)
+            ]
+            for setting, figures in rows.items()
+        }
+    return per_scene
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir", default=None, help="embedded-layout folder (default: assets/embedded)"
@@ -619,6 +652,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
+        "--into",
+        type=Path,
+        default=None,
+        help="an earlier evaluation folder of the same scenes and sampling: the conditions "
+        "scored now replace their rows there, the others are kept, and the result goes to --out "
+        "(a model whose only change is one condition's ControlNet)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=1,
@@ -636,6 +677,15 @@ def run(args: argparse.Namespace) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     cfg = engine.preset.cfg if args.cfg is None else args.cfg
     sampler = args.sampler or engine.preset.sampler
+    seeds = split_seeds(args.split, args.scenes)
+    sampling = Sampling(args.size, args.steps, cfg, sampler)
+    try:
+        earlier = (
+            {} if args.into is None else earlier_scenes(args.into, seeds, sampling, args.settings)
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     per_scene = evaluate(
         engine,
         conditions,
@@ -650,8 +700,10 @@ def run(args: argparse.Namespace) -> int:
         sampler=sampler,
         split=args.split,
     )
+    if earlier:
+        per_scene = {**earlier, **per_scene}  # the order of the earlier table
+        conditions = list(per_scene)
     table = mean_table(per_scene)
-    seeds = split_seeds(args.split, args.scenes)
     sampler_from = "the preset's default" if args.sampler is None else "--sampler"
     cfg_from = "the preset's default" if args.cfg is None else "--cfg"
     text = (
@@ -670,7 +722,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / TABLE_FILE).write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
     (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    figures = scene_figures(per_scene, seeds, Sampling(args.size, args.steps, cfg, sampler))
+    figures = scene_figures(per_scene, seeds, sampling)
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
     print(f"Wrote {args.out / TABLE_FILE}, {RESULTS_FILE}, {SCENES_FILE} and samples.png")
     return 0

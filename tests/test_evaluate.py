@@ -353,6 +353,39 @@ def test_eval_on_the_validation_split_leaves_the_test_scenes_alone(tiny_model_di
     assert not set(scenes["seeds"]) & set(split_seeds("test"))
 
 
+def test_eval_into_replaces_the_conditions_it_scores_and_keeps_the_others(
+    tiny_model_dir, tmp_path, capsys
+):
+    import json
+
+    from cnet.evaluate import run
+
+    settings = ["--settings", "user prompt", "no control"]
+    earlier = tmp_path / "earlier"
+    assert run(eval_args(tiny_model_dir, earlier, "--conditions", "canny", "seg", *settings)) == 0
+    before = json.loads((earlier / "eval" / "scenes.json").read_text())
+    # seg scored again with another model: its rows change, canny's stay
+    (earlier / "eval" / "scenes.json").write_text(
+        json.dumps({**before, "figures": {**before["figures"], "seg": before["figures"]["canny"]}})
+    )
+    into = ["--into", str(earlier / "eval")]
+    assert run(eval_args(tiny_model_dir, tmp_path, "--conditions", "seg", *settings, *into)) == 0
+    merged = json.loads((tmp_path / "eval" / "scenes.json").read_text())
+    assert list(merged["figures"]) == ["canny", "seg"]
+    assert merged["figures"] == before["figures"]  # seg scored afresh, canny kept
+    table = (tmp_path / "eval" / "table.md").read_text()
+    assert "| canny | user prompt |" in table and "| seg | no control |" in table
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(results) == {"canny", "seg"}
+
+    other = ["--conditions", "seg", "--settings", "user prompt", *into]
+    assert run(eval_args(tiny_model_dir, tmp_path / "x", *other)) == 2
+    assert "run with --settings naming those" in capsys.readouterr().err
+    steps = ["--conditions", "seg", *settings, *into, "--steps", "3"]
+    assert run(eval_args(tiny_model_dir, tmp_path / "y", *steps)) == 2
+    assert "sampled otherwise" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("workers", ["0", "-2", "two"])
 def test_eval_refuses_a_worker_count_below_one(workers, capsys):
     from cnet.evaluate import configure
