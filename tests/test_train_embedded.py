@@ -75,6 +75,8 @@ def test_recipe_has_the_base_every_condition_and_the_captioner(recipe):
         assert stage.config.base == str(recipe["base"].result)
         assert stage.config.controlnet == str(shared.result)  # fine-tuned from the shared start
         assert stage.config.proportion_empty_prompts == 0.5
+        assert stage.config.batch_size == 64  # the shipped normal fine-tune's recipe (README)
+        assert stage.config.cooldown_steps == stage.config.max_steps == STEPS.controlnet
         assert stage.needs == ("base", "controlnet-all")
         assert stage.ships_as == f"controlnet/{key}"
     assert all(stage.config.resume == "latest" for stage in recipe.values())

@@ -43,7 +43,7 @@ class Steps:
     vae: int = 8_000
     unet: int = 8_000
     shared: int = 6_000  # the ControlNet that reads every condition
-    controlnet: int = 1_500  # each condition's fine-tune of it
+    controlnet: int = 1_100  # each condition's fine-tune of it (normal's shipped one: 1,100)
     # 0.795 of test captions right after 6,000 steps, 0.915 after 14,000, 0.960 after 19,000
     # (the shipped one)
     captioner: int = 19_000
@@ -138,6 +138,9 @@ def stages(
             # 1e-5 is for fine-tuning Stable Diffusion's copy.
             learning_rate=1e-4,
             max_steps=max_steps,
+            # a fine-tune anneals over its whole run, so it ends where the shared start left off
+            warmup_steps=50 if start else 0,
+            cooldown_steps=max_steps if start else 0,
             checkpoint_every=100,
             validate_every=500,
             validation_guidance_scale=PRESET_CFG,
@@ -150,11 +153,11 @@ def stages(
     # Learning to steer the locked UNet at all needs batch 64: at batch 8 the zero convolutions'
     # gradients are as inconsistent as noise, and no control appeared by step 3,000 (README).
     # 6,000 steps of batch 64 took about 9 minutes on one H200; each condition then adapts at
-    # batch 8.
+    # batch 64 too (normal's 1,100 steps: 61 minutes on 2 CPU cores, IoU +0.021 on test scenes).
     recipe[SHARED] = controlnet(SHARED, EVERY_CONDITION, steps.shared, None, batch_size=64)
     for key in CONDITION_KEYS:
         name = f"controlnet-{key}"
-        recipe[name] = controlnet(name, key, steps.controlnet, recipe[SHARED].result, 8)
+        recipe[name] = controlnet(name, key, steps.controlnet, recipe[SHARED].result, 64)
     config = captioner.TrainConfig(
         output_dir=str(runs / "captioner"),
         max_steps=steps.captioner,
