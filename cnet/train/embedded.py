@@ -138,7 +138,7 @@ def stages(
             # 1e-5 is for fine-tuning Stable Diffusion's copy.
             learning_rate=1e-4,
             max_steps=max_steps,
-            # a fine-tune anneals over its whole run, so it ends where the shared start left off
+            # a fine-tune's rate falls to 0 over its run, as the shared start's last stretch did
             warmup_steps=50 if start else 0,
             cooldown_steps=max_steps if start else 0,
             checkpoint_every=100,
