@@ -603,10 +603,9 @@ def earlier_scenes(
 ) -> PerScene:
     """The per-scene figures of an earlier evaluation (its scenes.json), checked to be of the
     same scenes, sampling and settings as this one."""
-    path = Path(folder) / SCENES_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {SCENES_FILE}; give an evaluation folder.")
-    earlier = json.loads(path.read_text())
+    from cnet.comparison import load_scenes
+
+    earlier = load_scenes(folder)
     if earlier["seeds"] != list(seeds) or earlier["sampling"] != asdict(sampling):
         raise ValueError(
             f"{folder} evaluated other scenes or sampled otherwise ({earlier['sampling']}, "

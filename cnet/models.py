@@ -338,12 +338,11 @@ def preset_examples(model_dir: Path, entries: Mapping) -> dict[str, tuple[Exampl
                     f"{model_dir / 'preset.json'} names the {key} example {example.path}, which "
                     "is not there; restore the folder's examples/ or drop the entry."
                 )
-            backends = [backend.name for backend in CONDITIONS[key].backends]
-            if example.backend not in (None, *backends):
-                raise ValueError(
-                    f"{model_dir / 'preset.json'} gives the {key} example the backend "
-                    f"{example.backend!r}; choose one of: {', '.join(backends)}."
-                )
+            if example.backend is not None:
+                try:
+                    CONDITIONS[key].backend(example.backend)
+                except ValueError as error:
+                    raise ValueError(f"{model_dir / 'preset.json'}: {error}") from None
     return examples
 
 
