@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnet.lowrank import add_difference, is_lowrank, lowrank_start, read_difference
+
 if TYPE_CHECKING:
     from cnet.conditions import Example
 
@@ -224,8 +226,14 @@ def missing_weights(source: str, kind: str) -> str | None:
             return f"{path} does not exist"
         if path.is_file():
             return None if kind == "controlnet" else f"{path} is a file, not a pipeline folder"
-        needed = "model_index.json" if kind == "base" else "config.json"
-        return None if (path / needed).is_file() else f"{path} has no {needed}"
+        if kind == "base":
+            needed = path / "model_index.json"
+            return None if needed.is_file() else f"{path} has no model_index.json"
+        if is_lowrank(path):
+            start = lowrank_start(path)
+            detail = missing_weights(str(start), kind)
+            return detail and f"{path} is a low-rank difference from {start}, and {detail}"
+        return None if (path / "config.json").is_file() else f"{path} has no config.json"
     if hub_offline() and not hub_cached(source, files[:1]):
         return f"{source} is not in the hub cache"
     return None
@@ -514,7 +522,8 @@ def conditioning_shape(checkpoint: Mapping) -> tuple[int, tuple[int, ...]]:
 
 
 def load_controlnet(source: str, base: str, dtype: str, device: str, label: str = "ControlNet"):
-    """A ControlNetModel from a folder, a hub id, or a single original-format checkpoint file.
+    """A ControlNetModel from a folder, a hub id, a single original-format checkpoint file, or a
+    low-rank difference from another ControlNet folder (`cnet.lowrank`).
 
     A single file carries no config; the architecture comes from the base UNet's config (a
     ControlNet is a copy of its base's encoder), so loading needs no download.
@@ -527,7 +536,11 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
     torch_dtype = _torch_dtype(dtype)
     path = Path(source).expanduser()
     try:
-        if path.is_file():
+        if path.is_dir() and is_lowrank(path):
+            start = load_controlnet(str(lowrank_start(path)), base, "float32", "cpu", label)
+            start.load_state_dict(add_difference(start.state_dict(), read_difference(path)))
+            model = start.to(torch_dtype)
+        elif path.is_file():
             checkpoint = read_checkpoint(path)
             channels, widths = conditioning_shape(checkpoint)
             base_path = Path(base).expanduser()

@@ -60,6 +60,29 @@ def build_tiny_model_dir(root: Path, architecture: str = "tiny") -> Path:
     return root
 
 
+def fine_tune_of(start: Path, out: Path, seed: int = 0, rank: int = 2) -> Path:
+    """What a fine-tune of the ControlNet folder `start` leaves in `out`: every weight moved, each
+    matrix (a conv's kernels flattened) by a change of `rank`, with its lineage continued."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from cnet.train.lineage import read_lineage, write_lineage
+
+    model = ControlNetModel.from_pretrained(start)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() < 2:
+                weight.add_(0.01 * torch.randn(weight.shape, generator=generator))
+                continue
+            up = torch.randn(weight.shape[0], rank, generator=generator)
+            down = torch.randn(rank, weight[0].numel(), generator=generator)
+            weight.add_((0.01 * up @ down).reshape(weight.shape))
+    model.save_pretrained(out, safe_serialization=True)
+    write_lineage(out, read_lineage(start), {"trainer": "a test's stand-in", "seed": seed})
+    return out
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny models run faster on one thread, and leave the shared cores to others."""

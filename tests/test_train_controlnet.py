@@ -617,6 +617,7 @@ def test_two_processes_with_accelerate_train_small_scale_then_unlock_and_resume(
 def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_continues(
     tiny_model_dir, tmp_path
 ):
+    from cnet.lowrank import write_lowrank
     from cnet.train.controlnet import train
 
     shared = train(config(tiny_model_dir, "synth", tmp_path / "all", condition="all"))
@@ -631,6 +632,13 @@ def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_con
         )
     )
     assert len(tuned.losses) == 2 and all(np.isfinite(tuned.losses))
+    # a fine-tune may also start from one stored as a low-rank difference (as a preset ships it)
+    lowrank = tmp_path / "preset" / "depth"
+    write_lowrank(lowrank, tuned.controlnet_dir, shared.controlnet_dir, rank=4)
+    again = config(
+        tiny_model_dir, "synth", tmp_path / "again", condition="depth", controlnet=str(lowrank)
+    )
+    assert len(train(again).losses) == 2
 
 
 @pytest.mark.parametrize("condition_zero_conv", [True, False])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fine_tune_of
 from safetensors import safe_open
 
 from cnet.synth.examples import write_examples
@@ -16,6 +17,7 @@ from cnet.synth.sample import CONDITION_KEYS
 from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
 from cnet.train.embedded import Steps, pack, stages, train_all
+from cnet.train.lineage import recorded_runs
 
 STEPS = Steps(vae=3, unet=5, shared=6, controlnet=4, captioner=2)
 
@@ -41,18 +43,25 @@ def finish_base(recipe: dict, tiny_model_dir: Path) -> None:
 
 
 def finish_controlnet(recipe: dict, tiny_model_dir: Path, key: str, steps: int) -> None:
-    stage = recipe[f"controlnet-{key}"]
-    finish(
-        stage,
-        tiny_model_dir / "controlnet" / ("canny" if key == "all" else key),
-        {
-            "steps": steps,
-            "final_loss": 0.2,
-            "mean_loss_last_100": 0.25,
-            "control_gains": {"2": 0.01, str(steps): 0.0456},
-            "device": "1 x cpu",
-            "config": asdict(stage.config),
-        },
+    """The shared ControlNet, or a condition's fine-tune of it (a stand-in while it has none)."""
+    stage, shared = recipe[f"controlnet-{key}"], recipe["controlnet-all"].result
+    if key == "all" or not shared.is_dir():
+        shutil.copytree(
+            tiny_model_dir / "controlnet" / ("canny" if key == "all" else key), stage.result
+        )
+    else:
+        fine_tune_of(shared, stage.result, seed=CONDITION_KEYS.index(key))
+    (stage.run_dir / "training.json").write_text(
+        json.dumps(
+            {
+                "steps": steps,
+                "final_loss": 0.2,
+                "mean_loss_last_100": 0.25,
+                "control_gains": {"2": 0.01, str(steps): 0.0456},
+                "device": "1 x cpu",
+                "config": asdict(stage.config),
+            }
+        )
     )
 
 
@@ -219,7 +228,11 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert (out / "base" / "model_index.json").is_file()
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all", "canny"]
     shared_card = (out / "controlnet" / "all" / "README.md").read_text()
-    assert "every condition (shared)" in shared_card and "It serves scribble, hough" in shared_card
+    assert "every condition (shared)" in shared_card
+    assert (
+        "It serves scribble, hough, pose, seg, depth, normal until their own fine-tunes ship; each "
+        "condition's own ControlNet is a low-rank difference from it." in shared_card
+    )
     assert f"true maps, 64 held-out examples): 0.0456 at step {STEPS.shared}." in shared_card
     assert "Trained on 1 x cpu." in shared_card
     assert "(`python -m cnet eval`, at the preset's CFG 2)" in shared_card
@@ -233,6 +246,16 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert "final loss 0.1234 (mean of the last 100 steps 0.1456)" in base_card
     card = (out / "controlnet" / "canny" / "README.md").read_text()
     assert "the shared start), then 4 steps" in card
+    canny = out / "controlnet" / "canny"
+    assert sorted(p.name for p in canny.iterdir()) == [
+        "README.md",
+        "lineage.json",
+        "lowrank.json",
+        "lowrank.safetensors",
+    ]
+    parameters = embedded.parameter_count(out / "controlnet" / "all") / 1e6
+    assert f"- Parameters: {parameters:.2f} M, stored as the rank-16 difference from the " in card
+    assert recorded_runs(canny) == recorded_runs(recipe["controlnet-canny"].result)
     assert "| user prompt | 0.877 | — | 0.543 | 0.321 |" in card  # no shape IoU in these results
     assert not out.with_name("preset.packing").exists()
     # the evaluation the cards quote travels with them (this one wrote no scenes.json)
@@ -354,9 +377,9 @@ def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_
 
 def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, tmp_path):
     from cnet.engine import GenerationRequest, load_engine
-    from cnet.models import ModelMissingError
 
     finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
     out = tmp_path / "preset"
     pack(recipe, out)
@@ -365,14 +388,35 @@ def test_a_packed_preset_loads_and_generates_in_float32(recipe, tiny_model_dir, 
     engine.load()
     control = np.zeros((64, 64, 3), np.uint8)
     control[16:48, 20:44] = 255
-    result = engine.generate(
-        GenerationRequest(control, condition="canny", steps=2, prompt="a red cube", seed=1)
-    )
-    image = np.asarray(result.images[0])
-    assert image.shape == (64, 64, 3)
-    assert image.std() > 0
-    with pytest.raises(ModelMissingError, match="depth"):  # not finished, so not packed
-        engine.generate(GenerationRequest(control, condition="depth", steps=2, prompt="a cube"))
+    images = {
+        key: np.asarray(
+            engine.generate(
+                GenerationRequest(control, condition=key, steps=2, prompt="a red cube", seed=1)
+            ).images[0]
+        )
+        for key in ("canny", "depth")
+    }
+    assert images["canny"].shape == (64, 64, 3)
+    assert images["canny"].std() > 0
+    assert not np.array_equal(images["canny"], images["depth"])  # its own ControlNet, not shared
+
+
+def test_without_the_shared_controlnet_no_condition_ships(recipe, tiny_model_dir, tmp_path):
+    from cnet.engine import GenerationRequest, load_engine
+    from cnet.models import ModelMissingError
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)  # its start not shipped
+    out = tmp_path / "preset"
+
+    missing = pack(recipe, out)
+
+    assert "controlnet-all" in missing and "controlnet-canny" not in missing
+    assert not (out / "controlnet").exists()
+    engine = load_engine(model_dir=str(out), device="cpu", threads=1)
+    control = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ModelMissingError, match="canny"):
+        engine.generate(GenerationRequest(control, condition="canny", steps=2, prompt="a cube"))
 
 
 def test_the_shared_controlnet_serves_unfinished_conditions(recipe, tiny_model_dir, tmp_path):
@@ -399,3 +443,83 @@ def test_command_line_names_unknown_stages_and_a_missing_base(tmp_path, capsys):
     assert "unknown stage controlnet-sketch" in capsys.readouterr().out
     assert main(["train", "embedded", "--runs", runs, "--pack", str(tmp_path / "out")]) == 2
     assert "python -m cnet train embedded" in capsys.readouterr().out
+
+
+def evaluation(folder: Path, canny_iou: float) -> Path:
+    """A results.json of `cnet eval` in `folder`, every condition's row alike but canny's."""
+    row = {"iou": 0.5, "color_accuracy": 0.75, "edge_f1": None}
+    rows = {key: {"user prompt": row} for key in CONDITION_KEYS}
+    rows["canny"] = {"user prompt": {**row, "iou": canny_iou}}
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(rows))
+    return folder / "results.json"
+
+
+def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
+    recipe, tiny_model_dir, tmp_path
+):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    out = tmp_path / "preset"
+    pack(recipe, out, evaluation(tmp_path / "before", canny_iou=0.5))
+    assert "canny" in json.loads((out / "preset.json").read_text())["controlnets"]
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    metrics = evaluation(tmp_path / "after", canny_iou=0.9)
+
+    assert embedded.install(recipe["controlnet-canny"].run_dir, out, metrics) == "canny"
+
+    repacked = tmp_path / "repacked"
+    pack(recipe, repacked, metrics)
+    for name in ("preset.json", "eval/results.json"):
+        assert json.loads((out / name).read_text()) == json.loads((repacked / name).read_text())
+    for name in ("README.md", "lineage.json", "lowrank.json", "lowrank.safetensors"):
+        path = Path("controlnet") / "canny" / name
+        assert (out / path).read_bytes() == (repacked / path).read_bytes(), path
+    shared_card = (out / "controlnet" / "all" / "README.md").read_text()
+    assert shared_card == (repacked / "controlnet" / "all" / "README.md").read_text()
+    assert "It serves scribble, hough, pose" in shared_card and "### canny" not in shared_card
+    assert "| user prompt | 0.900 |" in (out / "controlnet" / "canny" / "README.md").read_text()
+    assert not (out / "controlnet" / "canny.installing").exists()
+
+
+def test_install_refuses_what_is_not_a_finished_fine_tune_of_the_shipped_shared_one(
+    recipe, tiny_model_dir, tmp_path
+):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    out = tmp_path / "preset"
+    pack(recipe, out)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    with pytest.raises(FileNotFoundError, match="pack one first"):
+        embedded.install(recipe["controlnet-canny"].run_dir, tmp_path / "not-packed")
+    with pytest.raises(FileNotFoundError, match="no finished ControlNet"):
+        embedded.install(recipe["controlnet-hough"].run_dir, out)
+    with pytest.raises(ValueError, match="trained on all maps"):
+        embedded.install(recipe["controlnet-all"].run_dir, out)
+    finish_controlnet(recipe, tiny_model_dir, "depth", STEPS.controlnet - 1)
+    with pytest.raises(ValueError, match="stopped at step 3 of 4"):
+        embedded.install(recipe["controlnet-depth"].run_dir, out)
+    finish_controlnet(recipe, tiny_model_dir, "seg", STEPS.controlnet)
+    other_start = recipe["controlnet-seg"].result / "lineage.json"
+    other_start.write_text(json.dumps([{"trainer": "another shared run"}, {"trainer": "seg"}]))
+    with pytest.raises(ValueError, match="not fine-tuned from the shared ControlNet"):
+        embedded.install(recipe["controlnet-seg"].run_dir, out)
+    assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all"]
+    assert not (tmp_path / "not-packed").exists()
+
+
+def test_install_from_the_command_line(recipe, tiny_model_dir, tmp_path, capsys):
+    from cnet.__main__ import main
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    out = tmp_path / "preset"
+    pack(recipe, out)
+    finish_controlnet(recipe, tiny_model_dir, "pose", STEPS.controlnet)
+    run = str(recipe["controlnet-pose"].run_dir)
+    assert main(["train", "embedded", "--install", run]) == 2
+    assert "--install needs --pack DIR" in capsys.readouterr().out
+    assert main(["train", "embedded", "--install", run, "--pack", str(out)]) == 0
+    assert f"Installed pose's ControlNet in {out / 'controlnet' / 'pose'} (rank 16)" in (
+        capsys.readouterr().out
+    )

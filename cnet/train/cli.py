@@ -23,7 +23,8 @@ from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
 HELP = {
     "base": "locked base: a diffusers pipeline folder, a --model-dir folder, or a hub id",
     "output_dir": "where checkpoints, validation grids, loss.png and the result go",
-    "controlnet": "start from this ControlNetModel folder instead of a copy of the base encoder",
+    "controlnet": "start from this ControlNet (a folder, a hub id, a single checkpoint file or a "
+    "low-rank difference folder) instead of a copy of the base encoder",
     "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
     "condition": "control map of the synthetic world (scribble, canny, ..., or all: each in turn)",
     "synth_length": "scenes per synthetic epoch",

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
+from cnet.models import load_controlnet
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
 from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
@@ -56,7 +57,7 @@ SCHEDULE_FIELDS = (
 class TrainConfig:
     base: str  # the locked model: a diffusers pipeline folder (or hub id), or a --model-dir folder
     output_dir: str = "runs/controlnet"
-    controlnet: str | None = None  # continue from this ControlNetModel folder (else from the base)
+    controlnet: str | None = None  # continue from this ControlNet (else from the base)
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
     condition: str = "canny"  # the synthetic world's control map, or "all": each in turn
@@ -512,10 +513,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # The locked copy and the trainable copy.
     parts = load_base(config.base)
-    if config.controlnet:
-        from diffusers import ControlNetModel
-
-        controlnet = ControlNetModel.from_pretrained(config.controlnet)
+    if config.controlnet:  # a folder, hub id, single file or low-rank difference, as the app reads
+        controlnet = load_controlnet(config.controlnet, base_folder(config.base), "float32", "cpu")
     else:
         controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
     lock(parts["vae"], parts["text_encoder"], parts["unet"])

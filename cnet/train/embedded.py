@@ -8,9 +8,12 @@ Each stage is one of the trainers (`cnet.train.base`, `.controlnet`, `.captioner
 settings below, writing checkpoints under `<runs>/<stage>/` and resuming from the newest one, so
 running the same command again after an interruption loses at most `checkpoint_every` steps.
 `--pack` copies the finished models into the layout `--model-dir` reads, weights in float16, with a
-model card per model, and refuses to go over the weights budget. A condition whose own fine-tune
-has not finished is served by the shared ControlNet (`controlnet/all`, named in preset.json), so
-a preset can ship before every fine-tune is done, and gain them one by one.
+model card per model, and refuses to go over the weights budget. A condition's own ControlNet
+ships as a low-rank difference from the shared one (`controlnet/all`, `cnet.lowrank`); a condition
+whose fine-tune has not finished is served by the shared one itself (named in preset.json), so a
+preset can ship before every fine-tune is done, and gain them one by one:
+
+    python -m cnet train embedded --install runs/embedded/controlnet-canny --pack assets/embedded
 """
 
 from __future__ import annotations
@@ -24,15 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cnet.lowrank import is_lowrank, lowrank_settings, lowrank_start, write_lowrank
 from cnet.synth.examples import write_examples
 from cnet.synth.sample import CONDITION_KEYS
-from cnet.train.lineage import last_gain, recorded_runs
+from cnet.train.data import EVERY_CONDITION
+from cnet.train.lineage import LINEAGE_FILE, last_gain, read_lineage, recorded_runs
 from cnet.train.schedule import lr_factor
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
 SHARED = "controlnet-all"  # the stage every condition's ControlNet starts from
 SHARED_FOLDER = "all"  # its folder under controlnet/ when it serves conditions itself
 STEPS_FILE = "steps.json"  # in the runs folder: the steps each stage trains to
+# A condition's ControlNet keeps its fine-tune's change at this rank (0.48 M numbers of 2.50 M):
+# normal's kept +0.015 of its +0.020 validation IoU at rank 16, +0.012 at rank 8 (README).
+LOWRANK_RANK = 16
 # The packed preset's default guidance scale. The paper's 9.0 suits SD 1.5; this recipe's small
 # models follow map and prompt best at 2.0 (chosen on validation scenes, see the training log).
 PRESET_CFG = 2.0
@@ -100,7 +108,6 @@ def stages(
     from cnet.train import captioner
     from cnet.train.base import BaseTrainConfig, train_base
     from cnet.train.controlnet import TrainConfig, train
-    from cnet.train.data import EVERY_CONDITION
 
     base = BaseTrainConfig(
         output_dir=str(runs / "base"),
@@ -424,24 +431,35 @@ def lineage_lines(runs: list[dict]) -> str:
 
 
 def controlnet_card(
-    stage: Stage, folder: Path, resolution: int, metrics: dict, serves: list[str]
+    run_dir: Path, folder: Path, resolution: int, metrics: dict, serves: list[str]
 ) -> str:
-    """The card of a condition's ControlNet, or of the shared one for the conditions it serves."""
-    summary = json.loads((stage.run_dir / "training.json").read_text())
+    """The card of a condition's ControlNet, or of the shared one for the conditions it serves;
+    `run_dir`: the training run that made it (its training.json)."""
+    summary = json.loads((run_dir / "training.json").read_text())
     config = summary["config"]
+    shared = config["condition"] == EVERY_CONDITION
     start = ""
     if config["controlnet"]:
         start = (
             "continuing an earlier shared ControlNet's weights, "
-            if stage.name == SHARED
+            if shared
             else "from the ControlNet trained on every condition in turn (the shared start), then "
         )
-    if stage.name == SHARED:
+    if shared:
         title = "every condition (shared)"
         maps = "the control maps of every condition in turn"
-        use = f"It serves {', '.join(serves)} until their own fine-tunes ship.\n\n"
+        use = shared_use(serves)
     else:
         title, maps, use = serves[0], f"their `{serves[0]}` control maps", ""
+    size = f"{parameter_count(folder) / 1e6:.2f} M (stored in float16)"
+    if is_lowrank(folder):
+        lowrank = lowrank_settings(folder)
+        size = (
+            f"{parameter_count(lowrank_start(folder)) / 1e6:.2f} M, stored as the "
+            f"rank-{lowrank['rank']} difference from the shared ControlNet "
+            f"(`{lowrank['starts_from']}`, `cnet/lowrank.py`): "
+            f"{parameter_count(folder) / 1e6:.2f} M numbers in float16"
+        )
     from cnet.train.controlnet import GAIN_EXAMPLES
 
     gain = last_gain(summary.get("control_gains") or {})
@@ -455,25 +473,51 @@ def controlnet_card(
     if "device" in summary:
         notes += f"- Trained on {summary['device']}.\n"
     notes += lineage_lines(recorded_runs(folder))
-    tables = "\n\n".join(
-        (f"### {key}\n\n" if len(serves) > 1 else "") + metrics_table(metrics, key)
-        for key in serves
-    )
     return f"""# Embedded ControlNet: {title}
 
 {use}The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
 base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet Studio on synthetic
 scenes with {maps} ({resolution} px, train split).
 
-- Parameters: {parameter_count(folder) / 1e6:.2f} M (stored in float16).
+- Parameters: {size}.
 - Training: {start}{summary["steps"]} steps, {describe_schedules(summary)},
   {empty_prompts(config)}; final loss
   {summary["final_loss"]:.4f} (mean of the last 100 steps {summary["mean_loss_last_100"]:.4f}).
 {notes}
-## Held-out test scenes (`python -m cnet eval`, at the preset's CFG {PRESET_CFG:g})
+{figures(metrics, serves)}"""
+
+
+def shared_use(serves: list[str]) -> str:
+    """The shared ControlNet card's first paragraph."""
+    if serves:
+        served = f"It serves {', '.join(serves)} until their own fine-tunes ship"
+    else:
+        served = "It serves no condition itself"
+    return f"{served}; each condition's own ControlNet is a low-rank difference from it.\n\n"
+
+
+FIGURES_HEADING = "## Held-out test scenes"
+
+
+def figures(metrics: dict, serves: list[str]) -> str:
+    """A ControlNet card's last section: the evaluation of the conditions it serves."""
+    tables = "\n\n".join(
+        (f"### {key}\n\n" if len(serves) > 1 else "") + metrics_table(metrics, key)
+        for key in serves
+    )
+    tables = tables or "Every condition has its own ControlNet: their cards give the figures."
+    return f"""{FIGURES_HEADING} (`python -m cnet eval`, at the preset's CFG {PRESET_CFG:g})
 
 {tables}
 """
+
+
+def shared_card_serving(card: str, serves: list[str], metrics: dict) -> str:
+    """The shared ControlNet's card (as `controlnet_card` wrote it) now serving `serves`: its
+    first paragraph and figures rewritten, what it says of its training kept."""
+    title, _, body = card.split("\n\n", 2)
+    body = body[: body.index(FIGURES_HEADING)]
+    return f"{title}\n\n{shared_use(serves)}{body}{figures(metrics, serves)}"
 
 
 # A packed preset keeps the evaluation its cards quote: the reference the next model is compared
@@ -488,6 +532,29 @@ def keep_evaluation(source: Path, target: Path) -> None:
     for name in REPORT_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
+
+
+def write_condition_controlnet(target: Path, tuned: Path, shared: Path) -> None:
+    """A condition's fine-tune, stored as its low-rank difference from the shared ControlNet it
+    started from (`shared`: a folder of the preset being written)."""
+    if recorded_runs(tuned)[:-1] != read_lineage(shared):
+        raise ValueError(
+            f"{tuned} was not fine-tuned from the shared ControlNet in {shared} (its lineage.json "
+            f"does not continue that one's): fine-tune it from there, e.g. python -m cnet train "
+            f"controlnet --controlnet {shared} --condition <condition> (README, The embedded model)"
+        )
+    write_lowrank(target, tuned, shared, LOWRANK_RANK)
+    shutil.copy(tuned / LINEAGE_FILE, target / LINEAGE_FILE)
+
+
+def check_budget(size: int) -> None:
+    """Refuse a packed preset of `size` bytes over the weights budget."""
+    if size > WEIGHTS_BUDGET_BYTES:
+        raise ValueError(
+            f"The packed preset is {size / 1e6:.1f} MB, over the "
+            f"{WEIGHTS_BUDGET_BYTES / 1e6:.0f} MB weights budget; narrow the architecture "
+            "(cnet/architecture.py) and retrain."
+        )
 
 
 def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
@@ -505,28 +572,36 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     staging.mkdir(parents=True)
     resolution = json.loads((base.result / "architecture.json").read_text())["sample_size"]
     settings: dict = {"name": "embedded", "resolution": resolution, "cfg": PRESET_CFG}
+    shared = staging / "controlnet" / SHARED_FOLDER
+    if recipe[SHARED].finished():  # it serves the unfinished conditions and starts the others
+        shutil.copytree(recipe[SHARED].result, shared)
+        to_float16(shared)  # the others' differences are from the weights it ships with
     missing, shared_serves = [], []
     for name, stage in recipe.items():
         if stage.ships_as is None:
             continue
         if not stage.finished():
-            if name.startswith("controlnet-") and recipe[SHARED].finished():
+            if name.startswith("controlnet-") and shared.is_dir():
                 shared_serves.append(stage.config.condition)
             else:
                 missing.append(name)
             continue
         target = staging / stage.ships_as
-        shutil.copytree(stage.result, target)
         if name == "base":
+            shutil.copytree(stage.result, target)
             (target / "README.md").write_text(base_card(stage, target))
-        elif name != "captioner":  # the captioner's trainer writes its own card
-            card = controlnet_card(stage, target, resolution, metrics, [stage.config.condition])
+        elif name == "captioner":  # its trainer writes its own card
+            shutil.copytree(stage.result, target)
+        elif shared.is_dir():
+            write_condition_controlnet(target, stage.result, shared)
+            card = controlnet_card(stage.run_dir, target, resolution, metrics, [name[11:]])
             (target / "README.md").write_text(card)
+        else:
+            missing.append(SHARED)
+    if shared.is_dir():
+        card = controlnet_card(recipe[SHARED].run_dir, shared, resolution, metrics, shared_serves)
+        (shared / "README.md").write_text(card)
     if shared_serves:
-        target = staging / "controlnet" / SHARED_FOLDER
-        shutil.copytree(recipe[SHARED].result, target)
-        card = controlnet_card(recipe[SHARED], target, resolution, metrics, shared_serves)
-        (target / "README.md").write_text(card)
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
     settings.update(write_examples(staging, resolution))  # its own scenes under each tab
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -534,17 +609,78 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
-    size = folder_bytes(staging)
-    if size > WEIGHTS_BUDGET_BYTES:
+    try:
+        check_budget(folder_bytes(staging))
+    except ValueError:
         shutil.rmtree(staging)
-        raise ValueError(
-            f"The packed preset is {size / 1e6:.1f} MB, over the "
-            f"{WEIGHTS_BUDGET_BYTES / 1e6:.0f} MB weights budget; narrow the architecture "
-            "(cnet/architecture.py) and retrain."
-        )
+        raise
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    return missing
+    return sorted(set(missing), key=missing.index)
+
+
+def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
+    """Add one finished condition fine-tune (a `cnet train controlnet` run folder) to the preset
+    packed in `out`, as `pack` would have: its low-rank difference from the shared ControlNet with
+    its card, preset.json, the shared card and the evaluation (`metrics_path`'s folder) updated.
+    Returns the condition."""
+    summary_path, tuned = run_dir / "training.json", run_dir / "controlnet"
+    if not (summary_path.is_file() and tuned.is_dir()):
+        raise FileNotFoundError(
+            f"{run_dir} holds no finished ControlNet (training.json and controlnet/): give the "
+            "--output-dir of a `python -m cnet train controlnet` run"
+        )
+    summary = json.loads(summary_path.read_text())
+    condition, planned = summary["config"]["condition"], summary["config"]["max_steps"]
+    if condition not in CONDITION_KEYS:
+        raise ValueError(
+            f"{run_dir} trained on {condition} maps; --install takes one condition's fine-tune "
+            f"({', '.join(CONDITION_KEYS)})"
+        )
+    if summary["steps"] < planned:
+        raise ValueError(
+            f"{run_dir} stopped at step {summary['steps']} of {planned}: finish it first (its "
+            "command again, with --resume latest)"
+        )
+    shared, preset_path = out / "controlnet" / SHARED_FOLDER, out / "preset.json"
+    if not (preset_path.is_file() and (shared / "config.json").is_file()):
+        raise FileNotFoundError(
+            f"{out} is not a packed preset with a shared ControlNet in {shared}; pack one first: "
+            f"python -m cnet train embedded --pack {out}"
+        )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
+    settings = json.loads(preset_path.read_text())
+    target = out / "controlnet" / condition
+    staging = target.with_name(condition + ".installing")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_condition_controlnet(staging, tuned, shared)
+    to_float16(staging)
+    card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
+    (staging / "README.md").write_text(card)
+    replaced = folder_bytes(target) if target.is_dir() else 0
+    try:
+        check_budget(folder_bytes(out) - replaced)
+    except ValueError:
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+    served = dict(settings.get("controlnets", {}))
+    served.pop(condition, None)  # controlnet/<condition>/ is where a preset looks first
+    settings.pop("controlnets", None)
+    if served:
+        settings["controlnets"] = served
+    preset_path.write_text(json.dumps(settings, indent=2) + "\n")
+    shared_card = shared / "README.md"
+    if shared_card.is_file():
+        serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
+        shared_card.write_text(shared_card_serving(shared_card.read_text(), serves, metrics))
+    evaluation = out / EVALUATION_FOLDER
+    if metrics_path and metrics_path.parent.resolve() != evaluation.resolve():
+        shutil.rmtree(evaluation, ignore_errors=True)
+        keep_evaluation(metrics_path.parent, evaluation)
+    return condition
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -582,6 +718,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pack", metavar="DIR", help="do not train: copy the finished models here (fp16)"
     )
+    parser.add_argument(
+        "--install",
+        metavar="RUN",
+        help="do not train: add this finished condition fine-tune (the --output-dir of a "
+        "`cnet train controlnet` run from the preset's shared ControlNet) to the preset packed in "
+        "--pack, as a low-rank difference from that shared one",
+    )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
     parser.add_argument(
         "--max-minutes",
@@ -598,6 +741,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
+    metrics = Path(args.metrics) if args.metrics else None
+    if args.install:
+        if not args.pack:
+            print("error: --install needs --pack DIR, the packed preset to add the ControlNet to")
+            return 2
+        try:
+            condition = install(Path(args.install), Path(args.pack), metrics)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}")
+            return 2
+        print(
+            f"Installed {condition}'s ControlNet in {Path(args.pack) / 'controlnet' / condition} "
+            f"(rank {LOWRANK_RANK}); the preset is {folder_bytes(Path(args.pack)) / 1e6:.1f} MB."
+        )
+        return 0
     given = {name: getattr(args, f"{name}_steps") for name in vars(Steps())}
     given = {name: value for name, value in given.items() if value is not None}
     steps = recipe_steps(Path(args.runs), given, remember=bool(given) or not args.pack)
@@ -609,7 +767,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.pack:
-            missing = pack(recipe, Path(args.pack), Path(args.metrics) if args.metrics else None)
+            missing = pack(recipe, Path(args.pack), metrics)
             print(f"Packed into {args.pack} ({folder_bytes(Path(args.pack)) / 1e6:.1f} MB).")
             shared = json.loads((Path(args.pack) / "preset.json").read_text()).get("controlnets")
             if shared:
