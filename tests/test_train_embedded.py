@@ -231,7 +231,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert "every condition (shared)" in shared_card
     assert (
         "It serves scribble, hough, pose, seg, depth, normal until their own fine-tunes ship; each "
-        "condition's own ControlNet is a low-rank difference from it." in shared_card
+        "condition's own ControlNet is a fine-tune of it." in shared_card
     )
     assert f"true maps, 64 held-out examples): 0.0456 at step {STEPS.shared}." in shared_card
     assert "Trained on 1 x cpu." in shared_card

@@ -493,7 +493,7 @@ def shared_use(serves: list[str]) -> str:
         served = f"It serves {', '.join(serves)} until their own fine-tunes ship"
     else:
         served = "It serves no condition itself"
-    return f"{served}; each condition's own ControlNet is a low-rank difference from it.\n\n"
+    return f"{served}; each condition's own ControlNet is a fine-tune of it.\n\n"
 
 
 FIGURES_HEADING = "## Held-out test scenes"
@@ -594,7 +594,8 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
             shutil.copytree(stage.result, target)
         elif shared.is_dir():
             write_condition_controlnet(target, stage.result, shared)
-            card = controlnet_card(stage.run_dir, target, resolution, metrics, [name[11:]])
+            condition = stage.config.condition
+            card = controlnet_card(stage.run_dir, target, resolution, metrics, [condition])
             (target / "README.md").write_text(card)
         else:
             missing.append(SHARED)
@@ -616,7 +617,7 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         raise
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
-    return sorted(set(missing), key=missing.index)
+    return list(dict.fromkeys(missing))  # a missing shared ControlNet is named once
 
 
 def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
