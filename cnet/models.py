@@ -537,9 +537,9 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
     path = Path(source).expanduser()
     try:
         if path.is_dir() and is_lowrank(path):
-            start = load_controlnet(str(lowrank_start(path)), base, "float32", "cpu", label)
-            start.load_state_dict(add_difference(start.state_dict(), read_difference(path)))
-            model = start.to(torch_dtype)
+            model = load_controlnet(str(lowrank_start(path)), base, dtype, "cpu", label)
+            # the sum is taken in float32, then stored in the model's dtype
+            model.load_state_dict(add_difference(model.state_dict(), read_difference(path)))
         elif path.is_file():
             checkpoint = read_checkpoint(path)
             channels, widths = conditioning_shape(checkpoint)
