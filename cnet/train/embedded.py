@@ -669,9 +669,10 @@ def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
 
     served = dict(settings.get("controlnets", {}))
     served.pop(condition, None)  # controlnet/<condition>/ is where a preset looks first
-    settings.pop("controlnets", None)
     if served:
         settings["controlnets"] = served
+    else:
+        settings.pop("controlnets", None)
     preset_path.write_text(json.dumps(settings, indent=2) + "\n")
     shared_card = shared / "README.md"
     if shared_card.is_file():
