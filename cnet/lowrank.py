@@ -102,6 +102,12 @@ def write_lowrank(folder: Path, tuned: Path, start: Path, rank: int) -> None:
     difference from `start`, which `folder` then names by its path relative to itself."""
     from safetensors.torch import load_file, save_file
 
+    for source in (tuned, start):
+        if not (source / FULL_WEIGHTS).is_file():
+            raise FileNotFoundError(
+                f"{source} holds no {FULL_WEIGHTS}: a low-rank difference is taken between two "
+                "whole ControlNet folders as save_pretrained writes them (one weights file)"
+            )
     difference = low_rank_difference(
         load_file(tuned / FULL_WEIGHTS), load_file(start / FULL_WEIGHTS), rank
     )

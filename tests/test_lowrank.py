@@ -119,3 +119,9 @@ def test_a_lowrank_folder_without_its_start_says_which_is_missing(lowrank_folder
     assert detail == f"{folder} is a low-rank difference from {start}, and {start} does not exist"
     with pytest.raises(ModelMissingError, match="low-rank difference"):
         load_controlnet(str(folder), str(tmp_path), "float32", "cpu")
+
+
+def test_a_difference_is_taken_between_whole_controlnet_folders(lowrank_folder, tmp_path):
+    folder, tuned = lowrank_folder
+    with pytest.raises(FileNotFoundError, match="holds no diffusion_pytorch_model.safetensors"):
+        write_lowrank(tmp_path / "again", tuned, folder, rank=16)  # its start is itself low-rank
