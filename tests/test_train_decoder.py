@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.decoder import DecoderConfig, collect_pairs, pair_plan, train
 from cnet.train.embedded import describe_run
+from cnet.train.install import base_card_with_decoder, install
 from cnet.train.lineage import recorded_runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -111,3 +113,98 @@ def test_workers_sample_the_same_pairs_as_one_process_and_keep_each_others(
     assert all(
         torch.equal(a, b) for a, b in zip(more["latents"][:3], shared["latents"], strict=True)
     )
+
+
+BASE_CARD = """# Embedded base model
+
+What it is.
+
+- Parameters: vae 0.01 M (stored in float16).
+- VAE: 3 steps, batch 4, whole images;
+  final loss 0.0512 (README: training history).
+- UNet + text encoder: 5 steps, batch 4.
+- Latent scaling factor 0.61000.
+
+It knows only the synthetic world.
+"""
+
+
+@pytest.fixture(scope="module")
+def tuned_decoder(tiny_model_dir, tmp_path_factory):
+    """A packed preset (the tiny one, with a base card) and a finished decoder run tuned on it."""
+    preset = tmp_path_factory.mktemp("decoder") / "preset"
+    shutil.copytree(tiny_model_dir, preset)
+    (preset / "base" / "README.md").write_text(BASE_CARD)
+    config = DecoderConfig(
+        model_dir=str(preset), output_dir=str(preset.with_name("run")), pairs=4, resolution=64,
+        steps=2, batch_size=4, warmup_steps=0, cooldown_steps=0, learning_rate=1e-3,
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    train(config)
+    return preset, preset.with_name("run")
+
+
+def test_install_puts_the_tuned_decoder_in_the_preset_with_its_lineage_and_card(
+    tuned_decoder, tmp_path, capsys
+):
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from cnet.__main__ import main
+
+    packed, run = tuned_decoder
+    preset = tmp_path / "preset"
+    shutil.copytree(packed, preset)
+    assert main(["train", "embedded", "--install", str(run), "--pack", str(preset)]) == 0
+    assert f"Installed the decoder of {run / 'vae'} in {preset / 'base' / 'vae'}" in (
+        capsys.readouterr().out
+    )
+    installed = load_file(preset / "base" / "vae" / "diffusion_pytorch_model.safetensors")
+    tuned = AutoencoderKL.from_pretrained(run / "vae").state_dict()
+    assert {weight.dtype for weight in installed.values()} == {torch.float16}
+    assert all(torch.equal(installed[name], tuned[name].half()) for name in tuned)
+    assert recorded_runs(preset / "base") == recorded_runs(run)
+    assert not (preset / "base" / "vae.installing").exists()
+
+    card = (preset / "base" / "README.md").read_text()
+    summary = json.loads((run / "training.json").read_text())
+    after = summary["held_out_l1_after"]["sampled"]
+    assert (
+        "- VAE: its encoder kept, so the UNet's latents are unchanged; its decoder last tuned"
+        in (card)
+    )
+    assert f"held-out L1 from sampled latents {after:.4f} from" in card
+    assert "whole images" not in card  # the VAE line is replaced whole, continuation included
+    assert "- UNet + text encoder: 5 steps, batch 4.\n- Latent scaling factor 0.61000.\n" in card
+    assert (
+        "- Every run behind these weights, oldest first:\n"
+        "  1. an earlier model whose training is not recorded here.\n"
+        "  2. its decoder 2 steps at batch 4, half of each batch latents the preset sampled for 4 "
+    ) in card
+    assert card.endswith("; 1 x cpu.\n\nIt knows only the synthetic world.\n")
+
+    # A second decoder tuned on the result adds itself to the list, which is rewritten in place.
+    summary["steps"] = 3
+    again = base_card_with_decoder(card, summary, [*recorded_runs(run), recorded_runs(run)[-1]])
+    assert again.count("- Every run behind these weights") == 1 and "  3. its decoder" in again
+    assert again.endswith("\n\nIt knows only the synthetic world.\n")
+
+
+def test_install_refuses_an_unfinished_decoder_one_of_another_base_and_a_folder_not_packed(
+    tuned_decoder, tmp_path
+):
+    packed, tuned = tuned_decoder
+    run = tmp_path / "run"
+    shutil.copytree(tuned, run, ignore=shutil.ignore_patterns("*.pt"))
+    with pytest.raises(FileNotFoundError, match="holds no base with a VAE"):
+        install(run, tmp_path / "not-packed")
+    lineage = run / "lineage.json"
+    lineage.write_text(json.dumps([{"trainer": "another base"}, recorded_runs(tuned)[-1]]))
+    with pytest.raises(ValueError, match="tuned the decoder of another base"):
+        install(run, packed)
+    summary = json.loads((run / "training.json").read_text())
+    summary["config"]["steps"] = 5
+    (run / "training.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="stopped at step 2 of 5: finish it first"):
+        install(run, packed)
+    assert (packed / "base" / "README.md").read_text() == BASE_CARD

@@ -17,6 +17,7 @@ from cnet.synth.sample import CONDITION_KEYS
 from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
 from cnet.train.embedded import Steps, pack, stages, train_all
+from cnet.train.install import install, install_controlnet
 from cnet.train.lineage import recorded_runs
 
 STEPS = Steps(vae=3, unet=5, shared=6, controlnet=4, captioner=2)
@@ -466,7 +467,7 @@ def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
     metrics = evaluation(tmp_path / "after", canny_iou=0.9)
 
-    assert embedded.install(recipe["controlnet-canny"].run_dir, out, metrics) == "canny"
+    assert install_controlnet(recipe["controlnet-canny"].run_dir, out, metrics) == "canny"
 
     repacked = tmp_path / "repacked"
     pack(recipe, repacked, metrics)
@@ -491,19 +492,19 @@ def test_install_refuses_what_is_not_a_finished_fine_tune_of_the_shipped_shared_
     pack(recipe, out)
     finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
     with pytest.raises(FileNotFoundError, match="pack one first"):
-        embedded.install(recipe["controlnet-canny"].run_dir, tmp_path / "not-packed")
-    with pytest.raises(FileNotFoundError, match="no finished ControlNet"):
-        embedded.install(recipe["controlnet-hough"].run_dir, out)
+        install(recipe["controlnet-canny"].run_dir, tmp_path / "not-packed")
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        install(recipe["controlnet-hough"].run_dir, out)
     with pytest.raises(ValueError, match="trained on all maps"):
-        embedded.install(recipe["controlnet-all"].run_dir, out)
+        install(recipe["controlnet-all"].run_dir, out)
     finish_controlnet(recipe, tiny_model_dir, "depth", STEPS.controlnet - 1)
     with pytest.raises(ValueError, match="stopped at step 3 of 4"):
-        embedded.install(recipe["controlnet-depth"].run_dir, out)
+        install(recipe["controlnet-depth"].run_dir, out)
     finish_controlnet(recipe, tiny_model_dir, "seg", STEPS.controlnet)
     other_start = recipe["controlnet-seg"].result / "lineage.json"
     other_start.write_text(json.dumps([{"trainer": "another shared run"}, {"trainer": "seg"}]))
     with pytest.raises(ValueError, match="not fine-tuned from the shared ControlNet"):
-        embedded.install(recipe["controlnet-seg"].run_dir, out)
+        install(recipe["controlnet-seg"].run_dir, out)
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all"]
     assert not (tmp_path / "not-packed").exists()
 

@@ -10,8 +10,9 @@ the UNet's latents keep their meaning.
 Train:   python -m cnet train decoder --model-dir assets/embedded --output-dir runs/decoder
          (samples the pairs first, saving as it goes; then trains; the same command goes on
          after an interruption)
-The result, <output-dir>/vae/, replaces <model-dir>/base/vae/, and <output-dir>/lineage.json
-the base's lineage.json.
+Install: python -m cnet train embedded --install runs/decoder --pack assets/embedded
+         (<output-dir>/vae/ in float16 replaces <model-dir>/base/vae/, <output-dir>/lineage.json
+         the base's lineage.json; the base's card follows)
 """
 
 from __future__ import annotations
@@ -372,5 +373,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Decoder saved to {result}: copy it over {config.model_dir}/base/vae to use it.")
+    print(
+        f"Decoder saved to {result}; to use it: python -m cnet train embedded --install "
+        f"{config.output_dir} --pack {config.model_dir}"
+    )
     return 0

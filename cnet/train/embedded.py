@@ -14,6 +14,8 @@ whose fine-tune has not finished is served by the shared one itself (named in pr
 preset can ship before every fine-tune is done, and gain them one by one:
 
     python -m cnet train embedded --install runs/embedded/controlnet-canny --pack assets/embedded
+
+(`cnet.train.install`; the same flag takes a `cnet train decoder` run.)
 """
 
 from __future__ import annotations
@@ -620,71 +622,6 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     return list(dict.fromkeys(missing))  # a missing shared ControlNet is named once
 
 
-def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
-    """Add one finished condition fine-tune (a `cnet train controlnet` run folder) to the preset
-    packed in `out`, as `pack` would have: its low-rank difference from the shared ControlNet with
-    its card, preset.json, the shared card and the evaluation (`metrics_path`'s folder) updated.
-    Returns the condition."""
-    summary_path, tuned = run_dir / "training.json", run_dir / "controlnet"
-    if not (summary_path.is_file() and tuned.is_dir()):
-        raise FileNotFoundError(
-            f"{run_dir} holds no finished ControlNet (training.json and controlnet/): give the "
-            "--output-dir of a `python -m cnet train controlnet` run"
-        )
-    summary = json.loads(summary_path.read_text())
-    condition, planned = summary["config"]["condition"], summary["config"]["max_steps"]
-    if condition not in CONDITION_KEYS:
-        raise ValueError(
-            f"{run_dir} trained on {condition} maps; --install takes one condition's fine-tune "
-            f"({', '.join(CONDITION_KEYS)})"
-        )
-    if summary["steps"] < planned:
-        raise ValueError(
-            f"{run_dir} stopped at step {summary['steps']} of {planned}: finish it first (its "
-            "command again, with --resume latest)"
-        )
-    shared, preset_path = out / "controlnet" / SHARED_FOLDER, out / "preset.json"
-    if not (preset_path.is_file() and (shared / "config.json").is_file()):
-        raise FileNotFoundError(
-            f"{out} is not a packed preset with a shared ControlNet in {shared}; pack one first: "
-            f"python -m cnet train embedded --pack {out}"
-        )
-    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
-    settings = json.loads(preset_path.read_text())
-    target = out / "controlnet" / condition
-    staging = target.with_name(condition + ".installing")
-    shutil.rmtree(staging, ignore_errors=True)
-    write_condition_controlnet(staging, tuned, shared)
-    to_float16(staging)
-    card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
-    (staging / "README.md").write_text(card)
-    replaced = folder_bytes(target) if target.is_dir() else 0
-    try:
-        check_budget(folder_bytes(out) - replaced)
-    except ValueError:
-        shutil.rmtree(staging)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-
-    served = dict(settings.get("controlnets", {}))
-    served.pop(condition, None)  # controlnet/<condition>/ is where a preset looks first
-    if served:
-        settings["controlnets"] = served
-    else:
-        settings.pop("controlnets", None)
-    preset_path.write_text(json.dumps(settings, indent=2) + "\n")
-    shared_card = shared / "README.md"
-    if shared_card.is_file():
-        serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
-        shared_card.write_text(shared_card_serving(shared_card.read_text(), serves, metrics))
-    evaluation = out / EVALUATION_FOLDER
-    if metrics_path and metrics_path.parent.resolve() != evaluation.resolve():
-        shutil.rmtree(evaluation, ignore_errors=True)
-        keep_evaluation(metrics_path.parent, evaluation)
-    return condition
-
-
 # ---- command line ----------------------------------------------------------------------------
 
 
@@ -723,9 +660,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--install",
         metavar="RUN",
-        help="do not train: add this finished condition fine-tune (the --output-dir of a "
-        "`cnet train controlnet` run from the preset's shared ControlNet) to the preset packed in "
-        "--pack, as a low-rank difference from that shared one",
+        help="do not train: add this finished run to the preset packed in --pack: a condition "
+        "fine-tune (the --output-dir of a `cnet train controlnet` run from the preset's shared "
+        "ControlNet; stored as a low-rank difference from it) or a decoder (`cnet train decoder` "
+        "run on the preset; it replaces base/vae)",
     )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
     parser.add_argument(
@@ -748,15 +686,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.pack:
             print("error: --install needs --pack DIR, the packed preset to add the ControlNet to")
             return 2
+        from cnet.train.install import install
+
         try:
-            condition = install(Path(args.install), Path(args.pack), metrics)
+            what = install(Path(args.install), Path(args.pack), metrics)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}")
             return 2
-        print(
-            f"Installed {condition}'s ControlNet in {Path(args.pack) / 'controlnet' / condition} "
-            f"(rank {LOWRANK_RANK}); the preset is {folder_bytes(Path(args.pack)) / 1e6:.1f} MB."
-        )
+        print(f"Installed {what}; the preset is {folder_bytes(Path(args.pack)) / 1e6:.1f} MB.")
         return 0
     given = {name: getattr(args, f"{name}_steps") for name in vars(Steps())}
     given = {name: value for name, value in given.items() if value is not None}

@@ -1,0 +1,176 @@
+"""One finished run into a packed embedded preset, as `--pack` would have written it.
+
+    python -m cnet train embedded --install runs/embedded/controlnet-canny --pack assets/embedded
+    python -m cnet train embedded --install runs/decoder --pack assets/embedded
+
+A condition's fine-tune of the preset's shared ControlNet goes in as its low-rank difference from
+that one, with its card, and preset.json and the shared card stop naming the condition. A decoder
+tuned on the preset (`cnet train decoder --model-dir` it) replaces `base/vae/`; the base's
+lineage.json and card follow. Either way the preset is refused when it would go over the weights
+budget, and `--metrics` keeps the evaluation the cards quote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cnet.synth.sample import CONDITION_KEYS
+from cnet.train.embedded import (
+    EVALUATION_FOLDER,
+    LOWRANK_RANK,
+    SHARED_FOLDER,
+    check_budget,
+    controlnet_card,
+    folder_bytes,
+    keep_evaluation,
+    lineage_lines,
+    shared_card_serving,
+    to_float16,
+    write_condition_controlnet,
+)
+from cnet.train.lineage import LINEAGE_FILE, read_lineage, recorded_runs
+
+RUN_HINT = "give the --output-dir of a `python -m cnet train controlnet` or `train decoder` run"
+
+
+def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
+    """Add the finished run in `run_dir` to the preset packed in `out`; returns what went where."""
+    if (run_dir / "vae").is_dir():
+        install_decoder(run_dir, out, metrics_path)
+        return f"the decoder of {run_dir / 'vae'} in {out / 'base' / 'vae'}"
+    condition = install_controlnet(run_dir, out, metrics_path)
+    return f"{condition}'s ControlNet in {out / 'controlnet' / condition} (rank {LOWRANK_RANK})"
+
+
+def finished_summary(run_dir: Path, result: str, planned_key: str) -> dict:
+    """The training.json of a run that has saved `result` and trained every planned step."""
+    summary_path = run_dir / "training.json"
+    if not (summary_path.is_file() and (run_dir / result).is_dir()):
+        raise FileNotFoundError(
+            f"{run_dir} holds no finished run (training.json and {result}/): {RUN_HINT}"
+        )
+    summary = json.loads(summary_path.read_text())
+    planned = summary["config"][planned_key]
+    if summary["steps"] < planned:
+        raise ValueError(
+            f"{run_dir} stopped at step {summary['steps']} of {planned}: finish it first (its "
+            "command again; a ControlNet run with --resume latest)"
+        )
+    return summary
+
+
+def swap_in(staging: Path, target: Path, out: Path) -> None:
+    """Put `staging` (a folder inside the preset `out`) in place of `target`, unless the preset
+    would then go over the weights budget."""
+    replaced = folder_bytes(target) if target.is_dir() else 0
+    try:
+        check_budget(folder_bytes(out) - replaced)
+    except ValueError:
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def replace_evaluation(out: Path, metrics_path: Path | None) -> None:
+    evaluation = out / EVALUATION_FOLDER
+    if metrics_path and metrics_path.parent.resolve() != evaluation.resolve():
+        shutil.rmtree(evaluation, ignore_errors=True)
+        keep_evaluation(metrics_path.parent, evaluation)
+
+
+def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
+    """A condition's fine-tune (a `cnet train controlnet` run folder) as its low-rank difference
+    from the preset's shared ControlNet, with its card; preset.json, the shared card and the
+    evaluation updated. Returns the condition."""
+    summary = finished_summary(run_dir, "controlnet", "max_steps")
+    condition = summary["config"]["condition"]
+    if condition not in CONDITION_KEYS:
+        raise ValueError(
+            f"{run_dir} trained on {condition} maps; --install takes one condition's fine-tune "
+            f"({', '.join(CONDITION_KEYS)})"
+        )
+    shared, preset_path = out / "controlnet" / SHARED_FOLDER, out / "preset.json"
+    if not (preset_path.is_file() and (shared / "config.json").is_file()):
+        raise FileNotFoundError(
+            f"{out} is not a packed preset with a shared ControlNet in {shared}; pack one first: "
+            f"python -m cnet train embedded --pack {out}"
+        )
+    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
+    settings = json.loads(preset_path.read_text())
+    target = out / "controlnet" / condition
+    staging = target.with_name(condition + ".installing")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_condition_controlnet(staging, run_dir / "controlnet", shared)
+    to_float16(staging)
+    card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
+    (staging / "README.md").write_text(card)
+    swap_in(staging, target, out)
+
+    served = dict(settings.get("controlnets", {}))
+    served.pop(condition, None)  # controlnet/<condition>/ is where a preset looks first
+    if served:
+        settings["controlnets"] = served
+    else:
+        settings.pop("controlnets", None)
+    preset_path.write_text(json.dumps(settings, indent=2) + "\n")
+    shared_card = shared / "README.md"
+    if shared_card.is_file():
+        serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
+        shared_card.write_text(shared_card_serving(shared_card.read_text(), serves, metrics))
+    replace_evaluation(out, metrics_path)
+    return condition
+
+
+def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) -> None:
+    """A decoder tuned on this preset (a `cnet train decoder` run folder) in place of
+    `base/vae/`, in float16, with the base's lineage.json and card following it."""
+    summary = finished_summary(run_dir, "vae", "steps")
+    base = out / "base"
+    if not (base / "vae" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{out} holds no base with a VAE in {base / 'vae'}; pack one first: python -m cnet "
+            f"train embedded --pack {out}"
+        )
+    runs = recorded_runs(run_dir)
+    if runs[:-1] != read_lineage(base):
+        raise ValueError(
+            f"{run_dir} tuned the decoder of another base (its lineage.json does not continue "
+            f"{base}'s): tune this one's, python -m cnet train decoder --model-dir {out}"
+        )
+    staging = base / "vae.installing"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run_dir / "vae", staging)
+    to_float16(staging)
+    swap_in(staging, base / "vae", out)
+    shutil.copy(run_dir / LINEAGE_FILE, base / LINEAGE_FILE)
+    card = base / "README.md"
+    if card.is_file():
+        card.write_text(base_card_with_decoder(card.read_text(), summary, runs))
+    replace_evaluation(out, metrics_path)
+
+
+def base_card_with_decoder(card: str, summary: dict, runs: list[dict]) -> str:
+    """The base's card (as `--pack` wrote it) once a decoder run, the last of `runs`, replaced its
+    VAE's decoder: its VAE line and its list of runs rewritten, the rest kept."""
+    before, after = summary["held_out_l1_before"], summary["held_out_l1_after"]
+    vae = (
+        f"- VAE: its encoder kept, so the UNet's latents are unchanged; its decoder last tuned "
+        f"{summary['steps']} steps on the latents this preset samples and on encoded images "
+        f"(run {len(runs)} below, `cnet train decoder`): held-out L1 from sampled latents "
+        f"{after['sampled']:.4f} from {before['sampled']:.4f}, from encoded ones "
+        f"{after['encoded']:.4f} from {before['encoded']:.4f}; mean loss of the last 100 steps "
+        f"{summary['mean_loss_last_100']:.4f}.\n"
+    )
+    lines = card.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("- VAE:"))
+    end = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("- "))
+    lines[first:end] = [vae]
+    card = "".join(lines)
+    listed = card.find("- Every run behind these weights")
+    if listed < 0:  # a base of one run: the list goes before the closing paragraph
+        listed = card.index("\n\n", card.index("- Latent scaling factor")) + 1
+        return card[:listed] + lineage_lines(runs) + card[listed:]
+    return card[:listed] + lineage_lines(runs) + card[card.index("\n\n", listed) + 1 :]
