@@ -139,8 +139,10 @@ def tuned_decoder(tiny_model_dir, tmp_path_factory):
         model_dir=str(preset), output_dir=str(preset.with_name("run")), pairs=4, resolution=64,
         steps=2, batch_size=4, warmup_steps=0, cooldown_steps=0, learning_rate=1e-3,
     )  # fmt: skip
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     train(config)
+    torch.set_num_threads(threads)
     return preset, preset.with_name("run")
 
 
@@ -171,8 +173,7 @@ def test_install_puts_the_tuned_decoder_in_the_preset_with_its_lineage_and_card(
     after = summary["held_out_l1_after"]["sampled"]
     assert (
         "- VAE: its encoder kept, so the UNet's latents are unchanged; its decoder last tuned"
-        in (card)
-    )
+    ) in card
     assert f"held-out L1 from sampled latents {after:.4f} from" in card
     assert "whole images" not in card  # the VAE line is replaced whole, continuation included
     assert "- UNet + text encoder: 5 steps, batch 4.\n- Latent scaling factor 0.61000.\n" in card

@@ -559,6 +559,18 @@ def check_budget(size: int) -> None:
         )
 
 
+def swap_in(staging: Path, target: Path, size: int) -> None:
+    """Put the folder `staging` in place of `target`, unless `size` (the packed preset's bytes
+    once it is there) goes over the weights budget: then `staging` is removed and nothing moves."""
+    try:
+        check_budget(size)
+    except ValueError:
+        shutil.rmtree(staging)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
 def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
     """Copy the finished models to `out` in the embedded layout, with the evaluation in
     `metrics_path`'s folder when given; returns what is missing."""
@@ -612,13 +624,7 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
-    try:
-        check_budget(folder_bytes(staging))
-    except ValueError:
-        shutil.rmtree(staging)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    swap_in(staging, out, folder_bytes(staging))
     return list(dict.fromkeys(missing))  # a missing shared ControlNet is named once
 
 
@@ -684,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = Path(args.metrics) if args.metrics else None
     if args.install:
         if not args.pack:
-            print("error: --install needs --pack DIR, the packed preset to add the ControlNet to")
+            print("error: --install needs --pack DIR, the packed preset to add the run to")
             return 2
         from cnet.train.install import install
 

@@ -21,12 +21,12 @@ from cnet.train.embedded import (
     EVALUATION_FOLDER,
     LOWRANK_RANK,
     SHARED_FOLDER,
-    check_budget,
     controlnet_card,
     folder_bytes,
     keep_evaluation,
     lineage_lines,
     shared_card_serving,
+    swap_in,
     to_float16,
     write_condition_controlnet,
 )
@@ -61,17 +61,11 @@ def finished_summary(run_dir: Path, result: str, planned_key: str) -> dict:
     return summary
 
 
-def swap_in(staging: Path, target: Path, out: Path) -> None:
-    """Put `staging` (a folder inside the preset `out`) in place of `target`, unless the preset
-    would then go over the weights budget."""
+def install_folder(staging: Path, target: Path, out: Path) -> None:
+    """Put `staging` (a folder inside the preset `out`) in place of `target` in it, within the
+    weights budget."""
     replaced = folder_bytes(target) if target.is_dir() else 0
-    try:
-        check_budget(folder_bytes(out) - replaced)
-    except ValueError:
-        shutil.rmtree(staging)
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    swap_in(staging, target, folder_bytes(out) - replaced)
 
 
 def replace_evaluation(out: Path, metrics_path: Path | None) -> None:
@@ -107,7 +101,7 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
     to_float16(staging)
     card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
     (staging / "README.md").write_text(card)
-    swap_in(staging, target, out)
+    install_folder(staging, target, out)
 
     served = dict(settings.get("controlnets", {}))
     served.pop(condition, None)  # controlnet/<condition>/ is where a preset looks first
@@ -144,7 +138,7 @@ def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) 
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run_dir / "vae", staging)
     to_float16(staging)
-    swap_in(staging, base / "vae", out)
+    install_folder(staging, base / "vae", out)
     shutil.copy(run_dir / LINEAGE_FILE, base / LINEAGE_FILE)
     card = base / "README.md"
     if card.is_file():
