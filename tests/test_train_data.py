@@ -125,3 +125,36 @@ def test_every_condition_takes_the_conditions_in_turn_on_the_same_scenes():
         assert example["prompt"] == alone["prompt"]
         assert torch.equal(example["pixel_values"], alone["pixel_values"])
         assert torch.equal(example["conditioning_pixel_values"], alone["conditioning_pixel_values"])
+
+
+def test_a_replay_share_spreads_the_other_conditions_maps_through_one_conditions_scenes():
+    from cnet.synth.dataset import SynthDataset
+    from cnet.synth.sample import CONDITION_KEYS
+
+    mixed = open_dataset("synth", 64, "scribble", length=40, replay_share=0.25)
+    picked = [mixed.condition_of(i) for i in range(40)]
+    assert picked.count("scribble") == 30
+    assert all(key != "scribble" for key in picked[3::4])  # evenly spread: every fourth
+    assert picked[3::4][:6] == [key for key in CONDITION_KEYS if key != "scribble"]
+    index = 3
+    alone = SynthDataset("train", 64, picked[index], 40)[index]
+    assert torch.equal(
+        mixed[index]["conditioning_pixel_values"], alone["conditioning_pixel_values"]
+    )
+    assert mixed[index]["prompt"] == alone["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("source", "condition", "share", "message"),
+    [
+        ("synth", "all", 0.25, "one --condition"),
+        ("synth", None, 0.25, "one --condition"),
+        ("folder", "canny", 0.25, "--data synth"),
+        ("synth", "canny", 1.0, "from 0 to below 1"),
+    ],
+)
+def test_a_replay_share_needs_one_synthetic_condition_and_a_fraction(
+    source, condition, share, message
+):
+    with pytest.raises(ValueError, match=message):
+        open_dataset(source, 64, condition, length=4, replay_share=share)

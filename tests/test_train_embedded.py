@@ -367,6 +367,48 @@ def test_a_card_lists_every_run_behind_the_weights(recipe, tiny_model_dir, tmp_p
     assert (tmp_path / "preset" / "controlnet" / "all" / LINEAGE_FILE).is_file()
 
 
+def test_a_fine_tune_with_replayed_maps_records_and_names_its_share(recipe):
+    from cnet.train.controlnet import lineage_entry
+
+    config = {**asdict(recipe["controlnet-scribble"].config), "replay_share": 0.25}
+    run = {
+        "steps": 4,
+        "schedules": [{"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}],
+        "connect_decoder": True,
+        "base_unlocked": False,
+        "mean_loss_last_100": 0.19,
+        "control_gains": {},
+        "device": "1 x cpu",
+        "config": config,
+    }
+    entry = lineage_entry(run)
+    assert entry["replay_share"] == 0.25
+    assert embedded.describe_run(entry).startswith(
+        "4 steps on scribble maps (25% of the examples another condition's map, in turn), batch 64"
+    )
+    without = lineage_entry({**run, "config": {**config, "replay_share": 0.0}})
+    assert "replay_share" not in without
+    assert embedded.describe_run(without).startswith("4 steps on scribble maps, batch 64")
+
+
+def test_to_float16_halves_wide_floats_and_leaves_fp16_files_alone(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    wide, half = tmp_path / "wide.safetensors", tmp_path / "half.safetensors"
+    save_file({"w": torch.ones(2, dtype=torch.float32), "i": torch.arange(2)}, wide)
+    save_file({"w": torch.ones(2, dtype=torch.float16)}, half, metadata={"kept": "yes"})
+
+    embedded.to_float16(tmp_path)
+
+    assert {k: v.dtype for k, v in load_file(wide).items()} == {
+        "w": torch.float16,
+        "i": torch.int64,
+    }
+    with safe_open(half, "pt") as f:
+        assert f.metadata() == {"kept": "yes"}  # not rewritten
+
+
 def test_pack_refuses_to_go_over_the_weights_budget(recipe, tiny_model_dir, tmp_path, monkeypatch):
     finish_base(recipe, tiny_model_dir)
     monkeypatch.setattr(embedded, "WEIGHTS_BUDGET_BYTES", 1000)

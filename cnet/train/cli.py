@@ -27,6 +27,8 @@ HELP = {
     "low-rank difference folder) instead of a copy of the base encoder",
     "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
     "condition": "control map of the synthetic world (scribble, canny, ..., or all: each in turn)",
+    "replay_share": "of one condition's synthetic examples: the share that shows the other "
+    "conditions' maps in turn, so a fine-tune of the shared ControlNet keeps what they taught it",
     "synth_length": "scenes per synthetic epoch",
     "resolution": "training image size (default: the base's native size)",
     "proportion_empty_prompts": "share of prompts replaced by '' (the paper: 0.5)",

@@ -61,6 +61,7 @@ class TrainConfig:
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
     condition: str = "canny"  # the synthetic world's control map, or "all": each in turn
+    replay_share: float = 0.0  # of one condition's examples: another condition's map, in turn
     synth_length: int = 50_000  # scenes per synthetic epoch
     resolution: int | None = None  # default: the base UNet's native resolution
     proportion_empty_prompts: float = 0.5  # the paper's prompt dropout
@@ -572,7 +573,13 @@ def train(config: TrainConfig) -> TrainResult:
         if config.reconnect_decoder and not saved["connect_decoder"]:
             accelerator.print("Reconnected the decoder links: all encoder levels now injected.")
 
-    dataset = open_dataset(config.data, resolution, config.condition, config.synth_length)
+    dataset = open_dataset(
+        config.data,
+        resolution,
+        config.condition,
+        config.synth_length,
+        replay_share=config.replay_share,
+    )
     batches = batch_stream(
         dataset,
         config.batch_size,
@@ -712,10 +719,12 @@ def train(config: TrainConfig) -> TrainResult:
 
 def lineage_entry(summary: dict) -> dict:
     """This run, as the exported ControlNet's lineage.json records it."""
+    replay_share = summary["config"].get("replay_share")
     return run_record(
         "controlnet",
         summary,
         ("condition", "proportion_empty_prompts", "default_prompt_share", "max_steps"),
+        **({"replay_share": replay_share} if replay_share else {}),
         schedules=summary["schedules"],
         all_links=summary["connect_decoder"],
         base_unlocked=summary["base_unlocked"],

@@ -17,6 +17,7 @@ uninterrupted run would have read, and each process of a multi-GPU run reads its
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,24 +101,47 @@ def metadata_folder(root: str | Path, resolution: int) -> PairedImageDataset:
     return PairedImageDataset(root, records, resolution)
 
 
-class EveryCondition(Dataset):
-    """Synthetic scene i with the control map of condition i mod 7 (paper order).
+class MixedMaps(Dataset):
+    """Synthetic scene i with the control map of condition `condition_of(i)`.
 
-    One ControlNet trained on it reads every kind of map: the shared start from which each
-    per-condition ControlNet is fine-tuned, so seven of them cost little more than one.
+    Condition "all" takes every condition in turn (i mod 7, paper order): one ControlNet trained on
+    it reads every kind of map, the shared start from which each per-condition ControlNet is
+    fine-tuned, so seven of them cost little more than one. A fine-tune of one condition with a
+    `replay_share` shows that share of its examples (evenly spread) another condition's map, each
+    in turn, so it keeps some of what the other maps taught the shared start.
     """
 
-    def __init__(self, split: str, resolution: int, length: int):
+    def __init__(
+        self,
+        split: str,
+        resolution: int,
+        length: int,
+        condition: str = EVERY_CONDITION,
+        replay_share: float = 0.0,
+    ):
         from cnet.synth.dataset import SynthDataset
         from cnet.synth.sample import CONDITION_KEYS
 
-        self.parts = [SynthDataset(split, resolution, key, length) for key in CONDITION_KEYS]
+        self.keys = [key for key in CONDITION_KEYS if key != condition]
+        if condition != EVERY_CONDITION:
+            self.keys.insert(0, condition)
+        self.parts = {key: SynthDataset(split, resolution, key, length) for key in self.keys}
+        self.condition, self.replay_share = condition, replay_share
+
+    def condition_of(self, index: int) -> str:
+        if self.condition == EVERY_CONDITION:
+            return self.keys[index % len(self.keys)]
+        replayed = math.floor(index * self.replay_share)  # replays before example `index`
+        if math.floor((index + 1) * self.replay_share) == replayed:
+            return self.condition
+        others = self.keys[1:]
+        return others[replayed % len(others)]
 
     def __len__(self) -> int:
-        return len(self.parts[0])
+        return len(self.parts[self.keys[0]])
 
     def __getitem__(self, index: int) -> dict:
-        return self.parts[index % len(self.parts)][index]
+        return self.parts[self.condition_of(index)][index]
 
 
 def open_dataset(
@@ -127,14 +151,25 @@ def open_dataset(
     length: int = 50_000,
     split: str = "train",
     kinds: bool = False,
+    replay_share: float = 0.0,
 ) -> Dataset:
     """`source` is "synth" (the synthetic world), a fill50k folder, or a metadata.jsonl folder.
 
     With "synth", `condition` is a condition key, "all" (every condition in turn) or None (no map),
-    and `kinds` adds each pixel's object kind to the items (SynthDataset); other sources have none.
+    `kinds` adds each pixel's object kind to the items (SynthDataset) and `replay_share` shows that
+    share of a condition's examples the other conditions' maps (MixedMaps); other sources have
+    none of these.
     """
-    if source == SYNTHETIC and condition == EVERY_CONDITION:
-        return EveryCondition(split, resolution, length)
+    if replay_share and (source != SYNTHETIC or condition in (None, EVERY_CONDITION)):
+        raise ValueError(
+            "A replay share mixes the other conditions' maps into one condition's synthetic "
+            f"examples: use it with --data {SYNTHETIC} and one --condition (not "
+            f"{condition or 'none'} on {source})."
+        )
+    if not 0 <= replay_share < 1:
+        raise ValueError(f"The replay share is a fraction from 0 to below 1, not {replay_share}.")
+    if source == SYNTHETIC and (condition == EVERY_CONDITION or replay_share):
+        return MixedMaps(split, resolution, length, condition, replay_share)
     if source == SYNTHETIC:
         from cnet.synth.dataset import SynthDataset
 

@@ -222,14 +222,18 @@ def train_all(
 
 
 def to_float16(folder: Path) -> None:
-    """Rewrite every floating-point tensor of every .safetensors file under `folder` as fp16.
+    """Rewrite every floating-point tensor of every .safetensors file under `folder` as fp16
+    (a file already all fp16 is left as it is).
 
     Loading casts back: diffusers and transformers copy stored tensors into the dtype asked for.
     """
+    import torch
     from safetensors.torch import load_file, save_file
 
     for path in folder.rglob("*.safetensors"):
         tensors = load_file(path)
+        if all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point()):
+            continue
         half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
         save_file(half, path, metadata={"format": "pt"})
 
@@ -350,6 +354,13 @@ def empty_prompts(settings: dict) -> str:
     return text
 
 
+def replayed_maps(settings: dict) -> str:
+    """A fine-tune's replay of the other conditions' maps (its config or lineage entry), as the
+    cards say it; "" when it had none."""
+    share = settings.get("replay_share")
+    return f" ({share:.0%} of the examples another condition's map, in turn)" if share else ""
+
+
 def describe_schedules(summary: dict) -> str:
     """The batch and learning rate, or those of each stretch of a run resumed with new ones; and
     where a run stopped short of its cool-down's end (a time box), the rate it stopped at."""
@@ -378,7 +389,8 @@ def describe_schedules(summary: dict) -> str:
 def describe_run(run: dict) -> str:
     """One run of a model's lineage.json, as its card lists it."""
     if run["trainer"] == "controlnet":
-        text = f"{run['steps']} steps on {run['condition']} maps, {describe_schedules(run)}, "
+        text = f"{run['steps']} steps on {run['condition']} maps{replayed_maps(run)}, "
+        text += f"{describe_schedules(run)}, "
         text += empty_prompts(run)
         if not run["all_links"]:
             text += ", middle block only"
@@ -452,7 +464,8 @@ def controlnet_card(
         maps = "the control maps of every condition in turn"
         use = shared_use(serves)
     else:
-        title, maps, use = serves[0], f"their `{serves[0]}` control maps", ""
+        title, use = serves[0], ""
+        maps = f"their `{serves[0]}` control maps{replayed_maps(config)}"
     size = f"{parameter_count(folder) / 1e6:.2f} M (stored in float16)"
     if is_lowrank(folder):
         lowrank = lowrank_settings(folder)
