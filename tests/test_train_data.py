@@ -136,12 +136,9 @@ def test_a_replay_share_spreads_the_other_conditions_maps_through_one_conditions
     assert picked.count("scribble") == 30
     assert all(key != "scribble" for key in picked[3::4])  # evenly spread: every fourth
     assert picked[3::4][:6] == [key for key in CONDITION_KEYS if key != "scribble"]
-    index = 3
-    alone = SynthDataset("train", 64, picked[index], 40)[index]
-    assert torch.equal(
-        mixed[index]["conditioning_pixel_values"], alone["conditioning_pixel_values"]
-    )
-    assert mixed[index]["prompt"] == alone["prompt"]
+    replayed, alone = mixed[3], SynthDataset("train", 64, picked[3], 40)[3]
+    assert torch.equal(replayed["conditioning_pixel_values"], alone["conditioning_pixel_values"])
+    assert replayed["prompt"] == alone["prompt"]
 
 
 @pytest.mark.parametrize(

@@ -122,23 +122,20 @@ class MixedMaps(Dataset):
         from cnet.synth.dataset import SynthDataset
         from cnet.synth.sample import CONDITION_KEYS
 
-        self.keys = [key for key in CONDITION_KEYS if key != condition]
-        if condition != EVERY_CONDITION:
-            self.keys.insert(0, condition)
-        self.parts = {key: SynthDataset(split, resolution, key, length) for key in self.keys}
+        self.parts = {key: SynthDataset(split, resolution, key, length) for key in CONDITION_KEYS}
+        self.others = [key for key in CONDITION_KEYS if key != condition]  # all of them for "all"
         self.condition, self.replay_share = condition, replay_share
 
     def condition_of(self, index: int) -> str:
         if self.condition == EVERY_CONDITION:
-            return self.keys[index % len(self.keys)]
+            return self.others[index % len(self.others)]
         replayed = math.floor(index * self.replay_share)  # replays before example `index`
         if math.floor((index + 1) * self.replay_share) == replayed:
             return self.condition
-        others = self.keys[1:]
-        return others[replayed % len(others)]
+        return self.others[replayed % len(self.others)]
 
     def __len__(self) -> int:
-        return len(self.parts[self.keys[0]])
+        return len(self.parts[self.others[0]])
 
     def __getitem__(self, index: int) -> dict:
         return self.parts[self.condition_of(index)][index]
