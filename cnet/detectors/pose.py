@@ -139,10 +139,7 @@ def draw_pose(keypoints: Keypoints, height: int, width: int) -> np.ndarray:
     or several people as a list / (P, 18, 2|3) array. A row that is None, or whose confidence is
     0, is a missing keypoint and its limbs are not drawn. Names: `KEYPOINT_NAMES`.
     """
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    for person in _people(keypoints):
-        draw_body(canvas, person)
-    return canvas
+    return draw_people([Person(body) for body in _people(keypoints)], height, width)
 
 
 @dataclass

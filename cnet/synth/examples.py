@@ -35,16 +35,17 @@ class Form:
     """How a condition's example is handed to the app."""
 
     backend: str
-    photo: bool = False  # the scene's image, for the backend to detect the map from
-    keypoints: bool = False  # OpenPose JSON of its people
-    on_paper: bool = False  # the map's white-on-black strokes drawn dark on white, as by hand
+    # "map": the map itself; "photo": the scene's image, for the backend to detect the map from;
+    # "keypoints": OpenPose JSON of its people; "paper": the map's white-on-black strokes drawn
+    # dark on white, as by hand
+    given: str = "map"
 
 
 FORMS = {
-    "scribble": Form("drawing", on_paper=True),  # so the sketch pad's dark brush adds to it
-    "canny": Form("canny", photo=True),
+    "scribble": Form("drawing", given="paper"),  # so the sketch pad's dark brush adds to it
+    "canny": Form("canny", given="photo"),
     "hough": Form("none"),  # the map itself: M-LSD needs weights, the offline detector is rougher
-    "pose": Form("keypoints_json", keypoints=True),
+    "pose": Form("keypoints_json", given="keypoints"),
     "seg": Form("palette"),
     "depth": Form("depth_map"),
     "normal": Form("none"),  # from a depth map the app would compute other normals
@@ -103,13 +104,13 @@ def write_examples(model_dir: Path, size: int) -> dict:
     examples, prompts = {}, {}
     for key, sample in example_scenes(size).items():
         form = FORMS[key]
-        if form.keypoints:
+        if form.given == "keypoints":
             name = f"{key}.json"
             (folder / name).write_text(json.dumps(openpose_json(sample), indent=1) + "\n")
         else:
             name = f"{key}.png"
-            picture = sample.image if form.photo else sample.conditions[key]
-            picture = 255 - picture if form.on_paper else picture
+            picture = sample.image if form.given == "photo" else sample.conditions[key]
+            picture = 255 - picture if form.given == "paper" else picture
             Image.fromarray(np.ascontiguousarray(picture)).save(folder / name, optimize=True)
         examples[key] = [{"file": f"{FOLDER}/{name}", "backend": form.backend}]
         prompts[key] = sample.prompt
