@@ -87,22 +87,31 @@ def mean_over_conditions(rows: list[np.ndarray]) -> np.ndarray:
     return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
 
 
+def other_scenes(old: dict, new: dict) -> list[str]:
+    """The conditions both runs scored but on different scenes of the same seeds (pose, from
+    before its test scenes each held a person): their figures do not pair."""
+    kinds = [run.get("scenes_with", {}) for run in (old, new)]
+    shared = [c for c in new["figures"] if c in old["figures"]]
+    return [c for c in shared if kinds[0].get(c) != kinds[1].get(c)]
+
+
 def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
     """{(condition, setting, figure): Change} for every row both runs have, on the scenes both
     scored, in the new run's order; after each setting's conditions, the mean of the conditions
     (averaged within each scene, so the bootstrap resamples scenes, not condition-scene pairs
-    that share one)."""
+    that share one). Conditions scored on `other_scenes` are left out."""
     scored = set(old["seeds"])
     seeds = [seed for seed in new["seeds"] if seed in scored]
     if not seeds:
         raise ValueError(
             "The two evaluations share no scene: run both with the same --split and --scenes."
         )
+    apart = other_scenes(old, new)
     rows = [
         (condition, setting)
         for condition, settings in new["figures"].items()
         for setting in settings
-        if setting in old["figures"].get(condition, {})
+        if setting in old["figures"].get(condition, {}) and condition not in apart
     ]
     changes: dict[tuple[str, str, str], Change] = {}
     for setting in dict.fromkeys(setting for _, setting in rows):
@@ -172,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
             format_comparison(changes),
         ]
     )
+    if apart := other_scenes(old, new):
+        text += f"\n\nLeft out, scored on other scenes by the two runs: {', '.join(apart)}."
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

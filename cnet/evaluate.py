@@ -42,7 +42,7 @@ from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.synth import Sample, generate, split_seeds
-from cnet.synth.maps import MAP_SHOWS_ONLY
+from cnet.synth.maps import MAP_SHOWS_ONLY, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
 from cnet.synth.scene import sample_scene
@@ -250,6 +250,7 @@ def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling)
     return {
         "sampling": asdict(sampling),
         "seeds": list(seeds),
+        "scenes_with": scenes_with(per_scene),
         "figures": {
             condition: {
                 setting: {f.name: values(rows, f.name) for f in fields(Scores)}
@@ -321,6 +322,19 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
     return settings
 
 
+def condition_scene(seed: int, size: int, condition: str) -> Sample:
+    """Test scene `seed` with `condition`'s map: the seed's own scene, or for a map that is blank
+    without some kind of object (pose: a person) the seed's scene that holds one, as that
+    condition's training examples do (`training_kinds`)."""
+    return generate(seed, size, conditions=[condition], include=training_kinds(condition))
+
+
+def scenes_with(conditions: Iterable[str]) -> dict[str, list[str]]:
+    """{condition: the kinds each of its test scenes holds one of} where it is not the seeds' own
+    scenes (scenes.json records it: figures of other scenes do not pair)."""
+    return {c: list(kinds) for c in conditions if (kinds := training_kinds(c))}
+
+
 def score_conditions(
     engine, conditions: list[str], seeds: Sequence[int], settings: list[str], sampling: Sampling
 ) -> tuple[PerScene, dict[str, np.ndarray]]:
@@ -331,17 +345,18 @@ def score_conditions(
     table: PerScene = {}
     grid_rows: dict[str, np.ndarray] = {}
     # At strength 0 no ControlNet adds anything, so a scene's image is the same for every
-    # condition: generated once, scored against each condition's own figures.
-    uncontrolled: dict[tuple[str, int], np.ndarray] = {}
+    # condition tested on that scene: generated once, scored against each condition's figures.
+    uncontrolled: dict[tuple[str, int, tuple[str, ...]], np.ndarray] = {}
     for condition in conditions:
         table[condition] = {}
-        samples = [generate(seed, sampling.size, conditions=[condition]) for seed in seeds]
+        samples = [condition_scene(seed, sampling.size, condition) for seed in seeds]
+        kinds = training_kinds(condition)
         for name in settings:
             mode, strength = SETTINGS[name]
             per_scene, started = [], time.perf_counter()
             for sample in samples:
-                if strength == 0 and (mode, sample.seed) in uncontrolled:
-                    image = uncontrolled[mode, sample.seed]
+                if strength == 0 and (mode, sample.seed, kinds) in uncontrolled:
+                    image = uncontrolled[mode, sample.seed, kinds]
                 else:
                     request = GenerationRequest(
                         control_image=sample.conditions[condition],
@@ -361,7 +376,7 @@ def score_conditions(
                     result = engine.generate(request)
                     image = np.asarray(result.images[0].convert("RGB"))
                     if strength == 0:
-                        uncontrolled[mode, sample.seed] = image
+                        uncontrolled[mode, sample.seed, kinds] = image
                 scores = score(image, sample, condition)
                 if mode == "auto":
                     first = np.asarray(result.first_pass_images[0].convert("RGB"))
@@ -495,7 +510,9 @@ def format_table(table: dict[str, dict[str, Scores]]) -> str:
 
 
 def with_floor(seeds: Sequence[int]) -> np.ndarray:
-    """Which scenes have a floor (the others show the wall alone behind their objects)."""
+    """Which scenes have a floor (the others show the wall alone behind their objects). The
+    same for every condition's test scenes: `sample_scene` draws the floor before the objects,
+    so a seed's scene made to hold a person (pose's) has its floor."""
     return np.array([sample_scene(seed).floor is not None for seed in seeds], bool)
 
 
@@ -544,11 +561,15 @@ def reconstructions(vae, images: Sequence[np.ndarray], batch_size: int = 16) -> 
 
 
 def reconstructed_scenes(
-    vae, seeds: Sequence[int], size: int, conditions: Sequence[str] = ()
+    vae,
+    seeds: Sequence[int],
+    size: int,
+    conditions: Sequence[str] = (),
+    include: tuple[str, ...] = (),
 ) -> list[tuple[np.ndarray, Sample]]:
-    """The scenes of `seeds` (with `conditions`' maps), each beside the VAE's reconstruction of
-    its true image."""
-    samples = [generate(seed, size, conditions=list(conditions)) for seed in seeds]
+    """The scenes of `seeds` (with `conditions`' maps; holding one of `include`'s kinds), each
+    beside the VAE's reconstruction of its true image."""
+    samples = [generate(seed, size, list(conditions), include) for seed in seeds]
     return list(
         zip(reconstructions(vae, [sample.image for sample in samples]), samples, strict=True)
     )
@@ -558,26 +579,36 @@ def ceiling_line(engine, seeds: Sequence[int], size: int, conditions: Sequence[s
     """The figures of the VAE's reconstructions of the scenes' true images: as near as any model
     that draws through this VAE can come to the truth (and, for maps that show only some objects,
     on those alone)."""
-    # One pass through the VAE serves the main figures and every partial map's (hough's, pose's).
+    # The partial maps (hough's, pose's) on their own test scenes: one pass through the VAE for
+    # each kind of scene, the seeds' own scenes also giving the main figures.
     partial = [condition for condition in conditions if condition in MAP_SHOWS_ONLY]
-    pairs = reconstructed_scenes(engine.pipeline.vae, seeds, size, partial)
-    per_scene = {c: [score(image, sample, c) for image, sample in pairs] for c in partial or [""]}
-    ceilings = {c: mean_scores(rows) for c, rows in per_scene.items()}
-    first = next(iter(per_scene))  # any of them: the main figures are the same for each
-    ceiling = ceilings[first]
-    floor = np.array([sample.scene.floor is not None for _, sample in pairs], bool)
+    groups: dict[tuple[str, ...], list[str]] = {(): []}
+    for condition in partial:
+        groups.setdefault(training_kinds(condition), []).append(condition)
+    ceilings = {}
+    for kinds, maps in groups.items():
+        pairs = reconstructed_scenes(engine.pipeline.vae, seeds, size, maps, kinds)
+        if not kinds:
+            main = [score(image, sample, "") for image, sample in pairs]
+            floor = np.array([sample.scene.floor is not None for _, sample in pairs], bool)
+        for condition in maps:
+            ceilings[condition] = mean_scores([score(image, s, condition) for image, s in pairs])
+    ceiling = mean_scores(main)
     line = (
         f"The VAE's reconstructions of the same scenes' true images (the ceiling of any model "
         f"drawing through it): foreground IoU {ceiling.iou:.3f}, shape IoU "
         f"{ceiling.shape_iou:.3f}, colour accuracy {ceiling.color_accuracy:.3f}"
     )
     if floor.any() and not floor.all():
-        on, off = floor_apart(per_scene[first], floor)
+        on, off = floor_apart(main, floor)
         line += f" (foreground IoU {on.iou:.3f} with a floor, {off.iou:.3f} without)"
     for condition in partial:
         shown = ceilings[condition]
         line += f"; on the objects the {condition} map shows alone "
-        line += f"({', '.join(MAP_SHOWS_ONLY[condition])}): "
+        line += f"({', '.join(MAP_SHOWS_ONLY[condition])}"
+        if kinds := training_kinds(condition):
+            line += f", in its test scenes, each with a {' or '.join(kinds)}"
+        line += "): "
         line += f"foreground IoU {figure(shown.shown_iou)}, "
         line += f"colour accuracy {figure(shown.shown_color_accuracy)}"
     return line
@@ -599,10 +630,15 @@ def caption_line(engine, scenes: int, split: str = "test") -> str:
 
 
 def earlier_scenes(
-    folder: Path, seeds: Sequence[int], sampling: Sampling, settings: Sequence[str]
+    folder: Path,
+    seeds: Sequence[int],
+    sampling: Sampling,
+    settings: Sequence[str],
+    scoring: Sequence[str] = (),
 ) -> PerScene:
     """The per-scene figures of an earlier evaluation (its scenes.json), checked to be of the
-    same scenes, sampling and settings as this one."""
+    same scenes, sampling and settings as this one (but for the conditions this one is `scoring`
+    afresh)."""
     from cnet.comparison import load_scenes
 
     earlier = load_scenes(folder)
@@ -613,7 +649,13 @@ def earlier_scenes(
             "--steps, --cfg and --sampler."
         )
     per_scene: PerScene = {}
+    now, then = scenes_with(earlier["figures"]), earlier.get("scenes_with", {})
     for condition, rows in earlier["figures"].items():
+        if condition not in scoring and now.get(condition) != then.get(condition):
+            raise ValueError(
+                f"{folder} scored {condition} on other scenes than this version of the "
+                f"evaluation does; run with --conditions naming {condition} too."
+            )
         if set(rows) != set(settings):
             raise ValueError(
                 f"{folder} has the settings {', '.join(rows)} for {condition}; run with "
@@ -680,7 +722,9 @@ def run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.size, args.steps, cfg, sampler)
     try:
         earlier = (
-            {} if args.into is None else earlier_scenes(args.into, seeds, sampling, args.settings)
+            {}
+            if args.into is None
+            else earlier_scenes(args.into, seeds, sampling, args.settings, conditions)
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

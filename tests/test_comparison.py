@@ -95,6 +95,23 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     assert "python -m cnet eval --out" in capsys.readouterr().out
 
 
+def test_a_condition_scored_on_other_scenes_is_left_out_and_named(tmp_path):
+    import argparse
+
+    figures = {c: {"user prompt": {"iou": [0.5] * 100}} for c in ("seg", "pose")}
+    before = evaluation(figures)  # pose on the seeds' own scenes, as evaluations once did
+    after = {**evaluation(figures), "scenes_with": {"pose": ["person"]}}
+    assert {c for c, _, _ in compare(before, after)} == {"seg"}
+    assert {c for c, _, _ in compare(after, after)} == {"seg", "pose", MEAN_ROW}
+    for name, written in (("old", before), ("new", after)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scenes.json").write_text(json.dumps(written))
+    args = argparse.Namespace(old=tmp_path / "old", new=tmp_path / "new", out=tmp_path / "c.md")
+    assert run(args) == 0
+    text = (tmp_path / "c.md").read_text()
+    assert text.endswith("Left out, scored on other scenes by the two runs: pose.\n")
+
+
 def test_every_figure_the_eval_writes_is_compared():
     from dataclasses import fields
 

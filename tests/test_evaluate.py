@@ -109,13 +109,13 @@ def test_an_exact_vae_reconstructs_the_images_and_its_ceiling_is_the_targets(sam
     ceiling = mean_scores([score(image, sample, "") for image, sample in pairs])
     truth = mean_scores([score(sample.image, sample, "") for sample in samples[:3]])
     assert ceiling == truth and ceiling.color_accuracy == 1.0
-    in_view = [shown_iou(sample.image, sample, ("person",)) for sample in samples]
-    people = np.mean([iou for iou in in_view if iou is not None])
+    with_person = [generate(seed, 128, include=("person",)) for seed in SEEDS]  # pose's scenes
+    people = np.mean([shown_iou(sample.image, sample, ("person",)) for sample in with_person])
     engine = SimpleNamespace(pipeline=SimpleNamespace(vae=IdentityVAE()))
     line = ceiling_line(engine, SEEDS, 128, ["canny", "pose"])
     assert line.endswith(
-        f"; on the objects the pose map shows alone (person): foreground IoU {people:.3f}, "
-        "colour accuracy 1.000"
+        "; on the objects the pose map shows alone (person, in its test scenes, each with a "
+        f"person): foreground IoU {people:.3f}, colour accuracy 1.000"
     )
     assert "shows alone" not in ceiling_line(engine, SEEDS[:3], 128, ["canny"])
     floor = [sample.scene.floor is not None for sample in samples]
@@ -130,6 +130,8 @@ def test_the_floor_table_sets_the_scenes_with_a_floor_apart(samples):
     from cnet.evaluate import Scores
 
     floor = [sample.scene.floor is not None for sample in samples]
+    # pose's test scenes, each drawn to hold a person, keep their seed's floor
+    assert floor == [generate(seed, 32, [], ("person",)).scene.floor is not None for seed in SEEDS]
     rows = [Scores(1.0 if f else 0.25, 1.0, shape_iou=0.5 if f else 0.75) for f in floor]
     text = floor_table({"seg": {"user prompt": rows}}, SEEDS)
     assert f"in the {sum(floor)} scenes with a floor and the {12 - sum(floor)} without" in text
@@ -384,6 +386,41 @@ def test_eval_into_replaces_the_conditions_it_scores_and_keeps_the_others(
     steps = ["--conditions", "seg", *settings, *into, "--steps", "3"]
     assert run(eval_args(tiny_model_dir, tmp_path / "y", *steps)) == 2
     assert "sampled otherwise" in capsys.readouterr().err
+
+
+def test_pose_is_scored_on_scenes_with_a_person_and_older_pose_rows_are_not_merged(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from cnet.engine import Engine
+    from cnet.evaluate import run
+
+    requests = []
+    generate_image = Engine.generate
+    monkeypatch.setattr(
+        Engine, "generate", lambda self, r: requests.append(r) or generate_image(self, r)
+    )
+    settings = ["--settings", "user prompt", "no control"]
+    assert run(eval_args(tiny_model_dir, tmp_path, "--conditions", "canny", "pose", *settings)) == 0
+    pose = [r for r in requests if r.condition == "pose"]
+    # the first test scene holds no one: only its scene made to hold a person draws a skeleton
+    assert not generate(SEEDS[0], 64, ["pose"]).conditions["pose"].any()
+    assert len(pose) == 4 and all(r.control_image.any() for r in pose)
+    assert [r.control_strength for r in pose].count(0.0) == 2  # its own no-control images
+    scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
+    assert scenes["scenes_with"] == {"pose": ["person"]}
+    assert None not in scenes["figures"]["pose"]["user prompt"]["shown_iou"]
+    assert "(person, in its test scenes, each with a person)" in capsys.readouterr().out
+
+    del scenes["scenes_with"]  # an evaluation from before pose's scenes held a person
+    (tmp_path / "eval" / "scenes.json").write_text(json.dumps(scenes))
+    into = ["--into", str(tmp_path / "eval")]
+    canny = eval_args(tiny_model_dir, tmp_path / "x", "--conditions", "canny", *settings, *into)
+    assert run(canny) == 2
+    assert "run with --conditions naming pose too" in capsys.readouterr().err
+    again = eval_args(tiny_model_dir, tmp_path / "y", "--conditions", "pose", *settings, *into)
+    assert run(again) == 0
 
 
 @pytest.mark.parametrize("workers", ["0", "-2", "two"])
