@@ -16,7 +16,7 @@ from cnet.synth.examples import write_examples
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train import embedded
 from cnet.train.base import BaseTrainConfig
-from cnet.train.embedded import Steps, pack, stages, train_all
+from cnet.train.embedded import Steps, pack, shared_use, stages, train_all
 from cnet.train.install import install, install_controlnet
 from cnet.train.lineage import recorded_runs
 
@@ -521,6 +521,7 @@ def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
     shared_card = (out / "controlnet" / "all" / "README.md").read_text()
     assert shared_card == (repacked / "controlnet" / "all" / "README.md").read_text()
     assert "It serves scribble, hough, pose" in shared_card and "### canny" not in shared_card
+    assert shared_use(["scribble"]).startswith("It serves scribble until its own fine-tune ships;")
     assert "| user prompt | 0.900 |" in (out / "controlnet" / "canny" / "README.md").read_text()
     assert not (out / "controlnet" / "canny.installing").exists()
 

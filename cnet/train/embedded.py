@@ -505,7 +505,8 @@ scenes with {maps} ({resolution} px, train split).
 def shared_use(serves: list[str]) -> str:
     """The shared ControlNet card's first paragraph."""
     if serves:
-        served = f"It serves {', '.join(serves)} until their own fine-tunes ship"
+        until = "its own fine-tune ships" if len(serves) == 1 else "their own fine-tunes ship"
+        served = f"It serves {', '.join(serves)} until {until}"
     else:
         served = "It serves no condition itself"
     return f"{served}; each condition's own ControlNet is a fine-tune of it.\n\n"
