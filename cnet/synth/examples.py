@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -38,7 +39,7 @@ class Form:
     # "map": the map itself; "photo": the scene's image, for the backend to detect the map from;
     # "keypoints": OpenPose JSON of its people; "paper": the map's white-on-black strokes drawn
     # dark on white, as by hand
-    given: str = "map"
+    given: Literal["map", "photo", "keypoints", "paper"] = "map"
 
 
 FORMS = {
