@@ -45,6 +45,7 @@ from cnet.synth import Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
+from cnet.synth.sample import condition_sample
 from cnet.synth.scene import sample_scene
 
 # Largest per-channel difference from the empty scene that still counts as empty. Shading makes
@@ -322,13 +323,6 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
     return settings
 
 
-def condition_scene(seed: int, size: int, condition: str) -> Sample:
-    """Test scene `seed` with `condition`'s map: the seed's own scene, or for a map that is blank
-    without some kind of object (pose: a person) the seed's scene that holds one, as that
-    condition's training examples do (`training_kinds`)."""
-    return generate(seed, size, conditions=[condition], include=training_kinds(condition))
-
-
 def scenes_with(conditions: Iterable[str]) -> dict[str, list[str]]:
     """{condition: the kinds each of its test scenes holds one of} where it is not the seeds' own
     scenes (scenes.json records it: figures of other scenes do not pair)."""
@@ -349,7 +343,7 @@ def score_conditions(
     uncontrolled: dict[tuple[str, int, tuple[str, ...]], np.ndarray] = {}
     for condition in conditions:
         table[condition] = {}
-        samples = [condition_scene(seed, sampling.size, condition) for seed in seeds]
+        samples = [condition_sample(seed, sampling.size, condition) for seed in seeds]
         kinds = training_kinds(condition)
         for name in settings:
             mode, strength = SETTINGS[name]

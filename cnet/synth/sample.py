@@ -8,7 +8,7 @@ from functools import cached_property
 
 import numpy as np
 
-from cnet.synth.maps import CONDITION_MAPS
+from cnet.synth.maps import CONDITION_MAPS, training_kinds
 from cnet.synth.render import Render, render
 from cnet.synth.scene import KINDS, Scene, sample_scene
 
@@ -74,3 +74,10 @@ def generate(
         scene=scene,
         render=rendered,
     )
+
+
+def condition_sample(seed: int, size: int, condition: str) -> Sample:
+    """Scene `seed` with `condition`'s map, as that condition's examples and tests show it: the
+    seed's own scene, or for a map that is blank without some kind of object (pose: a person) the
+    seed's scene that holds one (`training_kinds`)."""
+    return generate(seed, size, conditions=[condition], include=training_kinds(condition))

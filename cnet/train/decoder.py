@@ -28,7 +28,7 @@ import torch
 
 from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
-from cnet.synth.sample import CONDITION_KEYS
+from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
 from cnet.train.checkpoint import changed_settings
 from cnet.train.lineage import read_lineage, run_record, write_lineage
@@ -118,7 +118,7 @@ def collect_pairs(engine, plan: list[tuple[int, str]], path: Path, size: int) ->
     )
     try:
         for seed, condition in todo:
-            sample = generate(seed, size, conditions=[condition], include=training_kinds(condition))
+            sample = condition_sample(seed, size, condition)
             engine.generate(
                 GenerationRequest(
                     control_image=sample.conditions[condition],
