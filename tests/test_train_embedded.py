@@ -526,6 +526,37 @@ def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
     assert not (out / "controlnet" / "canny.installing").exists()
 
 
+def test_install_of_an_evaluation_rewrites_every_card_as_pack_would(
+    recipe, tiny_model_dir, tmp_path, capsys
+):
+    from cnet.__main__ import main
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    out = tmp_path / "preset"
+    pack(recipe, out, evaluation(tmp_path / "before", canny_iou=0.5))
+    again = evaluation(tmp_path / "again", canny_iou=0.7)
+    rows = json.loads(again.read_text())
+    rows["scribble"]["user prompt"]["iou"] = 0.6  # served by the shared ControlNet
+    again.write_text(json.dumps(rows))
+
+    command = ["train", "embedded", "--install", str(again.parent), "--pack", str(out)]
+    assert main([*command, "--metrics", str(tmp_path / "before" / "results.json")]) == 2
+    assert "leave out --metrics" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "quoted by controlnet/all, controlnet/canny" in capsys.readouterr().out
+
+    repacked = tmp_path / "repacked"
+    pack(recipe, repacked, again)
+    for name in ("all", "canny"):
+        card = Path("controlnet") / name / "README.md"
+        assert (out / card).read_text() == (repacked / card).read_text(), name
+    assert "| user prompt | 0.700 |" in (out / "controlnet" / "canny" / "README.md").read_text()
+    assert "| user prompt | 0.600 |" in (out / "controlnet" / "all" / "README.md").read_text()
+    assert json.loads((out / "eval" / "results.json").read_text()) == rows
+
+
 def test_install_refuses_what_is_not_a_finished_fine_tune_of_the_shipped_shared_one(
     recipe, tiny_model_dir, tmp_path
 ):

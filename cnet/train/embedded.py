@@ -15,7 +15,8 @@ preset can ship before every fine-tune is done, and gain them one by one:
 
     python -m cnet train embedded --install runs/embedded/controlnet-canny --pack assets/embedded
 
-(`cnet.train.install`; the same flag takes a `cnet train decoder` run.)
+(`cnet.train.install`; the same flag takes a `cnet train decoder` run, or a `cnet eval` of the
+preset, whose figures the cards then quote.)
 """
 
 from __future__ import annotations
@@ -528,12 +529,17 @@ def figures(metrics: dict, serves: list[str]) -> str:
 """
 
 
+def card_with_figures(card: str, metrics: dict, serves: list[str]) -> str:
+    """A ControlNet's card (as `controlnet_card` wrote it) with its figures of `serves` rewritten
+    from `metrics`, what it says of its training kept."""
+    return card[: card.index(FIGURES_HEADING)] + figures(metrics, serves)
+
+
 def shared_card_serving(card: str, serves: list[str], metrics: dict) -> str:
-    """The shared ControlNet's card (as `controlnet_card` wrote it) now serving `serves`: its
-    first paragraph and figures rewritten, what it says of its training kept."""
+    """The shared ControlNet's card now serving `serves`: its first paragraph and figures
+    rewritten."""
     title, _, body = card.split("\n\n", 2)
-    body = body[: body.index(FIGURES_HEADING)]
-    return f"{title}\n\n{shared_use(serves)}{body}{figures(metrics, serves)}"
+    return card_with_figures(f"{title}\n\n{shared_use(serves)}{body}", metrics, serves)
 
 
 # A packed preset keeps the evaluation its cards quote: the reference the next model is compared
@@ -683,7 +689,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="do not train: add this finished run to the preset packed in --pack: a condition "
         "fine-tune (the --output-dir of a `cnet train controlnet` run from the preset's shared "
         "ControlNet; stored as a low-rank difference from it) or a decoder (`cnet train decoder` "
-        "run on the preset; it replaces base/vae)",
+        "run on the preset; it replaces base/vae) or an evaluation (a `cnet eval` --out folder of "
+        "the preset: it replaces the one kept in eval/, and the cards quote it)",
     )
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
     parser.add_argument(

@@ -1,13 +1,15 @@
-"""One finished run into a packed embedded preset, as `--pack` would have written it.
+"""One finished run or evaluation into a packed embedded preset, as `--pack` would have written it.
 
     python -m cnet train embedded --install runs/embedded/controlnet-canny --pack assets/embedded
     python -m cnet train embedded --install runs/decoder --pack assets/embedded
+    python -m cnet train embedded --install outputs/eval --pack assets/embedded
 
 A condition's fine-tune of the preset's shared ControlNet goes in as its low-rank difference from
 that one, with its card, and preset.json and the shared card stop naming the condition. A decoder
 tuned on the preset (`cnet train decoder --model-dir` it) replaces `base/vae/`; the base's
 lineage.json and card follow. Either way the preset is refused when it would go over the weights
-budget, and `--metrics` keeps the evaluation the cards quote.
+budget, and `--metrics` keeps the evaluation the cards quote. An evaluation of the preset
+(`cnet eval --out` folder) replaces the one it keeps, and every ControlNet card quotes its figures.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import json
 import shutil
 from pathlib import Path
 
+from cnet.evaluate import RESULTS_FILE
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.embedded import (
     EVALUATION_FOLDER,
     LOWRANK_RANK,
     SHARED_FOLDER,
+    card_with_figures,
     controlnet_card,
     folder_bytes,
     keep_evaluation,
@@ -32,11 +36,22 @@ from cnet.train.embedded import (
 )
 from cnet.train.lineage import LINEAGE_FILE, read_lineage, recorded_runs
 
-RUN_HINT = "give the --output-dir of a `python -m cnet train controlnet` or `train decoder` run"
+RUN_HINT = (
+    "give the --output-dir of a `python -m cnet train controlnet` or `train decoder` run, or of "
+    "a `python -m cnet eval` of the preset"
+)
 
 
 def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
-    """Add the finished run in `run_dir` to the preset packed in `out`; returns what went where."""
+    """Add the finished run (or the evaluation) in `run_dir` to the preset packed in `out`;
+    returns what went where."""
+    if (run_dir / RESULTS_FILE).is_file() and not (run_dir / "training.json").is_file():
+        if metrics_path and metrics_path.resolve() != (run_dir / RESULTS_FILE).resolve():
+            raise ValueError(
+                f"{run_dir} is an evaluation, which brings its own figures: leave out --metrics"
+            )
+        cards = install_evaluation(run_dir / RESULTS_FILE, out)
+        return f"the evaluation of {run_dir} in {out / EVALUATION_FOLDER}, quoted by {cards}"
     if (run_dir / "vae").is_dir():
         install_decoder(run_dir, out, metrics_path)
         return f"the decoder of {run_dir / 'vae'} in {out / 'base' / 'vae'}"
@@ -73,6 +88,29 @@ def replace_evaluation(out: Path, metrics_path: Path | None) -> None:
     if metrics_path and metrics_path.parent.resolve() != evaluation.resolve():
         shutil.rmtree(evaluation, ignore_errors=True)
         keep_evaluation(metrics_path.parent, evaluation)
+
+
+def install_evaluation(metrics_path: Path, out: Path) -> str:
+    """`cnet eval`'s results.json of the preset packed in `out` in place of the evaluation it
+    keeps, and every ControlNet card's figures rewritten from it; returns the cards' folders."""
+    preset_path = out / "preset.json"
+    if not preset_path.is_file():
+        raise FileNotFoundError(
+            f"{out} is not a packed preset (no preset.json); pack one first: python -m cnet "
+            f"train embedded --pack {out}"
+        )
+    metrics = json.loads(metrics_path.read_text())
+    served = json.loads(preset_path.read_text()).get("controlnets", {})
+    serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
+    cards = sorted((out / "controlnet").glob("*/README.md"))
+    for card in cards:
+        name, text = card.parent.name, card.read_text()
+        if name == SHARED_FOLDER:
+            card.write_text(shared_card_serving(text, serves, metrics))
+        else:
+            card.write_text(card_with_figures(text, metrics, [name]))
+    replace_evaluation(out, metrics_path)
+    return ", ".join(f"controlnet/{card.parent.name}" for card in cards) or "no card"
 
 
 def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
