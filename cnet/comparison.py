@@ -87,12 +87,20 @@ def mean_over_conditions(rows: list[np.ndarray]) -> np.ndarray:
     return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
 
 
+def tested_on(run: dict, condition: str) -> tuple[list[str] | None, int]:
+    """What an evaluation (its scenes.json) tested `condition` on: the kinds each scene was made
+    to hold (None: the seeds' own scenes) and the version of the map drawn; evaluations from
+    before either was recorded name neither."""
+    versions = run.get("map_versions", {})
+    return run.get("scenes_with", {}).get(condition), versions.get(condition, 1)
+
+
 def other_scenes(old: dict, new: dict) -> list[str]:
-    """The conditions both runs scored but on different scenes of the same seeds (pose, from
-    before its test scenes each held a person): their figures do not pair."""
-    kinds = [run.get("scenes_with", {}) for run in (old, new)]
+    """The conditions both runs scored but on different scenes or maps of the same seeds (pose,
+    from before its test scenes each held a person; scribble, from before its maps drew the
+    horizon): their figures do not pair."""
     shared = [c for c in new["figures"] if c in old["figures"]]
-    return [c for c in shared if kinds[0].get(c) != kinds[1].get(c)]
+    return [c for c in shared if tested_on(old, c) != tested_on(new, c)]
 
 
 def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     if apart := other_scenes(old, new):
-        text += f"\n\nLeft out, scored on other scenes by the two runs: {', '.join(apart)}."
+        text += f"\n\nLeft out, scored on other scenes or maps by the two runs: {', '.join(apart)}."
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.synth import Sample, generate, split_seeds
-from cnet.synth.maps import MAP_SHOWS_ONLY, training_kinds
+from cnet.synth.maps import MAP_SHOWS_ONLY, map_version, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
 from cnet.synth.sample import condition_sample
@@ -251,7 +251,7 @@ def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling)
     return {
         "sampling": asdict(sampling),
         "seeds": list(seeds),
-        "scenes_with": scenes_with(per_scene),
+        **scenes_and_maps(per_scene),
         "figures": {
             condition: {
                 setting: {f.name: values(rows, f.name) for f in fields(Scores)}
@@ -323,10 +323,16 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
     return settings
 
 
-def scenes_with(conditions: Iterable[str]) -> dict[str, list[str]]:
-    """{condition: the kinds each of its test scenes holds one of} where it is not the seeds' own
-    scenes (scenes.json records it: figures of other scenes do not pair)."""
-    return {c: list(kinds) for c in conditions if (kinds := training_kinds(c))}
+def scenes_and_maps(conditions: Iterable[str]) -> dict[str, dict]:
+    """What scenes.json records of what this version tests each condition on, where it is not the
+    seeds' own scenes and first maps: "scenes_with" {condition: the kinds each of its test scenes
+    holds one of} and "map_versions" {condition: its map's version}. Figures of other scenes or
+    maps do not pair (`cnet.comparison.tested_on` reads it)."""
+    conditions = list(conditions)
+    return {
+        "scenes_with": {c: list(kinds) for c in conditions if (kinds := training_kinds(c))},
+        "map_versions": {c: version for c in conditions if (version := map_version(c)) > 1},
+    }
 
 
 def score_conditions(
@@ -633,7 +639,7 @@ def earlier_scenes(
     """The per-scene figures of an earlier evaluation (its scenes.json), checked to be of the
     same scenes, sampling and settings as this one (but for the conditions this one is `scoring`
     afresh)."""
-    from cnet.comparison import load_scenes
+    from cnet.comparison import load_scenes, tested_on
 
     earlier = load_scenes(folder)
     if earlier["seeds"] != list(seeds) or earlier["sampling"] != asdict(sampling):
@@ -643,11 +649,11 @@ def earlier_scenes(
             "--steps, --cfg and --sampler."
         )
     per_scene: PerScene = {}
-    now, then = scenes_with(earlier["figures"]), earlier.get("scenes_with", {})
+    now = scenes_and_maps(earlier["figures"])
     for condition, rows in earlier["figures"].items():
-        if condition not in scoring and now.get(condition) != then.get(condition):
+        if condition not in scoring and tested_on(now, condition) != tested_on(earlier, condition):
             raise ValueError(
-                f"{folder} scored {condition} on other scenes than this version of the "
+                f"{folder} scored {condition} on other scenes or maps than this version of the "
                 f"evaluation does; run with --conditions naming {condition} too."
             )
         if set(rows) != set(settings):

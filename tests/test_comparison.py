@@ -109,7 +109,18 @@ def test_a_condition_scored_on_other_scenes_is_left_out_and_named(tmp_path):
     args = argparse.Namespace(old=tmp_path / "old", new=tmp_path / "new", out=tmp_path / "c.md")
     assert run(args) == 0
     text = (tmp_path / "c.md").read_text()
-    assert text.endswith("Left out, scored on other scenes by the two runs: pose.\n")
+    assert text.endswith("Left out, scored on other scenes or maps by the two runs: pose.\n")
+
+
+def test_a_condition_scored_on_another_drawing_of_its_map_is_left_out():
+    figures = {c: {"user prompt": {"iou": [0.5] * 100}} for c in ("seg", "scribble")}
+    before = evaluation(figures)  # scribble's first maps, as evaluations once recorded them
+    after = {**evaluation(figures), "map_versions": {"scribble": 2}}
+    assert {c for c, _, _ in compare(before, after)} == {"seg"}
+    assert {c for c, _, _ in compare(after, after)} == {"seg", "scribble", MEAN_ROW}
+    assert compare(before, {**after, "map_versions": {"scribble": 1}}).keys() == compare(
+        before, before
+    ).keys()
 
 
 def test_every_figure_the_eval_writes_is_compared():

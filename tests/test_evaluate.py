@@ -432,3 +432,24 @@ def test_eval_refuses_a_worker_count_below_one(workers, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--workers", workers])
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_into_refuses_rows_of_an_earlier_drawing_of_a_map_unless_scored_again(tmp_path):
+    import json
+
+    from cnet.evaluate import Sampling, Scores, earlier_scenes, scene_figures
+
+    sampling = Sampling(size=64, steps=2, cfg=None, sampler=None)
+    rows = {c: {"user prompt": [Scores(iou=0.5, color_accuracy=1.0)]} for c in ("seg", "scribble")}
+    scenes = scene_figures(rows, SEEDS[:1], sampling)
+    assert scenes["map_versions"] == {"scribble": 2}  # drawn anew: the horizon too
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "scenes.json").write_text(json.dumps(scenes))
+    assert set(earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"])) == {"seg", "scribble"}
+
+    del scenes["map_versions"]  # an evaluation from before scribble's maps drew the horizon
+    (folder / "scenes.json").write_text(json.dumps(scenes))
+    with pytest.raises(ValueError, match="naming scribble too"):
+        earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"])
+    assert earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"], scoring=["scribble"])

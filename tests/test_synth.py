@@ -12,7 +12,7 @@ import pytest
 
 from cnet.detectors.seg import ade20k_color
 from cnet.synth import palette
-from cnet.synth.maps import CONDITION_MAPS, MAP_SHOWS_ONLY, training_kinds
+from cnet.synth.maps import CONDITION_MAPS, MAP_SHOWS_ONLY, horizon_segments, training_kinds
 from cnet.synth.render import FIRST_OBJECT, render
 from cnet.synth.sample import CONDITION_KEYS, KIND_CLASSES, Sample, generate
 from cnet.synth.scene import MIN_WALL_SHARE, sample_scene
@@ -169,14 +169,23 @@ def test_hough_segments_lie_on_straight_boundaries():
     assert all(s.conditions["hough"].any() for s in cube_scenes)
 
 
-def test_scribble_is_thick_white_on_black_around_objects():
+def test_scribble_is_thick_white_on_black_around_objects_and_the_horizon():
+    horizons = 0
     for s in map(sample, SEEDS):
         strokes = s.conditions["scribble"]
         assert set(np.unique(strokes)) <= {0, 255}
         drawn = strokes[..., 0] > 0
         assert drawn.any()
-        near = cv2.dilate(s.masks.any(axis=0).view(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        outlines = s.masks.any(axis=0).view(np.uint8)
+        for x0, row, x1, _ in horizon_segments(s.scene, s.render).astype(int):
+            outlines[row, x0 : x1 + 1] = 1
+            # The hand follows the horizon: strokes lie within a few rows of most of its length.
+            band = drawn[max(0, row - 4) : row + 5, x0 : x1 + 1].any(axis=0)
+            assert band.mean() > 0.8, s.seed
+            horizons += 1
+        near = cv2.dilate(outlines, np.ones((9, 9), np.uint8)) > 0
         assert near[drawn].mean() > 0.95
+    assert horizons
 
 
 def test_pose_keypoints_lie_inside_the_person():

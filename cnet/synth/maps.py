@@ -68,7 +68,8 @@ def hough(scene: Scene, render: Render) -> np.ndarray:
 
 
 def scribble(scene: Scene, render: Render) -> np.ndarray:
-    """Object outlines and straight edges redrawn with a wobbly hand and a thick pen."""
+    """Object outlines, straight edges and the horizon redrawn with a wobbly hand and a thick pen,
+    as a person sketches the scene (HED or fake_scribble find the horizon in a photo too)."""
     size = render.ids.shape[0]
     scale = size / 128
     step = max(1, round(3 * scale))
@@ -78,7 +79,7 @@ def scribble(scene: Scene, render: Render) -> np.ndarray:
         mask = render.mask(index).view(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         strokes += [np.append(c[::step, 0], c[:1, 0], axis=0) for c in contours if len(c) > step]
-    edges = render.edges.reshape(-1, 2, 2)
+    edges = np.concatenate([render.edges, horizon_segments(scene, render)]).reshape(-1, 2, 2)
     strokes.append(
         (edges[:, :1] + (edges[:, 1:] - edges[:, :1]) * _SCRIBBLE_EDGE_STEPS).reshape(-1, 2)
     )
@@ -148,6 +149,15 @@ MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {
     **MAP_BLANK_WITHOUT,
     "hough": tuple(kind for kind in KINDS if kind != "sphere"),
 }
+
+
+# A map as first drawn is version 1; a map drawn anew counts up, so that figures scored on the
+# old drawing are not paired with the new (scenes.json records it: `cnet eval --into`, `compare`).
+MAP_VERSIONS: dict[str, int] = {"scribble": 2}  # 2: the horizon drawn too (2026-11-28)
+
+
+def map_version(condition: str) -> int:
+    return MAP_VERSIONS.get(condition, 1)
 
 
 def training_kinds(condition: str | None) -> tuple[str, ...]:
