@@ -118,9 +118,10 @@ def test_a_condition_scored_on_another_drawing_of_its_map_is_left_out():
     after = {**evaluation(figures), "map_versions": {"scribble": 2}}
     assert {c for c, _, _ in compare(before, after)} == {"seg"}
     assert {c for c, _, _ in compare(after, after)} == {"seg", "scribble", MEAN_ROW}
-    assert compare(before, {**after, "map_versions": {"scribble": 1}}).keys() == compare(
-        before, before
-    ).keys()
+    assert (
+        compare(before, {**after, "map_versions": {"scribble": 1}}).keys()
+        == compare(before, before).keys()
+    )
 
 
 def test_every_figure_the_eval_writes_is_compared():

@@ -544,6 +544,11 @@ def test_install_of_an_evaluation_rewrites_every_card_as_pack_would(
     command = ["train", "embedded", "--install", str(again.parent), "--pack", str(out)]
     assert main([*command, "--metrics", str(tmp_path / "before" / "results.json")]) == 2
     assert "leave out --metrics" in capsys.readouterr().out
+    (tmp_path / "canny-alone").mkdir()
+    (tmp_path / "canny-alone" / "results.json").write_text(json.dumps({"canny": rows["canny"]}))
+    alone = ["train", "embedded", "--install", str(tmp_path / "canny-alone"), "--pack", str(out)]
+    assert main(alone) == 2
+    assert "has no rows for scribble, hough" in capsys.readouterr().out
     assert main(command) == 0
     assert "quoted by controlnet/all, controlnet/canny" in capsys.readouterr().out
 

@@ -103,6 +103,13 @@ def install_evaluation(metrics_path: Path, out: Path) -> str:
     served = json.loads(preset_path.read_text()).get("controlnets", {})
     serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
     cards = sorted((out / "controlnet").glob("*/README.md"))
+    quoted = serves + [card.parent.name for card in cards if card.parent.name != SHARED_FOLDER]
+    if missing := [condition for condition in quoted if condition not in metrics]:
+        raise ValueError(
+            f"{metrics_path} has no rows for {', '.join(missing)}, whose cards quote them: "
+            f"evaluate those too, or merge with the kept evaluation (python -m cnet eval "
+            f"--into {out / EVALUATION_FOLDER} ...)"
+        )
     for card in cards:
         name, text = card.parent.name, card.read_text()
         if name == SHARED_FOLDER:
