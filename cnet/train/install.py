@@ -90,6 +90,11 @@ def replace_evaluation(out: Path, metrics_path: Path | None) -> None:
         keep_evaluation(metrics_path.parent, evaluation)
 
 
+def shared_serves(controlnets: dict[str, str]) -> list[str]:
+    """The conditions a preset.json's "controlnets" sends to the shared ControlNet."""
+    return [key for key, folder in controlnets.items() if folder == SHARED_FOLDER]
+
+
 def install_evaluation(metrics_path: Path, out: Path) -> str:
     """`cnet eval`'s results.json of the preset packed in `out` in place of the evaluation it
     keeps, and every ControlNet card's figures rewritten from it; returns the cards' folders."""
@@ -100,8 +105,7 @@ def install_evaluation(metrics_path: Path, out: Path) -> str:
             f"train embedded --pack {out}"
         )
     metrics = json.loads(metrics_path.read_text())
-    served = json.loads(preset_path.read_text()).get("controlnets", {})
-    serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
+    serves = shared_serves(json.loads(preset_path.read_text()).get("controlnets", {}))
     cards = sorted((out / "controlnet").glob("*/README.md"))
     quoted = serves + [card.parent.name for card in cards if card.parent.name != SHARED_FOLDER]
     if missing := [condition for condition in quoted if condition not in metrics]:
@@ -157,8 +161,8 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
     preset_path.write_text(json.dumps(settings, indent=2) + "\n")
     shared_card = shared / "README.md"
     if shared_card.is_file():
-        serves = [key for key, folder in served.items() if folder == SHARED_FOLDER]
-        shared_card.write_text(shared_card_serving(shared_card.read_text(), serves, metrics))
+        card = shared_card_serving(shared_card.read_text(), shared_serves(served), metrics)
+        shared_card.write_text(card)
     replace_evaluation(out, metrics_path)
     return condition
 
