@@ -42,7 +42,7 @@ from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.synth import Sample, generate, split_seeds
-from cnet.synth.maps import MAP_SHOWS_ONLY, map_version, training_kinds
+from cnet.synth.maps import MAP_SHOWS_ONLY, redrawn_maps, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
 from cnet.synth.sample import condition_sample
@@ -331,7 +331,7 @@ def scenes_and_maps(conditions: Iterable[str]) -> dict[str, dict]:
     conditions = list(conditions)
     return {
         "scenes_with": {c: list(kinds) for c in conditions if (kinds := training_kinds(c))},
-        "map_versions": {c: version for c in conditions if (version := map_version(c)) > 1},
+        "map_versions": redrawn_maps(conditions),
     }
 
 

@@ -458,6 +458,7 @@ def test_the_exported_controlnet_records_every_run_behind_it_even_after_a_resume
     assert runs[1]["data"] == fill50k_dir.name  # a folder's name, not a path on this machine
     assert [s["cooldown_steps"] for s in runs[1]["schedules"]] == [1]
     assert runs[1]["max_steps"] == 2  # the card can tell a run stopped short of its cool-down
+    assert "map_versions" not in runs[1]  # a folder brings its own maps
     third = config(tiny_model_dir, fill50k_dir, tmp_path / "third", max_steps=1)
     third.controlnet = str(first / "controlnet")  # no record left there
     train(third)
@@ -639,6 +640,31 @@ def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_con
         tiny_model_dir, "synth", tmp_path / "again", condition="depth", controlnet=str(lowrank)
     )
     assert len(train(again).losses) == 2
+
+
+def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from cnet.synth import maps
+    from cnet.train.controlnet import train
+    from cnet.train.lineage import recorded_runs
+
+    monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 3})
+    out = tmp_path / "depth"
+    run = config(tiny_model_dir, "synth", out, condition="depth", max_steps=1, checkpoint_every=1)
+    train(run)
+    assert json.loads((out / "training.json").read_text())["map_versions"] == {"depth": 3}
+    assert recorded_runs(out / "controlnet")[-1]["map_versions"] == {"depth": 3}
+    run.max_steps, run.resume = 2, "latest"
+    monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 4})
+    with pytest.raises(ValueError, match="drawn as {'depth': 3}.*another --output-dir"):
+        train(run)
+    monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 3})
+    assert len(train(run).losses) == 2
+    shared = config(tiny_model_dir, "synth", tmp_path / "all", condition="all", max_steps=1)
+    train(shared)
+    summary = json.loads((tmp_path / "all" / "training.json").read_text())
+    assert summary["map_versions"] == {"scribble": 2, "depth": 3}  # every condition's maps
 
 
 @pytest.mark.parametrize("condition_zero_conv", [True, False])

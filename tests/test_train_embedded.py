@@ -391,6 +391,52 @@ def test_a_fine_tune_with_replayed_maps_records_and_names_its_share(recipe):
     assert embedded.describe_run(without).startswith("4 steps on scribble maps, batch 64")
 
 
+def test_a_card_names_the_map_versions_a_run_trained_on(recipe, tiny_model_dir, tmp_path):
+    from cnet.train.controlnet import lineage_entry
+
+    config = asdict(recipe["controlnet-scribble"].config)
+    run = {
+        "steps": 4,
+        "schedules": [{"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}],
+        "connect_decoder": True,
+        "base_unlocked": False,
+        "mean_loss_last_100": 0.19,
+        "control_gains": {},
+        "device": "1 x cpu",
+        "map_versions": {"scribble": 2},
+        "config": config,
+    }
+    assert embedded.describe_run(lineage_entry(run)).startswith(
+        "4 steps on scribble maps (version 2: the horizon drawn too), batch 64"
+    )
+    shared = lineage_entry({**run, "config": {**config, "condition": "all"}})
+    assert embedded.describe_run(shared).startswith(
+        "4 steps on all maps (scribble's version 2: the horizon drawn too), batch 64"
+    )
+    first_drawn = lineage_entry({**run, "map_versions": {}})
+    assert "map_versions" not in first_drawn
+    assert embedded.describe_run(first_drawn).startswith("4 steps on scribble maps, batch 64")
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    finish_controlnet(recipe, tiny_model_dir, "scribble", STEPS.controlnet)
+    summary = recipe["controlnet-scribble"].run_dir / "training.json"
+    summary.write_text(
+        json.dumps({**json.loads(summary.read_text()), "map_versions": {"scribble": 2}})
+    )
+    pack(recipe, tmp_path / "preset")
+    card = (tmp_path / "preset" / "controlnet" / "scribble" / "README.md").read_text()
+    assert "their `scribble` control maps (64 px, train split; version 2: the horizon drawn" in card
+
+
+def test_every_redrawn_map_says_what_changed():
+    from cnet.synth.maps import MAP_CHANGES, MAP_VERSIONS
+
+    for condition, version in MAP_VERSIONS.items():
+        for drawing in range(2, version + 1):
+            assert MAP_CHANGES[condition, drawing], (condition, drawing)
+
+
 def test_to_float16_halves_wide_floats_and_leaves_fp16_files_alone(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file

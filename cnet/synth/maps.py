@@ -8,7 +8,7 @@ drawing functions, so a map of a synthetic scene reads like a detector's map of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -153,11 +153,29 @@ MAP_SHOWS_ONLY: dict[str, tuple[str, ...]] = {
 
 # A map as first drawn is version 1; a map drawn anew counts up, so that figures scored on the
 # old drawing are not paired with the new (scenes.json records it: `cnet eval --into`, `compare`).
-MAP_VERSIONS: dict[str, int] = {"scribble": 2}  # 2: the horizon drawn too (2026-11-28)
+MAP_VERSIONS: dict[str, int] = {"scribble": 2}
+# What each drawing anew changed, as model cards name it.
+MAP_CHANGES: dict[tuple[str, int], str] = {("scribble", 2): "the horizon drawn too"}  # 2026-11-28
 
 
 def map_version(condition: str) -> int:
     return MAP_VERSIONS.get(condition, 1)
+
+
+def redrawn_maps(conditions: Iterable[str]) -> dict[str, int]:
+    """{condition: its map's version} for those of `conditions` whose maps are drawn anew (above
+    version 1): what an evaluation's scenes.json and a training run's record keep."""
+    return {c: version for c in conditions if (version := map_version(c)) > 1}
+
+
+def map_versions_text(versions: dict[str, int], condition: str) -> str:
+    """A run's redrawn maps as a model card names them: "version 2: the horizon drawn too" for its
+    own condition's, "scribble's version 2: ..." for another's; "" for none."""
+    parts = []
+    for key, version in versions.items():
+        whose = "" if key == condition else f"{key}'s "
+        parts.append(f"{whose}version {version}: {MAP_CHANGES[key, version]}")
+    return "; ".join(parts)
 
 
 def training_kinds(condition: str | None) -> tuple[str, ...]:

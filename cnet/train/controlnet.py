@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.models import load_controlnet
+from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
-from cnet.train.data import SYNTHETIC, batch_stream, open_dataset
+from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, synthetic_maps
 from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
@@ -502,6 +503,14 @@ def train(config: TrainConfig) -> TrainResult:
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
     )
     base_unlocked = saved.get("base_unlocked", False)
+    map_versions = redrawn_maps(synthetic_maps(config.data, config.condition, config.replay_share))
+    if saved.get("map_versions", map_versions) != map_versions:
+        raise ValueError(
+            f"{resume_dir} trained on maps drawn as {saved['map_versions'] or 'first'}; the "
+            f"synthetic world now draws them as {map_versions or 'first'}, and one run mixing "
+            "both would be recorded as neither. Start a new run in another --output-dir instead "
+            "(--controlnet can start it from this run's exported weights)."
+        )
 
     # With decoder links cut, the encoder-level zero convs get no gradient: DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not connect_decoder)
@@ -610,6 +619,7 @@ def train(config: TrainConfig) -> TrainResult:
             "base_unlocked": base_unlocked,
             "schedules": schedules,
             "lineage": earlier,
+            "map_versions": map_versions,
             "config": asdict(config),
         }
         directory = ckpt.checkpoint_dir(output_dir, step)
@@ -709,6 +719,7 @@ def train(config: TrainConfig) -> TrainResult:
             "base_unlocked": base_unlocked,
             "device": device_name(accelerator),
             "schedules": schedules,
+            "map_versions": map_versions,
             "config": asdict(config),
         }
         (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
@@ -720,11 +731,13 @@ def train(config: TrainConfig) -> TrainResult:
 def lineage_entry(summary: dict) -> dict:
     """This run, as the exported ControlNet's lineage.json records it."""
     replay_share = summary["config"].get("replay_share")
+    map_versions = summary.get("map_versions")
     return run_record(
         "controlnet",
         summary,
         ("condition", "proportion_empty_prompts", "default_prompt_share", "max_steps"),
         **({"replay_share": replay_share} if replay_share else {}),
+        **({"map_versions": map_versions} if map_versions else {}),
         schedules=summary["schedules"],
         all_links=summary["connect_decoder"],
         base_unlocked=summary["base_unlocked"],

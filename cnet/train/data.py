@@ -141,6 +141,16 @@ class MixedMaps(Dataset):
         return self.parts[self.condition_of(index)][index]
 
 
+def synthetic_maps(source: str, condition: str | None, replay_share: float = 0.0) -> list[str]:
+    """The conditions whose maps the synthetic world draws for a run on `source` (open_dataset's
+    arguments); [] where the data brings its own maps."""
+    from cnet.synth.sample import CONDITION_KEYS
+
+    if source != SYNTHETIC or condition is None:
+        return []
+    return list(CONDITION_KEYS) if condition == EVERY_CONDITION or replay_share else [condition]
+
+
 def open_dataset(
     source: str,
     resolution: int,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cnet.lowrank import is_lowrank, lowrank_settings, lowrank_start, write_lowrank
 from cnet.synth.examples import write_examples
+from cnet.synth.maps import map_versions_text
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.data import EVERY_CONDITION
 from cnet.train.lineage import LINEAGE_FILE, last_gain, read_lineage, recorded_runs
@@ -390,7 +391,10 @@ def describe_schedules(summary: dict) -> str:
 def describe_run(run: dict) -> str:
     """One run of a model's lineage.json, as its card lists it."""
     if run["trainer"] == "controlnet":
-        text = f"{run['steps']} steps on {run['condition']} maps{replayed_maps(run)}, "
+        text = f"{run['steps']} steps on {run['condition']} maps"
+        if drawn := map_versions_text(run.get("map_versions", {}), run["condition"]):
+            text += f" ({drawn})"
+        text += f"{replayed_maps(run)}, "
         text += f"{describe_schedules(run)}, "
         text += empty_prompts(run)
         if not run["all_links"]:
@@ -467,6 +471,9 @@ def controlnet_card(
     else:
         title, use = serves[0], ""
         maps = f"their `{serves[0]}` control maps{replayed_maps(config)}"
+    data = f"{resolution} px, train split"
+    if drawn := map_versions_text(summary.get("map_versions", {}), config["condition"]):
+        data += f"; {drawn}"
     size = f"{parameter_count(folder) / 1e6:.2f} M (stored in float16)"
     if is_lowrank(folder):
         lowrank = lowrank_settings(folder)
@@ -493,7 +500,7 @@ def controlnet_card(
 
 {use}The trainable copy of the embedded base's UNet encoder and middle block, joined to the locked
 base by zero convolutions (diffusers `ControlNetModel`), trained by ControlNet Studio on synthetic
-scenes with {maps} ({resolution} px, train split).
+scenes with {maps} ({data}).
 
 - Parameters: {size}.
 - Training: {start}{summary["steps"]} steps, {describe_schedules(summary)},
