@@ -237,7 +237,7 @@ CONDITIONS: dict[str, Condition] = {
                     "lines",
                     "Line segments (OpenCV LSD, no weights)",
                     (
-                        Param("min_length", "Minimum length (px)", 20, 2, 256, 1),
+                        Param("min_length_percent", "Minimum length (% of side)", 4, 0.5, 50, 0.5),
                         Param("contrast", "Minimum contrast", 20, 1, 255, 1),
                     ),
                     factory=lines.LineSegmentDetector,

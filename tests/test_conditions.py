@@ -187,9 +187,9 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
         assert (
             "hf download lllyasviel/Annotators mlsd_large_512_fp32.pth" in capsys.readouterr().err
         )
-        assert main(["detect", example, "-c", "hough", "-p", "min_length=x", *common]) == 2
+        assert main(["detect", example, "-c", "hough", "-p", "min_length_percent=x", *common]) == 2
         assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
-        assert "min_length" in capsys.readouterr().err
+        assert "min_length_percent" in capsys.readouterr().err
         assert main(["detect", "--list", *common]) == 0
         assert "upernet-convnext-small" in capsys.readouterr().out
     finally:

@@ -75,3 +75,20 @@ def test_mlsd_loads_from_the_annotators_folder(tmp_path):
         set_annotators_dir(None)
     assert control.shape == (512, 512, 3)
     assert set(np.unique(control)) <= {0, 255}
+
+
+def _small_squares(size: int) -> np.ndarray:
+    """A square of a tenth of the side, and one of a fiftieth, at `size` px."""
+    image = np.full((size, size, 3), 240, np.uint8)
+    tenth, fiftieth = size // 4 + size // 10, size * 3 // 4 + size // 50
+    image[size // 4 : tenth, size // 4 : tenth] = (30, 60, 200)
+    image[size * 3 // 4 : fiftieth, size * 3 // 4 : fiftieth] = (30, 60, 200)
+    return image
+
+
+@pytest.mark.parametrize("size", [128, 512])
+def test_the_minimum_length_is_a_share_of_the_side_so_any_resolution_keeps_the_same_lines(size):
+    segments = detect_segments(_small_squares(size))  # at least 4 % of the side
+    lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
+    assert len(segments) == 4 and (lengths > 0.06 * size).all()  # the larger square's sides
+    assert len(detect_segments(_small_squares(size), min_length_percent=12)) == 0

@@ -38,11 +38,12 @@ def _contrast(grey: np.ndarray, segments: np.ndarray, samples: int = 16) -> np.n
     return np.abs(sample(points + offset) - sample(points - offset)).mean(axis=1)
 
 
-def detect_segments(image: np.ndarray, min_length: float = 20.0, contrast: float = 20.0):
+def detect_segments(image: np.ndarray, min_length_percent: float = 4.0, contrast: float = 20.0):
     """Line segments of an RGB image as a float (N, 4) array of (x1, y1, x2, y2) pixels.
 
-    Segments shorter than `min_length` pixels, or with a grey-level step across them below
-    `contrast` (0..255), are dropped.
+    Segments shorter than `min_length_percent` of the image's shorter side, or with a grey-level
+    step across them below `contrast` (0..255), are dropped: the same lines at any preprocessor
+    resolution.
     """
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     found = cv2.createLineSegmentDetector().detect(grey)[0]
@@ -50,7 +51,7 @@ def detect_segments(image: np.ndarray, min_length: float = 20.0, contrast: float
         return np.zeros((0, 4), np.float32)
     segments = found.reshape(-1, 4)
     lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
-    segments = segments[lengths >= min_length]
+    segments = segments[lengths >= min_length_percent / 100 * min(grey.shape)]
     if len(segments):
         segments = segments[_contrast(grey, segments) >= contrast]
     return segments
@@ -68,9 +69,13 @@ class LineSegmentDetector(Detector):
     """Offline straight lines: OpenCV LSD, filtered by length and contrast."""
 
     def detect(
-        self, image: np.ndarray, min_length: float = 20.0, contrast: float = 20.0, **_: Any
+        self,
+        image: np.ndarray,
+        min_length_percent: float = 4.0,
+        contrast: float = 20.0,
+        **_: Any,
     ) -> np.ndarray:
-        segments = detect_segments(image, min_length, contrast)
+        segments = detect_segments(image, min_length_percent, contrast)
         return draw_segments(segments, *image.shape[:2])
 
 
