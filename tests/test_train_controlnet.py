@@ -657,7 +657,7 @@ def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
     assert recorded_runs(out / "controlnet")[-1]["map_versions"] == {"depth": 3}
     run.max_steps, run.resume = 2, "latest"
     monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 4})
-    with pytest.raises(ValueError, match="drawn as {'depth': 3}.*another --output-dir"):
+    with pytest.raises(ValueError, match="then {'depth': 3}, now {'depth': 4}.*--output-dir"):
         train(run)
     monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 3})
     assert len(train(run).losses) == 2

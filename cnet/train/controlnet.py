@@ -506,10 +506,11 @@ def train(config: TrainConfig) -> TrainResult:
     map_versions = redrawn_maps(synthetic_maps(config.data, config.condition, config.replay_share))
     if saved.get("map_versions", map_versions) != map_versions:
         raise ValueError(
-            f"{resume_dir} trained on maps drawn as {saved['map_versions'] or 'first'}; the "
-            f"synthetic world now draws them as {map_versions or 'first'}, and one run mixing "
-            "both would be recorded as neither. Start a new run in another --output-dir instead "
-            "(--controlnet can start it from this run's exported weights)."
+            f"The synthetic maps this run trains on were drawn anew since {resume_dir} was saved "
+            f"(versions of the redrawn maps then {saved['map_versions']}, now {map_versions}: "
+            "MAP_VERSIONS in cnet/synth/maps.py), and one run would mix both drawings. Start a "
+            "new run in another --output-dir (--controlnet starts it from a ControlNet folder, "
+            "such as an earlier run's export)."
         )
 
     # With decoder links cut, the encoder-level zero convs get no gradient: DDP must allow that.
