@@ -367,11 +367,9 @@ def test_a_card_lists_every_run_behind_the_weights(recipe, tiny_model_dir, tmp_p
     assert (tmp_path / "preset" / "controlnet" / "all" / LINEAGE_FILE).is_file()
 
 
-def test_a_fine_tune_with_replayed_maps_records_and_names_its_share(recipe):
-    from cnet.train.controlnet import lineage_entry
-
-    config = {**asdict(recipe["controlnet-scribble"].config), "replay_share": 0.25}
-    run = {
+def four_step_run(config: dict) -> dict:
+    """A finished 4-step ControlNet run's training.json, as `lineage_entry` reads it."""
+    return {
         "steps": 4,
         "schedules": [{"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}],
         "connect_decoder": True,
@@ -381,6 +379,13 @@ def test_a_fine_tune_with_replayed_maps_records_and_names_its_share(recipe):
         "device": "1 x cpu",
         "config": config,
     }
+
+
+def test_a_fine_tune_with_replayed_maps_records_and_names_its_share(recipe):
+    from cnet.train.controlnet import lineage_entry
+
+    config = {**asdict(recipe["controlnet-scribble"].config), "replay_share": 0.25}
+    run = four_step_run(config)
     entry = lineage_entry(run)
     assert entry["replay_share"] == 0.25
     assert embedded.describe_run(entry).startswith(
@@ -395,17 +400,7 @@ def test_a_card_names_the_map_versions_a_run_trained_on(recipe, tiny_model_dir, 
     from cnet.train.controlnet import lineage_entry
 
     config = asdict(recipe["controlnet-scribble"].config)
-    run = {
-        "steps": 4,
-        "schedules": [{"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}],
-        "connect_decoder": True,
-        "base_unlocked": False,
-        "mean_loss_last_100": 0.19,
-        "control_gains": {},
-        "device": "1 x cpu",
-        "map_versions": {"scribble": 2},
-        "config": config,
-    }
+    run = {**four_step_run(config), "map_versions": {"scribble": 2}}
     assert embedded.describe_run(lineage_entry(run)).startswith(
         "4 steps on scribble maps (version 2: the horizon drawn too), batch 64"
     )
