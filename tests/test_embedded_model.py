@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -15,6 +16,7 @@ from cnet.train.embedded import WEIGHTS_BUDGET_BYTES, folder_bytes
 
 EMBEDDED = models.EMBEDDED_DIR
 ASSETS = EMBEDDED.parent
+README = ASSETS.parent / "README.md"
 
 
 def test_every_condition_has_a_controlnet_with_a_card():
@@ -41,6 +43,12 @@ def test_the_weights_and_their_history_fit_the_budget():
     )  # fmt: skip
     rows = map(str.split, sizes.stdout.splitlines())
     assert sum(int(size) for kind, size in rows if kind == "blob") <= WEIGHTS_BUDGET_BYTES
+
+
+def test_the_readme_states_its_size_on_disk():
+    stated = re.search(r"The embedded model in `assets/embedded/` \((\d+) MB", README.read_text())
+    assert stated, "README.md's opening no longer names the embedded model's size"
+    assert int(stated[1]) == round(folder_bytes(EMBEDDED) / 1e6)
 
 
 def test_its_examples_are_held_out_scenes_in_the_form_the_app_reads_and_their_prompts(tmp_path):
