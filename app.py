@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--preset",
         default="auto",
-        help="auto (sd15 on a GPU with its weights at hand, else the embedded model), "
-        "embedded, sd15, or a folder in the embedded layout (default: auto)",
+        help="auto (sd15 on a GPU with its weights cached or the hub reachable, else the "
+        "embedded model), embedded, sd15, or a folder in the embedded layout (default: auto)",
     )
     model.add_argument(
         "--model-dir", help="a folder in the embedded layout: base/, controlnet/<key>/"

@@ -379,8 +379,9 @@ def _hub_reachable(repo_id: str, timeout: float = 3.0) -> bool:
 
 
 def choose_auto(device: str) -> tuple[str, str]:
-    """(preset name, reason) for --preset auto: sd15 on a GPU with its weights at hand, else
-    the embedded preset. Looks at the cache and asks the hub for metadata; downloads nothing."""
+    """(preset name, reason) for --preset auto: sd15 on a GPU with its weights cached or
+    reachable, else the embedded preset. Looks at the cache and asks the hub for metadata;
+    downloads nothing."""
     if device == "cpu":
         return "embedded", "no GPU found, so the embedded CPU model runs (sd15 needs a GPU)"
     if hub_cached(SD15_BASE, SD15_BASE_FILES):
