@@ -665,7 +665,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--only",
         nargs="+",
         metavar="STAGE",
-        help="train only these stages (base, captioner, "
+        help=f"train only these stages (base, captioner, {SHARED}: the shared ControlNet, "
         f"controlnet-<condition>: {', '.join(CONDITION_KEYS)})",
     )
     for name, value in vars(defaults).items():
