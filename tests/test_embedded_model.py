@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -49,6 +50,25 @@ def test_the_readme_states_its_size_on_disk():
     stated = re.search(r"The embedded model in `assets/embedded/` \((\d+) MB", README.read_text())
     assert stated, "README.md's opening no longer names the embedded model's size"
     assert int(stated[1]) == round(folder_bytes(EMBEDDED) / 1e6)
+
+
+def test_the_readme_quotes_the_shipped_evaluation_as_it_is():
+    """Rows of the README's tables of figures per condition and setting are the shipped eval's
+    table.md rows, and the main table is there whole: a new evaluation updates the README."""
+    shipped = (EMBEDDED / "eval" / "table.md").read_text().splitlines()
+    settings = {"user prompt", "no prompt", "automatic prompt", "no control"}
+    quoted = [
+        line
+        for line in README.read_text().splitlines()
+        if (cells := [cell.strip() for cell in line.strip("|").split("|")])
+        and line.startswith("| ")
+        and cells[0] in CONDITION_KEYS
+        and (cells[1] in settings or all(re.fullmatch(r"[\d.]+", cell) for cell in cells[1:]))
+    ]
+    assert [line for line in quoted if line not in shipped] == []
+    first = shipped.index(next(line for line in shipped if line.startswith("| ")))
+    main = list(itertools.takewhile(lambda line: line.startswith("| "), shipped[first + 2 :]))
+    assert len(main) == 4 * len(CONDITION_KEYS) and set(main) <= set(quoted)
 
 
 def test_its_examples_are_held_out_scenes_in_the_form_the_app_reads_and_their_prompts(tmp_path):
