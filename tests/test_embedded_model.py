@@ -23,9 +23,12 @@ README = ASSETS.parent / "README.md"
 def test_every_condition_has_a_controlnet_with_a_card():
     preset = models.preset_from_dir(EMBEDDED, name="embedded")
     assert set(preset.controlnets) == set(CONDITION_KEYS)
+    shipped = (EMBEDDED / "eval" / "table.md").read_text().splitlines()
     for condition in CONDITION_KEYS:
         card = (models.Path(preset.controlnets[condition]) / "README.md").read_text()
-        assert condition in card and "foreground IoU" in card  # its measured figures
+        rows = [f"| {condition} {line}" for line in card.splitlines() if line.startswith("| ")]
+        figures = [row for row in rows if row in shipped]  # its measured figures, as shipped
+        assert len(figures) == 4, (condition, rows)
     assert "Latent scaling factor" in (EMBEDDED / "base" / "README.md").read_text()
 
 
