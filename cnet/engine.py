@@ -30,6 +30,7 @@ from cnet.models import (
     LRUCache,
     ModelMissingError,
     Preset,
+    check_controlnet_fits,
     compile_problem,
     cpu_threads,
     load_base,
@@ -321,6 +322,7 @@ class Engine:
         def load_now():
             label = f"The {condition} ControlNet of preset '{self.preset.name}'"
             model = load_controlnet(source, self.preset.base, self.preset.dtype, device, label)
+            check_controlnet_fits(model.config, self._pipe.unet.config, label)
             return self._optimize(model)
 
         with self._lock:

@@ -70,6 +70,10 @@ class UnsafeCheckpointError(ValueError):
     """A pickled checkpoint that can only be read by running code from the file."""
 
 
+class ModelMismatchError(ValueError):
+    """A ControlNet made for another base: its residuals cannot join this base's UNet."""
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str  # "embedded", "sd15", or a custom name
@@ -563,6 +567,30 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
     except OSError as error:
         raise model_missing(source, label, str(error), "controlnet") from error
     return model.to(device).eval()
+
+
+# A ControlNet is a copy of its base UNet's encoder: where these differ, its residuals and text
+# input cannot fit the UNet, and torch would only say that two shapes do not multiply.
+ENCODER_SHAPE = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim")
+
+
+def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, label: str) -> None:
+    """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture."""
+
+    def plain(value):
+        return list(value) if isinstance(value, list | tuple) else value
+
+    differ = [
+        f"{key} {plain(controlnet_config.get(key))} (the base's {plain(unet_config.get(key))})"
+        for key in ENCODER_SHAPE
+        if plain(controlnet_config.get(key)) != plain(unet_config.get(key))
+    ]
+    if differ:
+        raise ModelMismatchError(
+            f"{label} was made for another base model: {'; '.join(differ)}. Give a ControlNet "
+            "trained on this base (--controlnet CONDITION=PATH), or the base it was trained on "
+            "(--base, or its preset)."
+        )
 
 
 class LRUCache:

@@ -18,6 +18,7 @@ from cnet.engine import (
     ModelMissingError,
     load_engine,
 )
+from cnet.models import ModelMismatchError
 
 STEPS = 2
 
@@ -422,3 +423,20 @@ def test_a_missing_controlnet_names_its_folder(tiny_model_dir: Path, tmp_path: P
     assert "canny ControlNet" in engine.status()
     with pytest.raises(ModelMissingError, match=str(tmp_path / "gone")):
         engine.controlnet("canny")
+
+
+def test_a_controlnet_of_another_base_is_refused_naming_what_differs(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    from diffusers import ControlNetModel
+
+    config = dict(ControlNetModel.load_config(tiny_model_dir / "controlnet" / "canny"))
+    config["cross_attention_dim"] *= 2  # one trained with a wider text encoder
+    ControlNetModel.from_config(config).save_pretrained(tmp_path / "wider")
+    engine = load_engine(
+        model_dir=str(tiny_model_dir), device="cpu", controlnets={"canny": str(tmp_path / "wider")}
+    )
+    width = config["cross_attention_dim"]
+    with pytest.raises(ModelMismatchError, match=rf"cross_attention_dim {width} \(the base's"):
+        engine.controlnet("canny")
+    assert engine.controlnet("depth") is not None  # the base's own ControlNets still load
