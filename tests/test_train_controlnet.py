@@ -81,6 +81,22 @@ def a_batch(fill50k_dir, size=2) -> dict:
     return next(batch_stream(open_dataset(str(fill50k_dir), 64), size, seed=0))
 
 
+def test_a_start_controlnet_of_another_base_is_refused_before_training(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from diffusers import ControlNetModel
+
+    from cnet.models import ModelMismatchError
+
+    settings = dict(ControlNetModel.load_config(tiny_model_dir / "controlnet" / "canny"))
+    settings["layers_per_block"] += 1  # a deeper encoder than this base's
+    ControlNetModel.from_config(settings).save_pretrained(tmp_path / "deeper")
+    run = config(tiny_model_dir, fill50k_dir, tmp_path / "run", controlnet=str(tmp_path / "deeper"))
+    with pytest.raises(ModelMismatchError, match="layers_per_block"):
+        train(run)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_pipeline_output_is_bit_identical_with_a_fresh_controlnet(tiny_model_dir):
     """y_c = F(x) + Z(F(x + Z(c))) = F(x): at init the ControlNet changes nothing at all."""
     from diffusers import (

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
-from cnet.models import load_controlnet
+from cnet.models import check_controlnet_fits, load_controlnet
 from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, synthetic_maps
@@ -526,6 +526,9 @@ def train(config: TrainConfig) -> TrainResult:
     parts = load_base(config.base)
     if config.controlnet:  # a folder, hub id, single file or low-rank difference, as the app reads
         controlnet = load_controlnet(config.controlnet, base_folder(config.base), "float32", "cpu")
+        check_controlnet_fits(
+            controlnet.config, parts["unet"].config, f"--controlnet {config.controlnet}"
+        )
     else:
         controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
     lock(parts["vae"], parts["text_encoder"], parts["unet"])
