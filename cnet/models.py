@@ -273,18 +273,70 @@ def preset_sampling(settings: dict) -> tuple[float, str]:
     return float(settings.get("cfg", PAPER_CFG)), settings.get("sampler", PAPER_SAMPLER)
 
 
+def settings_beside(base: str) -> tuple[Path | None, dict]:
+    """(model folder, its preset.json settings) for a base pipeline folder in the embedded layout
+    (<dir>/preset.json next to <dir>/base/); (None, {}) for a hub id."""
+    if not is_local(base):
+        return None, {}
+    folder = Path(base).expanduser().parent
+    return folder, preset_settings(folder)
+
+
 def sampling_defaults(base: str | None) -> tuple[float, str]:
-    """The guidance scale and sampler a base pipeline folder is sampled at: those of the
-    preset.json beside it (the embedded layout: <dir>/preset.json next to <dir>/base/), else the
-    paper's."""
-    return preset_sampling({} if base is None else preset_settings(Path(base).expanduser().parent))
+    """The guidance scale and sampler a base pipeline is sampled at: those of the preset.json
+    beside its folder, else the paper's."""
+    return preset_sampling({} if base is None else settings_beside(base)[1])
+
+
+def base_resolution(base: str) -> int | None:
+    """The image side a base pipeline was trained at, its UNet's sample size times its VAE's
+    down-sampling, read from the configs in its folder or the hub cache (nothing is downloaded);
+    None where they are not at hand."""
+    configs = {}
+    for part in ("unet", "vae"):
+        name = f"{part}/config.json"
+        if is_local(base):
+            path = Path(base).expanduser() / name
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(base, name)
+        if not isinstance(path, str | Path) or not Path(path).is_file():
+            return None
+        configs[part] = json.loads(Path(path).read_text())
+    sample_size = configs["unet"].get("sample_size")
+    blocks = configs["vae"].get("block_out_channels")
+    if not isinstance(sample_size, int) or not blocks:  # e.g. a non-square model's [h, w]
+        return None
+    return sample_size * 2 ** (len(blocks) - 1)
+
+
+def base_defaults(base: str) -> dict:
+    """The preset fields that belong to a base rather than to its ControlNets: the resolution,
+    guidance scale and sampler it is sampled at and the tabs' examples in words it knows. From
+    the preset.json beside its folder when there is one; else its native resolution (SD 1.5's
+    where its configs are not at hand), the paper's sampling and the registry's examples."""
+    folder, settings = settings_beside(base)
+    cfg, sampler = preset_sampling(settings)
+    resolution = settings.get("resolution") or base_resolution(base) or SD15_RESOLUTION
+    example_prompts = settings.get("example_prompts", {})
+    if folder is not None:
+        known_conditions(folder, example_prompts, "an example prompt")
+    return {
+        "resolution": int(resolution),
+        "cfg": cfg,
+        "sampler": sampler,
+        "example_prompts": example_prompts,
+        "examples": preset_examples(folder, settings.get("examples", {})) if folder else {},
+    }
 
 
 def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str | None = None):
     """A preset for a folder in the embedded layout (base/, controlnet/<key>/, preset.json).
 
-    preset.json may hold "name", "resolution", "cfg" and "sampler" (the default guidance scale
-    and sampler, when the paper's 9.0 and DDPM do not suit the model), "controlnets":
+    preset.json may hold "name", "resolution" (else the base's native size), "cfg" and
+    "sampler" (the default guidance scale and sampler, when the paper's 9.0 and DDPM do not suit
+    the model), "controlnets":
     {condition: folder under controlnet/} for conditions whose ControlNet is not in
     controlnet/<condition>/, "example_prompts": {condition: prompt} for a model that knows only
     a small vocabulary (the registry's example prompts are written for SD 1.5), and "examples":
@@ -293,28 +345,20 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     """
     model_dir = Path(model_dir).expanduser()
     settings = preset_settings(model_dir)
-    example_prompts = settings.get("example_prompts", {})
-    known_conditions(model_dir, example_prompts, "an example prompt")
-    examples = preset_examples(model_dir, settings.get("examples", {}))
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
     device = device or detect_device()
-    captioner = model_dir / "captioner"
-    cfg, sampler = preset_sampling(settings)
+    base = str(model_dir / "base")
     return Preset(
         name=name or settings.get("name") or model_dir.name,
-        base=str(model_dir / "base"),
+        base=base,
         controlnets=controlnets,
-        resolution=int(settings.get("resolution", SD15_RESOLUTION)),
-        cfg=cfg,
-        sampler=sampler,
         device=device,
         dtype=dtype_for(device),
-        captioner=str(captioner),
+        captioner=str(model_dir / "captioner"),
         model_dir=str(model_dir),
-        example_prompts=example_prompts,
-        examples=examples,
+        **base_defaults(base),
     )
 
 
@@ -429,14 +473,13 @@ def resolve_preset(
             f"Unknown preset '{preset}': use auto, embedded, sd15, or a folder with base/ and "
             "controlnet/<condition>/."
         )
-    if base is not None or controlnets:
-        chosen = replace(
-            chosen,
-            name="custom",
-            base=base or chosen.base,
-            controlnets={**chosen.controlnets, **(controlnets or {})},
-        )
-        reason += "; custom base/ControlNets given"
+    if controlnets:
+        chosen = replace(chosen, name="custom", controlnets={**chosen.controlnets, **controlnets})
+        reason += "; custom ControlNets given"
+    if base is not None and base != chosen.base:
+        # The base decides the size and sampling, not the preset whose ControlNets stay.
+        chosen = replace(chosen, name="custom", base=base, **base_defaults(base))
+        reason += f"; custom base given ({chosen.resolution} px, CFG {chosen.cfg:g})"
     return chosen, reason
 
 

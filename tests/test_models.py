@@ -238,6 +238,52 @@ def test_custom_parts_override_a_preset(tiny_model_dir, tmp_path):
     assert preset.controlnet_source("depth").endswith("depth")
 
 
+def test_a_custom_base_brings_its_own_size_sampling_and_examples(tiny_model_dir, tmp_path):
+    """The tiny base is 64 px; the ControlNets' preset here says 96 px, CFG 2.5 and examples."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    settings = {"resolution": 96, "cfg": 2.5, "example_prompts": {"canny": "a red sphere"}}
+    (tmp_path / "model" / "preset.json").write_text(json.dumps(settings))
+    preset, _ = resolve_preset(model_dir=str(tmp_path / "model"), device="cpu")
+    assert (preset.resolution, preset.cfg, len(preset.example_prompts)) == (96, 2.5, 1)
+
+    plain = shutil.copytree(tiny_model_dir / "base", tmp_path / "plain" / "sd")  # no preset.json
+    custom, reason = resolve_preset(
+        model_dir=str(tmp_path / "model"), base=str(plain), device="cpu"
+    )
+    assert custom.base == str(plain) and custom.controlnets == preset.controlnets
+    assert (custom.resolution, custom.cfg, custom.sampler) == (64, 9.0, "DDPM")
+    assert custom.example_prompts == {} and custom.examples == {}
+    assert "custom base given (64 px, CFG 9)" in reason
+
+    (tmp_path / "model" / "preset.json").write_text("{}")  # no resolution: the base's own size
+    assert resolve_preset(model_dir=str(tmp_path / "model"), device="cpu")[0].resolution == 64
+    same = resolve_preset(model_dir=str(tmp_path / "model"), base=preset.base, device="cpu")[0]
+    assert same.name == "model"
+
+
+def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import shutil
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.base_resolution("cnet-test/tiny-sd") is None
+    assert resolve_preset("sd15", base="cnet-test/tiny-sd", device="cpu")[0].resolution == 512
+    snapshot = tmp_path / "models--cnet-test--tiny-sd" / "snapshots" / ("0" * 40)
+    for part in ("unet", "vae"):
+        shutil.copytree(tiny_model_dir / "base" / part, snapshot / part)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    assert models.base_resolution("cnet-test/tiny-sd") == 64
+    preset = resolve_preset("sd15", base="cnet-test/tiny-sd", device="cpu")[0]
+    assert (preset.resolution, preset.cfg) == (64, 9.0)
+
+
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="auto, embedded, sd15"):
         resolve_preset("sdxl-turbo", device="cpu")
