@@ -1,4 +1,5 @@
-"""`python -m cnet <command>`: each command lives in its own module, imported only when used."""
+"""`python -m cnet <command>` (or `cnet <command>` after `pip install -e .`): each command lives
+in its own module, imported only when used."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m cnet", description=__doc__)
+    prog = "python -m cnet" if sys.argv[0].endswith("__main__.py") else "cnet"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -26,9 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints usage / error and exits
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(
-        prog=f"python -m cnet {name}", description=COMMANDS[name][1]
-    )
+    command_parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=COMMANDS[name][1])
     module.configure(command_parser)
     return module.run(command_parser.parse_args(argv[1:]))
 

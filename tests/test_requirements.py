@@ -8,6 +8,7 @@ import importlib.metadata as metadata
 import sys
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -63,3 +64,37 @@ def test_requirements_txt_covers_every_import_of_the_app_and_the_package():
         if not {canonicalize_name(dist) for dist in providers.get(module, [module])} & closure
     }
     assert not missing, f"add to requirements.txt what these imports need: {missing}"
+
+
+def test_the_package_builds_with_requirements_txt_as_its_dependencies_and_a_cnet_command(tmp_path):
+    """`pip install -e .` must install what requirements.txt lists and put `cnet` on the PATH."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    pytest.importorskip("setuptools", minversion="77", reason="building needs setuptools>=77")
+    for name in ("pyproject.toml", "requirements.txt"):
+        shutil.copy(ROOT / name, tmp_path)  # a copy: the build leaves build/ in its source folder
+    shutil.copytree(ROOT / "cnet", tmp_path / "cnet", ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*command, "-q", "-w", "wheel", "."], cwd=tmp_path, check=True)
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        info = next(name for name in names if name.endswith(".dist-info/METADATA"))
+        lines = archive.read(info).decode().splitlines()
+        points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
+    listed = {
+        canonicalize_name(Requirement(line.split("#")[0]).name)
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    }
+    requires = {
+        canonicalize_name(Requirement(line.removeprefix("Requires-Dist:")).name)
+        for line in lines
+        if line.startswith("Requires-Dist:")
+    }
+    assert requires == listed
+    assert "cnet = cnet.__main__:main" in points
+    sources = {path.relative_to(ROOT).as_posix() for path in (ROOT / "cnet").rglob("*.py")}
+    assert sources <= set(names)  # every subpackage, the training and UI code included
