@@ -17,7 +17,13 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
-from cnet.cli.options import add_performance_flags, performance_settings, positive_int  # noqa: E402
+from cnet.cli.options import (  # noqa: E402
+    add_model_flags,
+    add_performance_flags,
+    model_settings,
+    performance_settings,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from cnet.engine import Engine
@@ -28,35 +34,9 @@ SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "Consolas", "monospace"]
 
 
-def controlnet_override(text: str) -> tuple[str, str]:
-    key, sep, path = text.partition("=")
-    if not sep or not key or not path:
-        raise argparse.ArgumentTypeError(f"expected CONDITION=PATH_OR_HUB_ID, got {text!r}")
-    return key.strip(), path.strip()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ControlNet Studio: the Gradio app.")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--preset",
-        default="auto",
-        help="auto (sd15 on a GPU with its weights cached or the hub reachable, else the "
-        "embedded model), embedded, sd15, or a folder in the embedded layout (default: auto)",
-    )
-    model.add_argument(
-        "--model-dir", help="a folder in the embedded layout: base/, controlnet/<key>/"
-    )
-    model.add_argument("--base", help="base model: a diffusers folder or a hub id")
-    model.add_argument(
-        "--controlnet",
-        action="append",
-        type=controlnet_override,
-        default=[],
-        metavar="CONDITION=PATH",
-        help="ControlNet for one condition: a folder, a hub id or a single "
-        ".safetensors/.pth file (repeatable)",
-    )
+    model = add_model_flags(parser)
     model.add_argument("--annotators-dir", help="folder with the detectors' weights")
     model.add_argument(
         "--controlnet-cache",
@@ -100,11 +80,8 @@ def engine_from(args: argparse.Namespace) -> Engine:
     from cnet.engine import load_engine
 
     return load_engine(
-        preset=args.preset,
-        model_dir=args.model_dir,
-        base=args.base,
-        controlnets=dict(args.controlnet) or None,
         controlnet_cache_size=args.controlnet_cache,
+        **model_settings(args),
         **performance_settings(args),
     )
 

@@ -136,6 +136,22 @@ def detect_device() -> str:
     return "cpu"
 
 
+def check_device(device: str) -> None:
+    """Raises ValueError, saying what to do, when torch cannot use the `device` asked for."""
+    if device == "cpu":
+        return
+    import torch
+
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device not in available:
+        raise ValueError(f"Unknown device {device!r}: use cuda, mps or cpu.")
+    if not (gpu_driver_present() and available[device]()):
+        raise ValueError(
+            f"torch sees no {device} device on this machine; leave --device out to use the best "
+            f"one available ({detect_device()})."
+        )
+
+
 def dtype_for(device: str) -> str:
     return "float32" if device == "cpu" else "float16"
 
@@ -456,6 +472,14 @@ def resolve_preset(
     `model_dir` overrides the preset with a folder in the embedded layout; `base` and
     `controlnets` then override single parts (a custom preset).
     """
+    from cnet.conditions import CONDITIONS
+
+    unknown = sorted(set(controlnets or {}) - set(CONDITIONS))
+    if unknown:
+        raise ValueError(
+            f"--controlnet {unknown[0]}=... names no condition; "
+            f"use one of: {', '.join(CONDITIONS)}."
+        )
     device = device or detect_device()
     if model_dir is not None:
         chosen, reason = preset_from_dir(model_dir, device=device), f"--model-dir {model_dir}"

@@ -10,6 +10,7 @@ import gradio as gr
 import numpy as np
 import pytest
 
+from cnet import models
 from cnet.conditions import CONDITIONS, Availability, Backend, Param
 from cnet.engine import SAMPLERS, GenerationRequest, load_engine
 from cnet.imageio import ImageInputError
@@ -241,10 +242,23 @@ def test_failures_reach_the_user_as_short_messages(error, message):
         raise error
 
 
-def test_command_line():
+def test_command_line(monkeypatch, capsys):
     app = load_app_module()
     args = app.parse_args(["--controlnet", "canny=/w/canny", "--controlnet", "depth=org/depth"])
     assert args.preset == "auto" and args.concurrency == 1 and args.max_queue > 0
     assert dict(args.controlnet) == {"canny": "/w/canny", "depth": "org/depth"}
     with pytest.raises(SystemExit):
         app.parse_args(["--controlnet", "canny"])
+    assert app.parse_args(["--device", "cpu"]).device == "cpu"
+    monkeypatch.setattr(models, "gpu_driver_present", lambda: False)
+    with pytest.raises(SystemExit):
+        app.parse_args(["--device", "cuda"])
+    assert "no cuda device on this machine; leave --device out" in capsys.readouterr().err
+    settings = app.model_settings(app.parse_args(["--base", "org/sd", "--device", "cpu"]))
+    assert settings == {
+        "preset": "auto",
+        "model_dir": None,
+        "base": "org/sd",
+        "controlnets": None,
+        "device": "cpu",
+    }

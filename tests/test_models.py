@@ -284,6 +284,11 @@ def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
     assert (preset.resolution, preset.cfg) == (64, 9.0)
 
 
+def test_a_controlnet_for_no_condition_is_refused_not_ignored(tiny_model_dir):
+    with pytest.raises(ValueError, match="--controlnet cany=... names no condition; use one of: s"):
+        resolve_preset(model_dir=str(tiny_model_dir), controlnets={"cany": "x"}, device="cpu")
+
+
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match="auto, embedded, sd15"):
         resolve_preset("sdxl-turbo", device="cpu")

@@ -15,7 +15,12 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from cnet.cli.options import add_performance_flags, performance_settings
+from cnet.cli.options import (
+    add_model_flags,
+    add_performance_flags,
+    model_settings,
+    performance_settings,
+)
 from cnet.conditions import CONDITIONS
 from cnet.engine import (
     MAX_IMAGES,
@@ -38,21 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--detector", help="detector backend for --detect (default: first ready)")
     source.add_argument("-c", "--condition", required=True, choices=tuple(CONDITIONS))
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="auto", help="auto (default), embedded, sd15 or a dir")
-    model.add_argument(
-        "--model-dir", help="folder with base/, controlnet/<condition>/, preset.json"
-    )
-    model.add_argument("--base", help="base pipeline: diffusers folder or hub id")
-    model.add_argument(
-        "--controlnet",
-        action="append",
-        default=[],
-        metavar="CONDITION=SOURCE",
-        help="folder, hub id or single .safetensors/.pth file (repeatable)",
-    )
-    model.add_argument("--device", choices=("cuda", "mps", "cpu"), help="default: best available")
-
+    add_model_flags(parser)
     add_performance_flags(parser)
 
     prompt = parser.add_argument_group("prompt")
@@ -93,16 +84,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _controlnets(pairs: list[str]) -> dict[str, str]:
-    result = {}
-    for pair in pairs:
-        condition, sep, source = pair.partition("=")
-        if not sep or not condition or not source:
-            raise ValueError(f"--controlnet takes CONDITION=SOURCE, got {pair!r}")
-        result[condition.strip()] = source.strip()
-    return result
-
-
 def _control_map(args: argparse.Namespace, resolution: int):
     from cnet.conditions import detect
     from cnet.imageio import to_rgb_array
@@ -132,14 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from cnet.imageio import ImageInputError
 
     try:
-        engine = load_engine(
-            args.preset,
-            model_dir=args.model_dir,
-            base=args.base,
-            controlnets=_controlnets(args.controlnet),
-            device=args.device,
-            **performance_settings(args),
-        )
+        engine = load_engine(**model_settings(args), **performance_settings(args))
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
         resolution = args.resolution or engine.preset.resolution
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if args.seed == -1 else args.seed

@@ -15,6 +15,70 @@ def positive_int(text: str) -> int:
     return value
 
 
+def controlnet_override(text: str) -> tuple[str, str]:
+    key, sep, source = text.partition("=")
+    if not sep or not key.strip() or not source.strip():
+        raise argparse.ArgumentTypeError(f"expected CONDITION=PATH_OR_HUB_ID, got {text!r}")
+    return key.strip(), source.strip()
+
+
+def usable_device(name: str) -> str:
+    from cnet.models import check_device
+
+    try:
+        check_device(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Which preset, base and ControlNets the engine loads, and on which device, as one "model"
+    group (returned, for a command's own model options)."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--preset",
+        default="auto",
+        help="auto (sd15 on a GPU with its weights cached or the hub reachable, else the "
+        "embedded model), embedded, sd15, or a folder in the embedded layout (default: auto)",
+    )
+    model.add_argument(
+        "--model-dir", help="a folder in the embedded layout: base/, controlnet/<key>/, preset.json"
+    )
+    model.add_argument(
+        "--base",
+        help="base model: a diffusers folder or a hub id; its own size and sampling become the "
+        "defaults",
+    )
+    model.add_argument(
+        "--controlnet",
+        action="append",
+        type=controlnet_override,
+        default=[],
+        metavar="CONDITION=PATH",
+        help="ControlNet for one condition: a folder, a hub id or a single "
+        ".safetensors/.pth file (repeatable)",
+    )
+    model.add_argument(
+        "--device",
+        type=usable_device,
+        choices=("cuda", "mps", "cpu"),
+        help="default: the best one available",
+    )
+    return model
+
+
+def model_settings(args: argparse.Namespace) -> dict:
+    """The keyword arguments of `load_engine` that add_model_flags' flags set."""
+    return {
+        "preset": args.preset,
+        "model_dir": args.model_dir,
+        "base": args.base,
+        "controlnets": dict(args.controlnet) or None,
+        "device": args.device,
+    }
+
+
 def add_performance_flags(parser: argparse.ArgumentParser) -> None:
     """The engine's speed options, as one "performance" group."""
     performance = parser.add_argument_group("performance")
