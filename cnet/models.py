@@ -442,12 +442,13 @@ def _hub_reachable(repo_id: str, timeout: float = 3.0) -> bool:
     return True
 
 
-def choose_auto(device: str) -> tuple[str, str]:
-    """(preset name, reason) for --preset auto: sd15 on a GPU with its weights cached or
-    reachable, else the embedded preset. Looks at the cache and asks the hub for metadata;
-    downloads nothing."""
+def choose_auto(device: str, asked: bool = False) -> tuple[str, str]:
+    """(preset name, reason) for --preset auto on `device` (`asked`: given by the user, not
+    detected): sd15 on a GPU with its weights cached or reachable, else the embedded preset.
+    Looks at the cache and asks the hub for metadata; downloads nothing."""
     if device == "cpu":
-        return "embedded", "no GPU found, so the embedded CPU model runs (sd15 needs a GPU)"
+        why = "the CPU was asked for" if asked else "no GPU found"
+        return "embedded", f"{why}, so the embedded CPU model runs (sd15 needs a GPU)"
     if hub_cached(SD15_BASE, SD15_BASE_FILES):
         return "sd15", f"{device} GPU found and Stable Diffusion 1.5 is in the hub cache"
     if hub_offline():
@@ -480,11 +481,11 @@ def resolve_preset(
             f"--controlnet {unknown[0]}=... names no condition; "
             f"use one of: {', '.join(CONDITIONS)}."
         )
-    device = device or detect_device()
+    asked, device = device is not None, device or detect_device()
     if model_dir is not None:
         chosen, reason = preset_from_dir(model_dir, device=device), f"--model-dir {model_dir}"
     elif preset == "auto":
-        name, reason = choose_auto(device)
+        name, reason = choose_auto(device, asked)
         chosen = sd15_preset(device) if name == "sd15" else _embedded(device)
     elif preset == "embedded":
         chosen, reason = _embedded(device), "embedded preset requested"

@@ -294,9 +294,12 @@ def test_unknown_preset_is_a_clear_error():
         resolve_preset("sdxl-turbo", device="cpu")
 
 
-def test_auto_on_cpu_takes_the_embedded_preset():
+def test_auto_on_cpu_takes_the_embedded_preset(monkeypatch):
     preset, reason = resolve_preset("auto", device="cpu")
-    assert preset.name == "embedded" and "no GPU" in reason
+    assert preset.name == "embedded" and reason.startswith("the CPU was asked for")
+    monkeypatch.setattr(models, "detect_device", lambda: "cpu")
+    preset, reason = resolve_preset("auto")
+    assert preset.name == "embedded" and reason.startswith("no GPU found")
 
 
 def test_auto_on_a_gpu_offline_without_cache_takes_the_embedded_preset(monkeypatch):
