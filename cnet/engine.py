@@ -32,7 +32,9 @@ from cnet.models import (
     Preset,
     check_controlnet_fits,
     compile_problem,
+    config_at_hand,
     cpu_threads,
+    encoder_differences,
     load_base,
     load_controlnet,
     missing_weights,
@@ -592,6 +594,19 @@ class Engine:
                 found.append(f"{condition} ControlNet")
         return found
 
+    def mismatched(self) -> list[str]:
+        """The conditions whose ControlNet was made for another base, as far as the configs at
+        hand tell (files only; loading refuses them in any case)."""
+        unet = config_at_hand(self.preset.base, "unet/config.json")
+        if unet is None:
+            return []
+        found = []
+        for condition, source in self.preset.controlnets.items():
+            config = config_at_hand(source)
+            if config is not None and encoder_differences(config, unet):
+                found.append(condition)
+        return found
+
     def status(self) -> str:
         """One line: the summary, then the engine-wide notices."""
         return "; ".join([self.summary(), *self.notices])
@@ -602,6 +617,8 @@ class Engine:
         state = "loaded" if self.loaded else "loads on first use"
         if missing:
             state = "missing: " + ", ".join(missing)
+        if mismatched := self.mismatched():
+            state += "; ControlNets made for another base: " + ", ".join(mismatched)
         compiled = self._compiling if self.loaded else self.compile
         options = [self.preset.dtype] + [
             name

@@ -304,24 +304,30 @@ def sampling_defaults(base: str | None) -> tuple[float, str]:
     return preset_sampling({} if base is None else settings_beside(base)[1])
 
 
+def config_at_hand(source: str, name: str = "config.json") -> dict | None:
+    """The JSON file `name` of a folder or hub id, from the folder or the hub cache (nothing is
+    downloaded); None where it is not at hand. A low-rank ControlNet folder answers with its
+    start's."""
+    if is_local(source):
+        folder = Path(source).expanduser()
+        if folder.is_dir() and is_lowrank(folder):
+            folder = lowrank_start(folder)
+        path = folder / name
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(source, name)
+    if not isinstance(path, str | Path) or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())
+
+
 def base_resolution(base: str) -> int | None:
     """The image side a base pipeline was trained at, its UNet's sample size times its VAE's
-    down-sampling, read from the configs in its folder or the hub cache (nothing is downloaded);
-    None where they are not at hand."""
-    configs = {}
-    for part in ("unet", "vae"):
-        name = f"{part}/config.json"
-        if is_local(base):
-            path = Path(base).expanduser() / name
-        else:
-            from huggingface_hub import try_to_load_from_cache
-
-            path = try_to_load_from_cache(base, name)
-        if not isinstance(path, str | Path) or not Path(path).is_file():
-            return None
-        configs[part] = json.loads(Path(path).read_text())
-    sample_size = configs["unet"].get("sample_size")
-    blocks = configs["vae"].get("block_out_channels")
+    down-sampling, from its configs at hand (config_at_hand); None where they are not."""
+    unet, vae = (config_at_hand(base, f"{part}/config.json") for part in ("unet", "vae"))
+    sample_size = (unet or {}).get("sample_size")
+    blocks = (vae or {}).get("block_out_channels")
     if not isinstance(sample_size, int) or not blocks:  # e.g. a non-square model's [h, w]
         return None
     return sample_size * 2 ** (len(blocks) - 1)
@@ -642,17 +648,22 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
 ENCODER_SHAPE = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim")
 
 
-def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, label: str) -> None:
-    """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture."""
+def encoder_differences(controlnet_config: Mapping, unet_config: Mapping) -> list[str]:
+    """Where a ControlNet's encoder differs from a base UNet's, one entry each (none: it fits)."""
 
     def plain(value):
         return list(value) if isinstance(value, list | tuple) else value
 
-    differ = [
+    return [
         f"{key} {plain(controlnet_config.get(key))} (the base's {plain(unet_config.get(key))})"
         for key in ENCODER_SHAPE
         if plain(controlnet_config.get(key)) != plain(unet_config.get(key))
     ]
+
+
+def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, label: str) -> None:
+    """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture."""
+    differ = encoder_differences(controlnet_config, unet_config)
     if differ:
         raise ModelMismatchError(
             f"{label} was made for another base model: {'; '.join(differ)}. Give a ControlNet "

@@ -436,7 +436,18 @@ def test_a_controlnet_of_another_base_is_refused_naming_what_differs(
     engine = load_engine(
         model_dir=str(tiny_model_dir), device="cpu", controlnets={"canny": str(tmp_path / "wider")}
     )
+    assert engine.mismatched() == ["canny"]  # told before any Run, from the configs alone
+    assert "ControlNets made for another base: canny" in engine.status()
+    from cnet.ui.blocks import model_status
+
+    assert "The canny ControlNet was made for another base" in model_status(engine)
     width = config["cross_attention_dim"]
     with pytest.raises(ModelMismatchError, match=rf"cross_attention_dim {width} \(the base's"):
         engine.controlnet("canny")
     assert engine.controlnet("depth") is not None  # the base's own ControlNets still load
+
+
+def test_the_embedded_controlnets_on_another_base_are_flagged_low_rank_ones_too(tiny_model_dir):
+    engine = load_engine("embedded", base=str(tiny_model_dir / "base"), device="cpu")
+    assert engine.mismatched() == list(engine.preset.controlnets)
+    assert load_engine("embedded", device="cpu").mismatched() == []

@@ -90,6 +90,12 @@ def model_status(engine: Engine) -> str:
             "  \n⚠️ **The model is missing**, so Run will tell you what to fetch. "
             "Control-map previews work without it."
         )
+    if mismatched := engine.mismatched():
+        were = "ControlNets were" if len(mismatched) > 1 else "ControlNet was"
+        text += (
+            f"  \n⚠️ **The {', '.join(mismatched)} {were} made for another base**, so Run "
+            "refuses it; give one trained on this base with `--controlnet CONDITION=PATH`."
+        )
     return text
 
 
