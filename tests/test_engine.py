@@ -440,7 +440,7 @@ def test_a_controlnet_of_another_base_is_refused_naming_what_differs(
     assert "ControlNets made for another base: canny" in engine.status()
     from cnet.ui.blocks import model_status
 
-    assert "The canny ControlNet was made for another base" in model_status(engine)
+    assert "another base** (Run refuses them): canny. Give" in model_status(engine)
     width = config["cross_attention_dim"]
     with pytest.raises(ModelMismatchError, match=rf"cross_attention_dim {width} \(the base's"):
         engine.controlnet("canny")

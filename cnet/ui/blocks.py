@@ -91,10 +91,10 @@ def model_status(engine: Engine) -> str:
             "Control-map previews work without it."
         )
     if mismatched := engine.mismatched():
-        were = "ControlNets were" if len(mismatched) > 1 else "ControlNet was"
         text += (
-            f"  \n⚠️ **The {', '.join(mismatched)} {were} made for another base**, so Run "
-            "refuses it; give one trained on this base with `--controlnet CONDITION=PATH`."
+            f"  \n⚠️ **ControlNets made for another base** (Run refuses them): "
+            f"{', '.join(mismatched)}. Give ones trained on this base with "
+            "`--controlnet CONDITION=PATH`."
         )
     return text
 
