@@ -358,12 +358,12 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
 
     preset.json may hold "name", "resolution" (else the base's native size), "cfg" and
     "sampler" (the default guidance scale and sampler, when the paper's 9.0 and DDPM do not suit
-    the model), "controlnets":
-    {condition: folder under controlnet/} for conditions whose ControlNet is not in
-    controlnet/<condition>/, "example_prompts": {condition: prompt} for a model that knows only
-    a small vocabulary (the registry's example prompts are written for SD 1.5), and "examples":
-    {condition: [{"file": path in the folder, "backend": the backend that reads it}]}, inputs of
-    the kind the model was trained on, shown under the tabs instead of the registry's.
+    the model), "controlnets": {condition: folder under controlnet/} for conditions whose
+    ControlNet is not in controlnet/<condition>/, "example_prompts": {condition: prompt} for a
+    model that knows only a small vocabulary (the registry's example prompts are written for
+    SD 1.5), and "examples": {condition: [{"file": path in the folder, "backend": the backend
+    that reads it}]}, inputs of the kind the model was trained on, shown under the tabs instead
+    of the registry's.
     """
     model_dir = Path(model_dir).expanduser()
     settings = preset_settings(model_dir)
