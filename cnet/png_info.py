@@ -44,10 +44,12 @@ def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
     for match in _FIELD.finditer(last):
         key, value = match.group(1).strip(), match.group(2).strip()
         settings[key] = json.loads(value) if value.startswith('"') else value
-    negative = ""
-    if head and head[-1].startswith(NEGATIVE):
-        negative = head.pop()[len(NEGATIVE) :]
-    return "\n".join(head), negative, settings
+    # The negative prompt runs from its marker line to the settings, over any lines it has.
+    starts = [i for i, line in enumerate(head) if line.startswith(NEGATIVE)]
+    if not starts:
+        return "\n".join(head), "", settings
+    negative = "\n".join(head[starts[0] :])[len(NEGATIVE) :]
+    return "\n".join(head[: starts[0]]), negative, settings
 
 
 def attach(image: Image.Image, text: str) -> Image.Image:
