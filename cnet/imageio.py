@@ -30,14 +30,18 @@ class ImageInputError(ValueError):
     """The input is not an image we can read; the message is meant for the user."""
 
 
-def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
-    """Open and decode the first frame; with `max_pixels`, JPEGs decode at a reduced scale."""
+def _open(
+    path: str | os.PathLike, max_pixels: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """(the first frame decoded, its size in the file); with `max_pixels`, a JPEG decodes at a
+    reduced scale."""
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}.")
     try:
         image = Image.open(path)
-        _check_pixels(image.width, image.height)
+        stored = image.size
+        _check_pixels(*stored)
         if max_pixels and image.width * image.height > max_pixels:
             scale = math.sqrt(max_pixels / (image.width * image.height))
             image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
@@ -46,7 +50,7 @@ def _open(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageInputError(f"{path.name} is not a readable image ({error}).") from None
-    return image
+    return image, stored
 
 
 def _check_pixels(width: int, height: int) -> None:
@@ -94,8 +98,9 @@ def load_image(image: ImageLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     Raises ImageInputError for files that are not images, are corrupt, empty, or too large.
     """
     notices = []
+    stored = None  # a file's own size: a large JPEG is decoded already scaled down
     if isinstance(image, (str, os.PathLike)):
-        image = _open(image, max_pixels)
+        image, stored = _open(image, max_pixels)
     if isinstance(image, Image.Image):
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -105,13 +110,13 @@ def load_image(image: ImageLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     _check_pixels(width, height)
     if height * width > max_pixels:
         scale = math.sqrt(max_pixels / (height * width))
-        size = (max(1, int(width * scale)), max(1, int(height * scale)))
-        resized = _resize_any(array, size)
+        array = _resize_any(array, (max(1, int(width * scale)), max(1, int(height * scale))))
+    width, height = stored or (width, height)
+    if array.shape[0] * array.shape[1] < width * height:
         notices.append(
             f"The image is {width}x{height} pixels; it was scaled down to "
-            f"{size[0]}x{size[1]} (the limit is {max_pixels / 1e6:.1f} megapixels)."
+            f"{array.shape[1]}x{array.shape[0]} (the limit is {max_pixels / 1e6:.1f} megapixels)."
         )
-        array = resized
     return LoadedImage(array, notices)
 
 
@@ -126,7 +131,7 @@ def _resize_any(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _load(image: ImageLike) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
-        image = _open(image)
+        image = _open(image)[0]
     if isinstance(image, Image.Image):
         return _pil_to_array(image)
     if isinstance(image, np.ndarray):

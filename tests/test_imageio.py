@@ -141,6 +141,23 @@ def test_load_image_scales_large_uploads_down_with_a_notice(tmp_path):
     assert small.notices == [] and small.array.shape == (10, 10, 3)
 
 
+@pytest.mark.parametrize(
+    ("stored", "decoded"), [((512, 512), (256, 256)), ((640, 400), (320, 200))]
+)
+def test_a_large_jpeg_decoded_at_a_reduced_scale_is_named_at_its_stored_size(
+    tmp_path, stored, decoded
+):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", stored, (120, 30, 200)).save(path)
+    limit = stored[0] * stored[1] // 4
+    loaded = imageio.load_image(path, max_pixels=limit)
+    assert loaded.array.shape[1::-1] == decoded  # the JPEG decoder halved it, nothing else did
+    assert loaded.notices == [
+        f"The image is {stored[0]}x{stored[1]} pixels; it was scaled down to "
+        f"{decoded[0]}x{decoded[1]} (the limit is {limit / 1e6:.1f} megapixels)."
+    ]
+
+
 def test_load_image_keeps_16_bit_precision_when_scaling():
     wide = np.linspace(0, 65535, 128 * 128).reshape(128, 128).astype(np.uint16)
     loaded = imageio.load_image(wide, max_pixels=32 * 32)
