@@ -58,7 +58,7 @@ DEFAULT_PROMPT = "a professional, detailed, high-quality image"
 SAMPLERS = ("DDPM", "DDIM", "UniPC", "Euler a", "DPM++ 2M")
 MAX_IMAGES = 12
 MAX_STEPS = 150
-MAX_CFG = 30.0
+MIN_CFG, MAX_CFG = 1.0, 30.0  # diffusers turns guidance off at 1 and below: 1 means none
 MAX_SEED = 2**32 - 1
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
 MAX_SIDE = 2048  # long side cap, so an extreme aspect ratio cannot ask for a giant image
@@ -104,6 +104,10 @@ class GenerationRequest:
             raise ValueError(f"The control map must have shape H x W x 3, got {image.shape}.")
         if not self.condition:
             raise ValueError("No condition given (e.g. 'canny').")
+        for name in ("prompt", "added_prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                label = name.replace("_", " ")
+                raise ValueError(f"The {label} must be text, got {getattr(self, name)!r}.")
         _choice("prompt mode", self.prompt_mode, PROMPT_MODES)
         if self.sampler is not None:
             _choice("sampler", self.sampler, SAMPLERS)
@@ -119,10 +123,22 @@ class GenerationRequest:
                 f"({self.control_end})."
             )
         _in_range("steps", self.steps, 1, MAX_STEPS, integer=True)
+        if not controlled_steps(self.steps, self.control_start, self.control_end):
+            raise ValueError(
+                f"Control start {self.control_start} and end {self.control_end} hold none of the "
+                f"{self.steps} steps (each is 1/{self.steps} of the way), so the ControlNet would "
+                "have no effect; widen the window or take more steps."
+            )
         if self.cfg is not None:
-            _in_range("CFG scale", self.cfg, 0.0, MAX_CFG)
+            _in_range("CFG scale", self.cfg, MIN_CFG, MAX_CFG)
         _in_range("eta", self.eta, 0.0, 1.0)
         _in_range("seed", self.seed, 0, MAX_SEED, integer=True)
+
+
+def controlled_steps(steps: int, start: float, end: float) -> int:
+    """How many of `steps` sampling steps the ControlNet joins: step i when it lies wholly in the
+    window, i / steps >= start and (i + 1) / steps <= end (diffusers' rule)."""
+    return sum(i / steps >= start and (i + 1) / steps <= end for i in range(steps))
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -344,23 +360,24 @@ class Engine:
             self._schedulers[sampler] = make_scheduler(sampler, self.pipeline.scheduler.config)
         return self._schedulers[sampler]
 
-    def encode(self, text: str):
-        """(embedding [1, tokens, width], notice or "") for `text`, cached per text."""
+    def encode(self, text: str, name: str = "prompt"):
+        """(embedding [1, tokens, width], notice or "") for `text`, the embedding cached per text;
+        the notice, naming the text `name`, says when the text encoder reads only its start."""
         pipe = self.pipeline
 
         def encode_now():
-            tokenizer = pipe.tokenizer
-            notice = ""
-            length = len(tokenizer(text).input_ids)
-            if length > tokenizer.model_max_length:
-                notice = (
-                    f"The prompt is {length} tokens long; the text encoder reads the first "
-                    f"{tokenizer.model_max_length}, the rest is ignored."
-                )
+            length = len(pipe.tokenizer(text).input_ids)
             embedding, _ = pipe.encode_prompt(text, pipe._execution_device, 1, False)
-            return embedding, notice
+            return embedding, length
 
-        return self._embeddings.get(text, encode_now)
+        embedding, length = self._embeddings.get(text, encode_now)
+        limit = pipe.tokenizer.model_max_length
+        if length <= limit:
+            return embedding, ""
+        return embedding, (
+            f"The {name} is {length} tokens long; the text encoder reads the first {limit}, "
+            "the rest is ignored."
+        )
 
     def captioner(self):
         """The preset's BLIP captioner, loaded when the automatic prompt mode first runs."""
@@ -400,7 +417,7 @@ class Engine:
             self._use_controlnet(request.condition)
             pipe.scheduler = self.scheduler(request.sampler)
             control = self._control_map(request)
-            seeds = [request.seed + i for i in range(request.num_images)]
+            seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
             caption, first_pass, first_prompt = None, [], ""
             notices: list[str] = []
             if request.prompt_mode == "auto":
@@ -477,7 +494,7 @@ class Engine:
         _check_cancel(cancel)
         pipe = self.pipeline
         positive, notice = self.encode(one_pass.prompt)
-        negative, negative_notice = self.encode(request.negative_prompt)
+        negative, negative_notice = self.encode(request.negative_prompt, "negative prompt")
         notices.extend(n for n in (notice, negative_notice) if n and n not in notices)
         device = pipe._execution_device  # the GPU, also while models wait on the CPU (offload)
         generator_device = "cpu" if device.type == "mps" else device

@@ -11,11 +11,13 @@ import pytest
 from cnet import png_info
 from cnet.engine import (
     DEFAULT_PROMPT,
+    MAX_SEED,
     SAMPLERS,
     Engine,
     GenerationCancelled,
     GenerationRequest,
     ModelMissingError,
+    controlled_steps,
     load_engine,
 )
 from cnet.models import ModelMismatchError
@@ -376,6 +378,11 @@ def test_resolution_is_rounded_to_the_latent_grid(engine):
         ({"num_images": 0}, "number of images"),
         ({"steps": 0}, "steps"),
         ({"cfg": 31.0}, "CFG"),
+        ({"cfg": 0.5}, "CFG scale must be between 1.0"),  # below 1 diffusers would ignore it
+        ({"steps": 4, "control_end": 0.2}, "hold none of the 4 steps"),
+        ({"steps": 4, "control_start": 0.8}, "hold none of the 4 steps"),
+        ({"prompt": None}, "The prompt must be text"),
+        ({"negative_prompt": 3}, "The negative prompt must be text"),
         ({"control_strength": 2.5}, "control strength"),
         ({"control_start": 0.8, "control_end": 0.5}, "Control start"),
         ({"resolution": 32}, "resolution"),
@@ -391,6 +398,30 @@ def test_resolution_is_rounded_to_the_latent_grid(engine):
 def test_bad_requests_raise_clear_errors(engine, control_map, settings, message):
     with pytest.raises(ValueError, match=message):
         engine.generate(request(settings.pop("control_image", control_map), **settings))
+
+
+@pytest.mark.parametrize(
+    ("steps", "start", "end", "held"),
+    [(4, 0.0, 0.2, 0), (20, 0.0, 0.2, 4), (4, 0.5, 1.0, 2), (4, 0.8, 1.0, 0), (20, 0.0, 1.0, 20)],
+)
+def test_controlled_steps_follows_diffusers_rule(steps, start, end, held):
+    assert controlled_steps(steps, start, end) == held
+
+
+def test_seeds_past_the_largest_wrap_to_zero(engine, control_map):
+    result = engine.generate(request(control_map, seed=MAX_SEED, num_images=2))
+    assert result.seeds == [MAX_SEED, 0]
+    assert "Seed: 0," in result.images[1].info["parameters"]
+
+
+def test_an_overlong_negative_prompt_is_named_as_such(engine, control_map):
+    long = " ".join(["lowres"] * 100)
+    notices = engine.generate(request(control_map, negative_prompt=long)).metadata["notices"]
+    assert len(notices) == 1 and notices[0].startswith("The negative prompt is")
+    notices = engine.generate(request(control_map, prompt=long, negative_prompt="")).metadata[
+        "notices"
+    ]
+    assert len(notices) == 1 and notices[0].startswith("The prompt is")
 
 
 def test_result_images_carry_parameters(engine, control_map, tmp_path):

@@ -15,7 +15,9 @@ import numpy as np
 
 from cnet.conditions import CONDITIONS, Backend, Condition, Example, Param
 from cnet.engine import (
+    MAX_CFG,
     MAX_SEED,
+    MIN_CFG,
     MIN_RESOLUTION,
     PROMPT_MODES,
     SAMPLERS,
@@ -341,8 +343,8 @@ def settings_panel(engine: Engine) -> Controls:
             ),
             steps=checked.Slider(1, 100, value=defaults["steps"], step=1, label="Steps"),
             cfg=checked.Slider(
-                0.1,
-                30.0,
+                MIN_CFG,
+                MAX_CFG,
                 value=engine.preset.cfg,
                 step=0.1,
                 label="Guidance scale (CFG)",
