@@ -31,6 +31,7 @@ from cnet.models import (
     ModelMissingError,
     Preset,
     check_controlnet_fits,
+    checkpoint_differences,
     compile_problem,
     config_at_hand,
     cpu_threads,
@@ -39,6 +40,7 @@ from cnet.models import (
     load_controlnet,
     missing_weights,
     resolve_preset,
+    safetensors_shapes,
 )
 
 __all__ = [
@@ -619,8 +621,13 @@ class Engine:
             return []
         found = []
         for condition, source in self.preset.controlnets.items():
-            config = config_at_hand(source)
-            if config is not None and encoder_differences(config, unet):
+            if (config := config_at_hand(source)) is not None:
+                differ = encoder_differences(config, unet)
+            elif (shapes := safetensors_shapes(source)) is not None:
+                differ = checkpoint_differences(shapes, unet)
+            else:
+                continue
+            if differ:
                 found.append(condition)
         return found
 

@@ -94,7 +94,13 @@ def lowrank_settings(folder: str | Path) -> dict:
 
 def lowrank_start(folder: str | Path) -> Path:
     """The ControlNet folder a low-rank folder's difference is added to."""
-    return (Path(folder) / lowrank_settings(folder)["starts_from"]).resolve()
+    start = lowrank_settings(folder).get("starts_from")
+    if not isinstance(start, str):
+        raise ValueError(
+            f'{Path(folder) / LOWRANK_CONFIG} names no "starts_from" folder (the ControlNet '
+            "its difference is added to, relative to it); restore the file."
+        )
+    return (Path(folder) / start).resolve()
 
 
 def write_lowrank(folder: Path, tuned: Path, start: Path, rank: int) -> None:

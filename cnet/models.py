@@ -20,12 +20,18 @@ import os
 import platform
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnet.lowrank import add_difference, is_lowrank, lowrank_start, read_difference
+from cnet.lowrank import (
+    LOWRANK_WEIGHTS,
+    add_difference,
+    is_lowrank,
+    lowrank_start,
+    read_difference,
+)
 
 if TYPE_CHECKING:
     from cnet.conditions import Example
@@ -250,6 +256,8 @@ def missing_weights(source: str, kind: str) -> str | None:
             needed = path / "model_index.json"
             return None if needed.is_file() else f"{path} has no model_index.json"
         if is_lowrank(path):
+            if not (path / LOWRANK_WEIGHTS).is_file():
+                return f"{path} has no {LOWRANK_WEIGHTS}"
             start = lowrank_start(path)
             detail = missing_weights(str(start), kind)
             return detail and f"{path} is a low-rank difference from {start}, and {detail}"
@@ -281,7 +289,15 @@ def _registry_checkpoints(preset_name: str) -> dict[str, str]:
 def preset_settings(model_dir: str | Path) -> dict:
     """The folder's preset.json ({} when it has none)."""
     path = Path(model_dir).expanduser() / "preset.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f'{path} must hold one JSON object, {{"name": ...}}; fix or remove it.')
+    return settings
 
 
 def preset_sampling(settings: dict) -> tuple[float, str]:
@@ -365,7 +381,8 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     that reads it}]}, inputs of the kind the model was trained on, shown under the tabs instead
     of the registry's.
     """
-    model_dir = Path(model_dir).expanduser()
+    # absolute, so a folder that is not there reads as a missing path, never as a hub id
+    model_dir = Path(model_dir).expanduser().absolute()
     settings = preset_settings(model_dir)
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
@@ -566,21 +583,71 @@ def read_checkpoint(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "global" not in str(error):  # torch names the code a pickle would run as a "global"
+            raise ValueError(
+                f"{path} is not a readable checkpoint (torch.load cannot read it); give a "
+                ".safetensors or .pth file of a ControlNet, or a folder with config.json."
+            ) from error
         raise UnsafeCheckpointError(
             f"Refused to load {path}: it is a pickle that needs to run code to load "
             "(weights_only=True rejected it), and running code from a model file is unsafe. "
             "Use a .safetensors version of this checkpoint."
         ) from error
+    except Exception as error:  # safetensors' and torch's parsers raise many kinds
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); give a "
+            ".safetensors or .pth file of a ControlNet, or a folder with config.json."
+        ) from error
     while isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
     return checkpoint
+
+
+def _original_prefix(checkpoint: Mapping) -> str:
+    return "control_model." if any(k.startswith("control_model.") for k in checkpoint) else ""
+
+
+def checkpoint_differences(shapes: Mapping[str, Sequence[int]], unet_config: Mapping) -> list[str]:
+    """Where an original-format ControlNet checkpoint's encoder (its tensors' shapes by name)
+    differs from a base UNet's, as far as the shapes show: channels in, first and last widths,
+    text width. None: it fits."""
+    prefix = _original_prefix(shapes)
+    first = shapes.get(f"{prefix}input_blocks.0.0.weight")
+    last = shapes.get(f"{prefix}middle_block_out.0.weight")
+    text = next((shape for k, shape in shapes.items() if k.endswith("attn2.to_k.weight")), None)
+    widths = unet_config.get("block_out_channels") or [None]
+    pairs = {
+        "in_channels": (first, 1, unet_config.get("in_channels")),
+        "first block width": (first, 0, widths[0]),
+        "last block width": (last, 0, widths[-1]),
+        "cross_attention_dim": (text, 1, unet_config.get("cross_attention_dim")),
+    }
+    return [
+        f"{name} {shape[axis]} (the base's {wanted})"
+        for name, (shape, axis, wanted) in pairs.items()
+        if shape is not None and isinstance(wanted, int) and shape[axis] != wanted
+    ]
+
+
+def safetensors_shapes(source: str) -> dict[str, list[int]] | None:
+    """The tensors' shapes by name in a local .safetensors file, from its header alone (no
+    weights read); None for anything else or an unreadable header."""
+    path = Path(source).expanduser()
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with path.open("rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        return {key: entry["shape"] for key, entry in header.items() if key != "__metadata__"}
+    except (ValueError, KeyError, TypeError, OSError, MemoryError):
+        return None
 
 
 def conditioning_shape(checkpoint: Mapping) -> tuple[int, tuple[int, ...]]:
@@ -590,7 +657,7 @@ def conditioning_shape(checkpoint: Mapping) -> tuple[int, tuple[int, ...]]:
     The hint encoder is Conv, SiLU, (Conv, SiLU, strided Conv, SiLU)*, zero Conv: the widths are
     the outputs of the first conv and of every strided one.
     """
-    prefix = "control_model." if any(k.startswith("control_model.") for k in checkpoint) else ""
+    prefix = _original_prefix(checkpoint)
     hint = re.compile(rf"^{re.escape(prefix)}input_hint_block\.(\d+)\.weight$")
     weights = {int(m.group(1)): checkpoint[k] for k in checkpoint if (m := hint.match(k))}
     if not weights:
@@ -621,6 +688,11 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
             model.load_state_dict(add_difference(model.state_dict(), read_difference(path)))
         elif path.is_file():
             checkpoint = read_checkpoint(path)
+            unet = config_at_hand(base, "unet/config.json")
+            shapes = {key: tuple(tensor.shape) for key, tensor in checkpoint.items()}
+            differ = checkpoint_differences(shapes, unet) if unet else []
+            if differ:  # diffusers would only name two tensors of different shapes
+                raise ModelMismatchError(mismatch_message(label, differ))
             channels, widths = conditioning_shape(checkpoint)
             base_path = Path(base).expanduser()
             model = ControlNetModel.from_single_file(
@@ -665,11 +737,15 @@ def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, labe
     """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture."""
     differ = encoder_differences(controlnet_config, unet_config)
     if differ:
-        raise ModelMismatchError(
-            f"{label} was made for another base model: {'; '.join(differ)}. Give a ControlNet "
-            "trained on this base (--controlnet CONDITION=PATH), or the base it was trained on "
-            "(--base, or its preset)."
-        )
+        raise ModelMismatchError(mismatch_message(label, differ))
+
+
+def mismatch_message(label: str, differ: list[str]) -> str:
+    return (
+        f"{label} was made for another base model: {'; '.join(differ)}. Give a ControlNet "
+        "trained on this base (--controlnet CONDITION=PATH), or the base it was trained on "
+        "(--base, or its preset)."
+    )
 
 
 class LRUCache:

@@ -15,6 +15,7 @@ from cnet.lowrank import (
     LOWRANK_WEIGHTS,
     add_difference,
     low_rank_difference,
+    lowrank_start,
     write_lowrank,
 )
 from cnet.models import load_controlnet, missing_weights
@@ -119,6 +120,15 @@ def test_a_lowrank_folder_without_its_start_says_which_is_missing(lowrank_folder
     assert detail == f"{folder} is a low-rank difference from {start}, and {start} does not exist"
     with pytest.raises(ModelMissingError, match="low-rank difference"):
         load_controlnet(str(folder), str(tmp_path), "float32", "cpu")
+
+
+def test_a_lowrank_folder_without_its_weights_or_start_is_named(lowrank_folder):
+    folder, _ = lowrank_folder
+    (folder / LOWRANK_WEIGHTS).unlink()
+    assert missing_weights(str(folder), "controlnet") == f"{folder} has no {LOWRANK_WEIGHTS}"
+    (folder / LOWRANK_CONFIG).write_text('{"rank": 16}')
+    with pytest.raises(ValueError, match='names no "starts_from" folder'):
+        lowrank_start(folder)
 
 
 def test_a_difference_is_taken_between_whole_controlnet_folders(lowrank_folder, tmp_path):

@@ -113,6 +113,36 @@ def test_single_pth_file_in_original_format(tiny_model_dir, canny, tmp_path):
     assert_same_weights(canny, loaded)
 
 
+def test_a_safetensors_file_of_any_case_loads_and_a_file_of_no_checkpoint_is_explained(
+    tiny_model_dir, canny, tmp_path
+):
+    from safetensors.torch import save_file
+
+    upper = tmp_path / "CANNY.SAFETENSORS"
+    save_file(original_state_dict(canny), upper)
+    assert_same_weights(
+        canny, load_controlnet(str(upper), str(tiny_model_dir / "base"), "float32", "cpu")
+    )
+    for name in ("notes.pth", "garbage.safetensors"):
+        (tmp_path / name).write_text("not weights at all")
+        with pytest.raises(ValueError, match=f"{name} is not a readable checkpoint"):
+            read_checkpoint(tmp_path / name)
+
+
+def test_a_single_file_controlnet_for_another_base_is_refused_and_flagged_early(canny, tmp_path):
+    from safetensors.torch import save_file
+
+    from cnet.engine import load_engine
+    from cnet.models import ModelMismatchError
+
+    path = tmp_path / "control_tiny_canny.safetensors"
+    save_file(original_state_dict(canny, prefix="control_model."), path)
+    engine = load_engine("embedded", controlnets={"canny": str(path)}, device="cpu")
+    assert engine.mismatched() == ["canny"]  # from the file's header, before loading
+    with pytest.raises(ModelMismatchError, match=r"first block width 16 \(the base's 48\)"):
+        engine.controlnet("canny")
+
+
 def test_conditioning_shape_reads_the_hint_encoder(canny):
     assert conditioning_shape(original_state_dict(canny)) == (3, (8, 8, 8, 16))
     with pytest.raises(ValueError, match="input_hint_block"):
@@ -287,6 +317,33 @@ def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
 def test_a_controlnet_for_no_condition_is_refused_not_ignored(tiny_model_dir):
     with pytest.raises(ValueError, match="--controlnet cany=... names no condition; use one of: s"):
         resolve_preset(model_dir=str(tiny_model_dir), controlnets={"cany": "x"}, device="cpu")
+
+
+def test_a_model_dir_that_is_not_there_reads_as_a_missing_folder_never_a_hub_id(
+    tmp_path, monkeypatch
+):
+    from cnet.engine import load_engine
+
+    monkeypatch.chdir(tmp_path)
+    engine = load_engine(model_dir="mymodel", device="cpu")
+    assert engine.preset.base == str(tmp_path / "mymodel" / "base")
+    assert f"base ({tmp_path / 'mymodel' / 'base'} does not exist)" in engine.status()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert resolve_preset(model_dir=".", device="cpu")[0].name == "here"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [('{"name": tiny}', "is not valid JSON"), ('["tiny"]', "must hold one JSON object")],
+)
+def test_a_broken_preset_json_is_named(tiny_model_dir, tmp_path, text, message):
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "preset.json").write_text(text)
+    with pytest.raises(ValueError, match=f"{folder / 'preset.json'} {message}"):
+        resolve_preset(model_dir=str(folder), device="cpu")
 
 
 def test_unknown_preset_is_a_clear_error():
