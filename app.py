@@ -37,7 +37,6 @@ MONO_FONTS = ["ui-monospace", "Consolas", "monospace"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ControlNet Studio: the Gradio app.")
     model = add_model_flags(parser)
-    model.add_argument("--annotators-dir", help="folder with the detectors' weights")
     model.add_argument(
         "--controlnet-cache",
         type=positive_int,

@@ -215,6 +215,8 @@ def to_grey_float(image: ImageLike) -> np.ndarray:
 
 def target_size(height: int, width: int, resolution: int, multiple: int = 64) -> tuple[int, int]:
     """(height, width) with the short side scaled to `resolution`, both rounded to `multiple`."""
+    if resolution < 1:
+        raise ValueError(f"The resolution must be at least 1 pixel, got {resolution}.")
     scale = float(resolution) / min(height, width)
     new_height = int(np.round(height * scale / multiple)) * multiple
     new_width = int(np.round(width * scale / multiple)) * multiple

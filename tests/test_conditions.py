@@ -188,8 +188,15 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
             "hf download lllyasviel/Annotators mlsd_large_512_fp32.pth" in capsys.readouterr().err
         )
         assert main(["detect", example, "-c", "hough", "-p", "min_length_percent=x", *common]) == 2
+        assert "min_length_percent takes a whole number, not 'x'" in capsys.readouterr().err
         assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
         assert "min_length_percent" in capsys.readouterr().err
+        assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges")]) == 2
+        assert "-o " + str(tmp_path / "edges") + ": give a file name ending in an image type" in (
+            capsys.readouterr().err
+        )
+        with pytest.raises(SystemExit):
+            main(["detect", example, "-c", "canny", "--detect-resolution", "0", *common])
         assert main(["detect", "--list", *common]) == 0
         assert "upernet-convnext-small" in capsys.readouterr().out
     finally:

@@ -88,6 +88,18 @@ def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
     assert str(tmp_path / "none" / "base") in error and "Traceback" not in error
 
 
+def test_generate_reports_a_detector_that_cannot_run(tiny_model_dir, control_png, capsys, tmp_path):
+    from cnet.conditions import set_annotators_dir
+
+    args = ["generate", "--detect", str(control_png), "-c", "depth", "--detector", "midas"]
+    try:
+        code = main([*args, "--model-dir", str(tiny_model_dir), "--annotators-dir", str(tmp_path)])
+    finally:
+        set_annotators_dir(None)
+    error = capsys.readouterr().err
+    assert code == 1 and "MiDaS" in error and "hf download" in error and "Traceback" not in error
+
+
 def test_generate_reports_bad_settings(tiny_model_dir, control_png, capsys):
     args = [
         "generate",

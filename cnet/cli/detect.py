@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from cnet.cli.options import positive_int
 from cnet.conditions import (
     CONDITIONS,
     Backend,
@@ -36,8 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="output PNG (default: <input>_<condition>.png)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="detector parameter, repeatable (see --list)")  # fmt: skip
-    parser.add_argument("--detect-resolution", type=int, default=512)
-    parser.add_argument("--image-resolution", type=int, default=512)
+    parser.add_argument("--detect-resolution", type=positive_int, default=512, metavar="PX")
+    parser.add_argument("--image-resolution", type=positive_int, default=512, metavar="PX")
     parser.add_argument("--annotators-dir", help="annotator weights folder "
                         "(default: $CNET_ANNOTATORS_DIR or ~/.cache/cnet/annotators)")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list conditions and backends")
@@ -55,11 +56,13 @@ def _parse_value(backend: Backend, name: str, text: str) -> Any:
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(f"{name} takes true or false, not {text!r}")
         return text.lower() in ("1", "true", "yes")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
+    number = {int: "a whole number", float: "a number"}.get(type(default))
+    if number is None:
+        return text
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"{name} takes {number}, not {text!r}") from None
 
 
 def _params(backend: Backend, pairs: list[str]) -> dict[str, Any]:
@@ -81,6 +84,16 @@ def _describe(condition: Condition) -> str:
         lines.append(f"  {backend.name:16s} {backend.label}" + (f" [{params}]" if params else ""))
         lines.append(f"  {'':16s} {status}")
     return "\n".join(lines)
+
+
+def _output_path(source: str, output: str | None, condition: str) -> Path:
+    """-o as given, checked before detecting; default <input>_<condition>.png."""
+    if output is None:
+        return Path(source).with_name(f"{Path(source).stem}_{condition}.png")
+    Image.init()
+    if Path(output).suffix.lower() not in Image.EXTENSION:
+        raise ValueError(f"-o {output}: give a file name ending in an image type, e.g. .png")
+    return Path(output)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             print("error: give an input image (or --list / --fetch)", file=sys.stderr)
             return 2
         params = _params(backend, args.param)
+        output = _output_path(args.input, args.output, condition.key)
         control = detect(
             condition.key,
             args.input,
@@ -119,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImageInputError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    source = Path(args.input)
-    output = Path(args.output or source.with_name(f"{source.stem}_{condition.key}.png"))
     output.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(control).save(output)
     height, width = control.shape[:2]

@@ -21,7 +21,7 @@ from cnet.cli.options import (
     model_settings,
     performance_settings,
 )
-from cnet.conditions import CONDITIONS
+from cnet.conditions import CONDITIONS, BackendUnavailable, set_annotators_dir
 from cnet.engine import (
     MAX_IMAGES,
     MAX_SEED,
@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     from cnet.captioner import CaptionerUnavailable
     from cnet.imageio import ImageInputError
 
+    if args.annotators_dir:
+        set_annotators_dir(args.annotators_dir)
     try:
         engine = load_engine(**model_settings(args), **performance_settings(args))
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             keep_first_pass=args.keep_first_pass,
         )
         result = engine.generate(request, progress=_progress)
-    except (ModelMissingError, CaptionerUnavailable) as error:
+    except (ModelMissingError, CaptionerUnavailable, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except (ValueError, ImageInputError) as error:

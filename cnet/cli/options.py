@@ -60,6 +60,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         ".safetensors/.pth file (repeatable)",
     )
     model.add_argument(
+        "--annotators-dir",
+        help="folder with the detectors' weights (default: $CNET_ANNOTATORS_DIR, else "
+        "~/.cache/cnet/annotators)",
+    )
+    model.add_argument(
         "--device",
         type=usable_device,
         choices=("cuda", "mps", "cpu"),
