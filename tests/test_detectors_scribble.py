@@ -76,6 +76,17 @@ def test_canvas_without_layers_reads_the_uploaded_drawing():
     )
 
 
+def test_strokes_drawn_over_an_uploaded_drawing_add_to_it():
+    strokes = _strokes_layer()[..., 3]
+    drawing = np.repeat((255 - strokes)[..., None], 3, 2)
+    line = np.zeros(SIZE + (4,), np.uint8)
+    line[20:26, 40:600, 3] = 255  # one stroke across the top, away from the drawing
+    value = {"background": drawing, "layers": [line], "composite": None}
+    control = detect("scribble", value, backend="canvas", image_resolution=448)[..., 0]
+    assert (control[strokes > 200] == 255).mean() > 0.95  # the drawing stays
+    assert (control[22, 60:580] == 255).all()  # and the stroke is added
+
+
 def test_thickness_widens_strokes():
     layer = _strokes_layer()
     thin = detect("scribble", layer, backend="canvas")

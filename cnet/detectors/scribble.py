@@ -96,18 +96,25 @@ def canvas_strokes(value: Any) -> np.ndarray:
     """Canvas input -> stroke mask (float HxW, 1 = stroke).
 
     Accepts a Gradio image-editor value ({"background", "layers", "composite"}), an RGBA
-    strokes layer, or a plain image. Strokes come from layer alpha; an input with no painted
-    layer (e.g. a drawing uploaded into the sketch pad) is read as a drawing instead.
+    strokes layer, or a plain image. Strokes come from layer alpha, joined by the drawing on the
+    background (a drawing uploaded into the sketch pad, or an example; blank paper adds none).
     """
     if isinstance(value, Mapping):
         alpha = _layers_alpha(list(value.get("layers") or []))
-        if alpha is not None and alpha.any():
-            return alpha.astype(np.float32) / 255.0
-        fallback = value.get("composite")
-        fallback = value.get("background") if fallback is None else fallback
-        if fallback is None:
-            raise ValueError("The canvas is empty: draw something first.")
-        return drawing_strokes(fallback)
+        background = value.get("background")
+        if alpha is None or not alpha.any():
+            fallback = value.get("composite")
+            fallback = background if fallback is None else fallback
+            if fallback is None:
+                raise ValueError("The canvas is empty: draw something first.")
+            return drawing_strokes(fallback)
+        strokes = alpha.astype(np.float32) / 255.0
+        if background is None:
+            return strokes
+        drawn = drawing_strokes(background)
+        if drawn.shape != strokes.shape:
+            drawn = cv2.resize(drawn, strokes.shape[::-1], interpolation=cv2.INTER_AREA)
+        return np.maximum(strokes, drawn)
     rgba = to_rgba_array(value)
     alpha = rgba[:, :, 3]
     if alpha.min() < 255:
