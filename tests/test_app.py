@@ -221,12 +221,18 @@ def test_control_map_cache_reuses_and_evicts():
     assert made == ["a", "b", "c", "a"]
 
 
-def test_stop_cancels_only_that_sessions_run():
+def test_stop_cancels_only_that_sessions_runs_in_that_tab():
     jobs = RunningJobs()
-    with jobs.start("alice") as alice, jobs.start("bob") as bob:
-        assert jobs.cancel("alice")
-        assert alice.is_set() and not bob.is_set()
-    assert not jobs.cancel("alice")
+    with (
+        jobs.start("alice", "canny") as canny,
+        jobs.start("alice", "canny") as again,  # --concurrency 2: both are stopped
+        jobs.start("alice", "hough") as hough,
+        jobs.start("bob", "canny") as bob,
+    ):
+        assert jobs.cancel("alice", "canny")
+        assert canny.is_set() and again.is_set()
+        assert not hough.is_set() and not bob.is_set()
+    assert not jobs.cancel("alice", "canny")
 
 
 @pytest.mark.parametrize(

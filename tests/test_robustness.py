@@ -98,7 +98,9 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("robust-app")
+    annotators = tmp_path_factory.mktemp("no-annotators")  # every weight-based detector missing
     args = ("--model-dir", str(tiny_model_dir), "--max-queue", "64")
+    args += ("--annotators-dir", str(annotators))
     with serve_app(*args, log_path=logs / "app.log", env=SERVER_ENV) as url:
         yield url, logs
 
@@ -356,7 +358,9 @@ def test_huge_and_animated_uploads_and_long_prompts_come_with_notices(client, up
         ("seed", -3, "Seed: -3 is out of range"),
         ("control_strength", 2.5, "Control strength: 2.5 is out of range"),
         ("num_images", 13, "Images: 13 is out of range"),
-        ("steps", "twenty", "Steps: expected a number"),
+        ("steps", "twenty", "Steps: expected a whole number"),
+        ("num_images", 2.6, "Images: 2.6 is not a whole number; choose a whole number from 1"),
+        ("seed", 7.5, "Seed: 7.5 is not a whole number"),
         ("sampler", "Heun", "Sampler: 'Heun' is not one of"),
     ],
 )
@@ -366,6 +370,21 @@ def test_out_of_range_settings_are_refused_naming_the_setting(
     kwargs = dict(FAST, image=handle_file(uploads["scene.png"]), **{setting: value})
     with pytest.raises(AppError, match=message):
         client.predict(**kwargs, api_name="/canny")
+
+
+def test_a_detector_that_cannot_run_is_named_to_an_api_caller(client, uploads):
+    job = client.submit(
+        image=handle_file(uploads["scene.png"]), preprocessor="midas", api_name="/detect_depth"
+    )
+    assert job.result() is None
+    assert any("MiDaS" in text and "not available" in text for text in notices(job))
+    with pytest.raises(AppError, match=r"Thicken strokes \(px\): 2.5 is not a whole number"):
+        client.predict(
+            image={"background": handle_file(uploads["paper.png"]), "layers": []},
+            preprocessor="drawing",
+            drawing_thickness=2.5,
+            api_name="/detect_scribble",
+        )
 
 
 def test_empty_canvas_and_missing_input_say_what_to_do(client, uploads):

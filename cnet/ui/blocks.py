@@ -205,7 +205,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         api_name=key,
         concurrency_id="generate",
     )
-    stop.click(events.stop, cancels=[generation], api_name=f"stop_{key}", queue=False)
+    stop.click(events.stop_fn(condition), cancels=[generation], api_name=f"stop_{key}", queue=False)
     return generation
 
 

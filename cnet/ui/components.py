@@ -26,9 +26,18 @@ C = TypeVar("C", bound=gr.components.Component)
 Problem = Callable[[Any], "str | None"]
 
 
+def whole_numbers_only(component: gr.Slider | gr.Number) -> bool:
+    """A Number of precision 0, or a Slider whose start and step are whole (1, 8, 64 ...)."""
+    if isinstance(component, gr.Number):
+        return component.precision == 0
+    return all(float(value).is_integer() for value in (component.minimum, component.step))
+
+
 def number_problem(component: gr.Slider | gr.Number) -> Problem:
     low, high = component.minimum, component.maximum
-    wanted = "a number" if low is None or high is None else f"a number from {low} to {high}"
+    whole = whole_numbers_only(component)
+    kind = "a whole number" if whole else "a number"
+    wanted = kind if low is None or high is None else f"{kind} from {low} to {high}"
 
     def problem(payload: Any) -> str | None:
         number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
@@ -36,6 +45,8 @@ def number_problem(component: gr.Slider | gr.Number) -> Problem:
             return f"expected {wanted}, got {payload!r:.40}."
         if (low is not None and payload < low) or (high is not None and payload > high):
             return f"{payload} is out of range; choose {wanted}."
+        if whole and not float(payload).is_integer():
+            return f"{payload} is not a whole number; choose {wanted}."
         return None
 
     return problem

@@ -37,7 +37,10 @@ MAX_PROMPT_CHARS = 4000  # far beyond what a text encoder reads; longer text is 
 STROKES_BACKEND = "canvas"  # the scribble backend that reads only the strokes drawn on the canvas
 NO_INPUT = {
     "image": "Upload an image first.",
-    "sketch": "Draw a scribble on the canvas (or upload a drawing) first.",
+    "sketch": (
+        "Draw a scribble on the canvas (or upload a drawing) first. Over the API the sketch pad "
+        'takes {"background": handle_file(...), "layers": []}.'
+    ),
     "openpose_json": "Upload an OpenPose JSON file first.",
 }
 
@@ -194,31 +197,33 @@ class ControlMapCache:
 
 
 class RunningJobs:
-    """One cancel flag per browser session (or API client), so Stop ends only that person's run."""
+    """The cancel flags of the runs going on, by browser session (or API client) and tab, so a
+    tab's Stop ends only that person's runs in that tab."""
 
     def __init__(self):
-        self._flags: dict[str, threading.Event] = {}
+        self._flags: dict[tuple[str, str], set[threading.Event]] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
-    def start(self, session: str) -> Iterator[threading.Event]:
+    def start(self, session: str, tab: str) -> Iterator[threading.Event]:
         flag = threading.Event()
         with self._lock:
-            self._flags[session] = flag
+            self._flags.setdefault((session, tab), set()).add(flag)
         try:
             yield flag
         finally:
             with self._lock:
-                if self._flags.get(session) is flag:
-                    del self._flags[session]
+                flags = self._flags[(session, tab)]
+                flags.discard(flag)
+                if not flags:
+                    del self._flags[(session, tab)]
 
-    def cancel(self, session: str) -> bool:
+    def cancel(self, session: str, tab: str) -> bool:
         with self._lock:
-            flag = self._flags.get(session)
-        if flag is None:
-            return False
-        flag.set()
-        return True
+            flags = list(self._flags.get((session, tab), ()))
+        for flag in flags:
+            flag.set()
+        return bool(flags)
 
 
 class AppEvents:
@@ -243,13 +248,15 @@ class AppEvents:
         backend = backend_named(condition, preprocessor)
         availability = backend.availability()
         if not availability.ok:
+            message = f"{backend.label} is not available: {availability.reason}"
             if required:
-                raise gr.Error(f"{backend.label} is not available: {availability.reason}")
-            return None, []  # the tab already shows why, next to the preprocessor choice
+                raise gr.Error(message)
+            gr.Warning(message)  # the tab says so too; an API caller hears it only this way
+            return None, []
         source = detector_input(backend, inputs)
         if source is None:
             if required:
-                raise gr.Error(NO_INPUT[backend.accepts])
+                raise gr.Error(NO_INPUT["sketch" if condition.sketch else backend.accepts])
             return None, []
         params = backend_params(backend, values)
         settings = dict(params, detect_resolution=int(detect_resolution))
@@ -339,7 +346,7 @@ class AppEvents:
                     progress((step, total), desc="Sampling", unit="steps")
 
                 session = request.session_hash or "anonymous"
-                with self.jobs.start(session) as cancel:
+                with self.jobs.start(session, condition.key) as cancel:
                     try:
                         result = self.engine.generate(generation, progress=report, cancel=cancel)
                     except GenerationCancelled:
@@ -356,6 +363,10 @@ class AppEvents:
         generate.__name__ = condition.key
         return generate
 
-    def stop(self, request: gr.Request) -> None:
-        if not self.jobs.cancel(request.session_hash or "anonymous"):
-            gr.Info("Nothing is running.")
+    def stop_fn(self, condition: Condition) -> Callable[[gr.Request], None]:
+        def stop(request: gr.Request) -> None:
+            if not self.jobs.cancel(request.session_hash or "anonymous", condition.key):
+                gr.Info("Nothing is running in this tab.")
+
+        stop.__name__ = f"stop_{condition.key}"
+        return stop
