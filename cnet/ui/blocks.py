@@ -117,7 +117,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
                 )
                 detect_resolution = checked.Slider(
                     64,  # a model trained at 64 px detects at 64
-                    1024,
+                    max(1024, engine.preset.resolution),
                     value=engine.preset.resolution,  # the size the model's maps were made at
                     step=64,
                     label="Preprocessor resolution",
