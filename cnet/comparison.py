@@ -169,7 +169,12 @@ def sampling_line(label: str, run: dict) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("old", type=Path, help="an evaluation's output folder (`cnet eval --out`)")
     parser.add_argument("new", type=Path, help="another, of the same test scenes")
-    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the table to this file (a folder: to comparison.md in it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         text += f"\n\nLeft out, scored on other scenes or maps by the two runs: {', '.join(apart)}."
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        out = args.out / "comparison.md" if args.out.is_dir() else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     return 0

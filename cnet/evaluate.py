@@ -41,7 +41,7 @@ import numpy as np
 from cnet.cli.options import positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
-from cnet.synth import Sample, generate, split_seeds
+from cnet.synth import CONDITION_KEYS, Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY, redrawn_maps, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
 from cnet.synth.render import Render, render
@@ -676,16 +676,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model-dir", default=None, help="embedded-layout folder (default: assets/embedded)"
     )
     parser.add_argument("--preset", default="embedded")
-    parser.add_argument("--conditions", nargs="+", default=None, help="default: all seven")
-    parser.add_argument("--scenes", type=int, default=100, help="scenes per row")
+    parser.add_argument(
+        "--conditions", nargs="+", default=None, choices=CONDITION_KEYS, help="default: all seven"
+    )
+    parser.add_argument("--scenes", type=positive_int, default=100, help="scenes per row")
     parser.add_argument(
         "--split",
         choices=("test", "validation"),
         default="test",
         help="test: the held-out evaluation scenes; validation: to choose settings on",
     )
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--size", type=positive_int, default=None, help="image side (default: the preset's)"
+    )
+    parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument(
         "--cfg", type=float, default=None, help="guidance scale (default: the preset's)"
     )
@@ -708,27 +712,44 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from cnet.engine import load_engine
-    from cnet.synth import CONDITION_KEYS
+def check_weights(engine, conditions: Sequence[str]) -> None:
+    """Raise ModelMissingError, before any scoring, when the base or a condition's ControlNet
+    cannot load (the message names it and the command that fetches it)."""
+    from cnet.models import missing_weights, model_missing
 
-    engine = load_engine(args.preset, model_dir=args.model_dir)
-    print(engine.status())
-    conditions = args.conditions or list(CONDITION_KEYS)
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    cfg = engine.preset.cfg if args.cfg is None else args.cfg
-    sampler = args.sampler or engine.preset.sampler
-    seeds = split_seeds(args.split, args.scenes)
-    sampling = Sampling(args.size, args.steps, cfg, sampler)
+    parts = [(engine.preset.base, "The base model", "base")]
+    for condition in conditions:
+        source = engine.preset.controlnet_source(condition)
+        parts.append((source, f"The {condition} ControlNet", "controlnet"))
+    for source, what, kind in parts:
+        if detail := missing_weights(source, kind):
+            raise model_missing(source, what, detail, kind)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cnet.engine import ModelMissingError, load_engine
+
     try:
+        engine = load_engine(args.preset, model_dir=args.model_dir)
+        print(engine.status())
+        conditions = args.conditions or list(CONDITION_KEYS)
+        check_weights(engine, conditions)
+        args.size = args.size or engine.preset.resolution
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        cfg = engine.preset.cfg if args.cfg is None else args.cfg
+        sampler = args.sampler or engine.preset.sampler
+        seeds = split_seeds(args.split, args.scenes)
+        sampling = Sampling(args.size, args.steps, cfg, sampler)
         earlier = (
             {}
             if args.into is None
             else earlier_scenes(args.into, seeds, sampling, args.settings, conditions)
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ModelMissingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    grid = args.out / "samples.png"
+    grid.unlink(missing_ok=True)  # written anew only when a user-prompt row is scored
     per_scene = evaluate(
         engine,
         conditions,
@@ -736,7 +757,7 @@ def run(args: argparse.Namespace) -> int:
         args.size,
         args.steps,
         args.settings,
-        grid_path=args.out / "samples.png",
+        grid_path=grid,
         workers=args.workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
         cfg=cfg,
@@ -767,5 +788,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     figures = scene_figures(per_scene, seeds, sampling)
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
-    print(f"Wrote {args.out / TABLE_FILE}, {RESULTS_FILE}, {SCENES_FILE} and samples.png")
+    written = [TABLE_FILE, RESULTS_FILE, SCENES_FILE] + [grid.name] * grid.is_file()
+    print(f"Wrote {', '.join(written)} in {args.out}")
     return 0

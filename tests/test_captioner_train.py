@@ -170,6 +170,13 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     assert resumed.losses[:2] == whole.losses[:2]  # the history comes back from the checkpoint
     assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
 
+    elsewhere = tmp_path / "elsewhere"  # a checkpoint folder of another run's output
+    moved = train_cap.train(
+        tiny_config(caption_folder, elsewhere, resume=str(out / "checkpoints" / "step-0000002"))
+    )
+    assert moved.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
+    assert cap.load_captioner(moved.captioner_dir, device="cpu") is not None
+
 
 def test_a_time_boxed_run_stops_with_a_checkpoint_and_a_measured_export(caption_folder, tmp_path):
     boxed = train_cap.train(tiny_config(caption_folder, tmp_path, max_minutes=1e-9))

@@ -90,6 +90,9 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     )
     assert "| seg | no prompt | foreground IoU | 0.200 | 0.400 | +0.200 |" in text
     assert "| seg | no prompt | shape IoU | 0.700 | 0.700 | +0.000 |" in text
+    args.out = tmp_path / "old"  # a folder: the table goes into it
+    assert run(args) == 0
+    assert (tmp_path / "old" / "comparison.md").read_text() == text
     args.old = tmp_path / "nothing"
     assert run(args) == 1
     assert "python -m cnet eval --out" in capsys.readouterr().out

@@ -423,6 +423,35 @@ def test_pose_is_scored_on_scenes_with_a_person_and_older_pose_rows_are_not_merg
     assert run(again) == 0
 
 
+def test_eval_names_what_is_missing_or_out_of_reach_before_scoring(
+    tiny_model_dir, tmp_path, capsys
+):
+    from cnet.evaluate import configure, run
+
+    assert run(eval_args(tmp_path / "nothing", tmp_path)) == 2
+    assert f"{tmp_path / 'nothing' / 'base'} does not exist" in capsys.readouterr().err
+    assert run(eval_args(tiny_model_dir, tmp_path, "--scenes", "1001")) == 2
+    assert "The test split has 1000 seeds from 0; asked 1001." in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    for bad in (["--conditions", "foo"], ["--scenes", "0"], ["--size", "-8"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_eval_samples_at_the_presets_resolution_unless_told(tiny_model_dir, tmp_path):
+    from cnet.evaluate import configure, run
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    one = ["--scenes", "1", "--steps", "1", "--conditions", "canny", "--settings", "user prompt"]
+    args = parser.parse_args(
+        ["--model-dir", str(tiny_model_dir), *one, "--out", str(tmp_path / "eval")]
+    )
+    assert run(args) == 0
+    assert "1 held-out test scenes a row, 64 px" in (tmp_path / "eval" / "table.md").read_text()
+
+
 @pytest.mark.parametrize("workers", ["0", "-2", "two"])
 def test_eval_refuses_a_worker_count_below_one(workers, capsys):
     from cnet.evaluate import configure

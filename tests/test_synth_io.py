@@ -106,6 +106,22 @@ def test_contact_sheet_and_render_commands(tmp_path):
     assert {"target.png", "canny.png", "normal.png", "attributes.json"} <= names
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [(("--start", "999", "--count", "2"), "has 1 seeds from 999; asked 2"),
+     (("--start", "-1",), "counted from 0")],
+)  # fmt: skip
+def test_scenes_outside_the_split_are_refused_before_anything_is_written(
+    tmp_path, capsys, where, message
+):
+    out = tmp_path / "export"
+    args = ["synth", "export", "fill50k", str(out), "--condition", "canny", "--split", "test"]
+    assert main([*args, *where]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+    sheet = ["synth", "contact-sheet", str(tmp_path / "s.png"), "--split", "test", *where]
+    assert main(sheet) == 2 and message in capsys.readouterr().err
+
+
 def test_examples_command_names_its_files_in_the_model_folders_preset(tmp_path, capsys):
     assert main(["synth", "examples", str(tmp_path)]) == 2
     assert "has no preset.json" in capsys.readouterr().err

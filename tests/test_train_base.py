@@ -120,6 +120,31 @@ def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_pat
     assert resumed["losses"] == full["losses"]
 
 
+def test_a_resume_in_the_unet_phase_with_another_vae_steps_keeps_the_checkpoint_names(
+    trained, tmp_path
+):
+    """--vae-steps changed on resume must not name new UNet checkpoints below the old ones, or
+    "latest" would keep finding the old one."""
+    killed = tiny_run(tmp_path, unet_steps=1, validate_every=0)
+    train_base(killed)
+    killed.resume, killed.unet_steps, killed.vae_steps = "latest", 2, 0  # the README's default
+    train_base(killed)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names[-1] == "step-0000004"  # VAE 2 steps + UNet 2, as the run did them
+    state = json.loads((tmp_path / "checkpoints" / names[-1] / "state.json").read_text())
+    assert (state["phase"], state["step"]) == ("unet", 2)
+
+
+def test_a_controlnet_checkpoint_is_refused_as_a_base_resume(tmp_path):
+    from cnet.train.checkpoint import CHECKPOINTS, STATE
+
+    folder = tmp_path / CHECKPOINTS / "step-0000001"
+    folder.mkdir(parents=True)
+    (folder / STATE).write_text(json.dumps({"step": 1}))
+    with pytest.raises(ValueError, match="is not a checkpoint of `cnet train base`"):
+        train_base(tiny_run(tmp_path, resume=str(folder)))
+
+
 def test_a_time_boxed_base_stops_within_its_phase_exports_no_random_unet_and_resumes_exactly(
     trained, tmp_path
 ):

@@ -677,6 +677,8 @@ def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
         train(run)
     monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 3})
     assert len(train(run).losses) == 2
+    run.max_steps, run.condition = 3, "scribble"  # another condition's maps: no version clash
+    assert len(train(run).losses) == 3
     shared = config(tiny_model_dir, "synth", tmp_path / "all", condition="all", max_steps=1)
     train(shared)
     summary = json.loads((tmp_path / "all" / "training.json").read_text())
@@ -776,3 +778,24 @@ def test_train_flags_read_back_into_each_trainers_config():
     )
     args = parser.parse_args(["decoder", "--pairs", "10"])
     assert cli.config_from_args(DecoderConfig, args) == DecoderConfig(pairs=10)
+
+
+def test_latest_never_picks_a_checkpoint_still_being_written(tmp_path):
+    from cnet.train.checkpoint import CHECKPOINTS, STATE, resolve_resume
+
+    for name in ("step-0000001", "step-0000002", "step-0000003.partial"):
+        (tmp_path / CHECKPOINTS / name).mkdir(parents=True)
+        (tmp_path / CHECKPOINTS / name / STATE).write_text("{}")  # written before its rng files
+    assert resolve_resume("latest", tmp_path).name == "step-0000002"
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--checkpoint-every", "--num-validation-images", "--batch-size", "--checkpoints-to-keep"],
+)
+def test_counts_that_cannot_be_0_are_refused_on_the_command_line(flag, capsys):
+    from cnet.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "controlnet", "--base", "x", "--data", "synth", flag, "0"])
+    assert f"argument {flag}: expected a whole number of at least 1" in capsys.readouterr().err

@@ -44,6 +44,21 @@ def test_fill50k_reads_target_as_image_and_source_as_control(tmp_path):
     assert torch.allclose(control, torch.ones_like(control))
 
 
+def test_fill50k_names_a_line_without_its_keys_and_images_that_are_not_there(tmp_path):
+    root = write_fill50k(tmp_path)
+    lines = (root / "prompt.json").read_text().splitlines()
+    (root / "prompt.json").write_text("\n".join([*lines, '{"source": "s.png"}']) + "\n")
+    with pytest.raises(ValueError, match=r"prompt.json line 4: each line needs 'source', 'target'"):
+        fill50k(root, 32)
+    (root / "prompt.json").write_text("\n".join([*lines, "not json"]) + "\n")
+    with pytest.raises(ValueError, match="prompt.json line 4 is not JSON"):
+        fill50k(root, 32)
+    (root / "prompt.json").write_text("\n".join(lines) + "\n")
+    (root / "target" / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="lists 1 image.*not there, e.g. target/1.png"):
+        fill50k(root, 32)
+
+
 def test_metadata_folder_accepts_file_name_and_names_missing_keys(tmp_path):
     solid(tmp_path / "a.png", RED, (64, 64))
     solid(tmp_path / "a_cond.png", WHITE, (64, 64))

@@ -15,6 +15,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
 def controlnet_override(text: str) -> tuple[str, str]:
     key, sep, source = text.partition("=")
     if not sep or not key.strip() or not source.strip():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cnet.cli.options import positive_int
 from cnet.synth.contact_sheet import contact_sheet
 from cnet.synth.examples import add_examples
 from cnet.synth.export import export_fill50k, export_imagefolder
@@ -23,9 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     def scenes(command: argparse.ArgumentParser, count: int) -> None:
         command.add_argument("--split", choices=tuple(SPLITS), default="train")
-        command.add_argument("--count", type=int, default=count, help="number of scenes")
+        command.add_argument("--count", type=positive_int, default=count, help="number of scenes")
         command.add_argument("--start", type=int, default=0, help="first scene within the split")
-        command.add_argument("--size", type=int, default=128, help="image side in pixels")
+        command.add_argument("--size", type=positive_int, default=128, help="image side in pixels")
 
     export = sub.add_parser("export", help="write scenes as fill50k or an image folder")
     export.add_argument("layout", choices=tuple(EXPORTS))
@@ -40,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     render = sub.add_parser("render", help="write one scene's target, maps and attributes")
     render.add_argument("seed", type=int)
     render.add_argument("out_dir", type=Path)
-    render.add_argument("--size", type=int, default=128)
+    render.add_argument("--size", type=positive_int, default=128)
 
     examples = sub.add_parser(
         "examples",
@@ -51,6 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action in ("export", "contact-sheet"):
+        try:  # before any folder is made
+            split_seeds(args.split, args.count, args.start)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.action == "export":
         index = EXPORTS[args.layout](
             args.out_dir, args.split, args.condition, args.count, args.size, args.start

@@ -13,6 +13,8 @@ def split_seeds(split: str, count: int | None = None, start: int = 0) -> range:
     """Seeds `start` .. `start + count` of `split` (all of it from `start` when count is None)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose from {', '.join(SPLITS)}.")
+    if start < 0 or (count is not None and count < 0):
+        raise ValueError(f"Scenes are counted from 0; got start {start} and count {count}.")
     seeds = SPLITS[split][start:]
     if count is not None:
         if count > len(seeds):

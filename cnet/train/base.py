@@ -384,18 +384,21 @@ def validate(accelerator, phase: str, parts: dict, examples: list[dict], config,
     path.with_suffix(".txt").write_text("\n".join(e["prompt"] for e in examples) + "\n")
 
 
-def save(accelerator, config, phase, step, models, optimizer, losses, generators, lineage) -> None:
+def save(
+    accelerator, config, phase, step, offset, models, optimizer, losses, generators, lineage
+) -> None:
+    """A checkpoint named by the steps of both phases: `offset` is the VAE phase's length for
+    the UNet phase (so "latest" is the newest of either), 0 for the VAE phase."""
     state = {
         "phase": phase,
         "step": step,
+        "step_offset": offset,
         "losses": losses,
         "lineage": lineage,
         "config": asdict(config),
     }
     if phase == "unet":
         state["scaling_factor"] = models["vae"].config.scaling_factor
-    # Checkpoints count steps across both phases, so "latest" is the newest of either.
-    offset = config.vae_steps if phase == "unet" else 0
     directory = ckpt.checkpoint_dir(config.output_dir, offset + step)
     ckpt.save_checkpoint(
         accelerator,
@@ -479,6 +482,16 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     if config.base_init and not resume_dir:
         init_scaling = load_base_into(parts, config.base_init)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
+    if saved and saved.get("phase") not in PHASES:
+        raise ValueError(
+            f"{resume_dir} is not a checkpoint of `cnet train base` (it has no VAE or UNet "
+            "phase); resume from one under this run's checkpoints/ folder."
+        )
+    # The VAE phase's length as it ran: a --vae-steps changed on resume in the UNet phase must
+    # not rename the UNet checkpoints (older ones would then sort as "latest").
+    unet_offset = config.vae_steps
+    if saved.get("phase") == "unet":
+        unet_offset = saved.get("step_offset", saved["config"]["vae_steps"])
     earlier = saved.get("lineage", read_lineage(config.base_init or config.vae_init))
     losses = saved.get("losses", {phase: [] for phase in PHASES})
     generators = {
@@ -623,8 +636,18 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             stopped = timebox.spent()
             if step % config.checkpoint_every == 0 or step == steps or stopped:
                 models = {"vae": parts["vae"], **(trained if phase == "unet" else {})}
+                offset = unet_offset if phase == "unet" else 0
                 save(
-                    accelerator, config, phase, step, models, optimizer, losses, generators, earlier
+                    accelerator,
+                    config,
+                    phase,
+                    step,
+                    offset,
+                    models,
+                    optimizer,
+                    losses,
+                    generators,
+                    earlier,
                 )
             if config.validate_every and step % config.validate_every == 0:
                 if accelerator.is_main_process:

@@ -291,10 +291,18 @@ def train(config: TrainConfig) -> TrainResult:
     np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed + rank)
 
-    # A run writes its processor (tokenizer) once; checkpoints hold only the weights.
+    # A run writes its processor (tokenizer) once, beside its checkpoints/; they hold only the
+    # weights. A resume reads it from the run the checkpoint belongs to.
     processor_dir = output_dir / "processor"
-    model, processor = start_model(config, resume_dir, processor_dir)
-    if not resume_dir and accelerator.is_main_process:
+    saved_processor = resume_dir.parent.parent / "processor" if resume_dir else processor_dir
+    if resume_dir and not saved_processor.is_dir():
+        raise FileNotFoundError(
+            f"{saved_processor} is missing: a captioner checkpoint resumes with the processor "
+            "its run wrote beside checkpoints/; restore it or start anew."
+        )
+    model, processor = start_model(config, resume_dir, saved_processor)
+    another_run = saved_processor.resolve() != processor_dir.resolve()
+    if accelerator.is_main_process and (not resume_dir or another_run):
         processor.save_pretrained(processor_dir)
     resolution = processor.image_processor.size["height"]
     max_length = model.config.text_config.max_position_embeddings

@@ -44,7 +44,11 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE).is_file())
+    return sorted(
+        path
+        for path in root.glob("step-*")
+        if path.name[len("step-") :].isdigit() and (path / STATE).is_file()  # not *.partial
+    )
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:

@@ -16,6 +16,7 @@ import sys
 import types
 import typing
 
+from cnet.cli.options import positive_int
 from cnet.engine import SAMPLERS
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
@@ -97,6 +98,18 @@ HELP = {
 }
 
 
+# Counts where 0 would divide by zero or mean nothing (--validate-every 0 does mean "never").
+AT_LEAST_ONE = {
+    "batch_size",
+    "vae_batch_size",
+    "gradient_accumulation_steps",
+    "checkpoint_every",
+    "checkpoints_to_keep",
+    "num_validation_images",
+    "workers",
+    "pairs",
+}
+
 CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
     "unlock_base": UNLOCK_CHOICES,
@@ -134,6 +147,8 @@ def add_config_flags(
             options.update(nargs=len(typing.get_args(kind)), type=typing.get_args(kind)[0])
         elif typing.get_origin(kind) is list:
             options.update(nargs="+", type=typing.get_args(kind)[0])
+        elif field.name in AT_LEAST_ONE:
+            options.update(type=positive_int, metavar="N")
         else:
             options["type"] = kind
         if required:

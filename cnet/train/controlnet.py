@@ -504,7 +504,8 @@ def train(config: TrainConfig) -> TrainResult:
     )
     base_unlocked = saved.get("base_unlocked", False)
     map_versions = redrawn_maps(synthetic_maps(config.data, config.condition, config.replay_share))
-    if saved.get("map_versions", map_versions) != map_versions:
+    then = saved.get("map_versions", map_versions)
+    if any(then[key] != map_versions[key] for key in then.keys() & map_versions.keys()):
         raise ValueError(
             f"The synthetic maps this run trains on were drawn anew since {resume_dir} was saved "
             f"(versions of the redrawn maps then {saved['map_versions']}, now {map_versions}: "

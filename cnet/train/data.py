@@ -61,6 +61,13 @@ class PairedImageDataset(Dataset):
     def __init__(self, root: Path, records: list[tuple[str, str, str]], resolution: int):
         if not records:
             raise ValueError(f"{root} lists no examples: its index file is empty.")
+        # Checked now (a stat each), not when a batch first reads it hours into a run.
+        missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
+                "restore them or drop their lines from the index file."
+            )
         self.root, self.records, self.resolution = root, records, resolution
 
     def __len__(self) -> int:
@@ -74,15 +81,32 @@ class PairedImageDataset(Dataset):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{path} line {number} is not JSON ({error}).") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number} is not a JSON object.")
+            rows.append(row)
+    return rows
 
 
 def fill50k(root: str | Path, resolution: int) -> PairedImageDataset:
     """The fill50k layout of the ControlNet paper's tutorial: prompt.json, source/, target/."""
     root = Path(root)
-    rows = _read_jsonl(root / "prompt.json")
-    records = [(row["target"], row["source"], row["prompt"]) for row in rows]
+    records = []
+    for i, row in enumerate(_read_jsonl(root / "prompt.json"), start=1):
+        if not {"source", "target", "prompt"} <= set(row):
+            raise ValueError(
+                f"{root / 'prompt.json'} line {i}: each line needs 'source', 'target' and "
+                f"'prompt'; found keys {sorted(row)}."
+            )
+        records.append((row["target"], row["source"], row["prompt"]))
     return PairedImageDataset(root, records, resolution)
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from cnet.cli.options import positive_number
 from cnet.lowrank import is_lowrank, lowrank_settings, lowrank_start, write_lowrank
 from cnet.synth.examples import write_examples
 from cnet.synth.maps import map_versions_text
@@ -702,7 +703,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", help="results.json of `python -m cnet eval`, for the cards")
     parser.add_argument(
         "--max-minutes",
-        type=float,
+        type=positive_number,
         default=None,
         help="stop cleanly after this many minutes of training, within whichever stage is "
         "running (checkpoint and export); the same command goes on from there",
