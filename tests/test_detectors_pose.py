@@ -104,6 +104,40 @@ def test_bad_json_is_explained():
         detect("pose", "{not json", backend="keypoints_json")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[42]", "is an object"),
+        ('{"people": [[1, 2, 3]]}', '"people" list'),
+        ('{"people": [null]}', '"people" list'),
+        ('{"people": [{"pose_keypoints_2d": [10, 20]}]}', "x, y, confidence numbers"),
+        ('{"people": [{"pose_keypoints_2d": ["a", "b", "c"]}]}', "x, y, confidence numbers"),
+        ('{"people": [], "canvas_width": "abc", "canvas_height": 5}', "x, y, confidence"),
+        ('{"people": [], "canvas_width": -512, "canvas_height": 512}', "sizes are positive"),
+    ],
+)
+def test_malformed_pose_files_are_refused_with_a_message(text, message):
+    from cnet.imageio import ImageInputError
+
+    with pytest.raises(ImageInputError, match=message):
+        read_openpose_json(text)
+
+
+def test_a_pose_file_of_any_name_is_read_as_a_file(tmp_path):
+    data = json.dumps(_openpose_json(POINTS, canvas_width=512, canvas_height=512))
+    for name in ("POSE.JSON", "keypoints.txt"):
+        (tmp_path / name).write_text(data)
+        assert read_openpose_json(str(tmp_path / name)).width == 512
+
+
+def test_a_normalised_point_just_outside_the_frame_keeps_the_figure_normalised():
+    points = POINTS / 512.0
+    points[0, 0] = 1.02  # the nose a little beyond the right edge
+    control = detect("pose", _openpose_json(points), backend="keypoints_json")
+    x, y = POINTS[1].astype(int)  # the neck stays where it is on the 512 canvas
+    assert tuple(control[y, x]) == KEYPOINT_COLORS[1]
+
+
 def test_existing_pose_map_passes_through():
     control = draw_pose(POINTS, 512, 512)
     assert np.array_equal(detect("pose", control, backend="none"), control)

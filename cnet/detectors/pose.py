@@ -181,7 +181,9 @@ def _read_json(source: Any) -> dict:
         return source
     if isinstance(source, bytes):
         source = source.decode("utf-8")
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and source.endswith(".json")):
+    # A string is JSON text when it starts like JSON, else a path (any name: pose.JSON, .txt).
+    text = isinstance(source, str) and source.lstrip().startswith(("{", "["))
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and not text):
         path = Path(source)
         if not path.is_file():
             raise ImageInputError(f"No pose file at {path}.")
@@ -194,6 +196,8 @@ def _read_json(source: Any) -> dict:
         raise ImageInputError(f"The pose file is not valid JSON ({error}).") from None
     if isinstance(data, list):  # some editors export a list of frames: take the first
         data = data[0] if data else {}
+    if not isinstance(data, dict):
+        raise ImageInputError('OpenPose JSON is an object with a "people" list.')
     return data
 
 
@@ -201,13 +205,23 @@ def read_openpose_json(source: Any) -> PoseFile:
     """Parse OpenPose JSON (dict, text or path): COCO-18 or BODY_25 bodies, hands and face.
 
     Coordinates are pixels of a canvas of `canvas_width` x `canvas_height` (editor exports), or
-    normalised to [0, 1] when every coordinate is at most 1. Without a canvas size, pixel
+    normalised to [0, 1] when every coordinate is at most 2 (points may stray outside the frame).
+    Without a canvas size, pixel
     coordinates get the smallest canvas that holds them.
     """
     data = _read_json(source)
     people = data.get("people")
-    if not isinstance(people, list):
+    if not isinstance(people, list) or not all(isinstance(person, dict) for person in people):
         raise ImageInputError('OpenPose JSON needs a "people" list with "pose_keypoints_2d".')
+    try:
+        return _read_people(data, people)
+    except (TypeError, ValueError) as error:  # numpy's words for a list that is not triples
+        raise ImageInputError(
+            f"The pose file's keypoints are not lists of x, y, confidence numbers ({error})."
+        ) from None
+
+
+def _read_people(data: dict, people: list[dict]) -> PoseFile:
     keys = ("pose_keypoints_2d", "hand_left_keypoints_2d", "hand_right_keypoints_2d")
     coords = [
         value
@@ -215,9 +229,13 @@ def read_openpose_json(source: Any) -> PoseFile:
         for key in keys
         for value in np.asarray(person.get(key) or [], np.float64).reshape(-1, 3)[:, :2].ravel()
     ]
-    normalized = bool(coords) and max(coords) <= 1.0
+    # Normalised coordinates may stray a little outside [0, 1] (a hand beyond the frame); pixel
+    # coordinates of a real canvas are never all below 2.
+    normalized = bool(coords) and max(coords) <= 2.0
     width = int(data.get("canvas_width") or 0)
     height = int(data.get("canvas_height") or 0)
+    if width < 0 or height < 0:
+        raise ImageInputError(f"The pose file's canvas is {width} x {height}; sizes are positive.")
     if not (width and height):
         if normalized or not coords:
             width = height = 512
