@@ -206,7 +206,11 @@ def to_grey_float(image: ImageLike) -> np.ndarray:
         return array.astype(np.float32) / 65535.0
     if array.dtype == bool:
         return array.astype(np.float32)
-    values = np.nan_to_num(array.astype(np.float32))
+    values = array.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.all():  # a render pass's inf background: the far end of the finite range
+        known = values[finite] if finite.any() else np.zeros(1, np.float32)
+        values = np.where(finite, values, np.where(values > 0, known.max(), known.min()))
     low, high = float(values.min()), float(values.max())
     if low >= 0.0 and high <= 1.0:
         return values

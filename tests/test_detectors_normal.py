@@ -72,3 +72,21 @@ def test_uploaded_depth_backend_and_invert():
     inverted = detect("normal", far_bright, backend="depth_map", invert=True,
                       detect_resolution=SIZE, image_resolution=SIZE)  # fmt: skip
     assert np.abs(inverted.astype(int) - control.astype(int)).max() <= 1
+
+
+def test_a_16_bit_depth_gives_smooth_normals_not_the_steps_of_an_8_bit_copy():
+    """A shallow slope over 8-bit levels is a staircase; at 16 bits it is a ramp."""
+    width = 1024  # more pixels than an 8-bit map has levels
+    ramp = np.tile(np.arange(20000, 20000 + 8 * width, 8), (SIZE, 1)).astype(np.uint16)
+    control = detect("normal", ramp, backend="depth_map", detect_resolution=SIZE,
+                     image_resolution=SIZE, bg_threshold=0.0)  # fmt: skip
+    red = control[SIZE // 2, 8:-8, 0].astype(int)
+    assert red.max() - red.min() <= 1  # one slope, one colour
+
+
+def test_a_float_depth_with_an_infinite_background_keeps_its_relief():
+    zpass = np.full((SIZE, SIZE), np.inf, np.float32)  # a renderer's Z pass: far = large
+    zpass[64:192, 64:192] = np.linspace(2.0, 4.0, 128)[None, :]
+    depth = detect("depth", zpass, backend="depth_map", invert=True, image_resolution=SIZE)
+    row = depth[SIZE // 2, 70:186, 0].astype(int)
+    assert row[0] > row[-1] + 100 and depth[5, 5, 0] == 0  # the near side bright, the far dark

@@ -16,25 +16,29 @@ from cnet.detectors.base import Detector, as_rgb, resize_map
 from cnet.imageio import ImageLike, resize_to_resolution, target_size, to_grey_float
 
 
-def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
-    """Any-scale depth (HxW, large = near unless `invert`) -> uint8 HxW, near = 255, far = 0."""
+def scaled_depth(depth: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Any-scale depth (HxW, large = near unless `invert`) -> float32 HxW, near = 1, far = 0."""
     values = np.nan_to_num(np.asarray(depth, dtype=np.float32))
     values = values - values.min()
     span = float(values.max())
     if span > 0:  # a flat map stays flat
         values = values / span
-    if invert:
-        values = 1.0 - values
-    return (values * 255.0).round().clip(0, 255).astype(np.uint8)
+    return 1.0 - values if invert else values
+
+
+def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
+    """Any-scale depth (HxW, large = near unless `invert`) -> uint8 HxW, near = 255, far = 0."""
+    return (scaled_depth(depth, invert) * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
 def load_depth(image: ImageLike, resolution: int, invert: bool = False) -> np.ndarray:
-    """An uploaded depth image -> uint8 HxW near-is-bright map at `resolution` (short side)."""
+    """An uploaded depth image -> float32 HxW near-is-bright depth in [0, 1] at `resolution`
+    (short side), its 16-bit or float precision kept."""
     depth = to_grey_float(image)
     # Lanczos overshoots at sharp edges when enlarging; outside the map's own range that would
     # move the min-max scaling (a far background of 0 came out at 47)
     resized = resize_to_resolution(depth, resolution).clip(depth.min(), depth.max())
-    return depth_to_map(resized, invert)
+    return scaled_depth(resized, invert)
 
 
 class DepthMapDetector:
@@ -48,7 +52,7 @@ class DepthMapDetector:
         invert: bool = False,
         **_: Any,
     ) -> np.ndarray:
-        depth = load_depth(image, detect_resolution, invert)
+        depth = depth_to_map(load_depth(image, detect_resolution, invert))
         return resize_map(as_rgb(depth), target_size(*depth.shape, image_resolution))
 
 

@@ -52,7 +52,9 @@ def normal_from_depth(
 
 
 class NormalFromDepthDetector:
-    """An uploaded depth map (near = bright; 8/16-bit or float) -> normal map, no weights."""
+    """An uploaded depth map (near = bright; 8/16-bit or float) -> normal map, no weights. The
+    slopes are taken on the depth at its own precision: an 8-bit copy of a smooth 16-bit depth
+    is a staircase, whose steps read as alternating tilts."""
 
     def __call__(
         self,
