@@ -154,3 +154,30 @@ def test_fake_scribble_is_binary_when_output_is_larger_than_detection():
     )
     assert control.shape == (640, 640, 3)
     assert set(np.unique(control)) == {0, 255}
+
+
+@pytest.mark.parametrize("ink", [0, 255])  # black or white line art on a transparent background
+def test_line_art_on_transparent_paper_is_read_by_its_opaque_strokes(ink):
+    strokes = _strokes_layer()
+    art = strokes.copy()
+    art[..., :3] = ink
+    control = detect("scribble", art, backend="drawing", image_resolution=448)[..., 0]
+    assert (control[strokes[..., 3] > 200] == 255).mean() > 0.95
+    assert (control == 0).mean() > 0.8
+
+
+def test_an_opaque_drawing_with_a_transparent_margin_is_read_as_a_drawing():
+    strokes = _strokes_layer()[..., 3]
+    drawing = np.full(SIZE + (4,), 255, np.uint8)
+    drawing[..., :3] = (255 - strokes)[..., None]
+    drawing[:8, :, 3] = 0  # a transparent border, as a screenshot's shadow
+    for backend in ("canvas", "drawing"):
+        control = detect("scribble", drawing, backend=backend, image_resolution=448)[..., 0]
+        assert (control == 255).mean() < 0.2, backend  # strokes, not a white page
+
+
+def test_a_pen_line_thinner_than_an_output_pixel_survives_shrinking():
+    paper = np.full((2048, 2048), 255, np.uint8)
+    paper[1000, 100:1900] = 0  # one 1-px line, 4 times finer than the 512 px map
+    control = detect("scribble", paper, backend="drawing", image_resolution=512)[..., 0]
+    assert (control[248:252, 30:470] == 255).any(axis=0).all()  # unbroken along its length

@@ -9,6 +9,7 @@ present, image gradients otherwise). The model was trained on strokes 1 to 24 px
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,11 @@ def thicken(strokes: np.ndarray, width: int) -> np.ndarray:
 
 def _binary_map(coverage: np.ndarray, size: tuple[int, int], width: int) -> np.ndarray:
     """Stroke coverage (float HxW, 0..1) at any size -> 0/255 HxWx3 map of `size`."""
-    small = resize_map(coverage.astype(np.float32), size, cv2.INTER_AREA)
+    coverage = coverage.astype(np.float32)
+    shrink = math.ceil(min(coverage.shape) / min(size))
+    if shrink > 1:  # a pen line thinner than one output pixel must still cover it
+        coverage = cv2.dilate(coverage, np.ones((shrink, shrink), np.uint8))
+    small = resize_map(coverage, size, cv2.INTER_AREA)
     return as_rgb(thicken(np.where(small >= 0.25, 255, 0).astype(np.uint8), width))
 
 
@@ -75,9 +80,13 @@ def drawing_strokes(image: ImageLike) -> np.ndarray:
     """A drawing on plain paper -> stroke mask (float HxW, 1 = ink) at the drawing's size.
 
     The paper is the median grey; dark paper means light ink, so both polarities give the same
-    mask. Ink is whatever Otsu's threshold separates from the paper.
+    mask. Ink is whatever Otsu's threshold separates from the paper. On mostly transparent paper
+    (line art exported with a transparent background) the ink is what is opaque.
     """
-    grey = to_grey_float(image)
+    rgba = to_rgba_array(image)
+    if np.median(rgba[:, :, 3]) < 128:
+        return rgba[:, :, 3].astype(np.float32) / 255.0
+    grey = to_grey_float(to_rgb_array(rgba))  # partly transparent paper: composited on white
     paper = float(np.median(grey))
     ink = paper - grey if paper > 0.5 else grey - paper
     ink_u8 = (ink.clip(0, 1) * 255).round().astype(np.uint8)
@@ -115,11 +124,7 @@ def canvas_strokes(value: Any) -> np.ndarray:
         if drawn.shape != strokes.shape:
             drawn = cv2.resize(drawn, strokes.shape[::-1], interpolation=cv2.INTER_AREA)
         return np.maximum(strokes, drawn)
-    rgba = to_rgba_array(value)
-    alpha = rgba[:, :, 3]
-    if alpha.min() < 255:
-        return alpha.astype(np.float32) / 255.0
-    return drawing_strokes(value)
+    return drawing_strokes(value)  # a strokes layer is mostly transparent: its alpha is read
 
 
 class CanvasDetector:
