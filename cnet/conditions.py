@@ -94,7 +94,17 @@ class Backend:
         folder = None if self.weights is None else self.weights.folder()
         key = (self.factory, str(folder))
         if key not in _LOADED:
-            _LOADED[key] = self.factory() if folder is None else self.factory(folder)
+            if folder is None:
+                _LOADED[key] = self.factory()
+            else:
+                try:
+                    _LOADED[key] = self.factory(folder)
+                except Exception as error:  # a truncated or corrupt file: torch's many errors
+                    raise BackendUnavailable(
+                        f"{self.label}: its weights in {folder} could not be loaded "
+                        f"({type(error).__name__}: {error}); delete them and fetch them again: "
+                        f"{self.weights.fetch_command()}"
+                    ) from error
         return _LOADED[key]
 
     def defaults(self) -> dict[str, Any]:

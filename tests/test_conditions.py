@@ -99,6 +99,12 @@ def test_weights_in_the_folder_make_a_backend_available(empty_annotators):
     assert CONDITIONS["hough"].default_backend().name == "mlsd"
 
 
+def test_a_corrupt_weights_file_is_named_with_how_to_fetch_it_again(empty_annotators):
+    (empty_annotators / "mlsd_large_512_fp32.pth").write_bytes(b"")  # an interrupted download
+    with pytest.raises(BackendUnavailable, match="could not be loaded .*hf download lllyasviel"):
+        detect("hough", str(ROOT / "assets/examples/room.png"), backend="mlsd")
+
+
 def test_only_missing_files_are_in_the_command(empty_annotators):
     (empty_annotators / "body_pose_model.pth").write_bytes(b"")
     reason = CONDITIONS["pose"].backend("openpose").availability().reason
@@ -191,6 +197,8 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
         assert "min_length_percent takes a whole number, not 'x'" in capsys.readouterr().err
         assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
         assert "min_length_percent" in capsys.readouterr().err
+        assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges.psd")]) == 2
+        capsys.readouterr()  # Pillow reads .psd but cannot write it
         assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges")]) == 2
         assert "-o " + str(tmp_path / "edges") + ": give a file name ending in an image type" in (
             capsys.readouterr().err

@@ -90,8 +90,8 @@ def _output_path(source: str, output: str | None, condition: str) -> Path:
     """-o as given, checked before detecting; default <input>_<condition>.png."""
     if output is None:
         return Path(source).with_name(f"{Path(source).stem}_{condition}.png")
-    Image.init()
-    if Path(output).suffix.lower() not in Image.EXTENSION:
+    image_format = Image.registered_extensions().get(Path(output).suffix.lower())
+    if image_format not in Image.SAVE:  # unknown, or a type Pillow reads but cannot write
         raise ValueError(f"-o {output}: give a file name ending in an image type, e.g. .png")
     return Path(output)
 
