@@ -50,7 +50,7 @@ def aux_canny():
     [
         ((512, 512), 512, 512, (100, 200)),
         ((300, 451), 512, 512, (100, 200)),
-        ((700, 500), 384, 640, (50, 120)),
+        ((500, 500), 384, 640, (50, 120)),
     ],
 )
 def test_canny_is_pixel_identical_to_controlnet_aux(
@@ -73,3 +73,12 @@ def test_canny_is_pixel_identical_to_controlnet_aux(
     )
     assert ours.shape == theirs.shape
     assert np.array_equal(ours, theirs)
+
+
+def test_the_map_is_sized_from_the_input_not_from_its_detect_size_copy():
+    """ControlNet 1.1's apps size the map from the input; controlnet-aux rounds twice, and a
+    700 x 500 photo detected at 384 would come out 832 x 640 (1.3) instead of 896 x 640 (1.4)."""
+    image = _square(700)[:700, :500].copy()
+    for detect_resolution in (128, 384, 512, 1024):
+        control = CannyDetector()(image, detect_resolution, 640)
+        assert control.shape[:2] == (896, 640), detect_resolution

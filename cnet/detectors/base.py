@@ -46,9 +46,11 @@ class Detector(ABC):
         image_resolution: int = 512,
         **params: Any,
     ) -> np.ndarray:
-        small = resize_to_resolution(to_rgb_array(image), detect_resolution)
+        rgb = to_rgb_array(image)
+        small = resize_to_resolution(rgb, detect_resolution)
         control = as_rgb(self.detect(small, **params))
-        size = target_size(*small.shape[:2], image_resolution)
+        # sized from the input, not the detect-size copy: two roundings would bend the aspect
+        size = target_size(*rgb.shape[:2], image_resolution)
         return resize_map(control, size, self.output_interpolation)
 
     @abstractmethod

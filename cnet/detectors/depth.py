@@ -31,14 +31,16 @@ def depth_to_map(depth: np.ndarray, invert: bool = False) -> np.ndarray:
     return (scaled_depth(depth, invert) * 255.0).round().clip(0, 255).astype(np.uint8)
 
 
-def load_depth(image: ImageLike, resolution: int, invert: bool = False) -> np.ndarray:
-    """An uploaded depth image -> float32 HxW near-is-bright depth in [0, 1] at `resolution`
-    (short side), its 16-bit or float precision kept."""
+def load_depth(
+    image: ImageLike, resolution: int, invert: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """(an uploaded depth image as float32 HxW near-is-bright depth in [0, 1] at `resolution`
+    (short side), its 16-bit or float precision kept; the upload's own height and width)."""
     depth = to_grey_float(image)
     # Lanczos overshoots at sharp edges when enlarging; outside the map's own range that would
     # move the min-max scaling (a far background of 0 came out at 47)
     resized = resize_to_resolution(depth, resolution).clip(depth.min(), depth.max())
-    return scaled_depth(resized, invert)
+    return scaled_depth(resized, invert), depth.shape[:2]
 
 
 class DepthMapDetector:
@@ -52,8 +54,8 @@ class DepthMapDetector:
         invert: bool = False,
         **_: Any,
     ) -> np.ndarray:
-        depth = depth_to_map(load_depth(image, detect_resolution, invert))
-        return resize_map(as_rgb(depth), target_size(*depth.shape, image_resolution))
+        depth, shape = load_depth(image, detect_resolution, invert)
+        return resize_map(as_rgb(depth_to_map(depth)), target_size(*shape, image_resolution))
 
 
 class MidasDepthDetector(Detector):

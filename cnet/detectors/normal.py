@@ -65,9 +65,9 @@ class NormalFromDepthDetector:
         invert: bool = False,
         **_: Any,
     ) -> np.ndarray:
-        depth = load_depth(image, detect_resolution, invert)
+        depth, shape = load_depth(image, detect_resolution, invert)
         control = normal_from_depth(depth, bg_threshold)
-        return resize_map(control, target_size(*depth.shape, image_resolution))
+        return resize_map(control, target_size(*shape, image_resolution))
 
 
 class MidasNormalDetector(Detector):

@@ -168,9 +168,10 @@ class _EdgesToScribble(Detector):
         image_resolution: int = 512,
         **params: Any,
     ) -> np.ndarray:
-        small = resize_to_resolution(to_rgb_array(image), detect_resolution)
+        rgb = to_rgb_array(image)
+        small = resize_to_resolution(rgb, detect_resolution)
         soft = self.detect(small, **params).astype(np.float32)
-        soft = resize_map(soft, target_size(*small.shape[:2], image_resolution))
+        soft = resize_map(soft, target_size(*rgb.shape[:2], image_resolution))
         return as_rgb(edges_to_scribble(soft))
 
 

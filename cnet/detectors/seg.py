@@ -116,7 +116,7 @@ class PaletteSnapDetector:
         rgb = to_rgb_array(image)
         small = resize_map(rgb, target_size(*rgb.shape[:2], detect_resolution), cv2.INTER_NEAREST)
         snapped = snap_to_palette(small)
-        size = target_size(*small.shape[:2], image_resolution)
+        size = target_size(*rgb.shape[:2], image_resolution)
         return resize_map(snapped, size, cv2.INTER_NEAREST)
 
 
