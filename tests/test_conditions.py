@@ -183,6 +183,17 @@ def test_cli_detect_writes_the_map(tmp_path, capsys):
     assert "Canny edges" in capsys.readouterr().out
 
 
+def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    drawing = str(ROOT / "assets/embedded/examples/scribble.png")
+    assert main(["detect", drawing, "-c", "scribble", "-o", str(tmp_path / "s.png")]) == 0
+    assert "(drawing)" in capsys.readouterr().out  # not the sketch pad's strokes reader
+    keypoints = str(ROOT / "assets/embedded/examples/pose.json")
+    assert main(["detect", keypoints, "-c", "pose", "-o", str(tmp_path / "p.png")]) == 0
+    assert "(keypoints_json)" in capsys.readouterr().out
+
+
 def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
     from cnet.__main__ import main
 
