@@ -200,7 +200,7 @@ CONDITIONS: dict[str, Condition] = {
                 Backend(
                     "fake_scribble",
                     "Photo → fake scribble (no weights)",
-                    (Param("edge_strength", "Edge strength", 0.3, 0.05, 1.0, 0.05),),
+                    (Param("edge_strength", "Edge threshold", 0.3, 0.05, 1.0, 0.05),),
                     factory=scribble.FakeScribbleDetector,
                 ),
                 NONE_BACKEND,
