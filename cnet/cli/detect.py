@@ -33,7 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "input", nargs="?", help="image file, or OpenPose .json for --condition pose"
     )
     parser.add_argument("-c", "--condition", choices=tuple(CONDITIONS), help="control map type")
-    parser.add_argument("-b", "--backend", help="detector (default: the first that can run)")
+    parser.add_argument(
+        "-b",
+        "--backend",
+        help="detector (default: the first that runs and reads this kind of file)",
+    )
     parser.add_argument("-o", "--output", help="output PNG (default: <input>_<condition>.png)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="detector parameter, repeatable (see --list)")  # fmt: skip
