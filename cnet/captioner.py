@@ -218,8 +218,8 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
         return (
             f"The captioner folder {source} could not be loaded ({reason}). It must hold a BLIP "
             "captioner saved with save_pretrained (config.json, model.safetensors, tokenizer and "
-            f"processor files). Train the embedded one with: python -m cnet train captioner --out "
-            f"{source}"
+            f"processor files). Train the embedded one with: python -m cnet train captioner "
+            f"--output-dir {source}"
         )
     if _looks_like_hub_id(source):
         where = (
@@ -230,23 +230,26 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
         return (
             f"The captioner {source} {where}. Fetch it once with: hf download {source} "
             f"(or pass a local folder; an embedded-size captioner is trained with: "
-            f"python -m cnet train captioner --out DIR)"
+            f"python -m cnet train captioner --output-dir DIR)"
         )
     return (
-        f"No captioner folder at {source}. Train one with: python -m cnet train captioner --out "
-        f"{source}  (or use the sd15 captioner: hf download {SD15_HUB_ID})"
+        f"No captioner folder at {source}. Train one with: python -m cnet train captioner "
+        f"--output-dir {source}  (or use the sd15 captioner: hf download {SD15_HUB_ID})"
     )
 
 
 def load_captioner(
     source: str | Path, device: str | None = None, dtype: torch.dtype | None = None
 ) -> Captioner:
-    """Load a BLIP captioner from a local folder or a hub id; cached per (source, device, dtype).
+    """Load a BLIP captioner from a local folder (or a training run's output folder, whose
+    captioner/ holds it) or a hub id; cached per (source, device, dtype).
 
     Raises CaptionerUnavailable, with the command that fetches or trains the captioner, when it is
     missing or broken. With HF_HUB_OFFLINE set, only the local cache is consulted.
     """
     path = Path(source).expanduser()
+    if not (path / "config.json").is_file() and (path / "captioner" / "config.json").is_file():
+        path = path / "captioner"  # a training run's output folder: its result is in captioner/
     is_dir = path.is_dir()
     if not is_dir and not _looks_like_hub_id(str(source)):
         raise CaptionerUnavailable(_unavailable_message(str(source), False, "missing"))

@@ -16,6 +16,7 @@ module (for presets, errors, status lines) stays fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -297,7 +298,38 @@ def preset_settings(model_dir: str | Path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from None
     if not isinstance(settings, dict):
         raise ValueError(f'{path} must hold one JSON object, {{"name": ...}}; fix or remove it.')
+    check_settings(path, settings)
     return settings
+
+
+def check_settings(path: Path, settings: dict) -> None:
+    """Raise ValueError naming the file and key for a preset.json value the app cannot use (a
+    guidance scale or size the UI would refuse at every Run, a wrong type)."""
+    from cnet.engine import MAX_CFG, MAX_RESOLUTION, MIN_CFG, MIN_RESOLUTION
+
+    numbers = {
+        "resolution": (MIN_RESOLUTION, MAX_RESOLUTION, True),
+        "cfg": (MIN_CFG, MAX_CFG, False),
+    }
+    for key, (low, high, whole) in numbers.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and low <= value <= high) or (
+            whole and not float(value).is_integer()
+        ):
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f'{path}: "{key}" must be {kind} from {low} to {high}, got {value!r}.')
+    for key, kind, name in (
+        ("name", str, "text"),
+        ("sampler", str, "text"),
+        ("controlnets", dict, "an object {condition: folder}"),
+        ("example_prompts", dict, "an object {condition: prompt}"),
+        ("examples", dict, "an object {condition: [examples]}"),
+    ):
+        if key in settings and not isinstance(settings[key], kind):
+            raise ValueError(f'{path}: "{key}" must be {name}, got {settings[key]!r:.60}.')
 
 
 def preset_sampling(settings: dict) -> tuple[float, str]:
@@ -335,7 +367,10 @@ def config_at_hand(source: str, name: str = "config.json") -> dict | None:
         path = try_to_load_from_cache(source, name)
     if not isinstance(path, str | Path) or not Path(path).is_file():
         return None
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # a broken file: loading it names the problem
+        return None
 
 
 def base_resolution(base: str) -> int | None:
@@ -385,6 +420,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
     model_dir = Path(model_dir).expanduser().absolute()
     settings = preset_settings(model_dir)
     folders = _registry_checkpoints("embedded")  # condition -> folder name under controlnet/
+    known_conditions(model_dir, settings.get("controlnets", {}), "a ControlNet")
     folders.update(settings.get("controlnets", {}))  # e.g. one ControlNet shared by several
     controlnets = {key: str(model_dir / "controlnet" / folder) for key, folder in folders.items()}
     device = device or detect_device()
@@ -429,7 +465,7 @@ def preset_examples(model_dir: Path, entries: Mapping) -> dict[str, tuple[Exampl
         )
         for example in examples[key]:
             if not Path(example.path).is_file():
-                raise FileNotFoundError(
+                raise ValueError(
                     f"{model_dir / 'preset.json'} names the {key} example {example.path}, which "
                     "is not there; restore the folder's examples/ or drop the entry."
                 )

@@ -89,7 +89,14 @@ def test_missing_folder_names_the_path_and_the_command(tmp_path):
         cap.load_captioner(missing)
     message = str(info.value)
     assert str(missing) in message
-    assert "python -m cnet train captioner" in message
+    assert f"python -m cnet train captioner --output-dir {missing}" in message
+
+
+def test_the_folder_that_command_writes_loads(tiny_captioner_dir, tmp_path):
+    """Training with --output-dir DIR leaves the captioner in DIR/captioner/; DIR loads."""
+    run = tmp_path / "model" / "captioner"
+    shutil.copytree(tiny_captioner_dir, run / "captioner")
+    assert cap.load_captioner(run, device="cpu") is not None
 
 
 @pytest.mark.parametrize("damage", ["corrupt weights", "no weights", "no config", "bad config"])

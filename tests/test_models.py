@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -245,7 +246,7 @@ def test_preset_json_may_give_examples_found_in_its_folder_with_their_backends(
         preset_with({"depth": [{"file": "examples/depth.png", "backend": "canny"}]})
     with pytest.raises(ValueError, match='each depth example is {"file"'):
         preset_with({"depth": ["examples/depth.png"]})
-    with pytest.raises(FileNotFoundError, match="examples/seg.png, which is not there"):
+    with pytest.raises(ValueError, match="examples/seg.png, which is not there"):
         preset_with({"seg": [{"file": "examples/seg.png", "backend": "none"}]})
 
 
@@ -344,6 +345,41 @@ def test_a_broken_preset_json_is_named(tiny_model_dir, tmp_path, text, message):
     (folder / "preset.json").write_text(text)
     with pytest.raises(ValueError, match=f"{folder / 'preset.json'} {message}"):
         resolve_preset(model_dir=str(folder), device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cfg": 0.5}, '"cfg" must be a number from 1.0 to 30.0, got 0.5'),
+        ({"cfg": None}, '"cfg" must be a number'),
+        ({"cfg": float("nan")}, '"cfg" must be a number'),
+        ({"resolution": "128px"}, '"resolution" must be a whole number from 64 to 2048'),
+        ({"resolution": 32}, '"resolution" must be a whole number'),
+        ({"controlnets": {"cany": "canny-v2"}}, "a ControlNet for 'cany', which is no condition"),
+        ({"examples": [{"file": "x.png"}]}, '"examples" must be an object'),
+    ],
+)
+def test_preset_json_values_the_app_cannot_use_are_named_with_the_file(
+    tiny_model_dir, tmp_path, settings, message
+):
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "preset.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_preset(model_dir=str(folder), device="cpu")
+
+
+def test_a_broken_controlnet_config_leaves_the_status_line_standing(tiny_model_dir, tmp_path):
+    import shutil
+
+    from cnet.engine import load_engine
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (folder / "controlnet" / "canny" / "config.json").write_text("")
+    engine = load_engine(model_dir=str(folder), device="cpu")
+    assert engine.mismatched() == [] and "preset tiny on cpu" in engine.status()
 
 
 def test_unknown_preset_is_a_clear_error():
