@@ -206,8 +206,7 @@ def read_openpose_json(source: Any) -> PoseFile:
 
     Coordinates are pixels of a canvas of `canvas_width` x `canvas_height` (editor exports), or
     normalised to [0, 1] when every coordinate is at most 2 (points may stray outside the frame).
-    Without a canvas size, pixel
-    coordinates get the smallest canvas that holds them.
+    Without a canvas size, pixel coordinates get the smallest canvas that holds them.
     """
     data = _read_json(source)
     people = data.get("people")
