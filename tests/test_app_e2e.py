@@ -117,7 +117,17 @@ def test_same_seed_same_images_and_randomize_picks_a_seed(client, inputs):
 def test_run_without_input_says_what_to_do(client):
     with pytest.raises(AppError, match="Upload an image first"):
         client.predict(**FAST, api_name="/canny")
-    assert client.predict(api_name="/detect_canny") is None
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(api_name="/detect_canny")
+    with pytest.raises(AppError, match="Draw a scribble"):
+        client.predict(api_name="/detect_scribble")
+
+
+def test_detect_from_the_wrong_input_says_which_one_is_read(client, inputs):
+    only_photo = {"image": handle_file(inputs["scene"])}  # the default reader takes keypoints
+    with pytest.raises(AppError, match="Upload an OpenPose JSON file first") as error:
+        client.predict(**only_photo, api_name="/detect_pose")
+    assert 'does not read image; preprocessor "none"' in str(error.value)
 
 
 def test_bad_settings_come_back_as_a_message(client, inputs):

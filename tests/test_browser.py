@@ -1,4 +1,4 @@
-"""A real browser: Debian's chromium, driven by Playwright, draws a scribble and gets images."""
+"""A real browser: Debian's chromium, driven by Playwright, draws, moves sliders and runs."""
 
 from __future__ import annotations
 
@@ -104,3 +104,39 @@ def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
     assert samples.count() >= 2
     page.screenshot(path=str(tmp_path / "scribble.png"), full_page=True)
     assert (tmp_path / "scribble.png").stat().st_size > 0
+
+
+def test_sliders_changed_by_keyboard_update_the_preview(app_url: str, page, tmp_path: Path):
+    """Arrow keys on a slider, and a number typed digit by digit into its box (through "2" and
+    "25", out of range on the way to "256"), update the control map with no error toast."""
+    photo = np.zeros((64, 64, 3), dtype=np.uint8)
+    photo[16:48, 20:44] = 255
+    Image.fromarray(photo).save(tmp_path / "square.png")
+    page.goto(app_url)
+    page.wait_for_load_state("networkidle")
+    page.get_by_role("tab", name="Canny").click()
+    page.locator("#canny-input input[type=file]").set_input_files(str(tmp_path / "square.png"))
+    preview = page.locator("#canny-map img").first
+    preview.wait_for(state="visible")
+
+    def map_width_becomes(width: int) -> None:
+        page.wait_for_function(
+            "width => document.querySelector('#canny-map img')?.naturalWidth === width",
+            arg=width,
+            timeout=60_000,
+        )
+
+    map_width_becomes(64)
+    tab = page.locator("#canny-run").locator("xpath=ancestor::div[contains(@class,'tabitem')]")
+    tab.get_by_text("Advanced").click()
+    tab.locator("input[type=range][aria-label*='Resolution (short side)']").focus()
+    for _ in range(8):  # a step is 8 px
+        page.keyboard.press("ArrowRight")
+    map_width_becomes(128)
+
+    box = tab.locator("input[type=number][aria-label*='Resolution (short side)']")
+    box.fill("")
+    box.press_sequentially("256", delay=300)
+    box.press("Enter")
+    map_width_becomes(256)
+    assert page.locator(".toast-body").all_inner_texts() == []

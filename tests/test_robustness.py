@@ -247,7 +247,7 @@ def check_answer(client: Client, api_name: str, kwargs: dict) -> None:
         assert len(message) < 600, message
         return
     if api_name.startswith("/detect_"):
-        assert result is None or Path(result).is_file()
+        assert Path(result).is_file()
     elif api_name.startswith("/stop_"):
         assert result in (None, ())
     else:
@@ -373,11 +373,10 @@ def test_out_of_range_settings_are_refused_naming_the_setting(
 
 
 def test_a_detector_that_cannot_run_is_named_to_an_api_caller(client, uploads):
-    job = client.submit(
-        image=handle_file(uploads["scene.png"]), preprocessor="midas", api_name="/detect_depth"
-    )
-    assert job.result() is None
-    assert any("MiDaS" in text and "not available" in text for text in notices(job))
+    with pytest.raises(AppError, match="MiDaS.* is not available"):
+        client.predict(
+            image=handle_file(uploads["scene.png"]), preprocessor="midas", api_name="/detect_depth"
+        )
     with pytest.raises(AppError, match=r"Thicken strokes \(px\): 2.5 is not a whole number"):
         client.predict(
             image={"background": handle_file(uploads["paper.png"]), "layers": []},
@@ -391,7 +390,8 @@ def test_empty_canvas_and_missing_input_say_what_to_do(client, uploads):
     blank = {"background": handle_file(uploads["paper.png"]), "layers": []}
     with pytest.raises(AppError, match="Draw a scribble"):
         client.predict(image=blank, **FAST, api_name="/scribble")
-    assert client.predict(image=blank, api_name="/detect_scribble") is None
+    with pytest.raises(AppError, match="Draw a scribble"):
+        client.predict(image=blank, api_name="/detect_scribble")
     with pytest.raises(AppError, match="Upload an image first"):
         client.predict(image=None, **FAST, api_name="/seg")
 

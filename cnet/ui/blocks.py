@@ -182,17 +182,21 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         **params,
     )
     gr.on(
-        triggers=[
-            *(component.change for component in inputs.values()),
-            preprocessor.change,
-            detect_resolution.release,
-            settings["resolution"].release,
-            *(param_trigger(control) for control in params.values()),
-        ],
-        fn=events.preview_fn(condition),
+        triggers=[],  # an API endpoint only: the browser's preview is the quieter event below
+        fn=events.detect_fn(condition),
         inputs_kwargs=map_inputs,
         outputs=control_map,
         api_name=f"detect_{key}",
+        concurrency_id="detect",
+    )
+    # `.change` also fires on arrow keys and typed digits, which `.release` misses.
+    gr.on(
+        triggers=[component.change for component in map_inputs.values()],
+        fn=events.preview_fn(condition, map_inputs),
+        inputs_kwargs=map_inputs,
+        outputs=control_map,
+        preprocess=False,
+        api_visibility="private",
         show_progress="minimal",
         trigger_mode="always_last",
         concurrency_id="detect",
@@ -290,10 +294,6 @@ def param_control(param: Param) -> gr.components.Component:
             param.minimum, param.maximum, value=param.default, step=step, label=param.label
         )
     return checked.Number(value=param.default, precision=0 if integer else None, label=param.label)
-
-
-def param_trigger(control: gr.components.Component):
-    return control.release if isinstance(control, gr.Slider) else control.change
 
 
 def cfg_info(cfg: float) -> str | None:

@@ -111,6 +111,19 @@ def detector_input(backend: Backend, inputs: Mapping[str, Any]) -> Any | None:
     return value if backend.accepts == "sketch" else picture
 
 
+def no_input_message(condition: Condition, backend: Backend, inputs: Mapping[str, Any]) -> str:
+    """What to give `backend`, and which preprocessors read the input given instead, if any."""
+    message = NO_INPUT["sketch" if condition.sketch else backend.accepts]
+    given = {name for name, value in inputs.items() if value is not None} - {input_name(backend)}
+    readers = [
+        f'"{b.name}"' for b in condition.backends if input_name(b) in given and b.availability().ok
+    ]
+    if readers:
+        names, choices = " or ".join(sorted(given)), " or ".join(readers)
+        message += f" {backend.label} does not read {names}; preprocessor {choices} does."
+    return message
+
+
 def read_upload(backend: Backend, value: Any) -> tuple[Any, list[str]]:
     """The detector input with uploads read and capped in size (cnet.imageio.load_image), and
     the notices saying what was changed. Keypoint files pass through as paths."""
@@ -133,6 +146,15 @@ def read_upload(backend: Backend, value: Any) -> tuple[Any, list[str]]:
             "composite": read(value.get("composite")),
         }, notices
     return read(value), notices
+
+
+def preprocessed(component: gr.components.Component, payload: Any) -> Any:
+    """What an event with `preprocess=True` would give its function for `payload`: Gradio has
+    already checked and cached any files; this builds the component's data model and reads it."""
+    model = getattr(component, "data_model", None)
+    if model is not None and payload is not None:
+        payload = model.model_validate(payload)
+    return component.preprocess(payload)
 
 
 def show_notices(notices: list[str]) -> None:
@@ -248,15 +270,13 @@ class AppEvents:
         backend = backend_named(condition, preprocessor)
         availability = backend.availability()
         if not availability.ok:
-            message = f"{backend.label} is not available: {availability.reason}"
             if required:
-                raise gr.Error(message)
-            gr.Warning(message)  # the tab says so too; an API caller hears it only this way
-            return None, []
+                raise gr.Error(f"{backend.label} is not available: {availability.reason}")
+            return None, []  # the tab's panel says why
         source = detector_input(backend, inputs)
         if source is None:
             if required:
-                raise gr.Error(NO_INPUT["sketch" if condition.sketch else backend.accepts])
+                raise gr.Error(no_input_message(condition, backend, inputs))
             return None, []
         params = backend_params(backend, values)
         settings = dict(params, detect_resolution=int(detect_resolution))
@@ -270,24 +290,71 @@ class AppEvents:
         control_map, notices = self.maps.get_or_make(key, make)
         return control_map, list(notices)
 
-    def preview_fn(self, condition: Condition) -> Callable[..., np.ndarray | None]:
-        def preview(
+    def shown_map(
+        self,
+        condition: Condition,
+        required: bool,
+        preprocessor: str,
+        detect_resolution: int,
+        resolution: int,
+        image: Any = None,
+        openpose_json: str | None = None,
+        **params: Any,
+    ) -> np.ndarray | None:
+        """The control map for the tab's values, its notices shown as warnings."""
+        inputs = {"image": image, "openpose_json": openpose_json}
+        with user_errors("Making the control map"):
+            control_map, notices = self.control_map(
+                condition, inputs, preprocessor, detect_resolution, resolution, params, required
+            )
+        show_notices(notices)
+        return control_map
+
+    def detect_fn(self, condition: Condition) -> Callable[..., np.ndarray | None]:
+        """The `/detect_<key>` endpoint: the control map, or an error saying what is missing."""
+
+        def detect_map(
             preprocessor: str,
             detect_resolution: int,
             resolution: int,
-            image: Any = None,
+            image: Any = None,  # defaults here make these optional in the API
             openpose_json: str | None = None,
             **params: Any,
         ) -> np.ndarray | None:
-            inputs = {"image": image, "openpose_json": openpose_json}
-            with user_errors("Making the control map"):
-                control_map, notices = self.control_map(
-                    condition, inputs, preprocessor, detect_resolution, resolution, params, False
-                )
-            show_notices(notices)
-            return control_map
+            return self.shown_map(
+                condition,
+                True,
+                preprocessor,
+                detect_resolution,
+                resolution,
+                image,
+                openpose_json,
+                **params,
+            )
 
-        preview.__name__ = f"detect_{condition.key}"
+        detect_map.__name__ = f"detect_{condition.key}"
+        return detect_map
+
+    def preview_fn(
+        self, condition: Condition, components: Mapping[str, gr.components.Component]
+    ) -> Callable[..., Any]:
+        """The browser's live preview, for an event with `preprocess=False`: it reads the raw
+        `components` values itself, so a number being typed ("2" on the way to "256", or an
+        emptied box) leaves the map as it is instead of raising a toast at every keystroke. No
+        input clears the map; every other problem is told as `/detect_<key>` tells it."""
+
+        def preview(**payloads: Any) -> Any:
+            values = {}
+            for name, payload in payloads.items():
+                try:
+                    values[name] = preprocessed(components[name], payload)
+                except gr.Error:
+                    if isinstance(components[name], (gr.Slider, gr.Number)):
+                        return gr.skip()
+                    raise
+            return self.shown_map(condition, False, **values)
+
+        preview.__name__ = f"preview_{condition.key}"
         return preview
 
     def generate_fn(self, condition: Condition) -> Callable[..., tuple]:
