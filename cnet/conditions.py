@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -144,6 +145,19 @@ class Condition:
             if backend.availability().ok:
                 return backend
         raise BackendUnavailable(f"No {self.label} backend can run here.")
+
+    def readers(self, path: str | Path, sketch_pad: bool = False) -> list[Backend]:
+        """The backends that run now and read a file like `path`, in order of preference: an
+        OpenPose .json, else a picture; the strokes reader too when the file is loaded into the
+        sketch pad (strokes drawn there then add to it)."""
+        kinds = {"openpose_json"} if Path(path).suffix.lower() == ".json" else {"image"}
+        if sketch_pad and "image" in kinds:
+            kinds.add("sketch")
+        return [b for b in self.backends if b.accepts in kinds and b.availability().ok]
+
+    def reader_for(self, path: str | Path) -> Backend:
+        """The first backend that reads the file `path` (else the default, which says why not)."""
+        return next(iter(self.readers(path)), None) or self.default_backend()
 
 
 def _annotator(*files: str) -> Weights:

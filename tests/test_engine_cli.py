@@ -81,6 +81,23 @@ def test_generate_detects_the_map_from_a_photo(tiny_model_dir, tmp_path):
     assert edges.max() == 255 and edges.mean() < 128  # white edges on black
 
 
+@pytest.mark.parametrize(("condition", "reader"), [("pose", "none"), ("scribble", "drawing")])
+def test_generate_detects_with_a_backend_that_reads_the_file(
+    tiny_model_dir, control_png, capsys, tmp_path, condition, reader
+):
+    """Not the first backend (pose's keypoints reader, scribble's sketch-pad strokes reader)."""
+    from cnet.conditions import set_annotators_dir
+
+    args = ["generate", "--detect", str(control_png), "-c", condition, "--steps", "1"]
+    args += ["-o", str(tmp_path / "out"), "--model-dir", str(tiny_model_dir)]
+    try:
+        code = main([*args, "--annotators-dir", str(tmp_path)])  # no weights: no OpenPose
+    finally:
+        set_annotators_dir(None)
+    assert code == 0, capsys.readouterr().err
+    assert f"({reader})" in capsys.readouterr().err
+
+
 def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
     args = ["generate", str(control_png), "--model-dir", str(tmp_path / "none"), "-c", "canny"]
     assert main(args) == 1

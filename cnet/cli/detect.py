@@ -90,14 +90,6 @@ def _describe(condition: Condition) -> str:
     return "\n".join(lines)
 
 
-def _reader(condition: Condition, source: str | None) -> Backend:
-    """The first backend that runs here and reads this kind of file (a keypoints .json, or an
-    image: not the sketch pad's strokes reader)."""
-    kind = "openpose_json" if str(source).lower().endswith(".json") else "image"
-    ready = [b for b in condition.backends if b.accepts == kind and b.availability().ok]
-    return ready[0] if ready else condition.default_backend()
-
-
 def _output_path(source: str, output: str | None, condition: str) -> Path:
     """-o as given, checked before detecting; default <input>_<condition>.png."""
     if output is None:
@@ -122,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     condition = CONDITIONS[args.condition]
     try:
         backend = (
-            condition.backend(args.backend) if args.backend else _reader(condition, args.input)
+            condition.backend(args.backend) if args.backend else condition.reader_for(args.input)
         )
         if args.fetch and backend.weights is not None:
             print(f"fetching {backend.weights.repo} into {backend.weights.fetch()}")

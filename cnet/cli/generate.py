@@ -40,7 +40,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("control map")
     source.add_argument("control", nargs="?", help="control map image (already a map)")
     source.add_argument("--detect", metavar="PHOTO", help="detect the map from this photo instead")
-    source.add_argument("--detector", help="detector backend for --detect (default: first ready)")
+    source.add_argument(
+        "--detector",
+        help="detector backend for --detect (default: the first ready one that reads it)",
+    )
     source.add_argument("-c", "--condition", required=True, choices=tuple(CONDITIONS))
 
     add_model_flags(parser)
@@ -85,17 +88,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _control_map(args: argparse.Namespace, resolution: int):
-    from cnet.conditions import detect
+    from cnet.conditions import CONDITIONS, detect
     from cnet.imageio import to_rgb_array
 
     if bool(args.control) == bool(args.detect):
         raise ValueError("Give either a control map image or --detect PHOTO (one of them).")
     if args.control:
         return to_rgb_array(args.control)
+    condition = CONDITIONS[args.condition]
+    backend = (
+        condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
+    )
+    print(f"{condition.label} map by {backend.label} ({backend.name})", file=sys.stderr)
     return detect(
         args.condition,
         args.detect,
-        backend=args.detector,
+        backend=backend.name,
         detect_resolution=resolution,
         image_resolution=resolution,
     )

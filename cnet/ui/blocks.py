@@ -389,18 +389,10 @@ def examples(
         path = ROOT / example.path
         if not path.is_file():
             continue
-        kind = "openpose_json" if path.suffix == ".json" else "image"
-        backend = next(
-            (
-                b
-                for b in condition.backends
-                if input_name(b) == kind
-                and example.backend in (None, b.name)
-                and b.availability().ok
-            ),
-            None,
-        )
-        if kind in inputs and backend is not None:
+        readers = condition.readers(path, sketch_pad=condition.sketch)
+        backend = next((b for b in readers if example.backend in (None, b.name)), None)
+        kind = None if backend is None else input_name(backend)
+        if kind in inputs:
             values = [str(path) if name == kind else None for name in inputs]
             rows.append([*values, backend.name, example_prompt])
     if rows:
