@@ -13,17 +13,34 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 WHITE = (255, 255, 255)
 MAX_PIXELS = 4096 * 4096  # larger uploads are scaled down to this many pixels
 REFUSE_PIXELS = 100_000_000  # larger ones are refused before decoding (a 100 MP file is a bomb)
+
+
+# What Pillow's decoders raise on a damaged file, besides OSError ("broken PNG file" is a
+# SyntaxError; a damaged AVIF frame a RuntimeError; a truncated GIF an IndexError or struct.error).
+DAMAGED = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    RuntimeError,
+    IndexError,
+    TypeError,
+    EOFError,
+    struct.error,
+)
 
 
 class ImageInputError(ValueError):
@@ -39,18 +56,48 @@ def _open(
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}.")
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning (above 89 MP); _check_pixels refuses at our limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
         stored = image.size
         _check_pixels(*stored)
+        if _orientation(image) in (5, 6, 7, 8):  # stored on its side; shown turned upright
+            stored = stored[::-1]
         if max_pixels and image.width * image.height > max_pixels:
             scale = math.sqrt(max_pixels / (image.width * image.height))
             image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
         image.load()
     except ImageInputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageInputError(f"{path.name} is not a readable image ({error}).") from None
+    except Image.DecompressionBombError:  # more than twice Pillow's limit: no size to tell
+        raise ImageInputError(
+            f"{path.name} is more than this app reads ({REFUSE_PIXELS // 1_000_000} "
+            "megapixels); scale it down first."
+        ) from None
+    except DAMAGED as error:
+        raise ImageInputError(
+            f"{path.name} is not a readable image ({str(error) or type(error).__name__}); "
+            "save it again as PNG or JPEG."
+        ) from None
     return image, stored
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1: upright as stored), 1 when the EXIF block cannot be read."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:
+        return 1
+
+
+def _frames(image: Image.Image) -> int:
+    """How many frames a file holds, 1 when a later frame is too damaged to count (the first
+    one, already decoded, is still used)."""
+    try:
+        return getattr(image, "n_frames", 1)
+    except DAMAGED:
+        return 1
 
 
 def _check_pixels(width: int, height: int) -> None:
@@ -101,11 +148,12 @@ def load_image(image: ImageLike, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     stored = None  # a file's own size: a large JPEG is decoded already scaled down
     if isinstance(image, (str, os.PathLike)):
         image, stored = _open(image, max_pixels)
-    if isinstance(image, Image.Image):
-        frames = getattr(image, "n_frames", 1)
-        if frames > 1:
+    array = _check_shape(_load(image))  # before counting frames, which seeks through them
+    if isinstance(image, Image.Image) and (frames := _frames(image)) > 1:
+        if image.format == "TIFF":
+            notices.append(f"The TIFF has {frames} pages; the first page is used.")
+        elif image.format != "MPO":  # a phone photo's second image is its depth or gain map
             notices.append(f"The image is animated ({frames} frames); the first frame is used.")
-    array = _check_shape(_load(image))
     height, width = array.shape[:2]
     _check_pixels(width, height)
     if height * width > max_pixels:

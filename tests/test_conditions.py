@@ -183,6 +183,17 @@ def test_cli_detect_writes_the_map(tmp_path, capsys):
     assert "Canny edges" in capsys.readouterr().out
 
 
+def test_cli_reads_files_as_the_app_reads_uploads(tmp_path, capsys):
+    from PIL import Image
+
+    from cnet.__main__ import main
+
+    frames = [Image.new("RGB", (64, 64), (200 * (i % 2), 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert main(["detect", str(tmp_path / "anim.gif"), "-c", "canny"]) == 0
+    assert "note: The image is animated (3 frames)" in capsys.readouterr().err
+
+
 def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp_path, capsys):
     from cnet.__main__ import main
 
@@ -211,9 +222,15 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
         assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges.psd")]) == 2
         capsys.readouterr()  # Pillow reads .psd but cannot write it
         assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges")]) == 2
-        assert "-o " + str(tmp_path / "edges") + ": give a file name ending in an image type" in (
+        assert "-o " + str(tmp_path / "edges") + ": give a file name ending in .png" in (
             capsys.readouterr().err
         )
+        for name in ("edges.xbm", "edges.blp", "edges.ico"):  # mode 1 only, refused, 256 px
+            assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / name)]) == 2
+            assert "give a file name ending in .png" in capsys.readouterr().err
+        (tmp_path / "maps.png").mkdir()
+        assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "maps.png")]) == 2
+        assert "is a folder" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             main(["detect", example, "-c", "canny", "--detect-resolution", "0", *common])
         assert main(["detect", "--list", *common]) == 0

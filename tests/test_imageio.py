@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -205,3 +207,58 @@ def test_one_pixel_image_loads():
 def test_target_size_refuses_extreme_shapes():
     with pytest.raises(ImageInputError, match="crop"):
         target_size(1, 100_000, 512)
+
+
+def test_damaged_files_are_named_not_tracebacks(tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(range(32)) for _ in range(32)))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 8, 0, 0, 0, 0))
+    broken = b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", pixels[:40])
+    broken += chunk(b"\xffw\xfc\\", pixels[40:]) + chunk(b"IEND", b"")  # Pillow: SyntaxError
+    (tmp_path / "broken.png").write_bytes(broken)
+    with pytest.raises(ImageInputError, match="broken.png is not a readable image"):
+        imageio.load_image(tmp_path / "broken.png")
+
+
+def test_a_truncated_animation_gives_its_first_frame(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    frames = [Image.fromarray(frame) for frame in noise]
+    whole = io.BytesIO()
+    frames[0].save(whole, format="GIF", save_all=True, append_images=frames[1:])
+    (tmp_path / "cut.gif").write_bytes(whole.getvalue()[: len(whole.getvalue()) * 9 // 10])
+    with pytest.raises(IndexError):
+        Image.open(tmp_path / "cut.gif").n_frames  # noqa: B018 (Pillow counts by decoding)
+    loaded = imageio.load_image(tmp_path / "cut.gif")
+    assert loaded.array.shape[:2] == (16, 16)
+
+
+def test_pages_of_a_tiff_are_named_and_a_phone_photos_second_image_is_not(tmp_path):
+    pages = [Image.new("RGB", (16, 16), (40 * i, 0, 0)) for i in range(3)]
+    pages[0].save(tmp_path / "scan.tif", save_all=True, append_images=pages[1:])
+    assert imageio.load_image(tmp_path / "scan.tif").notices == [
+        "The TIFF has 3 pages; the first page is used."
+    ]
+    pages[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=pages[1:2])
+    assert Image.open(tmp_path / "phone.jpg").format == "MPO"
+    assert imageio.load_image(tmp_path / "phone.jpg").notices == []
+
+
+def test_beyond_pillows_own_bomb_limit_the_apps_message(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("L", (400, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 400x300 is over twice Pillow's limit
+    with pytest.raises(ImageInputError, match="more than this app reads.*scale it down first"):
+        imageio.load_image(path)
+
+
+def test_a_photo_stored_on_its_side_is_named_upright(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view
+    path = tmp_path / "side.jpg"
+    Image.new("RGB", (640, 400), (90, 90, 90)).save(path, exif=exif.tobytes())
+    loaded = imageio.load_image(path, max_pixels=640 * 400 // 4)
+    assert loaded.array.shape[:2] == (320, 200)
+    assert loaded.notices[0].startswith("The image is 400x640 pixels; it was scaled down to 200x")

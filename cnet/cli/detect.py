@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from cnet.cli.options import positive_int
+from cnet.cli.reading import read_picture
 from cnet.conditions import (
     CONDITIONS,
     Backend,
@@ -26,6 +27,9 @@ from cnet.conditions import (
     set_annotators_dir,
 )
 from cnet.imageio import ImageInputError
+
+# Types that hold an RGB map (JPEG and WebP lossily); Pillow writes others in other modes or not
+OUTPUT_TYPES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +98,11 @@ def _output_path(source: str, output: str | None, condition: str) -> Path:
     """-o as given, checked before detecting; default <input>_<condition>.png."""
     if output is None:
         return Path(source).with_name(f"{Path(source).stem}_{condition}.png")
-    image_format = Image.registered_extensions().get(Path(output).suffix.lower())
-    if image_format not in Image.SAVE:  # unknown, or a type Pillow reads but cannot write
-        raise ValueError(f"-o {output}: give a file name ending in an image type, e.g. .png")
+    if Path(output).suffix.lower() not in OUTPUT_TYPES:
+        types = ", ".join(OUTPUT_TYPES)
+        raise ValueError(f"-o {output}: give a file name ending in {types} (PNG keeps it exact)")
+    if Path(output).is_dir():
+        raise ValueError(f"-o {output} is a folder; give a file name, e.g. {output}/map.png")
     return Path(output)
 
 
@@ -125,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         params = _params(backend, args.param)
         output = _output_path(args.input, args.output, condition.key)
+        source = args.input if backend.accepts == "openpose_json" else read_picture(args.input)
         control = detect(
             condition.key,
-            args.input,
+            source,
             backend=backend.name,
             detect_resolution=args.detect_resolution,
             image_resolution=args.image_resolution,
@@ -139,8 +146,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ImageInputError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(control).save(output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(control).save(output)
+    except OSError as error:
+        print(f"error: cannot write {output} ({error})", file=sys.stderr)
+        return 1
     height, width = control.shape[:2]
     print(f"{condition.label} ({backend.name}) {width}x{height} -> {output}")
     return 0

@@ -88,21 +88,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _control_map(args: argparse.Namespace, resolution: int):
+    from cnet.cli.reading import read_picture
     from cnet.conditions import CONDITIONS, detect
     from cnet.imageio import to_rgb_array
 
     if bool(args.control) == bool(args.detect):
         raise ValueError("Give either a control map image or --detect PHOTO (one of them).")
     if args.control:
-        return to_rgb_array(args.control)
+        return to_rgb_array(read_picture(args.control))
     condition = CONDITIONS[args.condition]
     backend = (
         condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
     )
     print(f"{condition.label} map by {backend.label} ({backend.name})", file=sys.stderr)
+    source = args.detect if backend.accepts == "openpose_json" else read_picture(args.detect)
     return detect(
         args.condition,
-        args.detect,
+        source,
         backend=backend.name,
         detect_resolution=resolution,
         image_resolution=resolution,

@@ -1,0 +1,18 @@
+"""Input files of the command line, read as the app reads an upload."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from cnet.imageio import load_image
+
+
+def read_picture(path: str) -> np.ndarray:
+    """`path` through cnet.imageio.load_image (EXIF orientation, first frame, scaled down past
+    its pixel limit), each change it made printed as a note."""
+    loaded = load_image(path)
+    for notice in loaded.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    return loaded.array
