@@ -107,9 +107,17 @@ class GenerationRequest:
         if not self.condition:
             raise ValueError("No condition given (e.g. 'canny').")
         for name in ("prompt", "added_prompt", "negative_prompt"):
-            if not isinstance(getattr(self, name), str):
-                label = name.replace("_", " ")
-                raise ValueError(f"The {label} must be text, got {getattr(self, name)!r}.")
+            text, label = getattr(self, name), name.replace("_", " ")
+            if not isinstance(text, str):
+                raise ValueError(f"The {label} must be text, got {text!r}.")
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a shell that is not UTF-8 passes bytes it cannot
+                    raise ValueError(
+                        f"The {label} holds characters that are not UTF-8 text ({text!r:.60}); "
+                        "set a UTF-8 locale (e.g. LANG=C.UTF-8) or retype them."
+                    ) from None
         _choice("prompt mode", self.prompt_mode, PROMPT_MODES)
         if self.sampler is not None:
             _choice("sampler", self.sampler, SAMPLERS)
@@ -592,8 +600,9 @@ class Engine:
         if metadata["sampler"] == "DDIM":
             settings["Eta"] = metadata["eta"]
         settings["Prompt mode"] = metadata["prompt_mode"]
+        controlnet = png_info.model_name(metadata["controlnet"])
         settings["ControlNet 0"] = (
-            f"Module: {metadata['condition']}, Model: {metadata['controlnet']}, "
+            f"Module: {metadata['condition']}, Model: {controlnet}, "
             f"Weight: {metadata['control_strength']}, Guidance Start: {metadata['control_start']}, "
             f"Guidance End: {metadata['control_end']}, Guess Mode: {metadata['guess_mode']}"
         )

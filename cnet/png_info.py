@@ -26,7 +26,23 @@ _FIELD = re.compile(r'\s*([^:,]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 def _value(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if re.search(r'[,:"]', text) else text
+    return json.dumps(text, ensure_ascii=False) if re.search(r'[,:"\n]', text) else text
+
+
+def _setting(value: str) -> str:
+    if value.startswith('"'):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:  # another tool's unclosed quote: keep what is there
+            return value
+    return value
+
+
+def model_name(source: str) -> str:
+    """How a model is named in the text: a hub id as it is, a local folder or file by its own
+    name (an image that is shared should not carry the folders of the machine that made it)."""
+    path = Path(source)
+    return path.name if path.is_absolute() or path.exists() else source
 
 
 def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, object]) -> str:
@@ -38,12 +54,14 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, 
 
 
 def parse_parameters(text: str) -> tuple[str, str, dict[str, str]]:
-    """(prompt, negative prompt, settings as strings) from a "parameters" text."""
+    """(prompt, negative prompt, settings as strings) from a "parameters" text. As AUTOMATIC1111
+    reads it, the last line holds the settings only when it has at least three `key: value`
+    fields; otherwise it belongs to the prompt (or the negative prompt)."""
     *head, last = text.split("\n")
-    settings = {}
-    for match in _FIELD.finditer(last):
-        key, value = match.group(1).strip(), match.group(2).strip()
-        settings[key] = json.loads(value) if value.startswith('"') else value
+    fields = [(m.group(1).strip(), m.group(2).strip()) for m in _FIELD.finditer(last)]
+    settings = {key: _setting(value) for key, value in fields}
+    if len(fields) < 3:
+        head, settings = [*head, last], {}
     # The negative prompt runs from its marker line to the settings, over any lines it has.
     starts = [i for i, line in enumerate(head) if line.startswith(NEGATIVE)]
     if not starts:

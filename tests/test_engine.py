@@ -383,6 +383,7 @@ def test_resolution_is_rounded_to_the_latent_grid(engine):
         ({"steps": 4, "control_start": 0.8}, "hold none of the 4 steps"),
         ({"prompt": None}, "The prompt must be text"),
         ({"negative_prompt": 3}, "The negative prompt must be text"),
+        ({"prompt": "a caf\udce9 table"}, "not UTF-8 text.*LANG=C.UTF-8"),  # argv in Latin-1
         ({"control_strength": 2.5}, "control strength"),
         ({"control_start": 0.8, "control_end": 0.5}, "Control start"),
         ({"resolution": 32}, "resolution"),
@@ -435,6 +436,8 @@ def test_result_images_carry_parameters(engine, control_map, tmp_path):
     assert settings["Seed"] == "43" and settings["Steps"] == str(STEPS)
     assert settings["Sampler"] == "DDPM" and settings["Size"] == "64x64"
     assert "Weight: 1.0" in settings["ControlNet 0"]
+    assert "Model: canny," in settings["ControlNet 0"]  # the folder's name, not its path
+    assert str(Path(result.metadata["controlnet"]).parent) not in png_info.read_parameters(path)
     assert result.metadata["seeds"] == [42, 43] and result.metadata["condition"] == "canny"
 
 

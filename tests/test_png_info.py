@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,5 +24,28 @@ def test_prompts_of_several_lines_come_back_as_written(prompt, negative):
 
 
 def test_a_negative_prompt_over_two_lines_stays_negative():
-    written = format_parameters("a cat", "bad\nugly", {"Steps": 20})
-    assert parse_parameters(written) == ("a cat", "bad\nugly", {"Steps": "20"})
+    written = format_parameters("a cat", "bad\nugly", {"Steps": 20, "Seed": 1, "Size": "64x64"})
+    settings = {"Steps": "20", "Seed": "1", "Size": "64x64"}
+    assert parse_parameters(written) == ("a cat", "bad\nugly", settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a photo of a cat, best quality", ("a photo of a cat, best quality", "", {})),
+        ("a cat\nNegative prompt: dog", ("a cat", "dog", {})),
+        (
+            'p\nSteps: 20, Model: "unclosed, Seed: 1',
+            ("p", "", {"Steps": "20", "Model": '"unclosed', "Seed": "1"}),
+        ),
+    ],
+)
+def test_other_tools_texts_read_as_automatic1111_reads_them(text, expected):
+    assert parse_parameters(text) == expected
+
+
+def test_a_setting_with_a_line_break_or_accents_round_trips():
+    settings = {"Model": "my\nmodel", "Seed": 1, "Steps": 2, "Name": "café, crème"}
+    text = format_parameters("p", "", settings)
+    assert "café" in text and text.count("\n") == 1
+    assert parse_parameters(text) == ("p", "", {k: str(v) for k, v in settings.items()})
