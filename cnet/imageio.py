@@ -25,6 +25,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 WHITE = (255, 255, 255)
 MAX_PIXELS = 4096 * 4096  # larger uploads are scaled down to this many pixels
+BGR_TO_RGB = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}  # by OpenCV's channel count
 REFUSE_PIXELS = 100_000_000  # larger ones are refused before decoding (a 100 MP file is a bomb)
 
 
@@ -49,9 +50,9 @@ class ImageInputError(ValueError):
 
 def _open(
     path: str | os.PathLike, max_pixels: int | None = None
-) -> tuple[Image.Image, tuple[int, int]]:
+) -> tuple[Image.Image | np.ndarray, tuple[int, int]]:
     """(the first frame decoded, its size in the file); with `max_pixels`, a JPEG decodes at a
-    reduced scale."""
+    reduced scale. A 16-bit colour PNG comes as a uint16 array (Pillow would make it 8-bit)."""
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}.")
@@ -67,6 +68,10 @@ def _open(
         if max_pixels and image.width * image.height > max_pixels:
             scale = math.sqrt(max_pixels / (image.width * image.height))
             image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
+        if image.format == "PNG" and _orientation(image) == 1 and _colour_16_bit(path):
+            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if array is not None:
+                return cv2.cvtColor(array, BGR_TO_RGB[array.shape[2]]), stored
         image.load()
     except ImageInputError:
         raise
@@ -81,6 +86,13 @@ def _open(
             "save it again as PNG or JPEG."
         ) from None
     return image, stored
+
+
+def _colour_16_bit(path: Path) -> bool:
+    """Whether a PNG holds 16-bit colour (RGB, RGBA, or grey with alpha) by its header."""
+    with path.open("rb") as file:
+        header = file.read(26)
+    return len(header) == 26 and header[24] == 16 and header[25] in (2, 4, 6)
 
 
 def _orientation(image: Image.Image) -> int:
@@ -246,8 +258,10 @@ def to_grey_float(image: ImageLike) -> np.ndarray:
     """Any image -> float32 HxW in [0, 1], keeping 16-bit and float precision (depth uploads)."""
     array = _check_shape(_load(image))
     if array.ndim == 3:
-        rgb = to_rgb_array(array, background=None).astype(np.float32)
-        return rgb @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        if array.dtype == np.uint16:  # a 16-bit colour PNG (a depth pass saved as RGB)
+            return array[:, :, :3].astype(np.float32) @ luma / 65535.0
+        return to_rgb_array(array, background=None).astype(np.float32) @ luma / 255.0
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:

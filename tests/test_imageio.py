@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -262,3 +263,13 @@ def test_a_photo_stored_on_its_side_is_named_upright(tmp_path):
     loaded = imageio.load_image(path, max_pixels=640 * 400 // 4)
     assert loaded.array.shape[:2] == (320, 200)
     assert loaded.notices[0].startswith("The image is 400x640 pixels; it was scaled down to 200x")
+
+
+def test_a_16_bit_colour_png_keeps_its_precision_and_channel_order(tmp_path):
+    ramp = np.linspace(0, 1000, 64 * 48).reshape(48, 64).astype(np.uint16)
+    rgb = np.dstack([ramp, ramp // 2, np.full_like(ramp, 65535)])
+    cv2.imwrite(str(tmp_path / "depth16.png"), rgb[:, :, ::-1])  # OpenCV writes BGR
+    loaded = imageio.load_image(tmp_path / "depth16.png").array
+    assert loaded.dtype == np.uint16 and np.array_equal(loaded, rgb)
+    grey = to_grey_float(tmp_path / "depth16.png")
+    assert len(np.unique(grey)) > 1000  # 8 bits would leave about 4 levels of this ramp
