@@ -135,7 +135,9 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32)
     if image.mode in ("1", "L"):
         return np.asarray(image.convert("L"))
-    if image.mode in ("LA", "PA", "RGBa", "La"):
+    if image.mode == "La":  # premultiplied; Pillow converts it only to LA
+        image = image.convert("LA")
+    if image.mode in ("LA", "PA", "RGBa"):
         return np.asarray(image.convert("RGBA"))
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV

@@ -52,6 +52,11 @@ def test_rgba_is_composited_on_white_or_given_background():
     assert tuple(to_rgb_array(rgba, background=None)[3, 0]) == (200, 0, 0)
 
 
+def test_grey_with_premultiplied_alpha_is_read():
+    image = Image.new("LA", (4, 4), (100, 255)).convert("La")
+    assert tuple(to_rgb_array(image)[0, 0]) == (100, 100, 100)
+
+
 def test_palette_image_with_transparency():
     image = Image.new("P", (8, 8), 0)
     image.putpalette([10, 20, 30, 250, 0, 0] + [0] * 762)
