@@ -384,12 +384,13 @@ def base_resolution(base: str) -> int | None:
     return sample_size * 2 ** (len(blocks) - 1)
 
 
-def base_defaults(base: str) -> dict:
+def base_defaults(base: str, beside: tuple[Path | None, dict] | None = None) -> dict:
     """The preset fields that belong to a base rather than to its ControlNets: the resolution,
     guidance scale and sampler it is sampled at and the tabs' examples in words it knows. From
-    the preset.json beside its folder when there is one; else its native resolution (SD 1.5's
-    where its configs are not at hand), the paper's sampling and the registry's examples."""
-    folder, settings = settings_beside(base)
+    the preset.json beside its folder when there is one (`beside`: settings_beside(base) where
+    it was read already); else its native resolution (SD 1.5's where its configs are not at
+    hand), the paper's sampling and the registry's examples."""
+    folder, settings = beside or settings_beside(base)
     cfg, sampler = preset_sampling(settings)
     resolution = settings.get("resolution") or base_resolution(base) or SD15_RESOLUTION
     example_prompts = settings.get("example_prompts", {})
@@ -433,7 +434,7 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         dtype=dtype_for(device),
         captioner=str(model_dir / "captioner"),
         model_dir=str(model_dir),
-        **base_defaults(base),
+        **base_defaults(base, (model_dir, settings)),
     )
 
 
