@@ -524,9 +524,9 @@ def test_command_line_names_unknown_stages_and_a_missing_base(tmp_path, capsys):
 
     runs = str(tmp_path / "runs")
     assert main(["train", "embedded", "--runs", runs, "--only", "controlnet-sketch"]) == 2
-    assert "unknown stage controlnet-sketch" in capsys.readouterr().out
+    assert "unknown stage controlnet-sketch" in capsys.readouterr().err
     assert main(["train", "embedded", "--runs", runs, "--pack", str(tmp_path / "out")]) == 2
-    assert "python -m cnet train embedded" in capsys.readouterr().out
+    assert f"python -m cnet train embedded --runs {runs}" in capsys.readouterr().err
 
 
 def evaluation(folder: Path, canny_iou: float) -> Path:
@@ -584,12 +584,12 @@ def test_install_of_an_evaluation_rewrites_every_card_as_pack_would(
 
     command = ["train", "embedded", "--install", str(again.parent), "--pack", str(out)]
     assert main([*command, "--metrics", str(tmp_path / "before" / "results.json")]) == 2
-    assert "leave out --metrics" in capsys.readouterr().out
+    assert "leave out --metrics" in capsys.readouterr().err
     (tmp_path / "canny-alone").mkdir()
     (tmp_path / "canny-alone" / "results.json").write_text(json.dumps({"canny": rows["canny"]}))
     alone = ["train", "embedded", "--install", str(tmp_path / "canny-alone"), "--pack", str(out)]
     assert main(alone) == 2
-    assert "has no rows for scribble, hough" in capsys.readouterr().out
+    assert "has no rows for scribble, hough" in capsys.readouterr().err
     assert main(command) == 0
     assert "quoted by controlnet/all, controlnet/canny" in capsys.readouterr().out
 
@@ -639,8 +639,86 @@ def test_install_from_the_command_line(recipe, tiny_model_dir, tmp_path, capsys)
     finish_controlnet(recipe, tiny_model_dir, "pose", STEPS.controlnet)
     run = str(recipe["controlnet-pose"].run_dir)
     assert main(["train", "embedded", "--install", run]) == 2
-    assert "--install needs --pack DIR" in capsys.readouterr().out
+    assert "--install needs --pack DIR" in capsys.readouterr().err
     assert main(["train", "embedded", "--install", run, "--pack", str(out)]) == 0
     assert f"Installed pose's ControlNet in {out / 'controlnet' / 'pose'} (rank 16)" in (
         capsys.readouterr().out
     )
+
+
+def test_pack_refuses_a_folder_whose_files_it_would_lose(recipe, tiny_model_dir, tmp_path, capsys):
+    from cnet.__main__ import main
+
+    finish_base(recipe, tiny_model_dir)
+    runs = recipe["base"].run_dir.parent
+    for out in (runs, runs.parent):  # the runs, or a folder holding them
+        assert main(["train", "embedded", "--runs", str(runs), "--pack", str(out)]) == 2
+        assert "holds the training runs" in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    assert main(["train", "embedded", "--runs", str(runs), "--pack", str(notes)]) == 2
+    assert "holds other files and no preset.json" in capsys.readouterr().err
+    assert (notes / "todo.txt").is_file() and recipe["base"].finished()
+    steps = ["--vae-steps", str(STEPS.vae), "--unet-steps", str(STEPS.unet)]
+    assert main(["train", "embedded", "--runs", str(runs), *steps, "--pack", str(notes / "..")])
+    assert (
+        main(["train", "embedded", "--runs", str(runs), *steps, "--pack", str(tmp_path / "new")])
+        == 0
+    )
+
+
+def test_a_refused_command_changes_nothing(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    runs = tmp_path / "runs"
+    assert main(["train", "embedded", "--runs", str(runs), "--only", "bogus", "--unet-steps", "7"])
+    assert "unknown stage bogus" in capsys.readouterr().err
+    assert not (runs / embedded.STEPS_FILE).exists()
+    for flag in ("--unet-steps", "--cpu-threads"):
+        with pytest.raises(SystemExit):
+            main(["train", "embedded", "--runs", str(runs), flag, "-5"])
+
+
+def test_pack_names_a_fine_tune_of_an_earlier_shared_controlnet(recipe, tiny_model_dir, tmp_path):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    shared = recipe["controlnet-all"].result / "lineage.json"  # the shared one trained again
+    shared.write_text(json.dumps([*recorded_runs(shared.parent), {"trainer": "controlnet"}]))
+    out = tmp_path / "preset"
+    with pytest.raises(
+        ValueError, match="fine-tuned from an earlier controlnet-all.*--only controlnet-canny"
+    ):
+        pack(recipe, out)
+    assert not out.exists() and not out.with_name("preset.packing").exists()
+
+
+def test_install_without_metrics_keeps_quoting_the_kept_evaluation(
+    recipe, tiny_model_dir, tmp_path
+):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    out = tmp_path / "preset"
+    pack(recipe, out, evaluation(tmp_path / "before", canny_iou=0.8))
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    install(recipe["controlnet-canny"].run_dir, out)
+    shared_card = (out / "controlnet" / "all" / "README.md").read_text()
+    assert "Not evaluated yet" not in shared_card and "### depth" in shared_card
+    assert "| user prompt | 0.800 |" in (out / "controlnet" / "canny" / "README.md").read_text()
+
+
+def test_install_refuses_a_decoder_of_a_vae_of_another_shape(recipe, tiny_model_dir, tmp_path):
+    finish_base(recipe, tiny_model_dir)
+    out = tmp_path / "preset"
+    pack(recipe, out)
+    run = tmp_path / "decoder"
+    shutil.copytree(out / "base" / "vae", run / "vae")
+    config = json.loads((run / "vae" / "config.json").read_text())
+    config["block_out_channels"] = [2 * n for n in config["block_out_channels"]]
+    (run / "vae" / "config.json").write_text(json.dumps(config))
+    (run / "training.json").write_text(json.dumps({"steps": 2, "config": {"steps": 2}}))
+    earlier = recorded_runs(out / "base") or [{"trainer": "unrecorded"}]
+    (run / "lineage.json").write_text(json.dumps([*earlier, {"trainer": "decoder"}]))
+    with pytest.raises(ValueError, match="another base.*block_out_channels"):
+        install(run, out)

@@ -25,12 +25,13 @@ import argparse
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cnet.cli.options import positive_number
+from cnet.cli.options import non_negative_int, positive_int, positive_number
 from cnet.lowrank import is_lowrank, lowrank_settings, lowrank_start, write_lowrank
 from cnet.synth.examples import write_examples
 from cnet.synth.maps import map_versions_text
@@ -606,12 +607,26 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     if not base.finished():
         raise FileNotFoundError(
             f"The base is not trained yet ({base.result}); nothing to pack. Run "
-            "python -m cnet train embedded"
+            f"python -m cnet train embedded --runs {base.run_dir.parent}"
         )
     metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
     staging = out.with_name(out.name + ".packing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        missing = pack_into(staging, recipe, metrics, metrics_path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out, folder_bytes(staging))
+    return missing
+
+
+def pack_into(
+    staging: Path, recipe: dict[str, Stage], metrics: dict, metrics_path: Path | None
+) -> list[str]:
+    """pack()'s work, in the empty folder `staging`; returns what is missing."""
+    base = recipe["base"]
     resolution = json.loads((base.result / "architecture.json").read_text())["sample_size"]
     settings: dict = {"name": "embedded", "resolution": resolution, "cfg": PRESET_CFG}
     shared = staging / "controlnet" / SHARED_FOLDER
@@ -635,6 +650,12 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         elif name == "captioner":  # its trainer writes its own card
             shutil.copytree(stage.result, target)
         elif shared.is_dir():
+            if recorded_runs(stage.result)[:-1] != read_lineage(recipe[SHARED].result):
+                raise ValueError(
+                    f"{stage.result} was fine-tuned from an earlier {SHARED} than the one in "
+                    f"{recipe[SHARED].result} (trained again since): remove {stage.run_dir} and "
+                    f"train it again, --runs {stage.run_dir.parent} --only {name}"
+                )
             write_condition_controlnet(target, stage.result, shared)
             condition = stage.config.condition
             card = controlnet_card(stage.run_dir, target, resolution, metrics, [condition])
@@ -652,7 +673,6 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
-    swap_in(staging, out, folder_bytes(staging))
     return list(dict.fromkeys(missing))  # a missing shared ControlNet is named once
 
 
@@ -672,7 +692,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name, value in vars(defaults).items():
         parser.add_argument(
             f"--{name}-steps",
-            type=int,
+            type=non_negative_int,
             default=None,
             help=f"optimizer steps (default: as last given for --runs, else {value})",
         )
@@ -708,7 +728,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="stop cleanly after this many minutes of training, within whichever stage is "
         "running (checkpoint and export); the same command goes on from there",
     )
-    parser.add_argument("--cpu-threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--cpu-threads", type=positive_int, default=None, help="torch CPU threads")
+
+
+def check_pack_target(out: Path, runs: Path) -> None:
+    """Refuse a --pack folder whose replacement would lose files: the training runs (or a
+    folder holding them), or a folder of other files that is no packed preset."""
+    if out.resolve() == runs.resolve() or out.resolve() in runs.resolve().parents:
+        raise ValueError(
+            f"--pack {out} holds the training runs in {runs}, which packing would replace; "
+            "pack into another folder, e.g. outputs/candidate"
+        )
+    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if occupied and not (out / "preset.json").is_file():
+        raise ValueError(
+            f"--pack {out} holds other files and no preset.json; packing replaces the whole "
+            "folder, so give a new folder or a packed preset"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -717,42 +753,51 @@ def run(args: argparse.Namespace) -> int:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
     metrics = Path(args.metrics) if args.metrics else None
+    try:
+        return run_command(args, metrics)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a read-only or full disk
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
     if args.install:
         if not args.pack:
-            print("error: --install needs --pack DIR, the packed preset to add the run to")
+            print(
+                "error: --install needs --pack DIR, the packed preset to add the run to",
+                file=sys.stderr,
+            )
             return 2
         from cnet.train.install import install
 
-        try:
-            what = install(Path(args.install), Path(args.pack), metrics)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}")
-            return 2
+        what = install(Path(args.install), Path(args.pack), metrics)
         print(f"Installed {what}; the preset is {folder_bytes(Path(args.pack)) / 1e6:.1f} MB.")
         return 0
     given = {name: getattr(args, f"{name}_steps") for name in vars(Steps())}
     given = {name: value for name, value in given.items() if value is not None}
+    names = list(stages(Path(args.runs)))  # checked before any steps are remembered
+    if unknown := sorted(set(args.only or ()) - set(names)):
+        print(
+            f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(names)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.pack:
+        check_pack_target(Path(args.pack), Path(args.runs))
     steps = recipe_steps(Path(args.runs), given, remember=bool(given) or not args.pack)
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
     print("Steps: " + ", ".join(f"{name} {n}" for name, n in vars(steps).items()))
-    unknown = sorted(set(args.only or ()) - set(recipe))
-    if unknown:
-        print(f"error: unknown stage {', '.join(unknown)}; choose from {', '.join(recipe)}")
-        return 2
-    try:
-        if args.pack:
-            missing = pack(recipe, Path(args.pack), metrics)
-            print(f"Packed into {args.pack} ({folder_bytes(Path(args.pack)) / 1e6:.1f} MB).")
-            shared = json.loads((Path(args.pack) / "preset.json").read_text()).get("controlnets")
-            if shared:
-                print(
-                    f"Served by the shared ControlNet until their own finish: {', '.join(shared)}."
-                )
-            if missing:
-                print(f"Not finished, so not packed: {', '.join(missing)}.")
-        else:
-            train_all(recipe, args.only, args.max_minutes)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}")
-        return 2
+    if not args.pack:
+        train_all(recipe, args.only, args.max_minutes)
+        return 0
+    missing = pack(recipe, Path(args.pack), metrics)
+    print(f"Packed into {args.pack} ({folder_bytes(Path(args.pack)) / 1e6:.1f} MB).")
+    shared = json.loads((Path(args.pack) / "preset.json").read_text()).get("controlnets")
+    if shared:
+        print(f"Served by the shared ControlNet until their own finish: {', '.join(shared)}.")
+    if missing:
+        print(f"Not finished, so not packed: {', '.join(missing)}.")
     return 0

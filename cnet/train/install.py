@@ -36,6 +36,9 @@ from cnet.train.embedded import (
 )
 from cnet.train.lineage import LINEAGE_FILE, read_lineage, recorded_runs
 
+# What a decoder must share with the VAE it replaces (lineage alone cannot tell two bases apart
+# when neither records one)
+VAE_SHAPE = ("block_out_channels", "latent_channels", "layers_per_block", "in_channels")
 RUN_HINT = (
     "give the --output-dir of a `python -m cnet train controlnet` or `train decoder` run, or of "
     "a `python -m cnet eval` of the preset"
@@ -52,6 +55,8 @@ def install(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
             )
         cards = install_evaluation(run_dir / RESULTS_FILE, out)
         return f"the evaluation of {run_dir} in {out / EVALUATION_FOLDER}, quoted by {cards}"
+    kept = out / EVALUATION_FOLDER / RESULTS_FILE
+    metrics_path = metrics_path or (kept if kept.is_file() else None)  # the cards keep quoting it
     if (run_dir / "vae").is_dir():
         install_decoder(run_dir, out, metrics_path)
         return f"the decoder of {run_dir / 'vae'} in {out / 'base' / 'vae'}"
@@ -178,10 +183,16 @@ def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) 
             f"train embedded --pack {out}"
         )
     runs = recorded_runs(run_dir)
-    if runs[:-1] != read_lineage(base):
+    shapes = [
+        json.loads((folder / "config.json").read_text())
+        for folder in (run_dir / "vae", base / "vae")
+    ]
+    differ = [key for key in VAE_SHAPE if shapes[0].get(key) != shapes[1].get(key)]
+    if runs[:-1] != read_lineage(base) or differ:
         raise ValueError(
             f"{run_dir} tuned the decoder of another base (its lineage.json does not continue "
-            f"{base}'s): tune this one's, python -m cnet train decoder --model-dir {out}"
+            f"{base}'s{'; its VAE differs in ' + ', '.join(differ) if differ else ''}): tune "
+            f"this one's, python -m cnet train decoder --model-dir {out}"
         )
     staging = base / "vae.installing"
     shutil.rmtree(staging, ignore_errors=True)
