@@ -694,6 +694,14 @@ def test_pack_names_a_fine_tune_of_an_earlier_shared_controlnet(recipe, tiny_mod
     assert not out.exists() and not out.with_name("preset.packing").exists()
 
 
+def test_a_metrics_file_that_is_no_evaluation_is_named(recipe, tiny_model_dir, tmp_path):
+    finish_base(recipe, tiny_model_dir)
+    broken = tmp_path / "results.json"
+    broken.write_text("{'canny': 0.5}")
+    with pytest.raises(ValueError, match=f"{broken} is not a readable results.json"):
+        pack(recipe, tmp_path / "preset", broken)
+
+
 def test_install_without_metrics_keeps_quoting_the_kept_evaluation(
     recipe, tiny_model_dir, tmp_path
 ):

@@ -600,6 +600,17 @@ def swap_in(staging: Path, target: Path, size: int) -> None:
     staging.rename(target)
 
 
+def read_metrics(path: Path) -> dict:
+    """`cnet eval`'s results.json: {condition: {prompt mode: figures}}."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable results.json of cnet eval ({error})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} is not a results.json of cnet eval (no rows by condition)")
+    return metrics
+
+
 def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
     """Copy the finished models to `out` in the embedded layout, with the evaluation in
     `metrics_path`'s folder when given; returns what is missing."""
@@ -609,7 +620,7 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
             f"The base is not trained yet ({base.result}); nothing to pack. Run "
             f"python -m cnet train embedded --runs {base.run_dir.parent}"
         )
-    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
+    metrics = read_metrics(metrics_path) if metrics_path else {}
     staging = out.with_name(out.name + ".packing")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -29,6 +29,7 @@ from cnet.train.embedded import (
     folder_bytes,
     keep_evaluation,
     lineage_lines,
+    read_metrics,
     shared_card_serving,
     swap_in,
     to_float16,
@@ -109,7 +110,7 @@ def install_evaluation(metrics_path: Path, out: Path) -> str:
             f"{out} is not a packed preset (no preset.json); pack one first: python -m cnet "
             f"train embedded --pack {out}"
         )
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_metrics(metrics_path)
     serves = shared_serves(json.loads(preset_path.read_text()).get("controlnets", {}))
     cards = sorted((out / "controlnet").glob("*/README.md"))
     quoted = serves + [card.parent.name for card in cards if card.parent.name != SHARED_FOLDER]
@@ -146,7 +147,7 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
             f"{out} is not a packed preset with a shared ControlNet in {shared}; pack one first: "
             f"python -m cnet train embedded --pack {out}"
         )
-    metrics = json.loads(metrics_path.read_text()) if metrics_path else {}
+    metrics = read_metrics(metrics_path) if metrics_path else {}
     settings = json.loads(preset_path.read_text())
     target = out / "controlnet" / condition
     staging = target.with_name(condition + ".installing")
