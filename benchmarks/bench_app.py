@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -45,8 +44,12 @@ from bench_startup import (  # noqa: E402
     scene,
     start_app,
     stop,
+    temporary_folder,
     wait_until_answering,
 )
+
+from cnet.cli.options import positive_int, positive_number  # noqa: E402
+from cnet.conditions import CONDITIONS  # noqa: E402
 
 SHARED_CONTEXT = "app via gradio_client, one SSL context"
 DEFAULT_CLIENT = "app via gradio_client, default set-up"
@@ -71,7 +74,7 @@ def clear_server_phases(url: str) -> None:
     urllib.request.urlopen(request).close()
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="model folder (default: embedded, else tiny)")
     parser.add_argument(
@@ -79,20 +82,27 @@ def main() -> None:
         choices=("tiny", "small"),
         help="random weights of this architecture instead (small: the embedded preset's widths)",
     )
-    parser.add_argument("--condition", default="canny")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--condition", choices=CONDITIONS, default="canny")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=7)
     parser.add_argument(
-        "--threads", type=int, help="torch threads on both sides (default: OMP_NUM_THREADS/cores)"
+        "--threads",
+        type=positive_int,
+        help="torch threads on both sides (default: OMP_NUM_THREADS/cores)",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the UI")
+    parser.add_argument(
+        "--timeout", type=positive_number, default=300.0, help="seconds to wait for the UI"
+    )
     parser.add_argument(
         "--server-phases",
         action="store_true",
         help="run the app with GRADIO_PROFILING=1 and print its per-phase server timings",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def main() -> None:
+    args = parse_args()
     check_app()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from gradio_client import Client, handle_file
@@ -103,7 +113,7 @@ def main() -> None:
     model_dir, model_name = model_dir_or_tiny(args.model_dir, args.random)
     preset = model_preset(model_dir)
     resolution = preset.resolution
-    work = Path(tempfile.mkdtemp(prefix="cnet-app-bench-"))
+    work = temporary_folder("cnet-app-bench-")
     image = scene(work / "scene.png")
     settings = generation_settings(preset, args.steps, seed=5)
 
@@ -160,7 +170,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps "
-        f"{settings['sampler']}, CFG {settings['cfg']}, 1 image"
+        f"{settings['sampler']}, CFG {settings['cfg']:g}, 1 image"
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from cnet.cli.options import positive_int  # noqa: E402
 from cnet.conditions import CONDITIONS  # noqa: E402
 from cnet.imageio import to_rgb_array  # noqa: E402
 
@@ -44,21 +45,26 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1000.0
 
 
-def load_input(name: str, resolution: int):
+def load_input(name: str, backend: str):
+    """The example as `backend` gets it: an upload, or for the canvas, an RGBA strokes layer."""
     if name.endswith(".json"):
         return (EXAMPLES / name).read_text()
     image = to_rgb_array(EXAMPLES / name)
-    if name == "scribble_balloon.png":  # the canvas backend reads an RGBA strokes layer
+    if backend == "canvas":
         alpha = 255 - image[:, :, 0]
         image = np.dstack([np.zeros_like(image), alpha])
     return image
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--resolution", type=int, default=512)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=positive_int, default=15)
+    parser.add_argument("--resolution", type=positive_int, default=512)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     res = args.resolution
 
     import torch
@@ -72,7 +78,7 @@ def main() -> None:
             if backend.name == "none" or not backend.availability().ok:
                 continue
             detector = backend.load()
-            image = load_input(INPUTS.get((key, backend.name), "scene.jpg"), res)
+            image = load_input(INPUTS.get((key, backend.name), "scene.jpg"), backend.name)
             params = backend.defaults()
             ms = median_ms(lambda: detector(image, res, res, **params), args.repeats)  # noqa: B023
             print(f"| {key} | {backend.name} | {ms:.1f} |")

@@ -1,7 +1,9 @@
 """Engine overhead: one image through `Engine.generate` vs a bare diffusers call, same process.
 
-Both sides use the same weights (loaded separately), control map, prompt, steps, sampler (DDPM),
-CFG and seed; runs are interleaved and the ratio of medians is printed (issue 9 target: <= 1.03).
+Both sides use the same weights (loaded separately, the ControlNet by the project's loader, which
+also reads single checkpoint files and low-rank ControlNets), control map, prompt, steps, sampler
+and CFG (the preset's) and seed; runs are interleaved and the ratio of medians is printed (issue 9
+target: <= 1.03).
 
     python benchmarks/bench_engine.py            # the tiny test model, built in a temp dir
     python benchmarks/bench_engine.py --model-dir assets/embedded --steps 20
@@ -10,8 +12,10 @@ CFG and seed; runs are interleaved and the ratio of medians is printed (issue 9 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cnet.engine import GenerationRequest, load_engine  # noqa: E402
+from cnet.cli.options import positive_int, usable_device  # noqa: E402
+from cnet.conditions import CONDITIONS  # noqa: E402
+from cnet.engine import GenerationRequest, load_engine, make_scheduler  # noqa: E402
+from cnet.models import load_controlnet  # noqa: E402
 
 
 def control_map(size: int) -> np.ndarray:
@@ -37,38 +44,48 @@ def control_map(size: int) -> np.ndarray:
 
 
 def tiny_model_dir() -> Path:
+    """The tiny test model, built in a temporary folder that is removed at exit."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import build_tiny_model_dir
 
-    return build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")))
+    folder = Path(tempfile.mkdtemp(prefix="cnet-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return build_tiny_model_dir(folder)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", help="model folder (default: build the tiny test model)")
+    parser.add_argument("--condition", choices=CONDITIONS, default="canny")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument(
+        "--device",
+        type=usable_device,
+        choices=("cuda", "mps", "cpu"),
+        help="default: the best one available",
+    )
+    parser.add_argument("--threads", type=positive_int, default=None)
+    return parser.parse_args(argv)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", help="model folder (default: build the tiny test model)")
-    parser.add_argument("--condition", default="canny")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    args = parse_args()
+    from diffusers import StableDiffusionControlNetPipeline
 
     model_dir = Path(args.model_dir) if args.model_dir else tiny_model_dir()
     engine = load_engine(model_dir=str(model_dir), device=args.device, threads=args.threads)
     engine.load()
     preset = engine.preset
-    dtype = getattr(torch, preset.dtype)
+    source = preset.controlnet_source(args.condition)
     bare = StableDiffusionControlNetPipeline.from_pretrained(
         preset.base,
-        controlnet=ControlNetModel.from_pretrained(
-            preset.controlnet_source(args.condition), dtype=dtype
-        ),
+        controlnet=load_controlnet(source, preset.base, preset.dtype, preset.device),
         safety_checker=None,
         requires_safety_checker=False,
-        dtype=dtype,
+        dtype=getattr(torch, preset.dtype),
     ).to(preset.device)
+    bare.scheduler = make_scheduler(preset.sampler, bare.scheduler.config)
     bare.set_progress_bar_config(disable=True)
 
     size = preset.resolution
@@ -78,6 +95,7 @@ def main() -> None:
         prompt="a red sphere",
         steps=args.steps,
         cfg=preset.cfg,
+        sampler=preset.sampler,
         seed=3,
     )
     prompt = "a red sphere, " + request.added_prompt
@@ -118,7 +136,10 @@ def main() -> None:
     difference = np.abs(np.asarray(engine_image, np.int16) - np.asarray(bare_image, np.int16)).max()
 
     engine_median, bare_median = statistics.median(engine_times), statistics.median(bare_times)
-    print(f"model: {model_dir} ({preset.name}), {size}x{size}, {args.steps} steps DDPM, CFG 9")
+    print(
+        f"model: {model_dir} ({preset.name}), {size}x{size}, {args.steps} steps "
+        f"{request.sampler}, CFG {request.cfg:g}"
+    )
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"device {preset.device} {preset.dtype}, torch threads {torch.get_num_threads()}"

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cnet.cli.options import positive_int  # noqa: E402
 from cnet.models import compile_problem  # noqa: E402
 
 SD15_UNET = dict(
@@ -45,6 +46,7 @@ SMOKE_UNET = dict(
 PROMPT_TOKENS = 77
 # diffusers' published SD-ControlNet figures (torch 2.0 docs page), A100, batch 1, it/s.
 ANCHORS = {"A100, no compile": 15.0, "A100, torch.compile": 32.1}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def build_models(config: dict, device: str, dtype: torch.dtype):
@@ -112,20 +114,25 @@ def measure(unet, controlnet, inputs, steps: int, repeats: int, device: str) -> 
     }
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument(
         "--compile-mode",
         action="append",
+        choices=COMPILE_MODES,
         help="torch.compile mode to measure (repeatable; default: 'default', the engine's)",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny models, CPU allowed: check the script runs"
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> int:
+    args = parse_args()
 
     if args.smoke:
         device = "cuda" if torch.cuda.is_available() else "cpu"

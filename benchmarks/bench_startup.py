@@ -13,8 +13,10 @@ Then each heavy import is timed in a fresh interpreter, to show where the start-
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from app_server import answers, api_client, free_port  # noqa: E402
 
+from cnet.cli.options import positive_int, positive_number  # noqa: E402
+from cnet.conditions import CONDITIONS  # noqa: E402
+
 IMPORTS = {  # what app.py and the first request import, one fresh interpreter each
     "python itself": "pass",
     "numpy + PIL": "import numpy, PIL.Image",
@@ -46,16 +51,19 @@ IMPORTS = {  # what app.py and the first request import, one fresh interpreter e
 # The UI start step by step, in one fresh interpreter: app.main as `python app.py` runs it, on a
 # folder without weights (so nothing loads behind it), stopped once it serves.
 UI_STEPS = (
-    "app.py, cnet.engine, cnet.models",
+    "app.py (or the --app script), cnet.engine, cnet.models",
     "import gradio",
     "import cnet.ui (layout code, condition registry)",
     "build_demo: seven tabs, and Gradio's FastAPI app",
     "queue + launch until serving (Gradio builds its app again, checks itself)",
 )
 UI_STEPS_CODE = """
-import sys, time
+import importlib.util, sys, time
 marks = [time.perf_counter()]
-import app, cnet.engine, cnet.models
+spec = importlib.util.spec_from_file_location("app", sys.argv.pop(1))
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+import cnet.engine, cnet.models
 marks.append(time.perf_counter())
 import gradio
 marks.append(time.perf_counter())
@@ -98,9 +106,16 @@ def check_app(app: Path = APP) -> None:
     missing = [flag for flag in ("--model-dir", "--port") if flag not in shown.stdout]
     if shown.returncode != 0 or missing:
         fail(
-            f"app.py --help {'failed' if shown.returncode else 'lacks ' + ', '.join(missing)}; "
-            f"this benchmark runs `app.py --model-dir DIR --port P`.\n{shown.stderr[-2000:]}"
+            f"{app.name} --help {'failed' if shown.returncode else 'lacks ' + ', '.join(missing)}; "
+            f"this benchmark runs `{app.name} --model-dir DIR --port P`.\n{shown.stderr[-2000:]}"
         )
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A new folder in the system's temporary folder, removed when this process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def model_dir_or_tiny(model_dir: str | None, random: str | None = None) -> tuple[Path, str]:
@@ -113,7 +128,7 @@ def model_dir_or_tiny(model_dir: str | None, random: str | None = None) -> tuple
     from conftest import build_tiny_model_dir
 
     architecture = random or "tiny"
-    folder = build_tiny_model_dir(Path(tempfile.mkdtemp(prefix="cnet-bench-")), architecture)
+    folder = build_tiny_model_dir(temporary_folder("cnet-bench-"), architecture)
     return folder, f"random weights, {architecture} architecture (tests/conftest.py)"
 
 
@@ -181,8 +196,9 @@ def stop(process) -> None:
 
 
 def generation_settings(preset, steps: int, seed: int = 0) -> dict:
-    """The Run endpoint's settings as the app starts them (the engine's defaults, the preset's
-    resolution and guidance scale), apart from steps."""
+    """The Run endpoint's settings as the app starts them (the engine's defaults; the preset's
+    resolution, guidance scale and sampler, which the request's defaults leave to the preset),
+    apart from steps."""
     from cnet.engine import GenerationRequest
 
     defaults = GenerationRequest(np.zeros((1, 1, 3), np.uint8), "canny")
@@ -195,7 +211,7 @@ def generation_settings(preset, steps: int, seed: int = 0) -> dict:
         resolution=preset.resolution,
         steps=steps,
         cfg=preset.cfg,
-        sampler=defaults.sampler,
+        sampler=preset.sampler,
         seed=seed,
         randomize_seed=False,
     )
@@ -207,7 +223,7 @@ def one_cold_start(args, model_dir: Path, image: Path, preset, log_path: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     started = time.perf_counter()
-    process = start_app(model_dir, port, log_path, args.threads, Path(args.app))
+    process = start_app(model_dir, port, log_path, args.threads, args.app)
     try:
         wait_until_answering(process, url, log_path, args.timeout)
         ui = time.perf_counter() - started
@@ -237,36 +253,45 @@ def import_seconds(statement: str) -> float:
     return float(output.stdout.strip().splitlines()[-1])
 
 
-def ui_step_seconds() -> list[float]:
-    """Seconds of each of UI_STEPS."""
-    empty = tempfile.mkdtemp(prefix="cnet-no-model-")
-    command = [sys.executable, "-c", UI_STEPS_CODE, "--model-dir", empty, "--port"]
-    command.append(str(free_port()))
-    output = subprocess.run(
-        command, cwd=ROOT, env=app_env(None), capture_output=True, text=True, check=True
-    )
+def ui_step_seconds(app: Path = APP) -> list[float]:
+    """Seconds of each of UI_STEPS, starting the `app` script."""
+    with tempfile.TemporaryDirectory(prefix="cnet-no-model-") as empty:
+        command = [sys.executable, "-c", UI_STEPS_CODE, str(app), "--model-dir", empty, "--port"]
+        command.append(str(free_port()))
+        output = subprocess.run(
+            command, cwd=ROOT, env=app_env(None), capture_output=True, text=True, check=True
+        )
     return [float(seconds) for seconds in output.stdout.strip().splitlines()[-1].split()]
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="model folder (default: embedded, else tiny)")
-    parser.add_argument("--condition", default="canny")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the app")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the UI")
+    parser.add_argument("--condition", choices=CONDITIONS, default="canny")
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--runs", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, help="OMP_NUM_THREADS for the app")
+    parser.add_argument(
+        "--timeout", type=positive_number, default=300.0, help="seconds to wait for the UI"
+    )
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
     parser.add_argument(
-        "--app", default=str(APP), help="the app script (default: app.py; to compare a variant)"
+        "--app",
+        type=Path,
+        default=APP,
+        help="the app script (default: app.py; to compare a variant)",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    check_app(Path(args.app))
+
+def main() -> None:
+    args = parse_args()
+    args.app = args.app.resolve()  # the app runs in the repository root
+    check_app(args.app)
     model_dir, model_name = model_dir_or_tiny(args.model_dir)
     preset = model_preset(model_dir)
     resolution = preset.resolution
-    work = Path(tempfile.mkdtemp(prefix="cnet-startup-"))
+    work = temporary_folder("cnet-startup-")
     image = scene(work / "scene.png")
 
     runs = []
@@ -309,7 +334,7 @@ def main() -> None:
         print()
         print("| UI start, step by step (one fresh interpreter, no weights) | s |")
         print("|---|---|")
-        for name, seconds in zip(UI_STEPS, ui_step_seconds(), strict=True):
+        for name, seconds in zip(UI_STEPS, ui_step_seconds(args.app), strict=True):
             print(f"| {name} | {seconds:.2f} |")
 
 

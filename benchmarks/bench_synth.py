@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cv2  # noqa: E402
 
+from cnet.cli.options import positive_int  # noqa: E402
 from cnet.synth.sample import CONDITION_KEYS, generate  # noqa: E402
 from cnet.synth.scene import sample_scene  # noqa: E402
 
@@ -43,12 +44,16 @@ def rate(work, seeds: range, repeats: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--scenes", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--size", type=positive_int, default=128)
+    parser.add_argument("--scenes", type=positive_int, default=300)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     cv2.setNumThreads(1)
     seeds, repeats = range(args.scenes), args.repeats
     load_before = os.getloadavg()[0]

@@ -27,6 +27,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing the package
+from cnet.cli.options import positive_int  # noqa: E402
+
 MODES = {"full": True, "small-scale": False}  # mode -> connect_decoder
 
 
@@ -98,16 +100,25 @@ def worker(base: str, mode: str, batch_size: int, steps: int, warmup: int) -> di
     return result
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--architecture", choices=("small", "tiny"), default="small")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    parser.add_argument("--batch-size", type=positive_int, default=2)
+    parser.add_argument("--steps", type=positive_int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--rounds", type=positive_int, default=2)
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads per run"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("BASE", "MODE"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f"argument --warmup: expected a whole number of at least 0, got {args.warmup}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         import torch
 
@@ -136,8 +147,14 @@ def main() -> None:
                     "--warmup",
                     str(args.warmup),
                 ] + (["--threads", str(args.threads)] if args.threads else [])
-                out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                runs[mode].append(json.loads(out.strip().splitlines()[-1]))
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode:
+                    sys.stderr.write(done.stderr)
+                    sys.exit(
+                        f"error: the {mode} training run failed (exit code {done.returncode}); "
+                        "its error output is above."
+                    )
+                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
 
     speed = {mode: statistics.median(r["steps_per_s"] for r in rs) for mode, rs in runs.items()}
     first = runs["full"][0]

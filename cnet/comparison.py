@@ -29,6 +29,7 @@ FIGURES = {
 }
 MEAN_ROW = "mean of the conditions"
 RESAMPLES = 10_000
+SCENES_KEYS = ("sampling", "seeds", "figures")  # what every scenes.json holds
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,35 @@ class Change:
 
 def load_scenes(folder: Path) -> dict:
     path = Path(folder) / SCENES_FILE
+    again = f"evaluate that model again with `python -m cnet eval --out {folder}`"
     if not path.is_file():
         raise FileNotFoundError(
-            f"{folder} has no {SCENES_FILE}: evaluate that model again with "
-            f"`python -m cnet eval --out {folder}` (older evaluations did not write one)."
+            f"{folder} has no {SCENES_FILE}: {again} (older evaluations did not write one)."
         )
-    return json.loads(path.read_text())
+    try:
+        run = json.loads(path.read_text())
+    except ValueError as error:  # not JSON, or not UTF-8 text
+        raise ValueError(f"{path} is not readable JSON ({error}); {again}.") from None
+    if problem := damage(run):
+        raise ValueError(f"{path} is damaged: {problem}; {again}.")
+    return run
+
+
+def damage(run: object) -> str | None:
+    """What keeps `run` from being a whole scenes.json (cut short, edited by hand), or None."""
+    if not isinstance(run, dict):
+        return "not a JSON object"
+    if missing := [key for key in SCENES_KEYS if key not in run]:
+        return f"no {missing[0]!r} key"
+    for condition, settings in run["figures"].items():
+        for setting, figures in settings.items():
+            for name, values in figures.items():
+                if len(values) != len(run["seeds"]):
+                    return (
+                        f"{condition}, {setting}: {len(values)} values of {name} for "
+                        f"{len(run['seeds'])} scenes"
+                    )
+    return None
 
 
 def paired_change(old: np.ndarray, new: np.ndarray, seed: int = 0) -> Change | None:
@@ -159,10 +183,12 @@ def format_comparison(changes: dict[tuple[str, str, str], Change]) -> str:
 
 def sampling_line(label: str, run: dict) -> str:
     s = run["sampling"]
-    sampler = s.get("sampler", "DDPM")  # evaluations from before it was recorded all used DDPM
+    # Evaluations from before the sampler was recorded all used DDPM; None: the preset's default.
+    sampler = s.get("sampler", "DDPM") or "the preset's default sampler"
+    cfg = "the preset's default" if s["cfg"] is None else f"{s['cfg']:g}"
     return (
         f"{label}: {len(run['seeds'])} scenes, {s['size']} px, {s['steps']} steps of {sampler}, "
-        f"CFG {s['cfg']:g}"
+        f"CFG {cfg}"
     )
 
 

@@ -134,3 +134,51 @@ def test_every_figure_the_eval_writes_is_compared():
     from cnet.evaluate import Scores
 
     assert set(FIGURES) == {f.name for f in fields(Scores)}
+
+
+def write_runs(folder, old: dict, new: dict | str):
+    """Write two evaluations' scenes.json (`new` as text: the file's exact content) and return
+    `cnet compare`'s arguments for them."""
+    import argparse
+
+    for name, written in (("old", old), ("new", new)):
+        (folder / name).mkdir()
+        text = written if isinstance(written, str) else json.dumps(written)
+        (folder / name / "scenes.json").write_text(text)
+    return argparse.Namespace(old=folder / "old", new=folder / "new", out=None)
+
+
+def test_sampling_left_to_the_preset_is_shown_as_its_default(tmp_path, capsys):
+    figures = {"seg": {"user prompt": {"iou": [0.5] * 100}}}
+    preset_default = evaluation(figures)  # Sampling(cfg=None, sampler=None): evaluate()'s defaults
+    preset_default["sampling"].update(cfg=None, sampler=None)
+    assert run(write_runs(tmp_path, evaluation(figures), preset_default)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("100 scenes, 128 px, 20 steps of DDPM, CFG 2")
+    assert lines[1].endswith(
+        "100 scenes, 128 px, 20 steps of the preset's default sampler, CFG the preset's default"
+    )
+
+
+WHOLE = evaluation({"canny": {"user prompt": {"iou": [0.5] * 100}}})
+DAMAGED = {  # what a damaged scenes.json holds -> what the message says of it
+    "cut short": ('{"sampling": {"size": 128', "is not readable JSON (Expecting ',' delimiter"),
+    "a figure list shorter than its seeds": (
+        json.dumps({**WHOLE, "figures": {"canny": {"user prompt": {"iou": [0.5] * 99}}}}),
+        "is damaged: canny, user prompt: 99 values of iou for 100 scenes",
+    ),
+    "no sampling": (
+        json.dumps({key: value for key, value in WHOLE.items() if key != "sampling"}),
+        "is damaged: no 'sampling' key",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "problem"), DAMAGED.values(), ids=DAMAGED)
+def test_a_damaged_scenes_json_is_named_in_one_line(tmp_path, capsys, text, problem):
+    args = write_runs(tmp_path, WHOLE, text)
+    assert run(args) == 1
+    message = capsys.readouterr().out
+    assert message.startswith(f"{args.new / 'scenes.json'} {problem}")
+    assert message.endswith(f"`python -m cnet eval --out {args.new}`.\n")
+    assert message.count("\n") == 1

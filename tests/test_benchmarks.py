@@ -1,0 +1,109 @@
+"""The benchmark scripts' command lines and request settings (nothing is timed here)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from cnet.models import gpu_driver_present
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+WHOLE = "expected a whole number of at least 1, got"
+
+
+@functools.cache
+def script(name: str):
+    """benchmarks/<name>.py as a module (bench_synth pins this process's thread variables at
+    import: they are restored)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    with mock.patch.dict(os.environ):
+        sys.modules[name] = module  # bench_app imports bench_startup by name
+        spec.loader.exec_module(module)
+    return module
+
+
+REFUSED = [
+    ("bench_engine", ["--repeats", "0"], f"argument --repeats: {WHOLE} '0'"),
+    ("bench_engine", ["--steps", "-3"], f"argument --steps: {WHOLE} '-3'"),
+    ("bench_engine", ["--threads", "1.5"], f"argument --threads: {WHOLE} '1.5'"),
+    ("bench_engine", ["--condition", "edges"], "argument --condition: invalid choice: 'edges'"),
+    ("bench_engine", ["--device", "tpu"], "argument --device: Unknown device 'tpu'"),
+    pytest.param(
+        "bench_engine",
+        ["--device", "cuda"],
+        "argument --device: torch sees no cuda device on this machine",
+        marks=pytest.mark.skipif(gpu_driver_present(), reason="a GPU may be usable here"),
+    ),
+    ("bench_app", ["--repeats", "0"], f"argument --repeats: {WHOLE} '0'"),
+    ("bench_app", ["--timeout", "0"], "argument --timeout: expected a number above 0, got '0'"),
+    ("bench_app", ["--condition", "edges"], "argument --condition: invalid choice: 'edges'"),
+    ("bench_startup", ["--runs", "0"], f"argument --runs: {WHOLE} '0'"),
+    ("bench_startup", ["--threads", "0"], f"argument --threads: {WHOLE} '0'"),
+    ("bench_gpu", ["--steps", "-3"], f"argument --steps: {WHOLE} '-3'"),
+    ("bench_gpu", ["--compile-mode", "bogus"], "argument --compile-mode: invalid choice: 'bogus'"),
+    ("bench_detectors", ["--resolution", "0"], f"argument --resolution: {WHOLE} '0'"),
+    ("bench_detectors", ["--repeats", "2.5"], f"argument --repeats: {WHOLE} '2.5'"),
+    ("bench_train", ["--batch-size", "0"], f"argument --batch-size: {WHOLE} '0'"),
+    ("bench_train", ["--rounds", "0"], f"argument --rounds: {WHOLE} '0'"),
+    ("bench_train", ["--warmup", "-1"], "argument --warmup: expected a whole number of at least 0"),
+    ("bench_synth", ["--scenes", "0"], f"argument --scenes: {WHOLE} '0'"),
+    ("bench_synth", ["--size", "-1"], f"argument --size: {WHOLE} '-1'"),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "message"), REFUSED)
+def test_a_bad_argument_is_refused_before_anything_runs(name, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        script(name).parse_args(argv)
+    assert exit_info.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err.splitlines()[-1]
+
+
+DEFAULTS = {
+    "bench_engine": {"condition": "canny", "steps": 20, "repeats": 7, "device": None},
+    "bench_app": {"condition": "canny", "steps": 20, "repeats": 7, "timeout": 300.0},
+    "bench_startup": {"condition": "canny", "steps": 20, "runs": 3, "threads": None},
+    "bench_gpu": {"steps": 20, "repeats": 5, "compile_mode": None},
+    "bench_detectors": {"repeats": 15, "resolution": 512},
+    "bench_train": {"batch_size": 2, "steps": 8, "warmup": 2, "rounds": 2, "threads": None},
+    "bench_synth": {"size": 128, "scenes": 300, "repeats": 3},
+}
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_the_defaults_parse(name):
+    args = vars(script(name).parse_args([]))
+    assert {key: args[key] for key in DEFAULTS[name]} == DEFAULTS[name]
+
+
+def test_good_values_parse():
+    engine = script("bench_engine").parse_args(["--device", "cpu", "--condition", "depth"])
+    assert (engine.device, engine.condition) == ("cpu", "depth")
+    modes = ["--compile-mode", "default", "--compile-mode", "reduce-overhead"]
+    assert script("bench_gpu").parse_args(modes).compile_mode == ["default", "reduce-overhead"]
+    assert script("bench_train").parse_args(["--warmup", "0", "--threads", "1"]).warmup == 0
+
+
+def test_the_app_is_asked_for_the_presets_sampler_and_guidance_scale():
+    from cnet.engine import GenerationRequest
+    from cnet.models import Preset
+
+    preset = Preset("tiny", "base", resolution=64, cfg=2.0, sampler="DDIM")
+    settings = script("bench_startup").generation_settings(preset, steps=2)
+    assert (settings["sampler"], settings["cfg"], settings["resolution"]) == ("DDIM", 2.0, 64)
+    del settings["randomize_seed"]
+    GenerationRequest(np.zeros((8, 8, 3), np.uint8), "canny", **settings).validate()
+
+
+def test_the_drawing_backend_is_timed_on_an_upload_and_the_canvas_on_a_strokes_layer():
+    load_input = script("bench_detectors").load_input
+    assert load_input("scribble_balloon.png", "drawing").shape[2] == 3
+    assert load_input("scribble_balloon.png", "canvas").shape[2] == 4
