@@ -19,7 +19,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -39,6 +39,7 @@ from cnet.models import (
     load_base,
     load_controlnet,
     missing_weights,
+    model_missing,
     resolve_preset,
     safetensors_shapes,
 )
@@ -609,6 +610,17 @@ class Engine:
         return png_info.format_parameters(metadata["prompt"], metadata["negative_prompt"], settings)
 
     # ---- reporting ----------------------------------------------------------------------------
+
+    def check_weights(self, conditions: Sequence[str]) -> None:
+        """Raise ModelMissingError naming the first of the base and these conditions'
+        ControlNets that cannot load, with the command that fetches it (files only)."""
+        parts = [(self.preset.base, "The base model", "base")]
+        for condition in conditions:
+            source = self.preset.controlnet_source(condition)
+            parts.append((source, f"The {condition} ControlNet", "controlnet"))
+        for source, what, kind in parts:
+            if detail := missing_weights(source, kind):
+                raise model_missing(source, what, detail, kind)
 
     def missing(self) -> list[str]:
         """What cannot load here, one short entry each (looks at files only, loads nothing)."""

@@ -712,20 +712,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_weights(engine, conditions: Sequence[str]) -> None:
-    """Raise ModelMissingError, before any scoring, when the base or a condition's ControlNet
-    cannot load (the message names it and the command that fetches it)."""
-    from cnet.models import missing_weights, model_missing
-
-    parts = [(engine.preset.base, "The base model", "base")]
-    for condition in conditions:
-        source = engine.preset.controlnet_source(condition)
-        parts.append((source, f"The {condition} ControlNet", "controlnet"))
-    for source, what, kind in parts:
-        if detail := missing_weights(source, kind):
-            raise model_missing(source, what, detail, kind)
-
-
 def run(args: argparse.Namespace) -> int:
     from cnet.engine import ModelMissingError, load_engine
 
@@ -733,7 +719,7 @@ def run(args: argparse.Namespace) -> int:
         engine = load_engine(args.preset, model_dir=args.model_dir)
         print(engine.status())
         conditions = args.conditions or list(CONDITION_KEYS)
-        check_weights(engine, conditions)
+        engine.check_weights(conditions)
         args.size = args.size or engine.preset.resolution
         threads = max(1, (os.cpu_count() or 1) // args.workers)
         cfg = engine.preset.cfg if args.cfg is None else args.cfg
