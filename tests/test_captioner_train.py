@@ -159,6 +159,13 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     assert "Caption accuracy" in (whole.captioner_dir / "README.md").read_text()
     assert len(captioner([Image.new("RGB", (32, 32), "red")])) == 1
 
+    # A run resumes only where its folder holds no later checkpoint: pruning, or a later
+    # --resume latest, would mix the two runs.
+    with pytest.raises(ValueError, match="past step-0000002"):
+        train_cap.train(
+            tiny_config(caption_folder, out, resume=str(out / "checkpoints" / "step-0000002"))
+        )
+    (out / "checkpoints" / "step-0000004").rename(tmp_path / "step-0000004")
     resumed = train_cap.train(
         tiny_config(
             caption_folder,
@@ -209,6 +216,7 @@ def test_synthetic_training_learns_patch_kinds_and_resumes_exactly(tmp_path):
     assert len(kinds["kind_losses"]) == 4 and all(np.isfinite(kinds["kind_losses"]))
     assert (out / "checkpoints" / "step-0000002" / "kind_head" / "model.safetensors").is_file()
     assert not (whole.captioner_dir / "kind_head").exists()  # training only: not shipped
+    (out / "checkpoints" / "step-0000004").rename(tmp_path / "step-0000004")  # or it is refused
     resumed = train_cap.train(
         tiny_config(
             "synth",

@@ -411,3 +411,11 @@ def test_the_unet_learns_v_at_zero_terminal_snr_and_the_noise_otherwise(zero_ter
     # every prompt dropped, all of those given the default prompt
     unet_loss(parts, batch, torch.Generator(), torch.Generator(), 1.0, default_prompt_share=1.0)
     assert seen["prompts"] == [DEFAULT_PROMPT] * 3
+
+
+def test_a_base_whose_time_box_runs_out_on_its_last_step_has_finished(tmp_path, capsys):
+    run = tiny_run(tmp_path, vae_steps=0, unet_steps=1, validate_every=0, max_minutes=1e-9)
+    assert train_base(run) == tmp_path / "base"
+    assert "time box" not in "".join(capsys.readouterr())
+    assert json.loads((tmp_path / "training.json").read_text())["steps"] == {"vae": 0, "unet": 1}
+    assert not list(tmp_path.glob("*.partial"))  # the export renamed into place

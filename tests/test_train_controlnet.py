@@ -799,3 +799,293 @@ def test_counts_that_cannot_be_0_are_refused_on_the_command_line(flag, capsys):
     with pytest.raises(SystemExit):
         main(["train", "controlnet", "--base", "x", "--data", "synth", flag, "0"])
     assert f"argument {flag}: expected a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--warmup-steps", "-3", "a whole number of at least 0"),
+        ("--cooldown-steps", "-3", "a whole number of at least 0"),
+        ("--max-steps", "-1", "a whole number of at least 0"),
+        ("--validate-every", "-1", "a whole number of at least 0"),
+        ("--unlock-base-at-step", "-1", "a whole number of at least 0"),
+        ("--max-minutes", "nan", "a number above 0"),
+        ("--proportion-empty-prompts", "1.5", "a share from 0 to 1"),
+        ("--cpu-threads", "-1", "a whole number of at least 1"),
+    ],
+)
+def test_numbers_that_mean_nothing_are_refused_on_the_command_line(flag, value, expected, capsys):
+    from cnet.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "controlnet", "--base", "x", "--data", "synth", flag, value])
+    assert f"argument {flag}: expected {expected}, got {value!r}" in capsys.readouterr().err
+
+
+def fake_checkpoints(output_dir: Path, *names: str) -> None:
+    from cnet.train.checkpoint import CHECKPOINTS, STATE
+
+    for name in names:
+        (output_dir / CHECKPOINTS / name).mkdir(parents=True)
+        (output_dir / CHECKPOINTS / name / STATE).write_text("{}")
+
+
+def test_a_run_refuses_to_start_behind_checkpoints_that_are_not_its_past(tmp_path):
+    """Pruning would delete them (or its own new ones), and --resume latest continue them."""
+    from cnet.train.checkpoint import resolve_resume
+
+    run = tmp_path / "run"
+    fake_checkpoints(run, "step-0000002", "step-0000004", "step-0000006")
+    with pytest.raises(ValueError, match=r"another run's checkpoints \(3: step-0000002 to step-"):
+        resolve_resume(None, run)  # a fresh run starts at 0
+    resumed = str(run / "checkpoints" / "step-0000002")
+    with pytest.raises(
+        ValueError, match=r"past step-0000002, .*\(2: step-0000004 to step-0000006\)"
+    ):
+        resolve_resume(resumed, run)
+    with pytest.raises(ValueError, match="--resume latest, or move them away"):
+        resolve_resume(resumed, run)
+    assert resolve_resume("latest", run).name == "step-0000006"
+    assert resolve_resume(str(run / "checkpoints" / "step-0000006"), run).name == "step-0000006"
+    fake_checkpoints(tmp_path / "other", "step-0000001")
+    with pytest.raises(ValueError, match="another run's checkpoints"):  # none of them its past
+        resolve_resume(str(tmp_path / "other" / "checkpoints" / "step-0000001"), run)
+    assert resolve_resume(None, tmp_path / "new") is None
+
+
+@pytest.mark.parametrize("trainer", ["controlnet", "base", "captioner"])
+def test_every_trainer_refuses_a_folder_of_another_run_before_training(
+    tiny_model_dir, fill50k_dir, tmp_path, trainer
+):
+    from cnet.train import base, captioner
+
+    fake_checkpoints(tmp_path, "step-0000003")
+    out, data = str(tmp_path), str(fill50k_dir)
+    short = dict(output_dir=out, data=data, batch_size=2, checkpoint_every=1, validate_every=0)
+    start = {
+        "controlnet": lambda: train(config(tiny_model_dir, fill50k_dir, tmp_path)),
+        "base": lambda: base.train_base(
+            base.BaseTrainConfig(
+                architecture="tiny", corpus_examples=8, vae_steps=1, unet_steps=1, **short
+            )  # fmt: skip
+        ),
+        "captioner": lambda: captioner.train(
+            captioner.TrainConfig(
+                size="tiny", corpus_examples=4, max_steps=1, num_test_scenes=1, **short
+            )  # fmt: skip
+        ),
+    }[trainer]
+    with pytest.raises(ValueError, match="another run's checkpoints"):
+        start()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoints"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000003"]
+
+
+class OneProcess:
+    """What save_checkpoint asks of accelerate's Accelerator, on one process."""
+
+    is_main_process, process_index, scaler = True, 0, None
+
+    def unwrap_model(self, model):
+        return model
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_pruning_keeps_the_newest_up_to_the_new_checkpoint_and_clears_killed_saves(tmp_path):
+    from cnet.train import checkpoint as ckpt
+
+    fake_checkpoints(tmp_path, "step-0000001", "step-0000002", "step-0000009")
+    (tmp_path / "checkpoints" / "step-0000005.partial").mkdir()  # a save killed midway
+    ckpt.save_checkpoint(
+        OneProcess(), ckpt.checkpoint_dir(tmp_path, 3), {}, {}, {"step": 3}, {}, keep=2
+    )
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-0000002",
+        "step-0000003",
+        "step-0000009",  # never this run's to delete
+    ]
+
+
+def test_a_run_killed_while_exporting_leaves_the_last_export_whole(
+    tiny_model_dir, fill50k_dir, tmp_path, monkeypatch
+):
+    """Never new weights beside the old training.json and lineage.json: the export is renamed
+    into place whole, and training.json written last."""
+    from cnet.train import checkpoint as ckpt
+    from cnet.train import controlnet
+
+    def exported() -> tuple:
+        from safetensors.torch import load_file
+
+        summary = tmp_path / "training.json"
+        return (
+            load_file(tmp_path / "controlnet" / "diffusion_pytorch_model.safetensors"),
+            json.loads(summary.read_text())["steps"] if summary.is_file() else None,
+            json.loads((tmp_path / "controlnet" / "lineage.json").read_text())[-1]["steps"],
+        )
+
+    def killed(*args):
+        raise SystemExit("killed")
+
+    run = config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, checkpoint_every=1)
+    train(run)
+    weights, _, _ = exported()
+    run.max_steps, run.resume = 2, "latest"
+    monkeypatch.setattr(controlnet, "device_name", killed)  # after the weights are written
+    with pytest.raises(SystemExit):
+        train(run)
+    now = exported()
+    assert all(torch.equal(weights[k], now[0][k]) for k in weights) and now[1:] == (1, 1)
+    monkeypatch.undo()
+    monkeypatch.setattr(ckpt, "put_in_place", killed)  # as the export is renamed into place
+    with pytest.raises(SystemExit):
+        train(run)  # resumed at its last step: it only exports
+    now = exported()
+    assert all(torch.equal(weights[k], now[0][k]) for k in weights)
+    assert now[1:] == (None, 1)  # no training.json: the run reads as unfinished
+    monkeypatch.undo()
+    train(run)
+    now = exported()
+    assert not all(torch.equal(weights[k], now[0][k]) for k in weights) and now[1:] == (2, 2)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_resume_needs_no_start_folder(tiny_model_dir, fill50k_dir, tmp_path):
+    """The checkpoint holds the ControlNet and its lineage, as the README says."""
+    import shutil
+
+    start = shutil.copytree(tiny_model_dir / "controlnet" / "canny", tmp_path / "start")
+    run = config(tiny_model_dir, fill50k_dir, tmp_path / "run", max_steps=1, checkpoint_every=1)
+    run.controlnet = str(start)
+    train(run)
+    shutil.rmtree(start)
+    run.max_steps, run.resume = 2, "latest"
+    assert len(train(run).losses) == 2
+
+
+def test_the_record_lists_a_small_scale_stretch_before_the_decoder_was_reconnected(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    from cnet.train.lineage import recorded_runs
+
+    run = config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, checkpoint_every=1)
+    run.small_scale = True
+    train(run)
+    run.max_steps, run.resume, run.reconnect_decoder = 2, "latest", True
+    train(run)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert [(s["from_step"], s["all_links"]) for s in summary["schedules"]] == [
+        (0, False),
+        (1, True),
+    ]
+    lineage = recorded_runs(tmp_path / "controlnet")[-1]
+    assert lineage["schedules"] == summary["schedules"] and lineage["all_links"]
+
+
+def test_a_resolution_the_base_cannot_halve_down_is_refused_naming_the_least(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    """The tiny base's VAE and UNet scale images down 16 times."""
+    with pytest.raises(ValueError, match="multiples of 16 px, the least 16"):
+        train(config(tiny_model_dir, fill50k_dir, tmp_path / "a", resolution=24))
+    assert not (tmp_path / "a" / "checkpoints").exists()
+    run = config(tiny_model_dir, fill50k_dir, tmp_path / "b", resolution=16, batch_size=1)
+    assert len(train(run).losses) == 2
+
+
+def test_a_run_whose_time_box_runs_out_on_its_last_step_has_finished(
+    tiny_model_dir, fill50k_dir, tmp_path, capsys
+):
+    run = config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, max_minutes=1e-9)
+    assert train(run).step == 1
+    assert "time box" not in "".join(capsys.readouterr())
+
+
+@pytest.mark.parametrize(
+    "flags, code, message",
+    [
+        (
+            ["--base", "/nonexistent"],
+            1,
+            "The base model (--base) is missing: /nonexistent does not",
+        ),
+        (["--controlnet", "/nonexistent"], 1, "ControlNet is missing: /nonexistent does not exist"),
+        (["--output-dir", "{file}/run"], 2, "is a file; choose another --output-dir"),
+    ],
+)
+def test_cli_names_what_is_missing_or_cannot_be_written(
+    tiny_model_dir, fill50k_dir, tmp_path, capsys, flags, code, message
+):
+    from cnet.__main__ import main
+
+    (tmp_path / "file").write_text("")
+    settings = {"--base": str(tiny_model_dir), "--output-dir": str(tmp_path / "run")}
+    settings.update(dict(zip(flags[::2], flags[1::2], strict=True)))
+    command = ["train", "controlnet", "--data", str(fill50k_dir), "--max-steps", "1"]
+    for flag, value in settings.items():
+        command += [flag, value.format(file=tmp_path / "file")]
+    assert main(command) == code
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+
+
+def test_cli_refuses_a_read_only_output_folder_before_training_and_names_a_full_disk(
+    tiny_model_dir, fill50k_dir, tmp_path, capsys, monkeypatch
+):
+    from cnet.__main__ import main
+    from cnet.train import checkpoint as ckpt
+
+    command = ["train", "controlnet", "--base", str(tiny_model_dir), "--data", str(fill50k_dir),
+               "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+               "--validate-every", "0"]  # fmt: skip
+    with monkeypatch.context() as read_only:
+        read_only.setattr(ckpt.os, "access", lambda path, mode: False)
+        assert main(command) == 2
+    assert f"error: Cannot write in {tmp_path} (read-only" in capsys.readouterr().err
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full)
+    assert main(command) == 1
+    assert "error: [Errno 28] No space left on device (check that --output-dir can be written" in (
+        capsys.readouterr().err
+    )
+
+
+def test_every_number_a_trainer_takes_refuses_what_means_nothing():
+    """Negative counts and rates, NaN, shares above 1: each flag of a config field is typed."""
+    import argparse
+    import dataclasses
+
+    from cnet.train import cli
+    from cnet.train.base import BaseTrainConfig
+    from cnet.train.captioner import TrainConfig as CaptionerConfig
+    from cnet.train.decoder import DecoderConfig
+
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    configs = {
+        "controlnet": TrainConfig,
+        "base": BaseTrainConfig,
+        "captioner": CaptionerConfig,
+        "decoder": DecoderConfig,
+    }
+    numbers = 0
+    for command, config_class in configs.items():
+        fields = {field.name for field in dataclasses.fields(config_class)}
+        for action in commands.choices[command]._actions:
+            if action.dest not in fields or action.type in (None, str):
+                continue
+            assert action.type not in (int, float), f"{command} --{action.dest} is unchecked"
+            numbers += 1
+            for bad in ("-1", "nan", "x"):
+                with pytest.raises(argparse.ArgumentTypeError):
+                    action.type(bad)
+    assert numbers > 80
+    assert cli.share("1") == 1.0 and cli.non_negative_number("0") == 0.0
+    with pytest.raises(argparse.ArgumentTypeError, match="share from 0 to 1"):
+        cli.share("1.5")

@@ -93,6 +93,26 @@ def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(
         train(DecoderConfig(model_dir=str(tmp_path), output_dir=str(tmp_path / "run")))
 
 
+def test_an_output_folder_that_cannot_be_written_is_refused_before_sampling_and_a_full_disk_named(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    from cnet.__main__ import main
+    from cnet.train import decoder
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run"
+    command = ["train", "decoder", "--model-dir", str(tiny_model_dir), "--output-dir", str(out)]
+    assert main(command) == 2
+    assert capsys.readouterr().err.startswith(f"error: Cannot write {out}: {tmp_path / 'file'} is")
+
+    def full(config):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(decoder, "train", full)
+    assert main(command) == 1
+    assert capsys.readouterr().err.startswith("error: [Errno 28] No space left on device (check")
+
+
 def test_workers_sample_the_same_pairs_as_one_process_and_keep_each_others(
     tiny_model_dir, tmp_path
 ):

@@ -20,7 +20,6 @@ Run:  python -m cnet train base --output-dir runs/base   (resume: add --resume l
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -446,6 +445,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
     config = sampled_like_the_app(config, config.base_init)
     output_dir = Path(config.output_dir)
+    resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     arch = architecture(config.architecture)
     check_vae_sources(config, arch.latent_channels)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -475,7 +475,6 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     parts = build_components(arch, tokenizer, config.zero_terminal_snr)
     torch.manual_seed(config.seed + rank)
 
-    resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     init_scaling = None
     if config.vae_init and not resume_dir:
         load_vae_into(parts["vae"], config.vae_init)
@@ -633,7 +632,8 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                 )
             progress.update(1)
             progress.set_postfix(loss=f"{losses[phase][-1]:.4f}")
-            stopped = timebox.spent()
+            # the last step of the last phase finishes the run, whatever the clock says
+            stopped = (step < steps or phase != PHASES[-1]) and timebox.spent()
             if step % config.checkpoint_every == 0 or step == steps or stopped:
                 models = {"vae": parts["vae"], **(trained if phase == "unet" else {})}
                 offset = unet_offset if phase == "unet" else 0
@@ -678,7 +678,8 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                 "yet); the same command with --resume latest goes on."
             )
         else:
-            save_pipeline_dir(components, base_dir, arch)
+            shutil.rmtree(ckpt.partial_of(base_dir), ignore_errors=True)  # of a killed export
+            save_pipeline_dir(components, ckpt.partial_of(base_dir), arch)
         summary = {
             "final_loss": {
                 phase: values[-1] if values else None for phase, values in losses.items()
@@ -692,9 +693,9 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             "device": device_name(accelerator),
             "config": asdict(config),
         }
-        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
         if not unet_untrained:
-            write_lineage(base_dir, earlier, lineage_entry(summary))
+            write_lineage(ckpt.partial_of(base_dir), earlier, lineage_entry(summary))
+        ckpt.commit_export(output_dir, summary, [] if unet_untrained else [base_dir])
     accelerator.wait_for_everyone()
     return None if unet_untrained else base_dir
 

@@ -6,12 +6,14 @@ A checkpoint is a folder `<output_dir>/checkpoints/step-0000500/` holding
   state.json          the loop's own state: step, loss history, mode flags, config
   rng-<process>.pt    each process's random states (python, numpy, torch, CUDA, named generators)
 It is written under a temporary name and renamed when complete, so a run killed while saving
-never leaves a half-written checkpoint for `--resume latest` to pick.
+never leaves a half-written checkpoint for `--resume latest` to pick. A run's export goes the same
+way (commit_export).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -51,18 +53,53 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     )
 
 
+def check_writable(output_dir: str | Path) -> None:
+    """Refuse an output folder that cannot be written now, not at the run's first checkpoint."""
+    folder = Path(output_dir).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(
+            f"Cannot write {output_dir}: {folder} is a file; choose another --output-dir."
+        )
+    if not os.access(folder, os.W_OK):
+        raise ValueError(
+            f"Cannot write in {folder} (read-only, or not this user's): choose another "
+            "--output-dir."
+        )
+
+
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`resume` is None, "latest" (the newest checkpoint of output_dir, if any) or a folder."""
+    """`resume` is None, "latest" (the newest checkpoint of output_dir, if any) or a folder.
+
+    A run is refused before it starts where it could not write its checkpoints, or where
+    output_dir holds checkpoints after the one resumed (after none: a fresh run, or one resumed
+    from another folder): pruning would delete them or this run's own, and a later
+    --resume latest would continue whichever run is ahead."""
+    check_writable(output_dir)
+    found = list_checkpoints(output_dir)
     if resume is None:
-        return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE).is_file():
-        raise FileNotFoundError(
-            f"{path} is not a checkpoint (no {STATE} in it). Checkpoints are the folders under "
-            f"{Path(output_dir) / CHECKPOINTS}; pass one of them, or --resume latest."
+        path = None
+    elif resume == "latest":
+        path = found[-1] if found else None
+    else:
+        path = Path(resume)
+        if not (path / STATE).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a checkpoint (no {STATE} in it). Checkpoints are the folders under "
+                f"{Path(output_dir) / CHECKPOINTS}; pass one of them, or --resume latest."
+            )
+    resolved = [checkpoint.resolve() for checkpoint in found]
+    start = resolved.index(path.resolve()) + 1 if path and path.resolve() in resolved else 0
+    if later := found[start:]:
+        whose = "another run's checkpoints"
+        if start:
+            whose = f"checkpoints past {found[start - 1].name}, the one this run resumes"
+        names = later[0].name if len(later) == 1 else f"{later[0].name} to {later[-1].name}"
+        raise ValueError(
+            f"{Path(output_dir) / CHECKPOINTS} holds {whose} ({len(later)}: {names}): continue "
+            "from the newest with --resume latest, or move them away (or choose another "
+            "--output-dir) first."
         )
     return path
 
@@ -104,6 +141,29 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     model.load_state_dict(weights)
 
 
+def partial_of(folder: Path) -> Path:
+    """Where a new `folder` is written before it is renamed into place."""
+    return folder.with_name(folder.name + ".partial")
+
+
+def put_in_place(partial: Path, folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def commit_export(output_dir: Path, summary: dict, folders: list[Path]) -> None:
+    """Rename a run's exported folders, each written as its partial_of, into place, then write
+    its training.json. The old training.json goes first and the new one comes last, so a run
+    killed in between reads as unfinished (its command with --resume latest exports again),
+    never as new weights beside an old record."""
+    record = output_dir / "training.json"
+    partial_of(record).write_text(json.dumps(summary, indent=2))
+    record.unlink(missing_ok=True)
+    for folder in folders:
+        put_in_place(partial_of(folder), folder)
+    partial_of(record).rename(record)
+
+
 def save_checkpoint(
     accelerator,
     directory: Path,
@@ -113,8 +173,9 @@ def save_checkpoint(
     generators: dict[str, torch.Generator],
     keep: int | None = None,
 ) -> Path:
-    """Write a checkpoint from every process (each saves its own random states)."""
-    partial = directory.with_name(directory.name + ".partial")
+    """Write a checkpoint from every process (each saves its own random states); then delete
+    the older ones beyond the newest `keep`, and what saves killed midway left."""
+    partial = partial_of(directory)
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -129,10 +190,14 @@ def save_checkpoint(
     torch.save(rng_state(generators), partial / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        shutil.rmtree(directory, ignore_errors=True)
-        partial.rename(directory)
-        if keep:
-            for old in list_checkpoints(directory.parent.parent)[:-keep]:
+        put_in_place(partial, directory)
+        for stale in directory.parent.glob("step-*.partial"):
+            shutil.rmtree(stale)
+        if keep:  # counted up to this one: a later checkpoint is never this run's to delete
+            older = [
+                p for p in list_checkpoints(directory.parent.parent) if p.name < directory.name
+            ]
+            for old in older[: max(0, len(older) + 1 - keep)]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return directory

@@ -15,8 +15,15 @@ import importlib
 import sys
 import types
 import typing
+from collections.abc import Callable
 
-from cnet.cli.options import positive_int
+from cnet.cli.options import (
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    share,
+)
 from cnet.engine import SAMPLERS
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
@@ -31,7 +38,8 @@ HELP = {
     "replay_share": "of one condition's synthetic examples: the share that shows the other "
     "conditions' maps in turn, so a fine-tune of the shared ControlNet keeps what they taught it",
     "synth_length": "scenes per synthetic epoch",
-    "resolution": "training image size (default: the base's native size)",
+    "resolution": "training image size, a multiple of how far the base's VAE and UNet scale "
+    "images down (default: the base's native size)",
     "proportion_empty_prompts": "share of prompts replaced by '' (the paper: 0.5)",
     "default_prompt_share": "share of those given the app's default prompt instead of '', so "
     "that it means no content (the automatic prompt mode's first pass)",
@@ -57,7 +65,8 @@ HELP = {
     "base_learning_rate": "learning rate of the unlocked base",
     "checkpoint_every": "save a resumable checkpoint every N steps",
     "checkpoints_to_keep": "delete older checkpoints beyond this many",
-    "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder",
+    "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder (a "
+    "run is refused where --output-dir holds checkpoints after the one it starts from)",
     "validate_every": "sample validation images every N steps (0: never)",
     "num_validation_images": "validation examples (from held-out data)",
     "validation_inference_steps": "sampler steps of validation images",
@@ -98,7 +107,8 @@ HELP = {
 }
 
 
-# Counts where 0 would divide by zero or mean nothing (--validate-every 0 does mean "never").
+# Every number a trainer takes is at least 0 (a share at most 1); these must be above it.
+# Counts where 0 would divide by zero or mean nothing (--validate-every 0 does mean "never"):
 AT_LEAST_ONE = {
     "batch_size",
     "vae_batch_size",
@@ -106,9 +116,28 @@ AT_LEAST_ONE = {
     "checkpoint_every",
     "checkpoints_to_keep",
     "num_validation_images",
+    "num_validation_scenes",
+    "num_test_scenes",
+    "validation_inference_steps",
+    "synth_length",
+    "corpus_examples",
+    "resolution",
+    "vae_crop_size",
     "workers",
     "pairs",
+    "steps",
 }
+# Rates and the time box, where 0 would train nothing:
+ABOVE_ZERO = {
+    "learning_rate",
+    "base_learning_rate",
+    "vae_learning_rate",
+    "unet_learning_rate",
+    "text_encoder_learning_rate",
+    "adam_epsilon",
+    "max_minutes",
+}
+SHARES = {"proportion_empty_prompts", "default_prompt_share", "replay_share", "adam_betas"}
 
 CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
@@ -116,6 +145,17 @@ CHOICES = {
     "validation_sampler": SAMPLERS,
     "architecture": ("small", "tiny"),
 }
+
+
+def number_type(name: str, kind: type) -> Callable[[str], object]:
+    """The argparse type of the config field `name`, of type `kind` (as it is, if not a number)."""
+    if name in SHARES:
+        return share
+    if kind is int:
+        return positive_int if name in AT_LEAST_ONE else non_negative_int
+    if kind is float:
+        return positive_number if name in ABOVE_ZERO else non_negative_number
+    return kind
 
 
 def add_config_flags(
@@ -144,13 +184,14 @@ def add_config_flags(
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(kind) is tuple:
-            options.update(nargs=len(typing.get_args(kind)), type=typing.get_args(kind)[0])
+            args = typing.get_args(kind)
+            options.update(nargs=len(args), type=number_type(field.name, args[0]))
         elif typing.get_origin(kind) is list:
-            options.update(nargs="+", type=typing.get_args(kind)[0])
-        elif field.name in AT_LEAST_ONE:
-            options.update(type=positive_int, metavar="N")
+            options.update(nargs="+", type=number_type(field.name, typing.get_args(kind)[0]))
         else:
-            options["type"] = kind
+            options["type"] = number_type(field.name, kind)
+            if kind is int:
+                options["metavar"] = "N"
         if required:
             parser.add_argument(flag, required=True, **options)
         else:
@@ -190,7 +231,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for command in (controlnet, base):
         command.add_argument(
             "--cpu-threads",
-            type=int,
+            type=positive_int,
             default=None,
             help="torch CPU threads (on a shared machine, fewer is often faster)",
         )
@@ -198,6 +239,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    from cnet.models import ModelMissingError
 
     if args.what in ("captioner", "decoder", "embedded"):
         module = importlib.import_module(f"cnet.train.{args.what}")
@@ -220,7 +263,15 @@ def run(args: argparse.Namespace) -> int:
             base_dir = train_base(config)
             if base_dir:
                 print(f"Base pipeline saved to {base_dir}")
+    except ModelMissingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(
+            f"error: {error} (check that --output-dir can be written and has room)", file=sys.stderr
+        )
+        return 1
     return 0

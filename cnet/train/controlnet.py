@@ -44,13 +44,15 @@ from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
-# What the model cards list for every stretch of a resumed run (see schedules_after_resume).
+# What the model cards list for every stretch of a resumed run (see schedules_after_resume);
+# all_links: the decoder links connected (False: small-scale, the middle block only).
 SCHEDULE_FIELDS = (
     "learning_rate",
     "batch_size",
     "gradient_accumulation_steps",
     "warmup_steps",
     "cooldown_steps",
+    "all_links",
 )
 
 
@@ -137,14 +139,22 @@ def load_base(base: str) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from cnet.models import missing_weights, model_missing
+
     base = base_folder(base)
-    return {
-        "vae": AutoencoderKL.from_pretrained(base, subfolder="vae"),
-        "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
-        "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
-        "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
-        "scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
-    }
+    detail = missing_weights(base, "base")
+    if detail:
+        raise model_missing(base, "The base model (--base)", detail, "base")
+    try:
+        return {
+            "vae": AutoencoderKL.from_pretrained(base, subfolder="vae"),
+            "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder"),
+            "tokenizer": CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+            "unet": UNet2DConditionModel.from_pretrained(base, subfolder="unet"),
+            "scheduler": DDPMScheduler.from_pretrained(base, subfolder="scheduler"),
+        }
+    except OSError as error:
+        raise model_missing(base, "The base model (--base)", str(error), "base") from error
 
 
 def read_architecture(path: Path):
@@ -193,6 +203,16 @@ def locked_dtype(accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
+
+
+def check_resolution(resolution: int, vae_config, unet_config) -> None:
+    """Refuse a training size the base's VAE and UNet cannot halve down to their last level."""
+    factor = 2 ** (len(vae_config.block_out_channels) - 1 + len(unet_config.block_out_channels) - 1)
+    if resolution % factor:
+        raise ValueError(
+            f"--resolution {resolution}: this base's VAE and UNet scale images down {factor} "
+            f"times, so it trains on multiples of {factor} px, the least {factor}."
+        )
 
 
 def device_name(accelerator) -> str:
@@ -454,17 +474,20 @@ def validate(accelerator, models: Models, examples: list[tuple], config: TrainCo
 
 def export(
     accelerator, models: Models, base_unlocked: bool, output_dir: Path, base: str
-) -> tuple[Path, Path | None]:
-    """The result: a ControlNetModel folder (and, after large-scale training, the new base)."""
+) -> list[Path]:
+    """The result, each folder written as its checkpoint.partial_of (for commit_export): a
+    ControlNetModel folder (and, after large-scale training, the new base)."""
     from diffusers import StableDiffusionPipeline
 
-    controlnet_dir = output_dir / "controlnet"
+    folders = [output_dir / "controlnet", *([output_dir / "base"] if base_unlocked else [])]
+    for folder in folders:
+        shutil.rmtree(ckpt.partial_of(folder), ignore_errors=True)  # of an export killed midway
     accelerator.unwrap_model(models.controlnet).save_pretrained(
-        controlnet_dir, safe_serialization=True
+        ckpt.partial_of(folders[0]), safe_serialization=True
     )
     if not base_unlocked:
-        return controlnet_dir, None
-    base_dir = output_dir / "base"
+        return folders
+    base_dir = ckpt.partial_of(folders[1])
     StableDiffusionPipeline(
         vae=models.vae,
         text_encoder=models.text_encoder,
@@ -478,7 +501,7 @@ def export(
     spec = Path(base_folder(base)) / "architecture.json"
     if spec.is_file():
         shutil.copy(spec, base_dir / spec.name)
-    return controlnet_dir, base_dir
+    return folders
 
 
 def no_sync(accelerator, models: list, skip: bool):
@@ -493,6 +516,7 @@ def no_sync(accelerator, models: list, skip: bool):
 def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
+    from diffusers import ControlNetModel
     from tqdm.auto import tqdm
 
     config = sampled_like_the_app(config, base_folder(config.base))
@@ -525,13 +549,14 @@ def train(config: TrainConfig) -> TrainResult:
 
     # The locked copy and the trainable copy.
     parts = load_base(config.base)
-    if config.controlnet:  # a folder, hub id, single file or low-rank difference, as the app reads
+    if resume_dir:  # the checkpoint holds the ControlNet: the start folder may be gone by now
+        controlnet = ControlNetModel.from_pretrained(resume_dir / "controlnet")
+    elif config.controlnet:  # a folder, hub id, single file or low-rank difference
         controlnet = load_controlnet(config.controlnet, base_folder(config.base), "float32", "cpu")
-        check_controlnet_fits(
-            controlnet.config, parts["unet"].config, f"--controlnet {config.controlnet}"
-        )
     else:
         controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
+    given = f"--resume {resume_dir}" if resume_dir else f"--controlnet {config.controlnet}"
+    check_controlnet_fits(controlnet.config, parts["unet"].config, given)  # a new one always does
     lock(parts["vae"], parts["text_encoder"], parts["unet"])
     controlnet.train()
     weight_dtype = locked_dtype(accelerator)
@@ -546,6 +571,7 @@ def train(config: TrainConfig) -> TrainResult:
     resolution = config.resolution or parts["unet"].config.sample_size * (
         2 ** (len(parts["vae"].config.block_out_channels) - 1)
     )
+    check_resolution(resolution, parts["vae"].config, parts["unet"].config)
 
     optimizer = torch.optim.AdamW(
         [{"params": list(controlnet.parameters()), "peak_lr": config.learning_rate}],
@@ -567,9 +593,10 @@ def train(config: TrainConfig) -> TrainResult:
         "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
     }
     step, losses, gains = 0, [], {}
-    schedules = [schedule_of(asdict(config), 0, SCHEDULE_FIELDS)]
+    settings = {**asdict(config), "all_links": connect_decoder}  # a resume may reconnect them
+    schedules = [schedule_of(settings, 0, SCHEDULE_FIELDS)]
     # Read once, at the start: the start folder may be gone (or re-exported) by a resume.
-    earlier = saved.get("lineage", read_lineage(config.controlnet))
+    earlier = saved["lineage"] if "lineage" in saved else read_lineage(config.controlnet)
     if resume_dir:
         if base_unlocked:
             unlock()  # the optimizer state to load has the base's parameter group
@@ -579,8 +606,10 @@ def train(config: TrainConfig) -> TrainResult:
         ckpt.load_checkpoint(accelerator, resume_dir, trained, {"optimizer": optimizer}, generators)
         step, losses = saved["step"], saved["losses"]
         gains = saved.get("control_gains", {})
-        schedules = schedules_after_resume(saved, asdict(config), SCHEDULE_FIELDS)
-        different = ckpt.changed_settings(saved["config"], asdict(config), ignore=("resume",))
+        schedules = schedules_after_resume(saved, settings, SCHEDULE_FIELDS)
+        different = ckpt.changed_settings(
+            saved["config"], asdict(config), ignore=("resume", "controlnet")
+        )
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
         if different:
             accelerator.print(f"Settings changed since that checkpoint (was, now): {different}")
@@ -702,7 +731,7 @@ def train(config: TrainConfig) -> TrainResult:
                     gains[str(step)] = control_gain(plain, held_out, connect_decoder)
                 progress.write(f"Control gain at step {step}: {gains[str(step)]:.5f}")
             accelerator.wait_for_everyone()
-        stopping = timebox.spent()
+        stopping = step < config.max_steps and timebox.spent()
         if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
             save(step)  # after validating: the checkpoint holds this step's control gain
         if stopping:
@@ -710,11 +739,10 @@ def train(config: TrainConfig) -> TrainResult:
             break
     progress.close()
 
-    controlnet_dir, new_base_dir = output_dir / "controlnet", None
+    controlnet_dir = output_dir / "controlnet"
+    new_base_dir = output_dir / "base" if base_unlocked else None
     if accelerator.is_main_process:
-        controlnet_dir, new_base_dir = export(
-            accelerator, models, base_unlocked, output_dir, config.base
-        )
+        folders = export(accelerator, models, base_unlocked, output_dir, config.base)
         summary = {
             "steps": step,
             "final_loss": losses[-1] if losses else None,
@@ -727,8 +755,8 @@ def train(config: TrainConfig) -> TrainResult:
             "map_versions": map_versions,
             "config": asdict(config),
         }
-        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
-        write_lineage(controlnet_dir, earlier, lineage_entry(summary))
+        write_lineage(ckpt.partial_of(controlnet_dir), earlier, lineage_entry(summary))
+        ckpt.commit_export(output_dir, summary, folders)
     accelerator.wait_for_everyone()
     return TrainResult(step, losses, controlnet_dir, new_base_dir)
 

@@ -30,7 +30,7 @@ from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
-from cnet.train.checkpoint import changed_settings
+from cnet.train.checkpoint import changed_settings, check_writable
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.schedule import lr_factor
 
@@ -269,6 +269,7 @@ def train(config: DecoderConfig) -> Path:
             "Give --pairs 2 or more (every 10th is held out), --steps 1 or more and "
             "--batch-size 2 or more (half sampled latents, half encoded images)."
         )
+    check_writable(config.output_dir)
     output_dir = Path(config.output_dir)
     pairs = sampled_pairs(config)
 
@@ -373,6 +374,11 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        print(
+            f"error: {error} (check that --output-dir can be written and has room)", file=sys.stderr
+        )
+        return 1
     print(
         f"Decoder saved to {result}; to use it: python -m cnet train embedded --install "
         f"{config.output_dir} --pack {config.model_dir}"
