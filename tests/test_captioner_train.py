@@ -270,3 +270,12 @@ def test_evaluate_reads_the_held_out_synthetic_test_scenes(tiny):
     assert report.count == 3
     assert {ref for ref, _ in report.mistakes} <= test_prompts
     assert report.accuracy == pytest.approx(1 - len(report.mistakes) / 3)
+
+
+@pytest.mark.parametrize("flag", ["--cpu-threads", "--scenes"])
+def test_counts_below_one_are_refused_on_the_command_line(flag, capsys):
+    from cnet.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "captioner", flag, "-1"])
+    assert "expected a whole number of at least 1" in capsys.readouterr().err

@@ -339,10 +339,13 @@ def test_a_card_lists_every_run_behind_the_weights(recipe, tiny_model_dir, tmp_p
     shared = recipe["controlnet-all"]
     finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
     config = {**asdict(shared.config), "default_prompt_share": 0.5}
-    schedule = {"from_step": 0, "learning_rate": 1e-4, "batch_size": 64}
+    schedule = {"from_step": 0, "learning_rate": 1e-4, "batch_size": 64, "all_links": False}
     run = {
         "steps": 600,
-        "schedules": [schedule, {**schedule, "from_step": 500, "cooldown_steps": 100}],
+        "schedules": [
+            schedule,
+            {**schedule, "from_step": 500, "cooldown_steps": 100, "all_links": True},
+        ],
         "connect_decoder": True,
         "base_unlocked": False,
         "mean_loss_last_100": 0.19,
@@ -359,7 +362,8 @@ def test_a_card_lists_every_run_behind_the_weights(recipe, tiny_model_dir, tmp_p
     assert (
         "- Every run behind these weights, oldest first:\n"
         "  1. an earlier model whose training is not recorded here.\n"
-        "  2. 600 steps on all maps, batch 64, AdamW learning rate 0.0001 from step 0; batch 64, "
+        "  2. 600 steps on all maps, batch 64, AdamW learning rate 0.0001, middle block only "
+        "(small-scale) from step 0; batch 64, "
         "AdamW learning rate 0.0001 falling to 0 over the last 100 steps from step 500, 50% empty "
         "prompts (50% of them the default prompt); control gain 0.2000 at step 600; "
         "1 x NVIDIA H200.\n"

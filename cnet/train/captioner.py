@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import save_file
 
 from cnet import captioner as cap
+from cnet.cli.options import positive_int
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
@@ -501,10 +502,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="CAPTIONER",
         help="do not train: measure this captioner (folder or hub id) on held-out test scenes",
     )
-    parser.add_argument("--scenes", type=int, default=200, help="test scenes for --evaluate")
+    parser.add_argument(
+        "--scenes", type=positive_int, default=200, help="test scenes for --evaluate"
+    )
     parser.add_argument(
         "--cpu-threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (on a shared machine, fewer is often faster)",
     )
@@ -532,5 +535,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full or read-only disk
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"Captioner saved to {result.captioner_dir} (test accuracy {result.accuracy:.3f})")
     return 0

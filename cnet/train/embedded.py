@@ -375,7 +375,8 @@ def describe_schedules(summary: dict) -> str:
         batch = f"{s['batch_size']} x {accumulation}" if accumulation > 1 else s["batch_size"]
         cooldown = s.get("cooldown_steps")
         falling = f" falling to 0 over the last {cooldown} steps" if cooldown else ""
-        return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}{falling}"
+        small = ", middle block only (small-scale)" if s.get("all_links") is False else ""
+        return f"batch {batch}, AdamW learning rate {s['learning_rate']:g}{falling}{small}"
 
     if len(schedules) == 1:
         text = settings(schedules[0])
