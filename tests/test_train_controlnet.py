@@ -402,11 +402,13 @@ def test_a_run_resumed_with_a_new_rate_and_batch_lists_both_stretches(
     tiny_model_dir, fill50k_dir, tmp_path
 ):
     from cnet.train.embedded import describe_schedules
+    from cnet.train.lineage import recorded_runs
 
     train(config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, checkpoint_every=1))
     faster = dict(max_steps=2, learning_rate=5e-4, batch_size=4, resume="latest")
     train(config(tiny_model_dir, fill50k_dir, tmp_path, **faster))
     summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["base_lineage"] == recorded_runs(tiny_model_dir / "base")  # the base it steers
     assert [
         (s["from_step"], s["learning_rate"], s["batch_size"]) for s in summary["schedules"]
     ] == [

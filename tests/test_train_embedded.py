@@ -734,3 +734,17 @@ def test_install_refuses_a_decoder_of_a_vae_of_another_shape(recipe, tiny_model_
     (run / "lineage.json").write_text(json.dumps([*earlier, {"trainer": "decoder"}]))
     with pytest.raises(ValueError, match="another base.*block_out_channels"):
         install(run, out)
+
+
+def test_pack_names_a_controlnet_trained_on_an_earlier_base(recipe, tiny_model_dir, tmp_path):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    record = recipe["controlnet-all"].run_dir / "training.json"
+    summary = json.loads(record.read_text())
+    record.write_text(json.dumps({**summary, "base_lineage": recorded_runs(recipe["base"].result)}))
+    pack(recipe, tmp_path / "first")  # trained on this base: packed
+    base_record = recipe["base"].result / "lineage.json"  # the base trained again since
+    base_record.write_text(json.dumps([{"trainer": "base", "steps": 9}]))
+    with pytest.raises(ValueError, match="trained on an earlier base.*--only controlnet-all"):
+        pack(recipe, tmp_path / "second")
+    assert not (tmp_path / "second").exists()

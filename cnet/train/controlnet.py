@@ -37,7 +37,7 @@ from cnet.models import check_controlnet_fits, load_controlnet
 from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, synthetic_maps
-from cnet.train.lineage import last_gain, read_lineage, run_record, write_lineage
+from cnet.train.lineage import last_gain, read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
@@ -753,6 +753,7 @@ def train(config: TrainConfig) -> TrainResult:
             "device": device_name(accelerator),
             "schedules": schedules,
             "map_versions": map_versions,
+            "base_lineage": recorded_runs(base_folder(config.base)),  # which base it steers
             "config": asdict(config),
         }
         write_lineage(ckpt.partial_of(controlnet_dir), earlier, lineage_entry(summary))

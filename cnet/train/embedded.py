@@ -634,6 +634,18 @@ def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) 
     return missing
 
 
+def check_same_base(stage: Stage, base: Stage) -> None:
+    """Refuse a ControlNet trained on an earlier state of the base (trained again since): it
+    would steer a UNet it never saw. Runs from before the base was recorded pass."""
+    summary = json.loads((stage.run_dir / "training.json").read_text())
+    if "base_lineage" in summary and summary["base_lineage"] != recorded_runs(base.result):
+        raise ValueError(
+            f"{stage.result} was trained on an earlier base than the one in {base.result} "
+            f"(trained again since): remove {stage.run_dir} (and the fine-tunes of it) and train "
+            f"it again, --runs {stage.run_dir.parent} --only {stage.name}"
+        )
+
+
 def pack_into(
     staging: Path, recipe: dict[str, Stage], metrics: dict, metrics_path: Path | None
 ) -> list[str]:
@@ -647,6 +659,8 @@ def pack_into(
         to_float16(shared)  # the others' differences are from the weights it ships with
     missing, shared_serves = [], []
     for name, stage in recipe.items():
+        if name.startswith("controlnet-") and stage.finished():
+            check_same_base(stage, base)
         if stage.ships_as is None:
             continue
         if not stage.finished():
