@@ -3,56 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
+def checked_number(kind: type, fits: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
+    """An argparse type: `kind(text)` where `fits` it, else an error saying `wanted`."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not fits(value):  # NaN fits no comparison
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
-    return value
-
-
-def positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:  # also NaN
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
-
-
-def non_negative_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also NaN
-        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
-    return value
-
-
-def share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:  # also NaN
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
-    return value
+positive_int = checked_number(int, lambda value: value >= 1, "a whole number of at least 1")
+non_negative_int = checked_number(int, lambda value: value >= 0, "a whole number of at least 0")
+positive_number = checked_number(float, lambda value: value > 0, "a number above 0")
+non_negative_number = checked_number(float, lambda value: value >= 0, "a number of at least 0")
+share = checked_number(float, lambda value: 0 <= value <= 1, "a share from 0 to 1")
 
 
 def controlnet_override(text: str) -> tuple[str, str]:
