@@ -50,9 +50,11 @@ def test_a_pair_holds_the_latent_that_decodes_to_the_engines_image(engine, tmp_p
 
 
 def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path, capsys, monkeypatch
 ):
     from diffusers import AutoencoderKL
+
+    from cnet.train import checkpoint as ckpt
 
     config = DecoderConfig(
         model_dir=str(tiny_model_dir), output_dir=str(tmp_path / "run"), pairs=4, resolution=64,
@@ -79,6 +81,16 @@ def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
     assert "Settings changed since that checkpoint (was, now): {'steps': (2, 3)}" in out
     assert (tmp_path / "run" / "pairs-0-of-1.pt").stat().st_mtime_ns == saved
     assert json.loads((tmp_path / "run" / "training.json").read_text())["steps"] == 3
+
+    # Killed while putting the export in place: the run reads as unfinished, never new weights
+    # beside the old record (or the old ones beside the new).
+    def killed(partial, folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "put_in_place", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(replace(config, steps=4))
+    assert not (tmp_path / "run" / "training.json").exists()
 
 
 def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(

@@ -18,7 +18,7 @@ Install: python -m cnet train embedded --install runs/decoder --pack assets/embe
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +30,7 @@ from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
-from cnet.train.checkpoint import changed_settings, check_writable
+from cnet.train.checkpoint import changed_settings, check_writable, commit_export, partial_of
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.schedule import lr_factor
 
@@ -338,7 +338,8 @@ def train(config: DecoderConfig) -> Path:
             save_whole(state, checkpoint)
 
     result = output_dir / "vae"
-    vae.save_pretrained(result)
+    shutil.rmtree(partial_of(result), ignore_errors=True)  # of an export killed midway
+    vae.save_pretrained(partial_of(result))
     summary = {
         "config": asdict(config),
         "steps": step,
@@ -348,7 +349,7 @@ def train(config: DecoderConfig) -> Path:
         "held_out_l1_after": held_out_l1(vae, data, held_index),
         "device": f"1 x {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}",
     }
-    (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "training.json").unlink(missing_ok=True)  # unfinished until commit_export
     record = run_record(
         "decoder",
         {**summary, "config": {**summary["config"], "data": "synth"}},
@@ -356,6 +357,7 @@ def train(config: DecoderConfig) -> Path:
     )
     # What base/lineage.json becomes once vae/ replaces base/vae/.
     write_lineage(output_dir, read_lineage(vae_source.parent), record)
+    commit_export(output_dir, summary, [result])
     return result
 
 
