@@ -244,8 +244,9 @@ def test_stop_cancels_only_that_sessions_runs_in_that_tab():
     ],
 )
 def test_failures_reach_the_user_as_short_messages(error, message):
-    with pytest.raises(gr.Error, match=message), user_errors("Generation"):
+    with pytest.raises(gr.Error, match=message) as raised, user_errors("Generation"):
         raise error
+    assert raised.value.print_exception is False  # no traceback in the server log for them
 
 
 def test_command_line(monkeypatch, capsys):

@@ -45,6 +45,12 @@ NO_INPUT = {
 }
 
 
+def refusal(message: str) -> gr.Error:
+    """The one line a user reads; no traceback in the server log for what the user can mend
+    (an unexpected failure is logged in full by user_errors itself)."""
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
 def user_errors(action: str) -> Iterator[None]:
     """Turn failures into short messages for the browser (and the full story for the log)."""
@@ -53,16 +59,16 @@ def user_errors(action: str) -> Iterator[None]:
     except gr.Error:
         raise
     except (ImageInputError, ModelMissingError, BackendUnavailable) as error:
-        raise gr.Error(str(error)) from None
+        raise refusal(str(error)) from None
     except ValueError as error:
-        raise gr.Error(f"{action} failed: {error}") from None
+        raise refusal(f"{action} failed: {error}") from None
     except Exception as error:
         # Only a loaded captioner module can have raised its error; importing it costs seconds.
         captioner = sys.modules.get("cnet.captioner")
         if captioner is not None and isinstance(error, captioner.CaptionerUnavailable):
-            raise gr.Error(str(error)) from None
+            raise refusal(str(error)) from None
         log.exception("%s failed", action)
-        raise gr.Error(
+        raise refusal(
             f"{action} failed ({type(error).__name__}: {error}). The server log has the details."
         ) from None
 
@@ -271,12 +277,12 @@ class AppEvents:
         availability = backend.availability()
         if not availability.ok:
             if required:
-                raise gr.Error(f"{backend.label} is not available: {availability.reason}")
+                raise refusal(f"{backend.label} is not available: {availability.reason}")
             return None, []  # the tab's panel says why
         source = detector_input(backend, inputs)
         if source is None:
             if required:
-                raise gr.Error(no_input_message(condition, backend, inputs))
+                raise refusal(no_input_message(condition, backend, inputs))
             return None, []
         params = backend_params(backend, values)
         settings = dict(params, detect_resolution=int(detect_resolution))
