@@ -63,12 +63,13 @@ def _open(
             image = Image.open(path)
         stored = image.size
         _check_pixels(*stored)
-        if _orientation(image) in (5, 6, 7, 8):  # stored on its side; shown turned upright
+        orientation = _orientation(image)
+        if orientation in (5, 6, 7, 8):  # stored on its side; shown turned upright
             stored = stored[::-1]
         if max_pixels and image.width * image.height > max_pixels:
             scale = math.sqrt(max_pixels / (image.width * image.height))
             image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
-        if image.format == "PNG" and _orientation(image) == 1 and _colour_16_bit(path):
+        if image.format == "PNG" and orientation == 1 and _colour_16_bit(path):
             array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if array is not None:
                 return cv2.cvtColor(array, BGR_TO_RGB[array.shape[2]]), stored

@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from cnet.cli.options import positive_int
-from cnet.cli.reading import read_picture
+from cnet.cli.reading import read_input
 from cnet.conditions import (
     CONDITIONS,
     Backend,
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         params = _params(backend, args.param)
         output = _output_path(args.input, args.output, condition.key)
-        source = args.input if backend.accepts == "openpose_json" else read_picture(args.input)
+        source = read_input(args.input, backend)
         control = detect(
             condition.key,
             source,

@@ -88,7 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _control_map(args: argparse.Namespace, resolution: int):
-    from cnet.cli.reading import read_picture
+    from cnet.cli.reading import read_input, read_picture
     from cnet.conditions import CONDITIONS, detect
     from cnet.imageio import to_rgb_array
 
@@ -101,7 +101,7 @@ def _control_map(args: argparse.Namespace, resolution: int):
         condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
     )
     print(f"{condition.label} map by {backend.label} ({backend.name})", file=sys.stderr)
-    source = args.detect if backend.accepts == "openpose_json" else read_picture(args.detect)
+    source = read_input(args.detect, backend)
     return detect(
         args.condition,
         source,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 
+from cnet.conditions import Backend
 from cnet.imageio import load_image
 
 
@@ -16,3 +18,9 @@ def read_picture(path: str) -> np.ndarray:
     for notice in loaded.notices:
         print(f"note: {notice}", file=sys.stderr)
     return loaded.array
+
+
+def read_input(path: str, backend: Backend) -> Any:
+    """What `backend` detects from for the file `path`: a keypoints file as its path, a picture
+    through read_picture."""
+    return path if backend.accepts == "openpose_json" else read_picture(path)
