@@ -70,6 +70,16 @@ ProgressFn = Callable[[int, int], None]
 log = logging.getLogger(__name__)
 
 
+def check_long_side(height: int, width: int, resolution: int) -> None:
+    """Refuse a control map whose long side at `resolution` (its short side) passes MAX_SIDE."""
+    long_side = max(height, width) * resolution / min(height, width)
+    if long_side > MAX_SIDE:
+        raise ValueError(
+            f"A {width}x{height} control map at resolution {resolution} would be "
+            f"{long_side:.0f} px long; the limit is {MAX_SIDE}. Crop it or lower the resolution."
+        )
+
+
 class GenerationCancelled(RuntimeError):
     """The caller set the cancel event; no images were returned."""
 
@@ -481,14 +491,7 @@ class Engine:
         multiple = 8 * self.pipeline.vae_scale_factor
         resolution = request.resolution or self.preset.resolution
         resolution = max(multiple, round(resolution / multiple) * multiple)
-        height, width = request.control_image.shape[:2]
-        long_side = max(height, width) * resolution / min(height, width)
-        if long_side > MAX_SIDE:
-            raise ValueError(
-                f"A {width}x{height} control map at resolution {resolution} would be "
-                f"{long_side:.0f} px long; the limit is {MAX_SIDE}. "
-                "Crop it or lower the resolution."
-            )
+        check_long_side(*request.control_image.shape[:2], resolution)
         return resize_to_resolution(request.control_image, resolution, multiple)
 
     def _sample(

@@ -9,14 +9,17 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnet import models
 from cnet.conditions import CONDITIONS, Availability, Backend, Param
 from cnet.engine import SAMPLERS, GenerationRequest, load_engine
 from cnet.imageio import ImageInputError
 from cnet.ui import build_demo
+from cnet.ui import components as checked
 from cnet.ui.blocks import backend_choice_label, param_control, settings_panel
 from cnet.ui.events import (
+    AppEvents,
     ControlMapCache,
     RunningJobs,
     backend_params,
@@ -233,6 +236,103 @@ def test_stop_cancels_only_that_sessions_runs_in_that_tab():
         assert canny.is_set() and again.is_set()
         assert not hough.is_set() and not bob.is_set()
     assert not jobs.cancel("alice", "canny")
+
+
+class Preview:
+    """A tab's preview event as the browser sends it: raw payloads, the control changed, one
+    session; the map it answers (None: cleared, SKIP: left as it was) and the notices shown."""
+
+    def __init__(self, demo: gr.Blocks, key: str, monkeypatch: pytest.MonkeyPatch):
+        event = next(fn for fn in demo.fns.values() if fn.name == f"preview_{key}")
+        self.fn = event.fn
+        self.components = dict(zip(event.input_parameter_names, event.inputs, strict=True))
+        self.payloads = {
+            name: component.value
+            if isinstance(component, (gr.Slider, gr.Number, gr.Dropdown))
+            else None
+            for name, component in self.components.items()
+        }
+        self.notices: list[str] = []
+        monkeypatch.setattr("cnet.ui.events.show_notices", self.notices.extend)
+
+    def change(self, name: str, payload) -> object:
+        if isinstance(payload, Path):
+            payload = {"path": str(payload), "meta": {"_type": "gradio.FileData"}}
+        self.payloads[name] = payload
+        event = gr.EventData(self.components[name], {})
+        request = gr.Request(session_hash="one-browser")
+        return self.fn(request, event, **self.payloads)
+
+
+SKIP = gr.skip()
+
+
+def photo(path: Path, size: tuple[int, int] = (96, 64)) -> Path:
+    picture = np.zeros((size[1], size[0], 3), np.uint8)
+    picture[size[1] // 4 : size[1] // 2, size[0] // 4 : size[0] // 2] = 255
+    Image.fromarray(picture).save(path)
+    return path
+
+
+def test_preview_waits_while_a_number_is_typed_and_refuses_a_fraction(demo, monkeypatch, tmp_path):
+    preview = Preview(demo, "canny", monkeypatch)
+    assert preview.change("resolution", 128) is None  # no input yet: no map
+    assert preview.change("image", photo(tmp_path / "a.png")).shape == (128, 192, 3)
+    assert preview.change("resolution", None) == SKIP  # emptied, a number on its way
+    assert preview.change("resolution", 2) == SKIP  # the "2" of "256"
+    assert preview.change("resolution", 256).shape == (256, 384, 3)
+    with pytest.raises(gr.Error, match="Low threshold: 50.5 is not a whole number"):
+        preview.change("canny_low_threshold", 50.5)
+
+
+def test_preview_names_a_bad_value_left_in_a_box_when_another_input_changes(
+    demo, monkeypatch, tmp_path
+):
+    preview = Preview(demo, "canny", monkeypatch)
+    assert preview.change("resolution", 2) == SKIP
+    with pytest.raises(gr.Error, match="Resolution .short side.: 2 is out of range"):
+        preview.change("image", photo(tmp_path / "a.png"))
+
+
+def test_preview_reads_only_the_chosen_preprocessors_controls(demo, monkeypatch, tmp_path):
+    preview = Preview(demo, "scribble", monkeypatch)
+    preview.change("resolution", 128)
+    preview.change("preprocessor", "drawing")
+    assert preview.change("fake_scribble_edge_strength", 7.5) == SKIP  # hidden: nothing changes
+    assert preview.change("image", photo(tmp_path / "a.png")).shape == (128, 192, 3)
+    with pytest.raises(gr.Error, match="Edge threshold: 7.5 is out of range"):
+        preview.change("preprocessor", "fake_scribble")
+
+
+def test_preview_answers_a_repeated_request_once_and_tells_an_inputs_notices_once(
+    demo, monkeypatch, tmp_path
+):
+    preview = Preview(demo, "canny", monkeypatch)
+    big = photo(tmp_path / "big.png", size=(4800, 4000))
+    assert preview.change("image", big) is not SKIP
+    assert preview.change("image", big) == SKIP  # Gradio fires .change twice on a replace
+    assert len(preview.notices) == 1 and "scaled down" in preview.notices[0]
+    assert preview.change("canny_low_threshold", 101) is not SKIP
+    assert preview.change("image", photo(tmp_path / "small.png")) is not SKIP
+    assert preview.change("image", big) is not SKIP
+    assert len(preview.notices) == 2
+
+
+def test_a_map_too_long_for_the_engine_is_refused_when_it_is_made(engine, tmp_path):
+    events = AppEvents(engine)
+    thin = photo(tmp_path / "thin.png", size=(3000, 10))
+    with pytest.raises(gr.Error, match="38400 px long; the limit is 2048"):
+        events.shown_map(CONDITIONS["canny"], True, "canny", 128, 128, image=str(thin))
+
+
+def test_a_payload_of_the_wrong_shape_names_the_control_and_what_it_takes():
+    image = checked.Image(label="Input image", type="filepath")
+    with pytest.raises(gr.Error, match="Input image: expected an image file, handle_file"):
+        image.data_model.model_validate("not a file")
+    assert image.api_info() == gr.Image(type="filepath").api_info()
+    pad = checked.ImageEditor(label="Sketch", type="numpy")
+    bare = {"path": "drawing.png", "meta": {"_type": "gradio.FileData"}}
+    assert pad.data_model.model_validate(bare).background.path == "drawing.png"
 
 
 @pytest.mark.parametrize(

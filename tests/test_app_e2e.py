@@ -130,6 +130,13 @@ def test_detect_from_the_wrong_input_says_which_one_is_read(client, inputs):
     assert 'does not read image; preprocessor "none"' in str(error.value)
 
 
+def test_a_payload_of_the_wrong_shape_is_named_and_a_bare_drawing_is_read(client, inputs):
+    with pytest.raises(AppError, match="Input image: expected an image file, handle_file"):
+        client.predict(image="not a file", api_name="/detect_canny")
+    drawing = read(client.predict(image=handle_file(inputs["ink"]), api_name="/detect_scribble"))
+    assert drawing.any()
+
+
 def test_bad_settings_come_back_as_a_message(client, inputs):
     with pytest.raises(AppError, match="(?i)control start"):
         settings = dict(FAST, control_start=0.8, control_end=0.2)

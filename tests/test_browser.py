@@ -140,3 +140,27 @@ def test_sliders_changed_by_keyboard_update_the_preview(app_url: str, page, tmp_
     box.press("Enter")
     map_width_becomes(256)
     assert page.locator(".toast-body").all_inner_texts() == []
+
+
+def test_an_unreadable_upload_over_a_picture_clears_the_map_with_one_message(
+    app_url: str, page, tmp_path: Path
+):
+    photo = np.zeros((64, 64, 3), dtype=np.uint8)
+    photo[16:48, 20:44] = 255
+    Image.fromarray(photo).save(tmp_path / "square.png")
+    (tmp_path / "notes.png").write_bytes(b"this is not an image")
+    page.goto(app_url)
+    page.wait_for_load_state("networkidle")
+    page.get_by_role("tab", name="Canny").click()
+    upload = page.locator("#canny-input input[type=file]")
+    upload.set_input_files(str(tmp_path / "square.png"))
+    preview = page.locator("#canny-map img")
+    preview.first.wait_for(state="visible")
+
+    upload.set_input_files(str(tmp_path / "notes.png"))  # replacing fires .change twice
+    preview.first.wait_for(state="detached")
+    message = page.locator(".toast-body").first
+    message.wait_for(state="visible")
+    page.wait_for_load_state("networkidle")
+    assert message.inner_text().count("not an image this app can read") == 1
+    assert page.locator(".toast-body").count() == 1

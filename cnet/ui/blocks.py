@@ -190,7 +190,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         concurrency_id="detect",
     )
     # `.change` also fires on arrow keys and typed digits, which `.release` misses.
-    gr.on(
+    preview = gr.on(
         triggers=[component.change for component in map_inputs.values()],
         fn=events.preview_fn(condition, map_inputs),
         inputs_kwargs=map_inputs,
@@ -201,6 +201,8 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         trigger_mode="always_last",
         concurrency_id="detect",
     )
+    # A map that could not be made for the inputs shown must not stay as if it had been.
+    preview.failure(no_map, outputs=control_map, api_visibility="private", queue=False)
     generation = gr.on(
         triggers=[run.click, prompt.submit],
         fn=events.generate_fn(condition),
@@ -211,6 +213,10 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
     )
     stop.click(events.stop_fn(condition), cancels=[generation], api_name=f"stop_{key}", queue=False)
     return generation
+
+
+def no_map() -> None:
+    return None
 
 
 def input_components(condition: Condition) -> Controls:

@@ -10,6 +10,10 @@ with no message at all. `checked(component)` wraps one component's `preprocess` 
 The components stay Gradio's own classes: a subclass would get its own frontend id (the sketch
 pad then draws but sends no strokes) and Gradio would write a .pyi stub next to this file.
 
+Gradio also checks a file's payload against the component's data model before `preprocess`, with
+pydantic's message ("1 validation error for ImageData ..."); `checked` names the control and the
+payload it takes there too, and lets the sketch pad take a bare image file as its background.
+
 Policy, the same for every number: a value out of range is refused, never clamped.
 """
 
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gradio as gr
+import pydantic
 from PIL import Image as PILImage
 
 C = TypeVar("C", bound=gr.components.Component)
@@ -33,6 +38,26 @@ def whole_numbers_only(component: gr.Slider | gr.Number) -> bool:
     return all(float(value).is_integer() for value in (component.minimum, component.step))
 
 
+def is_number(payload: Any) -> bool:
+    number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
+    return number and math.isfinite(payload)
+
+
+def out_of_range(component: gr.Slider | gr.Number, payload: float) -> bool:
+    low, high = component.minimum, component.maximum
+    return (low is not None and payload < low) or (high is not None and payload > high)
+
+
+def unfinished_number(component: gr.components.Component, payload: Any) -> bool:
+    """A number box as it is while a number is typed: emptied, or out of range on the way to
+    a number in range ("2" of "256")."""
+    if not isinstance(component, (gr.Slider, gr.Number)):
+        return False
+    if payload is None or payload == "":
+        return True
+    return is_number(payload) and out_of_range(component, payload)
+
+
 def number_problem(component: gr.Slider | gr.Number) -> Problem:
     low, high = component.minimum, component.maximum
     whole = whole_numbers_only(component)
@@ -40,10 +65,9 @@ def number_problem(component: gr.Slider | gr.Number) -> Problem:
     wanted = kind if low is None or high is None else f"{kind} from {low} to {high}"
 
     def problem(payload: Any) -> str | None:
-        number = isinstance(payload, (int, float)) and not isinstance(payload, bool)
-        if not number or not math.isfinite(payload):
+        if not is_number(payload):
             return f"expected {wanted}, got {payload!r:.40}."
-        if (low is not None and payload < low) or (high is not None and payload > high):
+        if out_of_range(component, payload):
             return f"{payload} is out of range; choose {wanted}."
         if whole and not float(payload).is_integer():
             return f"{payload} is not a whole number; choose {wanted}."
@@ -93,13 +117,52 @@ def problem_for(component: gr.components.Component) -> Problem | None:
     return None  # files and images: Gradio's own reading is the check
 
 
+def payload_shape(component: gr.components.Component) -> str:
+    """What an API client sends for a file-like component."""
+    if isinstance(component, gr.ImageEditor):
+        return 'a sketch pad value, {"background": handle_file(path), "layers": []}'
+    if isinstance(component, gr.Image):
+        return "an image file, handle_file(path)"
+    return "a file, handle_file(path)"
+
+
+def check_payload_model(component: gr.components.Component) -> None:
+    """Validate `component`'s payloads with a data model that refuses a wrong one naming the
+    control, and reads a bare file given to the sketch pad as its background."""
+    model = getattr(component, "data_model", None)
+    if model is None:
+        return
+    sketch_pad = isinstance(component, gr.ImageEditor)
+
+    def model_validate(cls: type, payload: Any, *args: Any, **kwargs: Any) -> Any:
+        if sketch_pad and isinstance(payload, dict) and "path" in payload:
+            payload = {"background": payload}
+        try:
+            return model.model_validate(payload, *args, **kwargs)
+        except pydantic.ValidationError:
+            message = f"expected {payload_shape(component)}, got {payload!r:.40}."
+            raise gr.Error(f"{label(component)}: {message}", print_exception=False) from None
+
+    # A subclass keeps the model's name and fields, so the API's schema is unchanged.
+    component.data_model = type(  # type: ignore[misc]
+        model.__name__,
+        (model,),
+        {"__module__": model.__module__, "model_validate": classmethod(model_validate)},
+    )
+
+
+def label(component: gr.components.Component) -> str:
+    return component.label or "A setting"
+
+
 def checked(component: C) -> C:
     """Make every failure of `component.preprocess` a gr.Error that names the control."""
     preprocess = component.preprocess
     problem = problem_for(component)
+    check_payload_model(component)
 
     def checked_preprocess(payload: Any) -> Any:
-        name = component.label or "A setting"
+        name = label(component)
         found = problem(payload) if problem is not None else None
         if found:
             raise gr.Error(f"{name}: {found}", print_exception=False)

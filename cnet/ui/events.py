@@ -28,8 +28,10 @@ from cnet.engine import (
     GenerationCancelled,
     GenerationRequest,
     ModelMissingError,
+    check_long_side,
 )
 from cnet.imageio import ImageInputError, load_image
+from cnet.ui.components import unfinished_number
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,31 @@ def no_input_message(condition: Condition, backend: Backend, inputs: Mapping[str
     return message
 
 
+def map_input_names(backend: Backend) -> list[str]:
+    """The tab inputs a control map from `backend` depends on."""
+    params = [param_input_name(backend, param.name) for param in backend.params]
+    return [input_name(backend), "preprocessor", "detect_resolution", "resolution", *params]
+
+
+def file_paths(payloads: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """The `names` payloads with each file reduced to its path, whose content `fingerprint`
+    reads: the same upload can arrive with other URLs or metadata."""
+
+    def reduce(item: Any) -> Any:
+        if isinstance(item, dict):
+            return item.get("path") if "path" in item else {k: reduce(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [reduce(element) for element in item]
+        return item
+
+    return {name: reduce(payloads.get(name)) for name in names}
+
+
+def without_strokes(value: Any) -> Any:
+    """The uploaded picture of a sketch pad's value (what a notice about the input is about)."""
+    return value.get("background") if isinstance(value, dict) else value
+
+
 def read_upload(backend: Backend, value: Any) -> tuple[Any, list[str]]:
     """The detector input with uploads read and capped in size (cnet.imageio.load_image), and
     the notices saying what was changed. Keypoint files pass through as paths."""
@@ -224,6 +251,34 @@ class ControlMapCache:
         return control_map
 
 
+class PreviewRequests:
+    """What each browser tab's preview was last asked, and from which input, by (session, tab);
+    the oldest sessions are forgotten first."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._requests: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._inputs: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _is_new(
+        self, memory: OrderedDict[tuple[str, str], str], who: tuple[str, str], key: str
+    ) -> bool:
+        with self._lock:
+            new = memory.get(who) != key
+            memory[who] = key
+            memory.move_to_end(who)
+            while len(memory) > self.size:
+                memory.popitem(last=False)
+            return new
+
+    def is_new_request(self, who: tuple[str, str], key: str) -> bool:
+        return self._is_new(self._requests, who, key)
+
+    def is_new_input(self, who: tuple[str, str], key: str) -> bool:
+        return self._is_new(self._inputs, who, key)
+
+
 class RunningJobs:
     """The cancel flags of the runs going on, by browser session (or API client) and tab, so a
     tab's Stop ends only that person's runs in that tab."""
@@ -260,6 +315,7 @@ class AppEvents:
     def __init__(self, engine: Engine, cache_size: int = 16):
         self.engine = engine
         self.maps = ControlMapCache(cache_size)
+        self.previews = PreviewRequests()
         self.jobs = RunningJobs()
 
     def control_map(
@@ -291,7 +347,9 @@ class AppEvents:
 
         def make() -> tuple[np.ndarray, list[str]]:
             read, notices = read_upload(backend, source)
-            return detect(condition.key, read, backend=backend.name, **settings), notices
+            control_map = detect(condition.key, read, backend=backend.name, **settings)
+            check_long_side(*control_map.shape[:2], settings["image_resolution"])
+            return control_map, notices
 
         control_map, notices = self.maps.get_or_make(key, make)
         return control_map, list(notices)
@@ -344,21 +402,50 @@ class AppEvents:
     def preview_fn(
         self, condition: Condition, components: Mapping[str, gr.components.Component]
     ) -> Callable[..., Any]:
-        """The browser's live preview, for an event with `preprocess=False`: it reads the raw
-        `components` values itself, so a number being typed ("2" on the way to "256", or an
-        emptied box) leaves the map as it is instead of raising a toast at every keystroke. No
-        input clears the map; every other problem is told as `/detect_<key>` tells it."""
+        """The browser's live preview, for an event with `preprocess=False` on the `.change` of
+        every one of `components`. It reads only what the chosen preprocessor uses, so a change
+        to another preprocessor's (hidden) controls changes nothing. A number being typed into
+        the changed box ("2" on the way to "256", or an emptied box) leaves the map as it is
+        instead of raising a toast at every keystroke; every other problem (a fraction, a bad
+        value left in another box, an unreadable upload) is told as `/detect_<key>` tells it,
+        and the event's `.failure` clears the map. No input clears the map too. The same request
+        twice in a row (replacing an image fires `.change` twice) is answered once, and an
+        input's notices ("scaled down") are shown when the input is new, not at every change."""
 
-        def preview(**payloads: Any) -> Any:
+        def preview(request: gr.Request, event: gr.EventData, **payloads: Any) -> Any:
+            chosen = preprocessed(components["preprocessor"], payloads["preprocessor"])
+            backend = backend_named(condition, chosen)
+            names = map_input_names(backend)
+            changed = getattr(event.target, "_id", None)
+            if changed not in {components[name]._id for name in names}:
+                return gr.skip()
+            who = (request.session_hash or "anonymous", condition.key)
+            if not self.previews.is_new_request(who, fingerprint(file_paths(payloads, names))):
+                return gr.skip()
             values = {}
-            for name, payload in payloads.items():
+            for name in names:
+                component = components[name]
                 try:
-                    values[name] = preprocessed(components[name], payload)
+                    values[name] = preprocessed(component, payloads[name])
                 except gr.Error:
-                    if isinstance(components[name], (gr.Slider, gr.Number)):
+                    if component._id == changed and unfinished_number(component, payloads[name]):
                         return gr.skip()
                     raise
-            return self.shown_map(condition, False, **values)
+            inputs = {"image": values.get("image"), "openpose_json": values.get("openpose_json")}
+            with user_errors("Making the control map"):
+                control_map, notices = self.control_map(
+                    condition,
+                    inputs,
+                    values["preprocessor"],
+                    values["detect_resolution"],
+                    values["resolution"],
+                    values,
+                    required=False,
+                )
+            source = fingerprint(without_strokes(values[input_name(backend)]))
+            if self.previews.is_new_input(who, source):
+                show_notices(notices)
+            return control_map
 
         preview.__name__ = f"preview_{condition.key}"
         return preview
