@@ -323,6 +323,10 @@ def test_a_map_too_long_for_the_engine_is_refused_when_it_is_made(engine, tmp_pa
     thin = photo(tmp_path / "thin.png", size=(3000, 10))
     with pytest.raises(gr.Error, match="38400 px long; the limit is 2048"):
         events.shown_map(CONDITIONS["canny"], True, "canny", 128, 128, image=str(thin))
+    # 4:1 at resolution 520 is made (and rendered) at 512 x 2048, within the limit.
+    wide = photo(tmp_path / "wide.png", size=(400, 100))
+    made = events.shown_map(CONDITIONS["canny"], True, "canny", 128, 520, image=str(wide))
+    assert made.shape[:2] == (512, 2048)
 
 
 def test_a_payload_of_the_wrong_shape_names_the_control_and_what_it_takes():

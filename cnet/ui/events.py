@@ -348,7 +348,8 @@ class AppEvents:
         def make() -> tuple[np.ndarray, list[str]]:
             read, notices = read_upload(backend, source)
             control_map = detect(condition.key, read, backend=backend.name, **settings)
-            check_long_side(*control_map.shape[:2], settings["image_resolution"])
+            # The map is already at the resolution's size, rounded as the engine rounds it.
+            check_long_side(*control_map.shape[:2], min(control_map.shape[:2]))
             return control_map, notices
 
         control_map, notices = self.maps.get_or_make(key, make)
