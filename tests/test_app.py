@@ -239,8 +239,8 @@ def test_stop_cancels_only_that_sessions_runs_in_that_tab():
 
 
 class Preview:
-    """A tab's preview event as the browser sends it: raw payloads, the control changed, one
-    session; the map it answers (None: cleared, SKIP: left as it was) and the notices shown."""
+    """A tab's preview event as the browser sends it: raw payloads, one session; the map it
+    answers (None: cleared, SKIP: left as it was) and the notices shown."""
 
     def __init__(self, demo: gr.Blocks, key: str, monkeypatch: pytest.MonkeyPatch):
         event = next(fn for fn in demo.fns.values() if fn.name == f"preview_{key}")
@@ -254,14 +254,13 @@ class Preview:
         }
         self.notices: list[str] = []
         monkeypatch.setattr("cnet.ui.events.show_notices", self.notices.extend)
+        self.session = f"browser-{id(self)}"  # a page just loaded
 
     def change(self, name: str, payload) -> object:
         if isinstance(payload, Path):
             payload = {"path": str(payload), "meta": {"_type": "gradio.FileData"}}
         self.payloads[name] = payload
-        event = gr.EventData(self.components[name], {})
-        request = gr.Request(session_hash="one-browser")
-        return self.fn(request, event, **self.payloads)
+        return self.fn(gr.Request(session_hash=self.session), **self.payloads)
 
 
 SKIP = gr.skip()
@@ -333,6 +332,8 @@ def test_a_payload_of_the_wrong_shape_names_the_control_and_what_it_takes():
     image = checked.Image(label="Input image", type="filepath")
     with pytest.raises(gr.Error, match="Input image: expected an image file, handle_file"):
         image.data_model.model_validate("not a file")
+    with pytest.raises(gr.Error, match="Input image: expected an image file"):
+        image.data_model.model_validate({"url": "x", "meta": {"_type": "gradio.FileData"}})
     assert image.api_info() == gr.Image(type="filepath").api_info()
     pad = checked.ImageEditor(label="Sketch", type="numpy")
     bare = {"path": "drawing.png", "meta": {"_type": "gradio.FileData"}}

@@ -164,3 +164,35 @@ def test_an_unreadable_upload_over_a_picture_clears_the_map_with_one_message(
     page.wait_for_load_state("networkidle")
     assert message.inner_text().count("not an image this app can read") == 1
     assert page.locator(".toast-body").count() == 1
+
+
+def test_the_preview_follows_the_input_after_the_preprocessor_is_switched(
+    app_url: str, page, tmp_path: Path
+):
+    """Switching the preprocessor updates the input's visibility, and Gradio then gives the
+    input a new id in the session: the preview must still follow it."""
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "square.png")
+    Image.new("RGB", (128, 64), (255, 255, 255)).save(tmp_path / "wide.png")
+    page.goto(app_url)
+    page.wait_for_load_state("networkidle")
+    page.get_by_role("tab", name="Canny").click()
+
+    def map_width_becomes(width: int | None) -> None:
+        page.wait_for_function(
+            "width => (document.querySelector('#canny-map img')?.naturalWidth ?? null) === width",
+            arg=width,
+            timeout=60_000,
+        )
+
+    upload = page.locator("#canny-input input[type=file]")
+    upload.set_input_files(str(tmp_path / "square.png"))
+    map_width_becomes(64)
+    choice = page.locator("#canny-preprocessor input")
+    for label in ("None", "Canny"):
+        choice.click()
+        page.get_by_role("option", name=label).first.click()
+    page.wait_for_load_state("networkidle")
+    upload.set_input_files(str(tmp_path / "wide.png"))
+    map_width_becomes(128)
+    page.locator("#canny-input button[aria-label='Remove Image']").first.click()
+    map_width_becomes(None)

@@ -138,10 +138,14 @@ def check_payload_model(component: gr.components.Component) -> None:
         if sketch_pad and isinstance(payload, dict) and "path" in payload:
             payload = {"background": payload}
         try:
-            return model.model_validate(payload, *args, **kwargs)
+            validated = model.model_validate(payload, *args, **kwargs)
         except pydantic.ValidationError:
+            validated = None
+        # A file's path is optional in Gradio's models, but nothing is read without one.
+        if validated is None or getattr(validated, "path", "") is None:
             message = f"expected {payload_shape(component)}, got {payload!r:.40}."
             raise gr.Error(f"{label(component)}: {message}", print_exception=False) from None
+        return validated
 
     # A subclass keeps the model's name and fields, so the API's schema is unchanged.
     component.data_model = type(  # type: ignore[misc]

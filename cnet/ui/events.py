@@ -138,9 +138,9 @@ def map_input_names(backend: Backend) -> list[str]:
     return [input_name(backend), "preprocessor", "detect_resolution", "resolution", *params]
 
 
-def file_paths(payloads: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
-    """The `names` payloads with each file reduced to its path, whose content `fingerprint`
-    reads: the same upload can arrive with other URLs or metadata."""
+def payload_keys(payloads: Mapping[str, Any], names: list[str]) -> dict[str, str]:
+    """A fingerprint of each of the `names` payloads, a file's by its content: the same upload
+    can arrive under another path, URL or metadata."""
 
     def reduce(item: Any) -> Any:
         if isinstance(item, dict):
@@ -149,7 +149,7 @@ def file_paths(payloads: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
             return [reduce(element) for element in item]
         return item
 
-    return {name: reduce(payloads.get(name)) for name in names}
+    return {name: fingerprint(reduce(payloads.get(name))) for name in names}
 
 
 def without_strokes(value: Any) -> Any:
@@ -252,31 +252,34 @@ class ControlMapCache:
 
 
 class PreviewRequests:
-    """What each browser tab's preview was last asked, and from which input, by (session, tab);
-    the oldest sessions are forgotten first."""
+    """What each browser tab's preview was last asked (a fingerprint per input) and from which
+    input, by (session, tab); the oldest sessions are forgotten first."""
 
     def __init__(self, size: int = 4096):
         self.size = size
-        self._requests: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._requests: OrderedDict[tuple[str, str], dict[str, str]] = OrderedDict()
         self._inputs: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _is_new(
-        self, memory: OrderedDict[tuple[str, str], str], who: tuple[str, str], key: str
-    ) -> bool:
+    def _swap(self, memory: OrderedDict, who: tuple[str, str], value: Any) -> Any:
         with self._lock:
-            new = memory.get(who) != key
-            memory[who] = key
+            last = memory.get(who)
+            memory[who] = value
             memory.move_to_end(who)
             while len(memory) > self.size:
                 memory.popitem(last=False)
-            return new
+            return last
 
-    def is_new_request(self, who: tuple[str, str], key: str) -> bool:
-        return self._is_new(self._requests, who, key)
+    def changed(
+        self, who: tuple[str, str], keys: dict[str, str], initial: dict[str, str]
+    ) -> set[str]:
+        """The inputs whose keys differ from the last request's, or from the `initial` ones (the
+        page's values) for a first request."""
+        last = self._swap(self._requests, who, keys) or initial
+        return {name for name, key in keys.items() if last.get(name) != key}
 
     def is_new_input(self, who: tuple[str, str], key: str) -> bool:
-        return self._is_new(self._inputs, who, key)
+        return self._swap(self._inputs, who, key) != key
 
 
 class RunningJobs:
@@ -406,22 +409,24 @@ class AppEvents:
         """The browser's live preview, for an event with `preprocess=False` on the `.change` of
         every one of `components`. It reads only what the chosen preprocessor uses, so a change
         to another preprocessor's (hidden) controls changes nothing. A number being typed into
-        the changed box ("2" on the way to "256", or an emptied box) leaves the map as it is
+        the only changed box ("2" on the way to "256", or an emptied box) leaves the map as it is
         instead of raising a toast at every keystroke; every other problem (a fraction, a bad
         value left in another box, an unreadable upload) is told as `/detect_<key>` tells it,
         and the event's `.failure` clears the map. No input clears the map too. The same request
         twice in a row (replacing an image fires `.change` twice) is answered once, and an
         input's notices ("scaled down") are shown when the input is new, not at every change."""
 
-        def preview(request: gr.Request, event: gr.EventData, **payloads: Any) -> Any:
+        initial = payload_keys({name: c.value for name, c in components.items()}, list(components))
+
+        def preview(request: gr.Request, **payloads: Any) -> Any:
             chosen = preprocessed(components["preprocessor"], payloads["preprocessor"])
             backend = backend_named(condition, chosen)
             names = map_input_names(backend)
-            changed = getattr(event.target, "_id", None)
-            if changed not in {components[name]._id for name in names}:
-                return gr.skip()
             who = (request.session_hash or "anonymous", condition.key)
-            if not self.previews.is_new_request(who, fingerprint(file_paths(payloads, names))):
+            # Which inputs changed is read from the values, not the event's target: Gradio
+            # gives a component a new id in the session once an event updates it.
+            changed = self.previews.changed(who, payload_keys(payloads, names), initial)
+            if not changed:  # another preprocessor's control, or the same request again
                 return gr.skip()
             values = {}
             for name in names:
@@ -429,7 +434,7 @@ class AppEvents:
                 try:
                     values[name] = preprocessed(component, payloads[name])
                 except gr.Error:
-                    if component._id == changed and unfinished_number(component, payloads[name]):
+                    if changed == {name} and unfinished_number(component, payloads[name]):
                         return gr.skip()
                     raise
             inputs = {"image": values.get("image"), "openpose_json": values.get("openpose_json")}
