@@ -37,7 +37,7 @@ from cnet.synth.examples import write_examples
 from cnet.synth.maps import map_versions_text
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.data import EVERY_CONDITION
-from cnet.train.lineage import LINEAGE_FILE, last_gain, read_lineage, recorded_runs
+from cnet.train.lineage import LINEAGE_FILE, continues, last_gain, recorded_runs
 from cnet.train.schedule import lr_factor
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
@@ -568,13 +568,8 @@ def keep_evaluation(source: Path, target: Path) -> None:
 
 def write_condition_controlnet(target: Path, tuned: Path, shared: Path) -> None:
     """A condition's fine-tune, stored as its low-rank difference from the shared ControlNet it
-    started from (`shared`: a folder of the preset being written)."""
-    if recorded_runs(tuned)[:-1] != read_lineage(shared):
-        raise ValueError(
-            f"{tuned} was not fine-tuned from the shared ControlNet in {shared} (its lineage.json "
-            f"does not continue that one's): fine-tune it from there, e.g. python -m cnet train "
-            f"controlnet --controlnet {shared} --condition <condition> (README, The embedded model)"
-        )
+    started from (`shared`: a folder of the preset being written; the caller has checked that
+    `tuned` continues it, lineage.continues)."""
     write_lowrank(target, tuned, shared, LOWRANK_RANK)
     shutil.copy(tuned / LINEAGE_FILE, target / LINEAGE_FILE)
 
@@ -676,7 +671,7 @@ def pack_into(
         elif name == "captioner":  # its trainer writes its own card
             shutil.copytree(stage.result, target)
         elif shared.is_dir():
-            if recorded_runs(stage.result)[:-1] != read_lineage(recipe[SHARED].result):
+            if not continues(stage.result, recipe[SHARED].result):
                 raise ValueError(
                     f"{stage.result} was fine-tuned from an earlier {SHARED} than the one in "
                     f"{recipe[SHARED].result} (trained again since): remove {stage.run_dir} and "

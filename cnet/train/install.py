@@ -35,7 +35,7 @@ from cnet.train.embedded import (
     to_float16,
     write_condition_controlnet,
 )
-from cnet.train.lineage import LINEAGE_FILE, read_lineage, recorded_runs
+from cnet.train.lineage import LINEAGE_FILE, continues, recorded_runs
 
 # What a decoder must share with the VAE it replaces (lineage alone cannot tell two bases apart
 # when neither records one)
@@ -152,7 +152,14 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
     target = out / "controlnet" / condition
     staging = target.with_name(condition + ".installing")
     shutil.rmtree(staging, ignore_errors=True)
-    write_condition_controlnet(staging, run_dir / "controlnet", shared)
+    tuned = run_dir / "controlnet"
+    if not continues(tuned, shared):
+        raise ValueError(
+            f"{tuned} was not fine-tuned from the shared ControlNet in {shared} (its lineage.json "
+            f"does not continue that one's): fine-tune it from there, e.g. python -m cnet train "
+            f"controlnet --controlnet {shared} --condition <condition> (README, The embedded model)"
+        )
+    write_condition_controlnet(staging, tuned, shared)
     to_float16(staging)
     card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
     (staging / "README.md").write_text(card)
@@ -183,13 +190,12 @@ def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) 
             f"{out} holds no base with a VAE in {base / 'vae'}; pack one first: python -m cnet "
             f"train embedded --pack {out}"
         )
-    runs = recorded_runs(run_dir)
     shapes = [
         json.loads((folder / "config.json").read_text())
         for folder in (run_dir / "vae", base / "vae")
     ]
     differ = [key for key in VAE_SHAPE if shapes[0].get(key) != shapes[1].get(key)]
-    if runs[:-1] != read_lineage(base) or differ:
+    if not continues(run_dir, base) or differ:
         raise ValueError(
             f"{run_dir} tuned the decoder of another base (its lineage.json does not continue "
             f"{base}'s{'; its VAE differs in ' + ', '.join(differ) if differ else ''}): tune "
@@ -203,7 +209,7 @@ def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) 
     shutil.copy(run_dir / LINEAGE_FILE, base / LINEAGE_FILE)
     card = base / "README.md"
     if card.is_file():
-        card.write_text(base_card_with_decoder(card.read_text(), summary, runs))
+        card.write_text(base_card_with_decoder(card.read_text(), summary, recorded_runs(run_dir)))
     replace_evaluation(out, metrics_path)
 
 

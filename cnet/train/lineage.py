@@ -28,6 +28,12 @@ def read_lineage(start: str | Path | None) -> list[dict]:
     return recorded_runs(start) or [dict(UNRECORDED)]
 
 
+def continues(tuned: str | Path, start: str | Path) -> bool:
+    """Whether the model folder `tuned` was trained from `start` as it is now: its record is
+    start's runs, then its own."""
+    return recorded_runs(tuned)[:-1] == read_lineage(start)
+
+
 def write_lineage(folder: Path, earlier: list[dict], run: dict) -> None:
     (folder / LINEAGE_FILE).write_text(json.dumps([*earlier, run], indent=2) + "\n")
 
