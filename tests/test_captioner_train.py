@@ -194,6 +194,43 @@ def test_a_time_boxed_run_stops_with_a_checkpoint_and_a_measured_export(caption_
     assert cap.load_captioner(boxed.captioner_dir, device="cpu") is not None
 
 
+def test_a_run_whose_time_box_runs_out_on_its_last_step_has_finished(
+    caption_folder, tmp_path, capsys
+):
+    run = tiny_config(caption_folder, tmp_path, max_steps=1, max_minutes=1e-9, num_test_scenes=1)
+    assert train_cap.train(run).step == 1
+    assert "time box" not in "".join(capsys.readouterr())
+
+
+def test_a_run_killed_while_exporting_reads_as_unfinished_and_exports_again(
+    caption_folder, tmp_path, monkeypatch
+):
+    from cnet.train import checkpoint as ckpt
+
+    first = train_cap.train(tiny_config(caption_folder, tmp_path, max_steps=1, num_test_scenes=1))
+    weights = (first.captioner_dir / "model.safetensors").read_bytes()
+    longer = tiny_config(caption_folder, tmp_path, max_steps=2, resume="latest", num_test_scenes=1)
+
+    put_in_place = ckpt.put_in_place
+
+    def killed_at_the_export(partial, folder):
+        if folder == first.captioner_dir:
+            raise KeyboardInterrupt
+        put_in_place(partial, folder)  # the checkpoint
+
+    monkeypatch.setattr(ckpt, "put_in_place", killed_at_the_export)
+    with pytest.raises(KeyboardInterrupt):
+        train_cap.train(longer)
+    # never the new weights beside the old record: no record, the previous export whole
+    assert not (tmp_path / "training.json").exists()
+    assert (first.captioner_dir / "model.safetensors").read_bytes() == weights
+    monkeypatch.undo()
+    assert train_cap.train(longer).step == 2  # --resume latest exports again
+    assert json.loads((tmp_path / "training.json").read_text())["steps"] == 2
+    assert "- Steps: 2," in (first.captioner_dir / "README.md").read_text()
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_a_run_lengthened_with_a_new_rate_lists_both_schedules(caption_folder, tmp_path):
     train_cap.train(tiny_config(caption_folder, tmp_path, max_steps=2, num_test_scenes=1))
     longer = dict(max_steps=3, learning_rate=1e-3, resume="latest", num_test_scenes=1)

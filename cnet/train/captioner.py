@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -441,7 +441,7 @@ def train(config: TrainConfig) -> TrainResult:
                 accuracies.append((step, measure("validation", config.num_validation_scenes)))
                 accelerator.print(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
             accelerator.wait_for_everyone()
-        stopping = timebox.spent()
+        stopping = step < config.max_steps and timebox.spent()
         if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
             save(step)
         if stopping:
@@ -457,8 +457,10 @@ def train(config: TrainConfig) -> TrainResult:
         accelerator.print(
             f"caption accuracy on {config.num_test_scenes} test scenes: {accuracy:.3f}"
         )
-        cap.save_captioner(unwrapped, processor, captioner_dir, dtype=torch.float16)
-        (captioner_dir / "README.md").write_text(
+        partial = ckpt.partial_of(captioner_dir)  # renamed into place by commit_export
+        shutil.rmtree(partial, ignore_errors=True)  # of an export killed midway
+        cap.save_captioner(unwrapped, processor, partial, dtype=torch.float16)
+        (partial / "README.md").write_text(
             model_card(config, unwrapped, step, losses, accuracy, schedules)
         )
         summary = {
@@ -470,7 +472,7 @@ def train(config: TrainConfig) -> TrainResult:
             "schedules": schedules,
             "config": asdict(config),
         }
-        (output_dir / "training.json").write_text(json.dumps(summary, indent=2))
+        ckpt.commit_export(output_dir, summary, [captioner_dir])
     accelerator.wait_for_everyone()
     return TrainResult(step, losses, captioner_dir, accuracy)
 
