@@ -291,6 +291,18 @@ def test_small_scale_run_trains_only_the_middle_link_until_reconnected(
     assert state["connect_decoder"] is True
 
 
+def test_reconnecting_the_decoder_is_refused_without_a_checkpoint_to_continue(
+    tiny_model_dir, fill50k_dir, tmp_path
+):
+    for resume in ("latest", None):
+        run = config(tiny_model_dir, fill50k_dir, tmp_path, resume=resume, reconnect_decoder=True)
+        with pytest.raises(ValueError, match="no checkpoint to reconnect from .*--resume latest"):
+            train(run)
+    assert not tmp_path.joinpath("controlnet").exists()
+    # --resume latest alone, with nothing to resume, starts a new run
+    assert train(config(tiny_model_dir, fill50k_dir, tmp_path, resume="latest")).step == 2
+
+
 def optimizer_groups(checkpoint: Path) -> list[dict]:
     return torch.load(checkpoint / "optimizer.pt")["param_groups"]
 

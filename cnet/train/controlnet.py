@@ -522,6 +522,14 @@ def train(config: TrainConfig) -> TrainResult:
     config = sampled_like_the_app(config, base_folder(config.base))
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    if config.reconnect_decoder and not resume_dir:
+        found = f"{output_dir / ckpt.CHECKPOINTS} holds none" if config.resume else "no --resume"
+        raise ValueError(
+            "--reconnect-decoder connects the decoder links of a small-scale run where it goes on "
+            f"from its checkpoint, and there is no checkpoint to reconnect from ({found}): give "
+            "that run's --output-dir with --resume latest, or leave out --reconnect-decoder (and "
+            "--small-scale) for a new run with all links connected from the start."
+        )
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     connect_decoder = (
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
