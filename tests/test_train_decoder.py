@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -91,6 +92,31 @@ def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
     with pytest.raises(KeyboardInterrupt):
         train(replace(config, steps=4))
     assert not (tmp_path / "run" / "training.json").exists()
+
+
+def test_a_checkpoint_made_for_another_base_is_refused_before_a_pair_is_sampled(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from cnet.train import decoder
+
+    presets = {name: tmp_path / name for name in ("a", "b", "a-copy")}
+    for name, preset in presets.items():
+        shutil.copytree(tiny_model_dir, preset)
+        base = name[0].upper()  # a and its copy: one base; b: another
+        (preset / "base" / "lineage.json").write_text(json.dumps([{"trainer": f"base {base}"}]))
+    config = DecoderConfig(
+        model_dir=str(presets["a"]), output_dir=str(tmp_path / "run"), pairs=2, resolution=64,
+        steps=1, batch_size=2, warmup_steps=0, cooldown_steps=0,
+    )  # fmt: skip
+    train(config)
+    sampled = decoder.sampled_pairs
+    monkeypatch.setattr(decoder, "sampled_pairs", lambda c: pytest.fail("sampled for another"))
+    made_for = f"made for the base in --model-dir {presets['a']} as it was then, and the base in "
+    with pytest.raises(ValueError, match=re.escape(f"{made_for}--model-dir {presets['b']} is")):
+        train(replace(config, model_dir=str(presets["b"]), steps=2))
+    monkeypatch.setattr(decoder, "sampled_pairs", sampled)
+    train(replace(config, model_dir=str(presets["a-copy"]), steps=2))  # the same base goes on
+    assert json.loads((tmp_path / "run" / "training.json").read_text())["steps"] == 2
 
 
 def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(

@@ -31,7 +31,7 @@ from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
 from cnet.train.checkpoint import changed_settings, check_writable, commit_export, partial_of
-from cnet.train.lineage import read_lineage, run_record, write_lineage
+from cnet.train.lineage import read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.schedule import lr_factor
 
 SAVE_EVERY = 50  # pairs
@@ -251,6 +251,20 @@ def training_data(vae, pairs: dict, config: DecoderConfig, device: str) -> dict[
     }
 
 
+def check_made_for(saved: dict, checkpoint: Path, model_dir: str, base_lineage: list[dict]) -> None:
+    """Refuse a checkpoint made for another base than the one in `model_dir`, told apart by the
+    base's lineage.json as the checkpoint recorded it (an older checkpoint records none: it
+    passes). Its decoder and the pairs beside it came from that base, and the export's
+    lineage.json would claim this one's."""
+    if saved.get("base_lineage", base_lineage) != base_lineage:
+        raise ValueError(
+            f"{checkpoint} was made for the base in --model-dir {saved['config']['model_dir']} "
+            f"as it was then, and the base in --model-dir {model_dir} is another (their "
+            "base/lineage.json differ): tune this one's decoder in another --output-dir, or go "
+            "on with the --model-dir the checkpoint was made for, if that base is still there."
+        )
+
+
 def train(config: DecoderConfig) -> Path:
     """Sample the pairs (or read those saved), then fine-tune; returns the saved VAE folder."""
     from diffusers import AutoencoderKL
@@ -271,6 +285,11 @@ def train(config: DecoderConfig) -> Path:
         )
     check_writable(config.output_dir)
     output_dir = Path(config.output_dir)
+    base_lineage = recorded_runs(vae_source.parent)
+    checkpoint = output_dir / "checkpoint.pt"
+    saved = torch.load(checkpoint) if checkpoint.is_file() else None
+    if saved is not None:  # before any pair is sampled for it
+        check_made_for(saved, checkpoint, config.model_dir, base_lineage)
     pairs = sampled_pairs(config)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -285,15 +304,13 @@ def train(config: DecoderConfig) -> Path:
 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
     generator = torch.Generator().manual_seed(config.seed)
-    checkpoint = output_dir / "checkpoint.pt"
-    if checkpoint.is_file():
-        state = torch.load(checkpoint)
-        vae.load_state_dict(state["vae"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step, losses, before = state["step"], state["losses"], state["before"]
+    if saved is not None:
+        vae.load_state_dict(saved["vae"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        step, losses, before = saved["step"], saved["losses"], saved["before"]
         print(f"Resuming at step {step}", flush=True)
-        different = changed_settings(state.get("config", {}), asdict(config), RESUME_FREE)
+        different = changed_settings(saved.get("config", {}), asdict(config), RESUME_FREE)
         if different:
             print(f"Settings changed since that checkpoint (was, now): {different}", flush=True)
     else:
@@ -333,6 +350,7 @@ def train(config: DecoderConfig) -> Path:
                 "generator": generator.get_state(),
                 "losses": losses,
                 "before": before,
+                "base_lineage": base_lineage,
                 "config": asdict(config),
             }
             save_whole(state, checkpoint)
