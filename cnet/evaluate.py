@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -57,6 +57,7 @@ EDGE_CONDITIONS = ("canny", "hough")
 TABLE_FILE = "table.md"
 RESULTS_FILE = "results.json"
 SCENES_FILE = "scenes.json"  # every scene's figures (`scene_figures`), for `python -m cnet compare`
+# and which models made each condition's rows ("models", `evaluated_models`)
 REPORT_FILES = (TABLE_FILE, RESULTS_FILE, SCENES_FILE)  # what a packed preset keeps of a run
 SETTINGS = {  # name -> (prompt mode, control strength)
     "user prompt": ("user", 1.0),
@@ -241,9 +242,12 @@ def mean_table(per_scene: PerScene) -> dict[str, dict[str, Scores]]:
     return {c: {name: mean_scores(rows) for name, rows in r.items()} for c, r in per_scene.items()}
 
 
-def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling) -> dict:
+def scene_figures(
+    per_scene: PerScene, seeds: Sequence[int], sampling: Sampling, models: Mapping[str, dict]
+) -> dict:
     """scenes.json: every scene's figures, so two runs on the same scenes can be compared scene
-    by scene (`python -m cnet compare`)."""
+    by scene (`python -m cnet compare`), and the `models` that made them (`evaluated_models`;
+    a condition kept from an evaluation that recorded none is left out)."""
 
     def values(rows: list[Scores], name: str) -> list[float | None]:
         return [None if getattr(s, name) is None else round(getattr(s, name), 4) for s in rows]
@@ -252,6 +256,7 @@ def scene_figures(per_scene: PerScene, seeds: Sequence[int], sampling: Sampling)
         "sampling": asdict(sampling),
         "seeds": list(seeds),
         **scenes_and_maps(per_scene),
+        "models": {c: models[c] for c in per_scene if c in models},
         "figures": {
             condition: {
                 setting: {f.name: values(rows, f.name) for f in fields(Scores)}
@@ -321,6 +326,22 @@ def usable_settings(engine, settings: Iterable[str]) -> list[str]:
             print(f"Skipping the automatic prompt rows: {error}")
             settings.remove("automatic prompt")
     return settings
+
+
+def evaluated_models(preset, conditions: Iterable[str]) -> dict[str, dict]:
+    """Which base and ControlNet make each condition's images (`models_record`), for the
+    conditions `preset` has a ControlNet for: `--install` checks an evaluation is of the
+    preset it installs, `--into` that the rows it keeps are of the model evaluated now."""
+    from cnet.models import ModelMissingError
+    from cnet.train.lineage import models_record
+
+    sources = {}
+    for condition in conditions:
+        try:
+            sources[condition] = preset.controlnet_source(condition)
+        except ModelMissingError:
+            continue
+    return models_record(preset.base, sources)
 
 
 def scenes_and_maps(conditions: Iterable[str]) -> dict[str, dict]:
@@ -635,10 +656,11 @@ def earlier_scenes(
     sampling: Sampling,
     settings: Sequence[str],
     scoring: Sequence[str] = (),
-) -> PerScene:
-    """The per-scene figures of an earlier evaluation (its scenes.json), checked to be of the
-    same scenes, sampling and settings as this one (but for the conditions this one is `scoring`
-    afresh)."""
+    models: Mapping[str, dict] | None = None,
+) -> tuple[PerScene, dict[str, dict]]:
+    """The per-scene figures of an earlier evaluation (its scenes.json) and the models it
+    records for them, checked to be of the same scenes, sampling, settings and (where it
+    records them) `models` as this one, but for the conditions this one is `scoring` afresh."""
     from cnet.comparison import load_scenes, tested_on
 
     earlier = load_scenes(folder)
@@ -650,11 +672,19 @@ def earlier_scenes(
         )
     per_scene: PerScene = {}
     now = scenes_and_maps(earlier["figures"])
+    made_by = earlier.get("models", {})
     for condition, rows in earlier["figures"].items():
-        if condition not in scoring and tested_on(now, condition) != tested_on(earlier, condition):
+        kept = condition not in scoring
+        if kept and tested_on(now, condition) != tested_on(earlier, condition):
             raise ValueError(
                 f"{folder} scored {condition} on other scenes or maps than this version of the "
                 f"evaluation does; run with --conditions naming {condition} too."
+            )
+        recorded = made_by.get(condition) if kept and models is not None else None
+        if recorded and (differ := model_differences(recorded, models.get(condition, {}))):
+            raise ValueError(
+                f"{folder} scored {condition} with another {' and '.join(differ)} than the "
+                f"model evaluated now; run with --conditions naming {condition} too."
             )
         if set(rows) != set(settings):
             raise ValueError(
@@ -668,7 +698,17 @@ def earlier_scenes(
             ]
             for setting, figures in rows.items()
         }
-    return per_scene
+    return per_scene, {c: made_by[c] for c in per_scene if c in made_by and c not in scoring}
+
+
+def model_differences(recorded: Mapping[str, str | None], now: Mapping[str, str | None]) -> list:
+    """The parts ("base", "ControlNet") whose record differs between two `evaluated_models`
+    entries; a part recorded as None (a folder without lineage) tells nothing."""
+    return [
+        "ControlNet" if part == "controlnet" else part
+        for part in ("base", "controlnet")
+        if recorded.get(part) is not None and recorded[part] != now.get(part)
+    ]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -726,10 +766,11 @@ def run(args: argparse.Namespace) -> int:
         sampler = args.sampler or engine.preset.sampler
         seeds = split_seeds(args.split, args.scenes)
         sampling = Sampling(args.size, args.steps, cfg, sampler)
-        earlier = (
-            {}
+        models = evaluated_models(engine.preset, CONDITION_KEYS)
+        earlier, kept_models = (
+            ({}, {})
             if args.into is None
-            else earlier_scenes(args.into, seeds, sampling, args.settings, conditions)
+            else earlier_scenes(args.into, seeds, sampling, args.settings, conditions, models)
         )
     except (FileNotFoundError, ValueError, ModelMissingError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -750,6 +791,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=sampler,
         split=args.split,
     )
+    made_by = {**kept_models, **{c: models[c] for c in per_scene if c in models}}
     if earlier:
         per_scene = {**earlier, **per_scene}  # the order of the earlier table
         conditions = list(per_scene)
@@ -772,7 +814,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / TABLE_FILE).write_text(text + "\n")
     results = {c: {n: asdict(s) for n, s in rows.items()} for c, rows in table.items()}
     (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    figures = scene_figures(per_scene, seeds, sampling)
+    figures = scene_figures(per_scene, seeds, sampling, made_by)
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
     written = [TABLE_FILE, RESULTS_FILE, SCENES_FILE] + [grid.name] * grid.is_file()
     print(f"Wrote {', '.join(written)} in {args.out}")

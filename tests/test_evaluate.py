@@ -470,15 +470,48 @@ def test_into_refuses_rows_of_an_earlier_drawing_of_a_map_unless_scored_again(tm
 
     sampling = Sampling(size=64, steps=2, cfg=None, sampler=None)
     rows = {c: {"user prompt": [Scores(iou=0.5, color_accuracy=1.0)]} for c in ("seg", "scribble")}
-    scenes = scene_figures(rows, SEEDS[:1], sampling)
+    scenes = scene_figures(rows, SEEDS[:1], sampling, {})
     assert scenes["map_versions"] == {"scribble": 2}  # drawn anew: the horizon too
     folder = tmp_path / "eval"
     folder.mkdir()
     (folder / "scenes.json").write_text(json.dumps(scenes))
-    assert set(earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"])) == {"seg", "scribble"}
+    kept, _ = earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"])
+    assert set(kept) == {"seg", "scribble"}
 
     del scenes["map_versions"]  # an evaluation from before scribble's maps drew the horizon
     (folder / "scenes.json").write_text(json.dumps(scenes))
     with pytest.raises(ValueError, match="naming scribble too"):
         earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"])
     assert earlier_scenes(folder, SEEDS[:1], sampling, ["user prompt"], scoring=["scribble"])
+
+
+def test_eval_records_its_models_and_into_keeps_only_rows_of_the_same_ones(
+    tiny_model_dir, tmp_path, capsys
+):
+    import json
+    import shutil
+
+    from cnet.__main__ import main
+    from cnet.train.lineage import lineage_digest
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    canny = model / "controlnet" / "canny"
+    (canny / "lineage.json").write_text(json.dumps([{"trainer": "first"}]))
+    one = ["eval", "--model-dir", str(model), "--scenes", "1", "--steps", "1"]
+    one += ["--settings", "user prompt"]
+    assert main([*one, "--conditions", "canny", "--out", str(tmp_path / "first")]) == 0
+    made_by = json.loads((tmp_path / "first" / "scenes.json").read_text())["models"]
+    first = lineage_digest(canny)
+    assert made_by == {"canny": {"base": None, "controlnet": first}}
+
+    (canny / "lineage.json").write_text(json.dumps([{"trainer": "second"}]))  # trained again
+    into = ["--into", str(tmp_path / "first"), "--out", str(tmp_path / "second")]
+    assert main([*one, "--conditions", "depth", *into]) == 2
+    assert "scored canny with another ControlNet than the model evaluated now" in (
+        capsys.readouterr().err
+    )
+    assert main([*one, "--conditions", "canny", "depth", *into]) == 0
+    made_by = json.loads((tmp_path / "second" / "scenes.json").read_text())["models"]
+    assert made_by["canny"]["controlnet"] == lineage_digest(canny) != first
+    assert set(made_by) == {"canny", "depth"}

@@ -215,7 +215,17 @@ def test_install_puts_the_tuned_decoder_in_the_preset_with_its_lineage_and_card(
     packed, run = tuned_decoder
     preset = tmp_path / "preset"
     shutil.copytree(packed, preset)
-    assert main(["train", "embedded", "--install", str(run), "--pack", str(preset)]) == 0
+    command = ["train", "embedded", "--install", str(run), "--pack", str(preset)]
+    evaluation = tmp_path / "eval"  # of the preset on another base (its decoder, say)
+    evaluation.mkdir()
+    (evaluation / "results.json").write_text(json.dumps({"canny": {"user prompt": {"iou": 0.5}}}))
+    made_by = {"canny": {"base": "0123456789abcdef", "controlnet": None}}
+    scenes = {"sampling": {}, "seeds": [], "figures": {}, "models": made_by}
+    (evaluation / "scenes.json").write_text(json.dumps(scenes))
+    assert main([*command, "--metrics", str(evaluation / "results.json")]) == 2
+    assert "evaluated canny with another base than" in capsys.readouterr().err
+    assert recorded_runs(preset / "base") == recorded_runs(packed / "base")
+    assert main(command) == 0
     assert f"Installed the decoder of {run / 'vae'} in {preset / 'base' / 'vae'}" in (
         capsys.readouterr().out
     )

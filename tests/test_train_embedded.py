@@ -543,6 +543,55 @@ def evaluation(folder: Path, canny_iou: float) -> Path:
     return folder / "results.json"
 
 
+def recorded(metrics: Path, model_dir: Path, conditions=CONDITION_KEYS) -> Path:
+    """`metrics` with a scenes.json beside it, as `cnet eval` of the preset in `model_dir` writes
+    it: which models made each of `conditions`' rows."""
+    from cnet.evaluate import evaluated_models
+    from cnet.models import preset_from_dir
+
+    made_by = evaluated_models(preset_from_dir(model_dir, device="cpu"), conditions)
+    scenes = {"sampling": {}, "seeds": [], "figures": {}, "models": made_by}
+    (metrics.parent / "scenes.json").write_text(json.dumps(scenes))
+    return metrics
+
+
+def test_install_and_pack_refuse_an_evaluation_of_other_models(recipe, tiny_model_dir, tmp_path):
+    from cnet.train.embedded import check_evaluated
+    from cnet.train.install import install_evaluation
+
+    finish_base(recipe, tiny_model_dir)
+    (recipe["base"].result / "lineage.json").write_text(json.dumps([{"trainer": "base"}]))
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    (recipe["controlnet-all"].result / "lineage.json").write_text(json.dumps([{"trainer": "all"}]))
+    out = tmp_path / "preset"
+    pack(recipe, out)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    run = recipe["controlnet-canny"].run_dir
+    candidate = tmp_path / "candidate"
+    shutil.copytree(out, candidate)
+    install(run, candidate)
+    stale = recorded(evaluation(tmp_path / "before", canny_iou=0.5), out)  # canny by the shared
+    after = recorded(evaluation(tmp_path / "after", canny_iou=0.9), candidate)
+
+    with pytest.raises(ValueError, match="evaluated canny with another ControlNet than .* will"):
+        install(run, out, stale)
+    assert not (out / "controlnet" / "canny").exists()
+    with pytest.raises(ValueError, match=f"evaluated canny with another ControlNet than {out} h"):
+        install_evaluation(after, out)
+    with pytest.raises(ValueError, match="evaluated canny with another ControlNet"):
+        pack(recipe, tmp_path / "repacked", stale)
+    with pytest.raises(ValueError, match="evaluated scribble with another base"):
+        check_evaluated(after, candidate, {"base": run / "controlnet"})  # as a decoder would
+
+    assert install(run, out, after).startswith("canny's ControlNet in")
+    pack(recipe, tmp_path / "repacked", after)
+    assert "not checked" not in install_evaluation(after, out)
+    recorded(after, candidate, ["canny", "depth"])  # the others kept from an older evaluation
+    assert "(not checked to be of this preset's models: scribble, hough, pose, seg, normal)" in (
+        install_evaluation(after, out)
+    )
+
+
 def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
     recipe, tiny_model_dir, tmp_path
 ):

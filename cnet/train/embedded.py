@@ -27,7 +27,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from cnet.synth.examples import write_examples
 from cnet.synth.maps import map_versions_text
 from cnet.synth.sample import CONDITION_KEYS
 from cnet.train.data import EVERY_CONDITION
-from cnet.train.lineage import LINEAGE_FILE, continues, last_gain, recorded_runs
+from cnet.train.lineage import LINEAGE_FILE, continues, last_gain, models_record, recorded_runs
 from cnet.train.schedule import lr_factor
 
 WEIGHTS_BUDGET_BYTES = 80 * 1000**2  # everything under assets/, git history included
@@ -607,6 +607,33 @@ def read_metrics(path: Path) -> dict:
     return metrics
 
 
+def check_evaluated(
+    metrics_path: Path, model_dir: Path, replaced: Mapping[str, Path] | None = None
+) -> list[str]:
+    """Refuse the evaluation in `metrics_path`'s folder when it records other models than the
+    preset in `model_dir` holds once the folders in `replaced` ({"base" or a condition: the
+    folder whose lineage takes its place}) are in. Returns the conditions it cannot check: rows
+    from an evaluation made before `cnet eval` recorded its models."""
+    from cnet.comparison import load_scenes
+    from cnet.evaluate import SCENES_FILE, model_differences
+    from cnet.models import preset_from_dir
+
+    folder, replaced = metrics_path.parent, replaced or {}
+    made_by = load_scenes(folder).get("models", {}) if (folder / SCENES_FILE).is_file() else {}
+    preset = preset_from_dir(model_dir, device="cpu")
+    sources = {c: replaced.get(c) or preset.controlnet_source(c) for c in made_by}
+    now = models_record(replaced.get("base", preset.base), sources)
+    for condition, recorded in made_by.items():
+        if differ := model_differences(recorded, now[condition]):
+            held = "will hold with this run in it" if replaced else "holds"
+            raise ValueError(
+                f"{folder} evaluated {condition} with another {' and '.join(differ)} than "
+                f"{model_dir} {held}: evaluate the preset as it will ship (install into a copy, "
+                f"then python -m cnet eval --model-dir COPY; README, The embedded model)"
+            )
+    return [condition for condition in read_metrics(metrics_path) if condition not in made_by]
+
+
 def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
     """Copy the finished models to `out` in the embedded layout, with the evaluation in
     `metrics_path`'s folder when given; returns what is missing."""
@@ -691,6 +718,7 @@ def pack_into(
     settings.update(write_examples(staging, resolution))  # its own scenes under each tab
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
     if metrics_path:
+        check_evaluated(metrics_path, staging)
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)

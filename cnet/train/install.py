@@ -25,6 +25,7 @@ from cnet.train.embedded import (
     LOWRANK_RANK,
     SHARED_FOLDER,
     card_with_figures,
+    check_evaluated,
     controlnet_card,
     folder_bytes,
     keep_evaluation,
@@ -89,9 +90,15 @@ def install_folder(staging: Path, target: Path, out: Path) -> None:
     swap_in(staging, target, folder_bytes(out) - replaced)
 
 
+def is_new_evaluation(out: Path, metrics_path: Path | None) -> bool:
+    """Whether `metrics_path` is another evaluation than the one the preset in `out` keeps."""
+    kept = (out / EVALUATION_FOLDER).resolve()
+    return metrics_path is not None and metrics_path.parent.resolve() != kept
+
+
 def replace_evaluation(out: Path, metrics_path: Path | None) -> None:
-    evaluation = out / EVALUATION_FOLDER
-    if metrics_path and metrics_path.parent.resolve() != evaluation.resolve():
+    if is_new_evaluation(out, metrics_path):
+        evaluation = out / EVALUATION_FOLDER
         shutil.rmtree(evaluation, ignore_errors=True)
         keep_evaluation(metrics_path.parent, evaluation)
 
@@ -111,6 +118,7 @@ def install_evaluation(metrics_path: Path, out: Path) -> str:
             f"train embedded --pack {out}"
         )
     metrics = read_metrics(metrics_path)
+    unchecked = check_evaluated(metrics_path, out)
     serves = shared_serves(json.loads(preset_path.read_text()).get("controlnets", {}))
     cards = sorted((out / "controlnet").glob("*/README.md"))
     quoted = serves + [card.parent.name for card in cards if card.parent.name != SHARED_FOLDER]
@@ -127,7 +135,10 @@ def install_evaluation(metrics_path: Path, out: Path) -> str:
         else:
             card.write_text(card_with_figures(text, metrics, [name]))
     replace_evaluation(out, metrics_path)
-    return ", ".join(f"controlnet/{card.parent.name}" for card in cards) or "no card"
+    quoted_by = ", ".join(f"controlnet/{card.parent.name}" for card in cards) or "no card"
+    if unchecked:  # rows kept (--into) from an evaluation older than its record of the models
+        quoted_by += f" (not checked to be of this preset's models: {', '.join(unchecked)})"
+    return quoted_by
 
 
 def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = None) -> str:
@@ -159,6 +170,8 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
             f"does not continue that one's): fine-tune it from there, e.g. python -m cnet train "
             f"controlnet --controlnet {shared} --condition <condition> (README, The embedded model)"
         )
+    if is_new_evaluation(out, metrics_path):
+        check_evaluated(metrics_path, out, {condition: tuned})
     write_condition_controlnet(staging, tuned, shared)
     to_float16(staging)
     card = controlnet_card(run_dir, staging, settings["resolution"], metrics, [condition])
@@ -201,6 +214,8 @@ def install_decoder(run_dir: Path, out: Path, metrics_path: Path | None = None) 
             f"{base}'s{'; its VAE differs in ' + ', '.join(differ) if differ else ''}): tune "
             f"this one's, python -m cnet train decoder --model-dir {out}"
         )
+    if is_new_evaluation(out, metrics_path):
+        check_evaluated(metrics_path, out, {"base": run_dir})
     staging = base / "vae.installing"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run_dir / "vae", staging)

@@ -7,7 +7,9 @@ just the last one.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 LINEAGE_FILE = "lineage.json"
@@ -32,6 +34,24 @@ def continues(tuned: str | Path, start: str | Path) -> bool:
     """Whether the model folder `tuned` was trained from `start` as it is now: its record is
     start's runs, then its own."""
     return recorded_runs(tuned)[:-1] == read_lineage(start)
+
+
+def lineage_digest(folder: str | Path) -> str | None:
+    """A fingerprint of the runs `folder` records (None when it records none, as a hub model):
+    two folders with the same one were trained by the same runs."""
+    runs = recorded_runs(folder)
+    text = json.dumps(runs, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if runs else None
+
+
+def models_record(base: str | Path, controlnets: Mapping[str, str | Path]) -> dict[str, dict]:
+    """{condition: {"base": digest, "controlnet": digest}}: which models make a condition's
+    images, as an evaluation records them (`lineage_digest`)."""
+    base_digest = lineage_digest(base)
+    return {
+        condition: {"base": base_digest, "controlnet": lineage_digest(folder)}
+        for condition, folder in controlnets.items()
+    }
 
 
 def write_lineage(folder: Path, earlier: list[dict], run: dict) -> None:
