@@ -80,6 +80,11 @@ class Backend:
         if self.accepts not in ACCEPTS:
             raise ValueError(f"Backend {self.name!r}: accepts must be one of {ACCEPTS}")
 
+    @property
+    def reads_keypoints(self) -> bool:
+        """Whether it reads an OpenPose JSON file (as its path) instead of a picture."""
+        return self.accepts == "openpose_json"
+
     def availability(self) -> Availability:
         if self.package is not None:
             found = package_availability(*self.package)

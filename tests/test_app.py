@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -254,7 +255,7 @@ class Preview:
         }
         self.notices: list[str] = []
         monkeypatch.setattr("cnet.ui.events.show_notices", self.notices.extend)
-        self.session = f"browser-{id(self)}"  # a page just loaded
+        self.session = f"browser-{uuid.uuid4().hex}"  # a page just loaded (id() is reused)
 
     def change(self, name: str, payload) -> object:
         if isinstance(payload, Path):
@@ -321,10 +322,10 @@ def test_a_map_too_long_for_the_engine_is_refused_when_it_is_made(engine, tmp_pa
     events = AppEvents(engine)
     thin = photo(tmp_path / "thin.png", size=(3000, 10))
     with pytest.raises(gr.Error, match="38400 px long; the limit is 2048"):
-        events.shown_map(CONDITIONS["canny"], True, "canny", 128, 128, image=str(thin))
+        events.tab_map(CONDITIONS["canny"], True, "canny", 128, 128, image=str(thin))
     # 4:1 at resolution 520 is made (and rendered) at 512 x 2048, within the limit.
     wide = photo(tmp_path / "wide.png", size=(400, 100))
-    made = events.shown_map(CONDITIONS["canny"], True, "canny", 128, 520, image=str(wide))
+    made, _ = events.tab_map(CONDITIONS["canny"], True, "canny", 128, 520, image=str(wide))
     assert made.shape[:2] == (512, 2048)
 
 

@@ -23,4 +23,4 @@ def read_picture(path: str) -> np.ndarray:
 def read_input(path: str, backend: Backend) -> Any:
     """What `backend` detects from for the file `path`: a keypoints file as its path, a picture
     through read_picture."""
-    return path if backend.accepts == "openpose_json" else read_picture(path)
+    return path if backend.reads_keypoints else read_picture(path)

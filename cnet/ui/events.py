@@ -97,7 +97,7 @@ def backend_params(backend: Backend, values: Mapping[str, Any]) -> dict:
 
 def input_name(backend: Backend) -> str:
     """Which of a tab's inputs a backend reads: the picture (or sketch pad), or a keypoints file."""
-    return "openpose_json" if backend.accepts == "openpose_json" else "image"
+    return "openpose_json" if backend.reads_keypoints else "image"
 
 
 def detector_input(backend: Backend, inputs: Mapping[str, Any]) -> Any | None:
@@ -138,18 +138,25 @@ def map_input_names(backend: Backend) -> list[str]:
     return [input_name(backend), "preprocessor", "detect_resolution", "resolution", *params]
 
 
-def payload_keys(payloads: Mapping[str, Any], names: list[str]) -> dict[str, str]:
-    """A fingerprint of each of the `names` payloads, a file's by its content: the same upload
+def file_digests(payloads: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """The `names` payloads with each file replaced by a digest of its content: the same upload
     can arrive under another path, URL or metadata."""
 
     def reduce(item: Any) -> Any:
         if isinstance(item, dict):
-            return item.get("path") if "path" in item else {k: reduce(v) for k, v in item.items()}
+            if "path" in item:
+                return fingerprint(item["path"])
+            return {name: reduce(value) for name, value in item.items()}
         if isinstance(item, list):
             return [reduce(element) for element in item]
         return item
 
-    return {name: fingerprint(reduce(payloads.get(name))) for name in names}
+    return {name: reduce(payloads.get(name)) for name in names}
+
+
+def payload_keys(digests: Mapping[str, Any]) -> dict[str, str]:
+    """A fingerprint of each payload in `file_digests`."""
+    return {name: fingerprint(value) for name, value in digests.items()}
 
 
 def without_strokes(value: Any) -> Any:
@@ -358,7 +365,7 @@ class AppEvents:
         control_map, notices = self.maps.get_or_make(key, make)
         return control_map, list(notices)
 
-    def shown_map(
+    def tab_map(
         self,
         condition: Condition,
         required: bool,
@@ -368,15 +375,13 @@ class AppEvents:
         image: Any = None,
         openpose_json: str | None = None,
         **params: Any,
-    ) -> np.ndarray | None:
-        """The control map for the tab's values, its notices shown as warnings."""
+    ) -> tuple[np.ndarray | None, list[str]]:
+        """The control map for the tab's values and its notices; a problem raised as a toast."""
         inputs = {"image": image, "openpose_json": openpose_json}
         with user_errors("Making the control map"):
-            control_map, notices = self.control_map(
+            return self.control_map(
                 condition, inputs, preprocessor, detect_resolution, resolution, params, required
             )
-        show_notices(notices)
-        return control_map
 
     def detect_fn(self, condition: Condition) -> Callable[..., np.ndarray | None]:
         """The `/detect_<key>` endpoint: the control map, or an error saying what is missing."""
@@ -389,7 +394,7 @@ class AppEvents:
             openpose_json: str | None = None,
             **params: Any,
         ) -> np.ndarray | None:
-            return self.shown_map(
+            control_map, notices = self.tab_map(
                 condition,
                 True,
                 preprocessor,
@@ -399,6 +404,8 @@ class AppEvents:
                 openpose_json,
                 **params,
             )
+            show_notices(notices)
+            return control_map
 
         detect_map.__name__ = f"detect_{condition.key}"
         return detect_map
@@ -416,7 +423,8 @@ class AppEvents:
         twice in a row (replacing an image fires `.change` twice) is answered once, and an
         input's notices ("scaled down") are shown when the input is new, not at every change."""
 
-        initial = payload_keys({name: c.value for name, c in components.items()}, list(components))
+        values = {name: component.value for name, component in components.items()}
+        initial = payload_keys(file_digests(values, list(components)))
 
         def preview(request: gr.Request, **payloads: Any) -> Any:
             chosen = preprocessed(components["preprocessor"], payloads["preprocessor"])
@@ -425,7 +433,8 @@ class AppEvents:
             who = (request.session_hash or "anonymous", condition.key)
             # Which inputs changed is read from the values, not the event's target: Gradio
             # gives a component a new id in the session once an event updates it.
-            changed = self.previews.changed(who, payload_keys(payloads, names), initial)
+            digests = file_digests(payloads, names)
+            changed = self.previews.changed(who, payload_keys(digests), initial)
             if not changed:  # another preprocessor's control, or the same request again
                 return gr.skip()
             values = {}
@@ -437,19 +446,9 @@ class AppEvents:
                     if changed == {name} and unfinished_number(component, payloads[name]):
                         return gr.skip()
                     raise
-            inputs = {"image": values.get("image"), "openpose_json": values.get("openpose_json")}
-            with user_errors("Making the control map"):
-                control_map, notices = self.control_map(
-                    condition,
-                    inputs,
-                    values["preprocessor"],
-                    values["detect_resolution"],
-                    values["resolution"],
-                    values,
-                    required=False,
-                )
-            source = fingerprint(without_strokes(values[input_name(backend)]))
-            if self.previews.is_new_input(who, source):
+            control_map, notices = self.tab_map(condition, False, **values)
+            upload = fingerprint(without_strokes(digests[input_name(backend)]))
+            if self.previews.is_new_input(who, upload):
                 show_notices(notices)
             return control_map
 
