@@ -94,7 +94,7 @@ def test_training_tunes_only_the_decoder_records_its_run_and_resumes(
     assert not (tmp_path / "run" / "training.json").exists()
 
 
-def test_a_checkpoint_made_for_another_base_is_refused_before_a_pair_is_sampled(
+def test_a_checkpoint_or_pairs_made_for_another_base_are_refused_before_a_pair_is_sampled(
     tiny_model_dir, tmp_path, monkeypatch
 ):
     from cnet.train import decoder
@@ -117,6 +117,10 @@ def test_a_checkpoint_made_for_another_base_is_refused_before_a_pair_is_sampled(
     monkeypatch.setattr(decoder, "sampled_pairs", sampled)
     train(replace(config, model_dir=str(presets["a-copy"]), steps=2))  # the same base goes on
     assert json.loads((tmp_path / "run" / "training.json").read_text())["steps"] == 2
+
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # as if stopped before its first checkpoint
+    with pytest.raises(ValueError, match="pairs-0-of-1.pt holds pairs sampled by another base"):
+        train(replace(config, model_dir=str(presets["b"]), steps=2))
 
 
 def test_seeds_outside_the_train_split_and_a_folder_without_a_vae_are_refused(

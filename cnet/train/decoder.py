@@ -35,6 +35,7 @@ from cnet.train.lineage import read_lineage, recorded_runs, run_record, write_li
 from cnet.train.schedule import lr_factor
 
 SAVE_EVERY = 50  # pairs
+PAIR_KEYS = ("latents", "images", "seeds", "conditions")  # a pairs file's lists, one item a pair
 HELD_OUT_EVERY = 10  # every 10th pair is held out: the fit is measured on them
 RESUME_FREE = ("output_dir", "workers", "checkpoint_every")  # may change on resume unremarked
 
@@ -99,14 +100,16 @@ def decoder_input(vae):
 def collect_pairs(engine, plan: list[tuple[int, str]], path: Path, size: int) -> dict:
     """Sample each planned scene at the engine's preset settings with the scene's own prompt,
     keeping the latent handed to the decoder beside the true image; saved to `path` every
-    SAVE_EVERY pairs and continued from what `path` already holds."""
+    SAVE_EVERY pairs and continued from what `path` already holds. The file records the base
+    that sampled them (its lineage), so pairs of another base are never mixed in."""
     from cnet.engine import GenerationRequest
 
-    pairs = (
-        torch.load(path)
-        if path.is_file()
-        else {"latents": [], "images": [], "seeds": [], "conditions": []}
-    )
+    base_lineage = recorded_runs(engine.preset.base)
+    if path.is_file():
+        pairs = torch.load(path)
+        check_sampled_by(pairs, path, base_lineage)
+    else:
+        pairs = {key: [] for key in PAIR_KEYS} | {"base_lineage": base_lineage}
     done = set(pairs["seeds"])
     todo = [(seed, condition) for seed, condition in plan if seed not in done]
     if not todo:
@@ -162,17 +165,29 @@ def pairs_path(config: DecoderConfig, worker: int) -> Path:
     return Path(config.output_dir) / f"pairs-{worker}-of-{config.workers}.pt"
 
 
-def saved_pairs(folder: Path) -> dict:
+def check_sampled_by(part: dict, path: Path, base_lineage: list[dict]) -> None:
+    """Refuse pairs sampled by another base than the one whose lineage is `base_lineage` (pairs
+    from before the base was recorded pass)."""
+    if part.get("base_lineage", base_lineage) != base_lineage:
+        raise ValueError(
+            f"{path} holds pairs sampled by another base than the one in --model-dir (their "
+            "base/lineage.json differ): tune this one's decoder in another --output-dir, or go "
+            "on with the --model-dir they were sampled with, if that base is still there."
+        )
+
+
+def saved_pairs(folder: Path, base_lineage: list[dict]) -> dict:
     """Every pair saved in `folder` by any number of workers, one per (seed, condition), in seed
-    order; "plan" lists those (seed, condition)."""
+    order, all sampled by the base whose lineage is `base_lineage`; "plan" lists those (seed,
+    condition)."""
     found: dict[tuple[int, str], dict] = {}
     for path in sorted(folder.glob("pairs-*-of-*.pt")):
         part = torch.load(path)
+        check_sampled_by(part, path, base_lineage)
         for i, pair in enumerate(zip(part["seeds"], part["conditions"], strict=True)):
-            found.setdefault(pair, {key: values[i] for key, values in part.items()})
+            found.setdefault(pair, {key: part[key][i] for key in PAIR_KEYS})
     plan = sorted(found)
-    keys = ("latents", "images", "seeds", "conditions")
-    return {"plan": plan} | {key: [found[pair][key] for pair in plan] for key in keys}
+    return {"plan": plan} | {key: [found[pair][key] for pair in plan] for key in PAIR_KEYS}
 
 
 def sampled_pairs(config: DecoderConfig) -> dict:
@@ -180,7 +195,8 @@ def sampled_pairs(config: DecoderConfig) -> dict:
     number of workers, kept), in pair order."""
     folder = Path(config.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    saved = saved_pairs(folder)
+    base_lineage = recorded_runs(Path(config.model_dir) / "base")
+    saved = saved_pairs(folder, base_lineage)
     done = set(saved["plan"])
     jobs: dict[int, list[tuple[int, str]]] = {}  # worker -> the pairs it still has to sample
     for worker in range(config.workers):
@@ -204,7 +220,7 @@ def sampled_pairs(config: DecoderConfig) -> dict:
         for worker, todo in jobs.items():
             _collect_in_worker(config, worker, todo)
     if jobs:
-        saved = saved_pairs(folder)
+        saved = saved_pairs(folder, base_lineage)
     planned = set(pair_plan(config.first_seed, config.pairs))
     keep = [i for i, pair in enumerate(saved.pop("plan")) if pair in planned]
     return {key: [values[i] for i in keep] for key, values in saved.items()}
