@@ -189,13 +189,13 @@ def test_each_phase_reads_batches_of_its_own_size(tmp_path, monkeypatch):
     import cnet.train.base as base
 
     sizes = []
-    real_stream = base.batch_stream
+    real_stream = base.BatchStream
 
     def recording_stream(dataset, batch_size, *args, **kwargs):
         sizes.append(batch_size)
         return real_stream(dataset, batch_size, *args, **kwargs)
 
-    monkeypatch.setattr(base, "batch_stream", recording_stream)
+    monkeypatch.setattr(base, "BatchStream", recording_stream)
     config = tiny_run(tmp_path, vae_steps=1, unet_steps=1, vae_batch_size=3, validate_every=0)
     train_base(config)
     assert sizes[0] == 3 and sizes[-1] == 2  # the VAE phase first, the UNet phase last

@@ -76,9 +76,9 @@ def models_with(controlnet, parts) -> Models:
 
 
 def a_batch(fill50k_dir, size=2) -> dict:
-    from cnet.train.data import batch_stream, open_dataset
+    from cnet.train.data import BatchStream, open_dataset
 
-    return next(batch_stream(open_dataset(str(fill50k_dir), 64), size, seed=0))
+    return next(BatchStream(open_dataset(str(fill50k_dir), 64), size, seed=0))
 
 
 def test_a_start_controlnet_of_another_base_is_refused_before_training(
@@ -410,15 +410,27 @@ def test_a_time_boxed_run_stops_with_a_checkpoint_and_an_export_then_resumes_exa
     assert train(boxed).losses == full.losses
 
 
-def test_a_run_resumed_with_a_new_rate_and_batch_lists_both_stretches(
-    tiny_model_dir, fill50k_dir, tmp_path
+def test_a_run_resumed_with_a_new_rate_and_batch_lists_both_stretches_and_reads_on(
+    tiny_model_dir, fill50k_dir, tmp_path, monkeypatch
 ):
+    import cnet.train.controlnet as controlnet
     from cnet.train.embedded import describe_schedules
     from cnet.train.lineage import recorded_runs
 
+    starts = []
+
+    def recording(dataset, batch_size, seed, start=0, **kwargs):
+        starts.append(start)
+        return real(dataset, batch_size, seed, start, **kwargs)
+
+    real = controlnet.BatchStream
+    monkeypatch.setattr(controlnet, "BatchStream", recording)
     train(config(tiny_model_dir, fill50k_dir, tmp_path, max_steps=1, checkpoint_every=1))
     faster = dict(max_steps=2, learning_rate=5e-4, batch_size=4, resume="latest")
     train(config(tiny_model_dir, fill50k_dir, tmp_path, **faster))
+    assert starts == [0, 2]  # on from the third example, not from step 1's fifth at batch 4
+    state = json.loads((tmp_path / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["stream_position"] == 2 + 4
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["base_lineage"] == recorded_runs(tiny_model_dir / "base")  # the base it steers
     assert [

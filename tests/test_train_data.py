@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cnet.train.data import StepBatches, batch_stream, fill50k, metadata_folder, open_dataset
+from cnet.train.data import BatchStream, StepBatches, fill50k, metadata_folder, open_dataset
 
 RED, WHITE = (200, 30, 35), (255, 255, 255)
 
@@ -95,11 +95,20 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def test_batch_order_restarts_exactly_at_any_micro_batch():
+def test_batch_order_restarts_exactly_at_any_example_whatever_the_batch_size():
     full = take(iter(StepBatches(10, 3, seed=7)), 12)  # crosses several epochs
-    resumed = take(iter(StepBatches(10, 3, seed=7, start=5)), 7)
+    resumed = take(iter(StepBatches(10, 3, seed=7, start=15)), 7)
     assert resumed == full[5:]
     assert take(iter(StepBatches(10, 3, seed=8)), 12) != full
+    smaller = take(iter(StepBatches(10, 2, seed=7, start=15)), 3)
+    assert sum(smaller, []) == sum(full[5:7], [])  # the same examples, two at a time
+
+
+def test_a_batch_stream_says_where_the_next_batch_begins(tmp_path):
+    dataset = fill50k(write_fill50k(tmp_path, 6), 16)
+    stream = BatchStream(dataset, 2, seed=0, num_processes=3)  # this process's third of each
+    next(stream), next(stream)
+    assert stream.position == 2 * 2 * 3
 
 
 def test_batch_order_visits_every_example_once_per_epoch_across_processes():
@@ -111,7 +120,7 @@ def test_batch_order_visits_every_example_once_per_epoch_across_processes():
 
 def test_batch_stream_collates_tensors_and_prompts(tmp_path):
     dataset = fill50k(write_fill50k(tmp_path, 4), 16)
-    batch = next(batch_stream(dataset, batch_size=2, seed=0))
+    batch = next(BatchStream(dataset, batch_size=2, seed=0))
     assert batch["pixel_values"].shape == (2, 3, 16, 16)
     assert batch["conditioning_pixel_values"].shape == (2, 3, 16, 16)
     assert len(batch["prompt"]) == 2 and all(p.startswith("p") for p in batch["prompt"])

@@ -42,7 +42,7 @@ from cnet.train.controlnet import (
     place,
     tokenize,
 )
-from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
+from cnet.train.data import SYNTHETIC, BatchStream, open_dataset, prompts_of, stream_position
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
@@ -315,7 +315,7 @@ def unet_loss(
 def latent_scaling_factor(vae, dataset, batch_size: int, device, batches: int = 8) -> float:
     """1 / std of the latents, so the UNet sees unit-variance inputs (SD 1.5: 0.18215)."""
     generator = torch.Generator(device).manual_seed(0)
-    stream = batch_stream(dataset, batch_size, seed=12345)
+    stream = BatchStream(dataset, batch_size, seed=12345)
     latents = [
         vae.encode(next(stream)["pixel_values"].to(device, vae.dtype)).latent_dist.sample(generator)
         for _ in range(batches)
@@ -383,17 +383,36 @@ def validate(accelerator, phase: str, parts: dict, examples: list[dict], config,
     path.with_suffix(".txt").write_text("\n".join(e["prompt"] for e in examples) + "\n")
 
 
+def phase_batch(config: dict, phase: str) -> int:
+    """The batch size of a phase, per process."""
+    if phase == "vae" and config.get("vae_batch_size"):
+        return config["vae_batch_size"]
+    return config["batch_size"]
+
+
 def save(
-    accelerator, config, phase, step, offset, models, optimizer, losses, generators, lineage
+    accelerator,
+    config,
+    phase,
+    step,
+    offset,
+    models,
+    optimizer,
+    losses,
+    generators,
+    lineage,
+    position,
 ) -> None:
     """A checkpoint named by the steps of both phases: `offset` is the VAE phase's length for
-    the UNet phase (so "latest" is the newest of either), 0 for the VAE phase."""
+    the UNet phase (so "latest" is the newest of either), 0 for the VAE phase; `position` is the
+    phase's place in its data stream."""
     state = {
         "phase": phase,
         "step": step,
         "step_offset": offset,
         "losses": losses,
         "lineage": lineage,
+        "stream_position": position,
         "config": asdict(config),
     }
     if phase == "unet":
@@ -554,13 +573,14 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             )
             trained = {"unet": parts["unet"], "text_encoder": parts["text_encoder"]}
 
-        step = 0
+        step, position, processes = 0, 0, accelerator.num_processes
         if saved and saved["phase"] == phase:
             models = {**trained, "vae": parts["vae"]} if phase == "unet" else {"vae": parts["vae"]}
             ckpt.load_checkpoint(
                 accelerator, resume_dir, models, {"optimizer": optimizer}, generators
             )
             step = saved["step"]
+            position = stream_position(saved, phase_batch(saved["config"], phase) * processes)
             accelerator.print(f"Resumed the {phase} phase from {resume_dir} at step {step}.")
         if phase == "unet":
             if "scaling_factor" in saved:
@@ -573,11 +593,11 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             accelerator.print(f"Latent scaling factor {scaling:.5f}.")
         saved = {}  # resumed: later phases start from their beginning
 
-        batches = batch_stream(
+        batches = BatchStream(
             dataset,
-            (config.vae_batch_size or config.batch_size) if phase == "vae" else config.batch_size,
+            phase_batch(asdict(config), phase),
             config.seed + phase_index,
-            start=step,
+            start=position,
             process_index=rank,
             num_processes=accelerator.num_processes,
             num_workers=config.num_workers,
@@ -648,6 +668,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                     losses,
                     generators,
                     earlier,
+                    batches.position,
                 )
             if config.validate_every and step % config.validate_every == 0:
                 if accelerator.is_main_process:

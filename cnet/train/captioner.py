@@ -38,7 +38,14 @@ from cnet import captioner as cap
 from cnet.cli.options import positive_int
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
-from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, prompts_of
+from cnet.train.data import (
+    SYNTHETIC,
+    BatchStream,
+    examples_per_step,
+    open_dataset,
+    prompts_of,
+    stream_position,
+)
 from cnet.train.report import plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
@@ -326,7 +333,7 @@ def train(config: TrainConfig) -> TrainResult:
     trained = dict(zip(trained, prepared, strict=True))
     model = trained["captioner"]
     generators = {"augment": torch.Generator().manual_seed(config.seed * 1000 + rank)}
-    step, losses, kind_losses, accuracies = 0, [], [], []
+    step, losses, kind_losses, accuracies, position = 0, [], [], [], 0
     schedules = [schedule_of(asdict(config), 0, SCHEDULE_FIELDS)]
     if resume_dir:
         # The captioner came in through start_model: here the head, optimizer and random streams.
@@ -336,13 +343,15 @@ def train(config: TrainConfig) -> TrainResult:
         step, losses, accuracies = saved["step"], saved["losses"], saved["accuracies"]
         kind_losses = saved.get("kind_losses", [])
         schedules = schedules_after_resume(saved, asdict(config), SCHEDULE_FIELDS)
+        per_step = examples_per_step(saved["config"], accelerator.num_processes)
+        position = stream_position(saved, per_step)
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
 
-    batches = batch_stream(
+    batches = BatchStream(
         dataset,
         config.batch_size,
         config.seed,
-        start=step * config.gradient_accumulation_steps,
+        start=position,
         process_index=rank,
         num_processes=accelerator.num_processes,
         num_workers=config.num_workers,
@@ -368,6 +377,7 @@ def train(config: TrainConfig) -> TrainResult:
             "kind_losses": kind_losses,
             "accuracies": accuracies,
             "schedules": schedules,
+            "stream_position": batches.position,
             "config": asdict(config),
         }
         ckpt.save_checkpoint(

@@ -36,7 +36,14 @@ from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.models import check_controlnet_fits, load_controlnet
 from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
-from cnet.train.data import SYNTHETIC, batch_stream, open_dataset, synthetic_maps
+from cnet.train.data import (
+    SYNTHETIC,
+    BatchStream,
+    examples_per_step,
+    open_dataset,
+    stream_position,
+    synthetic_maps,
+)
 from cnet.train.lineage import last_gain, read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
@@ -600,7 +607,7 @@ def train(config: TrainConfig) -> TrainResult:
         "noise": torch.Generator(device).manual_seed(config.seed * 1000 + rank),
         "prompts": torch.Generator().manual_seed(config.seed * 1000 + rank + 500),
     }
-    step, losses, gains = 0, [], {}
+    step, losses, gains, position = 0, [], {}, 0
     settings = {**asdict(config), "all_links": connect_decoder}  # a resume may reconnect them
     schedules = [schedule_of(settings, 0, SCHEDULE_FIELDS)]
     # Read once, at the start: the start folder may be gone (or re-exported) by a resume.
@@ -615,6 +622,9 @@ def train(config: TrainConfig) -> TrainResult:
         step, losses = saved["step"], saved["losses"]
         gains = saved.get("control_gains", {})
         schedules = schedules_after_resume(saved, settings, SCHEDULE_FIELDS)
+        position = stream_position(
+            saved, examples_per_step(saved["config"], accelerator.num_processes)
+        )
         different = ckpt.changed_settings(
             saved["config"], asdict(config), ignore=("resume", "controlnet")
         )
@@ -631,11 +641,11 @@ def train(config: TrainConfig) -> TrainResult:
         config.synth_length,
         replay_share=config.replay_share,
     )
-    batches = batch_stream(
+    batches = BatchStream(
         dataset,
         config.batch_size,
         config.seed,
-        start=step * config.gradient_accumulation_steps,
+        start=position,
         process_index=rank,
         num_processes=accelerator.num_processes,
         num_workers=config.num_workers,
@@ -662,6 +672,7 @@ def train(config: TrainConfig) -> TrainResult:
             "schedules": schedules,
             "lineage": earlier,
             "map_versions": map_versions,
+            "stream_position": batches.position,
             "config": asdict(config),
         }
         directory = ckpt.checkpoint_dir(output_dir, step)

@@ -230,11 +230,12 @@ def prompts_of(dataset: Dataset, count: int) -> list[str]:
 
 
 class StepBatches(Sampler[list[int]]):
-    """Endless batches of dataset indices, a pure function of (seed, micro-batch number).
+    """Endless batches of dataset indices, a pure function of (seed, position in the stream).
 
-    Epoch e visits the dataset in the order torch.randperm(n, seed + e). The stream is cut into
-    global micro-batches of `batch_size * num_processes` indices; process p takes its slice of
-    each. Starting at micro-batch k skips straight to it, which is what makes resume exact.
+    Epoch e visits the dataset in the order torch.randperm(n, seed + e). From example `start`
+    on, the stream is cut into global micro-batches of `batch_size * num_processes` indices;
+    process p takes its slice of each. Starting at an example skips straight to it, which is
+    what makes resume exact, with the batch size changed or not.
     """
 
     def __init__(
@@ -259,7 +260,7 @@ class StepBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         global_batch = self.batch_size * self.num_processes
-        position = self.start * global_batch + self.process_index * self.batch_size
+        position = self.start + self.process_index * self.batch_size
         epoch, order = -1, None
         while True:
             indices = []
@@ -278,22 +279,49 @@ def collate(examples: list[dict]) -> dict:
     return batch
 
 
-def batch_stream(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    start: int = 0,
-    process_index: int = 0,
-    num_processes: int = 1,
-    num_workers: int = 0,
-) -> Iterator[dict]:
-    """Collated batches from micro-batch `start` on, read by `num_workers` loader processes."""
-    sampler = StepBatches(len(dataset), batch_size, seed, start, process_index, num_processes)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate,
-        persistent_workers=num_workers > 0,
-    )
-    return iter(loader)
+def stream_position(saved: dict, examples_per_step: int) -> int:
+    """Where a resumed run's BatchStream goes on: the position its checkpoint `saved` records,
+    else (a checkpoint from before it was recorded) its step x `examples_per_step`, what a step
+    read when it was saved."""
+    return saved.get("stream_position", saved["step"] * examples_per_step)
+
+
+def examples_per_step(config: dict, num_processes: int) -> int:
+    """What one optimizer step of a ControlNet or captioner run with `config` reads."""
+    return config["batch_size"] * config.get("gradient_accumulation_steps", 1) * num_processes
+
+
+class BatchStream:
+    """Collated batches from example `start` of the stream on (`StepBatches`, over all
+    processes), read by `num_workers` loader processes. `position` is where the next global
+    micro-batch begins: a checkpoint records it, so a run resumed with another batch size goes
+    on from the next unseen example."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        start: int = 0,
+        process_index: int = 0,
+        num_processes: int = 1,
+        num_workers: int = 0,
+    ):
+        sampler = StepBatches(len(dataset), batch_size, seed, start, process_index, num_processes)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate,
+            persistent_workers=num_workers > 0,
+        )
+        self._batches = iter(loader)
+        self.position, self.global_batch = start, batch_size * num_processes
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._batches)
+        self.position += self.global_batch
+        return batch
