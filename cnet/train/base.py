@@ -391,28 +391,18 @@ def phase_batch(config: dict, phase: str) -> int:
 
 
 def save(
-    accelerator,
-    config,
-    phase,
-    step,
-    offset,
-    models,
-    optimizer,
-    losses,
-    generators,
-    lineage,
-    position,
+    accelerator, config, phase, step, offset, models, optimizer, losses, generators, lineage, stream
 ) -> None:
     """A checkpoint named by the steps of both phases: `offset` is the VAE phase's length for
-    the UNet phase (so "latest" is the newest of either), 0 for the VAE phase; `position` is the
-    phase's place in its data stream."""
+    the UNet phase (so "latest" is the newest of either), 0 for the VAE phase; with the phase's
+    place in its data `stream`."""
     state = {
         "phase": phase,
         "step": step,
         "step_offset": offset,
         "losses": losses,
         "lineage": lineage,
-        "stream_position": position,
+        "stream_position": stream.position,
         "config": asdict(config),
     }
     if phase == "unet":
@@ -668,7 +658,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                     losses,
                     generators,
                     earlier,
-                    batches.position,
+                    batches,
                 )
             if config.validate_every and step % config.validate_every == 0:
                 if accelerator.is_main_process:
