@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnet.cli.options import output_file
 from cnet.evaluate import COLUMNS, SCENES_FILE
 
 FIGURES = {
@@ -197,7 +198,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("new", type=Path, help="another, of the same test scenes")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         default=None,
         help="also write the table to this file (a folder: to comparison.md in it)",
     )

@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cnet.cli.options import positive_int
+from cnet.cli.options import output_folder, positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.synth import CONDITION_KEYS, Sample, generate, split_seeds
@@ -711,6 +711,20 @@ def model_differences(recorded: Mapping[str, str | None], now: Mapping[str, str 
     ]
 
 
+def check_sampling(sampling: Sampling, condition: str) -> None:
+    """Refuse sampling settings the engine would refuse, before any image is made."""
+    from cnet.engine import GenerationRequest
+
+    control = np.zeros((sampling.size, sampling.size, 3), np.uint8)
+    request = GenerationRequest(
+        control, condition, resolution=sampling.size, steps=sampling.steps, cfg=sampling.cfg
+    )
+    try:
+        request.validate()
+    except ValueError as error:
+        raise ValueError(f"{error} (--size, --steps, --cfg)") from None
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir", default=None, help="embedded-layout folder (default: assets/embedded)"
@@ -735,7 +749,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the preset's")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
+    parser.add_argument("--out", type=output_folder, default=Path("outputs/eval"))
     parser.add_argument(
         "--into",
         type=Path,
@@ -766,6 +780,7 @@ def run(args: argparse.Namespace) -> int:
         sampler = args.sampler or engine.preset.sampler
         seeds = split_seeds(args.split, args.scenes)
         sampling = Sampling(args.size, args.steps, cfg, sampler)
+        check_sampling(sampling, conditions[0])
         models = evaluated_models(engine.preset, CONDITION_KEYS)
         earlier, kept_models = (
             ({}, {})

@@ -130,3 +130,31 @@ def test_generate_reports_bad_settings(tiny_model_dir, control_png, capsys):
     ]
     assert main(args) == 2
     assert "steps must be between" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["generate", "map.png", "-c", "depth", "-o", "{file}"], "at {file}: {file} is a file"),
+        (["synth", "render", "5", "{file}/one"], "at {file}/one: {file} is a file"),
+        (["synth", "render", "-1", "{tmp}/one"], "a whole number of at least 0, got '-1'"),
+        (["synth", "export", "fill50k", "{file}", "--condition", "canny"], "{file} is a file"),
+        (["synth", "contact-sheet", "{tmp}/sheet.txt"], "end its name with .png or .jpg"),
+        (["compare", "{tmp}", "{tmp}", "--out", "{file}/c.md"], "write {file}/c.md: {file} is a"),
+        (["eval", "--out", "{file}"], "cannot write a folder at {file}: {file} is a file"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path, capsys, command, message
+):
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+
+    def placed(text: str) -> str:
+        return text.format(tmp=tmp_path, file=file)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([placed(part) for part in command])
+    assert exit_info.value.code == 2
+    assert placed(message) in capsys.readouterr().err
+    assert file.read_text() == "keep me"

@@ -515,3 +515,31 @@ def test_eval_records_its_models_and_into_keeps_only_rows_of_the_same_ones(
     made_by = json.loads((tmp_path / "second" / "scenes.json").read_text())["models"]
     assert made_by["canny"]["controlnet"] == lineage_digest(canny) != first
     assert set(made_by) == {"canny", "depth"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (["--cfg", "0"], "The CFG scale must be between 1.0 and 30.0, got 0.0."),
+        (["--steps", "200"], "The steps must be between 1 and 150, got 200."),
+        (["--size", "50"], "The resolution must be between 64 and 2048, got 50."),
+    ],
+)
+def test_eval_refuses_sampling_the_engine_would_refuse_before_any_image(
+    tiny_model_dir, tmp_path, capsys, setting, message
+):
+    from cnet.__main__ import main
+
+    out = tmp_path / "eval"
+    command = [
+        "eval",
+        "--model-dir",
+        str(tiny_model_dir),
+        "--conditions",
+        "canny",
+        "--out",
+        str(out),
+    ]
+    assert main([*command, *setting]) == 2
+    assert f"error: {message} (--size, --steps, --cfg)" in capsys.readouterr().err
+    assert not out.exists()

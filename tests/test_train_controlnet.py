@@ -1061,15 +1061,18 @@ def test_cli_refuses_a_read_only_output_folder_before_training_and_names_a_full_
     tiny_model_dir, fill50k_dir, tmp_path, capsys, monkeypatch
 ):
     from cnet.__main__ import main
+    from cnet.cli import options
     from cnet.train import checkpoint as ckpt
 
     command = ["train", "controlnet", "--base", str(tiny_model_dir), "--data", str(fill50k_dir),
                "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
                "--validate-every", "0"]  # fmt: skip
     with monkeypatch.context() as read_only:
-        read_only.setattr(ckpt.os, "access", lambda path, mode: False)
+        read_only.setattr(options.os, "access", lambda path, mode: False)
         assert main(command) == 2
-    assert f"error: Cannot write in {tmp_path} (read-only" in capsys.readouterr().err
+    assert f"{tmp_path} is read-only (or not this user's); choose another --output-dir" in (
+        capsys.readouterr().err
+    )
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

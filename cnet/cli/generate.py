@@ -19,6 +19,7 @@ from cnet.cli.options import (
     add_model_flags,
     add_performance_flags,
     model_settings,
+    output_folder,
     performance_settings,
 )
 from cnet.conditions import CONDITIONS, BackendUnavailable, set_annotators_dir
@@ -83,7 +84,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="auto prompt mode: also save the default-prompt images",
     )
     parser.add_argument(
-        "-o", "--out-dir", default="outputs", help="where PNGs go (default: outputs)"
+        "-o",
+        "--out-dir",
+        type=output_folder,
+        default="outputs",
+        help="where PNGs go (default: outputs)",
     )
 
 

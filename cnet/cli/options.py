@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -27,6 +29,46 @@ non_negative_int = checked_number(int, lambda value: value >= 0, "a whole number
 positive_number = checked_number(float, lambda value: value > 0, "a number above 0")
 non_negative_number = checked_number(float, lambda value: value >= 0, "a number of at least 0")
 share = checked_number(float, lambda value: 0 <= value <= 1, "a share from 0 to 1")
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why no folder can be written at `path` (a file is there or on the way, or the nearest
+    folder is not writable), or None."""
+    folder = Path(path).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is read-only (or not this user's)"
+    return None
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder to write in, refused before any work when it cannot be."""
+    if problem := folder_problem(text):
+        raise argparse.ArgumentTypeError(f"cannot write a folder at {text}: {problem}")
+    return Path(text)
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file to write (or an existing folder to write it in)."""
+    path = Path(text)
+    if problem := folder_problem(path if path.is_dir() else path.parent):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
+    return path
+
+
+def image_file(text: str) -> Path:
+    """An argparse type: an image file to write, its format named by its extension."""
+    from PIL import Image
+
+    path = output_file(text)
+    if Image.registered_extensions().get(path.suffix.lower()) not in Image.SAVE:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell which image format to write {text} in: end its name with .png or .jpg"
+        )
+    return path
 
 
 def controlnet_override(text: str) -> tuple[str, str]:

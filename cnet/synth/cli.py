@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnet.cli.options import positive_int
+from cnet.cli.options import image_file, non_negative_int, output_folder, positive_int
 from cnet.synth.contact_sheet import contact_sheet
 from cnet.synth.examples import add_examples
 from cnet.synth.export import export_fill50k, export_imagefolder
@@ -30,17 +30,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     export = sub.add_parser("export", help="write scenes as fill50k or an image folder")
     export.add_argument("layout", choices=tuple(EXPORTS))
-    export.add_argument("out_dir", type=Path)
+    export.add_argument("out_dir", type=output_folder)
     export.add_argument("--condition", choices=CONDITION_KEYS, required=True)
     scenes(export, 1000)
 
     sheet = sub.add_parser("contact-sheet", help="PNG: one row per scene, target then every map")
-    sheet.add_argument("out", type=Path)
+    sheet.add_argument("out", type=image_file, help="the sheet, e.g. sheet.png")
     scenes(sheet, 6)
 
     render = sub.add_parser("render", help="write one scene's target, maps and attributes")
-    render.add_argument("seed", type=int)
-    render.add_argument("out_dir", type=Path)
+    render.add_argument("seed", type=non_negative_int)
+    render.add_argument("out_dir", type=output_folder)
     render.add_argument("--size", type=positive_int, default=128)
 
     examples = sub.add_parser(

@@ -13,7 +13,6 @@ way (commit_export).
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file
+
+from cnet.cli.options import folder_problem
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
@@ -55,18 +56,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 def check_writable(output_dir: str | Path) -> None:
     """Refuse an output folder that cannot be written now, not at the run's first checkpoint."""
-    folder = Path(output_dir).absolute()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(
-            f"Cannot write {output_dir}: {folder} is a file; choose another --output-dir."
-        )
-    if not os.access(folder, os.W_OK):
-        raise ValueError(
-            f"Cannot write in {folder} (read-only, or not this user's): choose another "
-            "--output-dir."
-        )
+    if problem := folder_problem(output_dir):
+        raise ValueError(f"Cannot write {output_dir}: {problem}; choose another --output-dir.")
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
