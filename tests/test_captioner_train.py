@@ -316,3 +316,22 @@ def test_counts_below_one_are_refused_on_the_command_line(flag, capsys):
     with pytest.raises(SystemExit):
         main(["train", "captioner", flag, "-1"])
     assert "expected a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-test-scenes", "5000"], "--num-test-scenes 5000: The test split has 1000 seeds"),
+        (["--num-validation-scenes", "200000"], "--num-validation-scenes 200000: The validation"),
+        (["--evaluate", "anything", "--scenes", "5000"], "--scenes 5000: The test split has 1000"),
+    ],
+)
+def test_more_scenes_than_a_split_holds_are_refused_before_training(
+    tmp_path, capsys, flags, message
+):
+    from cnet.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["train", "captioner", "--output-dir", str(out), "--max-steps", "1", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

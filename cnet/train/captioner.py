@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from cnet import captioner as cap
 from cnet.cli.options import positive_int
 from cnet.synth.sample import KIND_CLASSES
+from cnet.synth.splits import split_seeds
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import (
     SYNTHETIC,
@@ -286,10 +287,29 @@ the synthetic scene world for the automatic prompt mode. Load with
 """
 
 
+def check_scene_counts(data: str, counts: dict[str, tuple[str, int]]) -> None:
+    """Refuse, before any step, more synthetic scenes than a split holds: {flag: (split,
+    count)}."""
+    if data != SYNTHETIC:
+        return  # a folder's splits are as long as they are: all of it is used
+    for flag, (split, count) in counts.items():
+        try:
+            split_seeds(split, count)
+        except ValueError as error:
+            raise ValueError(f"{flag} {count}: {error}") from None
+
+
 def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    check_scene_counts(
+        config.data,
+        {
+            "--num-validation-scenes": ("validation", config.num_validation_scenes),
+            "--num-test-scenes": ("test", config.num_test_scenes),
+        },
+    )
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
@@ -530,7 +550,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.cpu_threads)
     if args.evaluate:
         try:
+            check_scene_counts(args.data, {"--scenes": ("test", args.scenes)})
             captioner = cap.load_captioner(args.evaluate)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         except cap.CaptionerUnavailable as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
