@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING  # noqa: E402
 from cnet.cli.options import (  # noqa: E402
     add_model_flags,
     add_performance_flags,
+    file_size,
     model_settings,
     performance_settings,
+    port,
     positive_int,
 )
 
@@ -50,9 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="address to listen on (default: 127.0.0.1; 0.0.0.0 to serve your network)",
     )
-    server.add_argument(
-        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
-    )
+    server.add_argument("--port", type=port, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     server.add_argument(
         "--max-queue",
         type=positive_int,
@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     server.add_argument(
         "--max-file-size",
+        type=file_size,
         default="25mb",
         help="largest upload, e.g. 25mb or 1gb (default: 25mb)",
     )
@@ -107,21 +108,30 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = build_demo(engine)
     demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=False,
-        ssr_mode=False,
-        mcp_server=False,
-        footer_links=["api", "gradio"],
-        max_file_size=args.max_file_size,
-        # The app's functions raise only gr.Error; this lets Gradio's own request checks (a
-        # wrong number of values, a path that was not uploaded) answer with their message too.
-        show_error=True,
-        theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
-        css=CSS,
-        prevent_thread_lock=True,
-    )
+    try:
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            ssr_mode=False,
+            mcp_server=False,
+            footer_links=["api", "gradio"],
+            max_file_size=args.max_file_size,
+            # The app's functions raise only gr.Error; this lets Gradio's own request checks (a
+            # wrong number of values, a path that was not uploaded) answer with their message.
+            show_error=True,
+            theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS),
+            css=CSS,
+            prevent_thread_lock=True,
+        )
+    except OSError:  # Gradio's own message names launch()'s parameter, not the flag
+        log.error(
+            "Cannot listen on %s:%s: the port is in use, or not this user's to open; choose "
+            "another --port.",
+            args.host,
+            args.port,
+        )
+        return 1
     # The UI answers first; the weights (and diffusers' slow import) load behind it, so a
     # person's first Run does not pay for them. Missing weights are left to Run to report.
     if not engine.missing():

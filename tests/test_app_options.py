@@ -97,3 +97,33 @@ def test_engine_notices_appear_in_the_status_line_once_known(tiny_model_dir, mon
     shown = on_load.fn()
     assert "⚠️ --compile is off: no C++ compiler here." in shown
     assert "loaded" in shown and "torch.compile" not in shown
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "99999"], "expected a port number from 1 to 65535, got '99999'"),
+        (["--max-file-size", "25xb"], "expected a size such as 25mb or 1gb"),
+        (["--max-file-size", "abc"], "expected a size such as 25mb or 1gb"),
+    ],
+)
+def test_server_flags_gradio_cannot_take_are_refused_on_the_command_line(
+    app, capsys, flags, message
+):
+    with pytest.raises(SystemExit):
+        app.parse_args(flags)
+    assert message in capsys.readouterr().err
+    assert app.parse_args(["--max-file-size", "1 GB", "--port", "7861"]).port == 7861
+
+
+def test_a_port_in_use_is_named_with_the_flag_to_change(app, no_model, caplog):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        used = str(taken.getsockname()[1])
+        with caplog.at_level(logging.ERROR, logger="cnet.app"):
+            assert app.main([*no_model, "--port", used]) == 1
+    assert f"Cannot listen on 127.0.0.1:{used}: the port is in use" in caplog.text
+    assert "choose another --port" in caplog.text

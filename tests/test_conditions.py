@@ -219,6 +219,13 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
         assert "min_length_percent takes a whole number, not 'x'" in capsys.readouterr().err
         assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
         assert "min_length_percent" in capsys.readouterr().err
+        for value in ("300", "-5"):  # refused as the app refuses it, never clamped
+            assert main(["detect", example, "-c", "canny", "-p", f"low_threshold={value}"]) == 2
+            assert f"low_threshold: {value} is out of range; choose a whole number from 1 to" in (
+                capsys.readouterr().err
+            )
+        assert main(["detect", example, "-c", "hough", "-p", "min_length_percent=-5"]) == 2
+        assert "min_length_percent: -5 is out of range" in capsys.readouterr().err
         assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges.psd")]) == 2
         capsys.readouterr()  # Pillow reads .psd but cannot write it
         assert main(["detect", example, "-c", "canny", "-o", str(tmp_path / "edges")]) == 2

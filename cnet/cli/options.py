@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,17 @@ non_negative_int = checked_number(int, lambda value: value >= 0, "a whole number
 positive_number = checked_number(float, lambda value: value > 0, "a number above 0")
 non_negative_number = checked_number(float, lambda value: value >= 0, "a number of at least 0")
 share = checked_number(float, lambda value: 0 <= value <= 1, "a share from 0 to 1")
+port = checked_number(int, lambda value: 1 <= value <= 65535, "a port number from 1 to 65535")
+FILE_SIZE = re.compile(r"\s*\d+\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)
+
+
+def file_size(text: str) -> str:
+    """An argparse type: a size such as 25mb or 1gb, as Gradio's max_file_size reads it."""
+    if not FILE_SIZE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 25mb or 1gb (units b, kb, mb, gb, tb), got {text!r}"
+        )
+    return text
 
 
 def folder_problem(path: str | Path) -> str | None:
