@@ -128,6 +128,19 @@ def other_scenes(old: dict, new: dict) -> list[str]:
     return [c for c in shared if tested_on(old, c) != tested_on(new, c)]
 
 
+def one_run_only(old: dict, new: dict) -> list[str]:
+    """The rows ("condition, setting") only one of the runs scored, each named with its run."""
+    rows = []
+    for name, this, other in (("old", old, new), ("new", new, old)):
+        rows += [
+            f"{condition} {setting} ({name} only)"
+            for condition, settings in this["figures"].items()
+            for setting in settings
+            if setting not in other["figures"].get(condition, {})
+        ]
+    return rows
+
+
 def compare(old: dict, new: dict) -> dict[tuple[str, str, str], Change]:
     """{(condition, setting, figure): Change} for every row both runs have, on the scenes both
     scored, in the new run's order; after each setting's conditions, the mean of the conditions
@@ -223,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if apart := other_scenes(old, new):
         text += f"\n\nLeft out, scored on other scenes or maps by the two runs: {', '.join(apart)}."
+    if lone := one_run_only(old, new):
+        text += f"\n\nScored by one run only, so not compared: {', '.join(lone)}."
     print(text)
     if args.out:
         out = args.out / "comparison.md" if args.out.is_dir() else args.out

@@ -182,3 +182,16 @@ def test_a_damaged_scenes_json_is_named_in_one_line(tmp_path, capsys, text, prob
     assert message.startswith(f"{args.new / 'scenes.json'} {problem}")
     assert message.endswith(f"`python -m cnet eval --out {args.new}`.\n")
     assert message.count("\n") == 1
+
+
+def test_rows_only_one_run_scored_are_named_under_the_table(tmp_path, capsys):
+    row = {"iou": [0.5] * 100}
+    old = evaluation(
+        {"seg": {"user prompt": row, "no control": row}, "depth": {"user prompt": row}}
+    )
+    new = evaluation({"seg": {"user prompt": row}, "canny": {"user prompt": row}})
+    assert run(write_runs(tmp_path, old, new)) == 0
+    assert capsys.readouterr().out.endswith(
+        "Scored by one run only, so not compared: seg no control (old only), depth user prompt "
+        "(old only), canny user prompt (new only).\n"
+    )
