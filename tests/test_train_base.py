@@ -145,6 +145,15 @@ def test_a_controlnet_checkpoint_is_refused_as_a_base_resume(tmp_path):
         train_base(tiny_run(tmp_path, resume=str(folder)))
 
 
+@pytest.mark.parametrize("flag", ["base_init", "vae_init"])
+def test_a_start_folder_that_is_not_there_is_named_before_anything_is_built(tmp_path, flag):
+    missing = tmp_path / "nothere"
+    dashed = "--" + flag.replace("_", "-")
+    with pytest.raises(FileNotFoundError, match=f"{dashed} {missing}: no such folder; give a"):
+        train_base(tiny_run(tmp_path / "run", **{flag: str(missing)}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_time_boxed_base_stops_within_its_phase_exports_no_random_unet_and_resumes_exactly(
     trained, tmp_path
 ):

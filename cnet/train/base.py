@@ -452,6 +452,11 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
     from cnet.architecture import build_components, save_pipeline_dir
 
+    starts = {"--base-init": (config.base_init, "a base pipeline folder, as assets/embedded/base")}
+    starts["--vae-init"] = (config.vae_init, "a VAE folder, as assets/embedded/base/vae")
+    for flag, (folder, wanted) in starts.items():
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder; give {wanted}.")
     config = sampled_like_the_app(config, config.base_init)
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
