@@ -1,4 +1,4 @@
-"""Command-line options shared by `python app.py` and `python -m cnet generate`."""
+"""Command-line flags and argparse types shared by `python app.py` and `python -m cnet`."""
 
 from __future__ import annotations
 
