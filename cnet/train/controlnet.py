@@ -367,6 +367,10 @@ def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
         prompts = config.validation_prompts or [""] * len(config.validation_images)
         if len(prompts) != len(config.validation_images):
             raise ValueError("Give one validation prompt per validation image (or none).")
+        if missing := [p for p in config.validation_images if not Path(p).is_file()]:
+            raise FileNotFoundError(
+                f"--validation-images {missing[0]}: no such file; give control map images."
+            )
         return [
             (load_square(Path(p), resolution), prompt, None)
             for p, prompt in zip(config.validation_images, prompts, strict=True)
