@@ -129,9 +129,11 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image).astype(np.uint16)
-    if image.mode == "I":
+    if image.mode == "I":  # 32-bit integers: the values say which precision they were saved at
         array = np.asarray(image)
-        return array.astype(np.uint16) if array.min() >= 0 and array.max() < 65536 else array
+        if array.min() < 0 or array.max() >= 65536:
+            return array
+        return array.astype(np.uint8 if array.max() < 256 else np.uint16)
     if image.mode == "F":
         return np.asarray(image, dtype=np.float32)
     if image.mode in ("1", "L"):
@@ -214,7 +216,11 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
         scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
         return (finite * scale).round().clip(0, 255).astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer):
-        return array.clip(0, 255).astype(np.uint8)
+        low, high = int(array.min()), int(array.max())
+        if low >= 0 and high <= 255:
+            return array.astype(np.uint8)
+        scaled = (array.astype(np.float64) - low) * 255.0 / max(high - low, 1)
+        return scaled.round().astype(np.uint8)  # beyond 8 bits: the image's own range
     raise ImageInputError(f"Unsupported pixel type {array.dtype}.")
 
 

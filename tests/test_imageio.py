@@ -80,6 +80,21 @@ def test_16_bit_images_keep_their_range():
     assert grey.min() == 0.0 and grey.max() == 1.0
 
 
+def test_32_bit_integer_images_are_read_at_the_precision_their_values_have(tmp_path):
+    band = np.zeros((8, 16), np.int32)
+    band[:, :8] = 200  # 8-bit values in a 32-bit file (some scanners' and tools' TIFFs)
+    Image.fromarray(band).save(tmp_path / "eight.tif")
+    assert Image.open(tmp_path / "eight.tif").mode == "I"
+    assert to_rgb_array(tmp_path / "eight.tif")[0, 0, 0] == 200
+    assert to_grey_float(tmp_path / "eight.tif")[0, 0] == pytest.approx(200 / 255)
+    Image.fromarray(band * 300).save(tmp_path / "sixteen.tif")  # 60000: 16-bit values
+    assert to_rgb_array(tmp_path / "sixteen.tif")[0, 0, 0] == 233
+    assert to_grey_float(tmp_path / "sixteen.tif")[0, 0] == pytest.approx(60000 / 65535)
+    Image.fromarray(band * 1000 - 50_000).save(tmp_path / "wide.tif")  # -50000 .. 150000
+    assert to_rgb_array(tmp_path / "wide.tif")[0, :, 0].tolist() == [255] * 8 + [0] * 8
+    assert to_grey_float(tmp_path / "wide.tif")[0, :].tolist() == [1.0] * 8 + [0.0] * 8
+
+
 def test_float_images_in_unit_range():
     out = to_rgb_array(np.full((3, 3, 3), 0.5, np.float32))
     assert out[0, 0, 0] == 128
