@@ -560,6 +560,23 @@ def test_cli_trains_and_exports(tiny_model_dir, fill50k_dir, tmp_path):
     assert (tmp_path / "controlnet" / "config.json").is_file()
     assert summary["config"]["validation_guidance_scale"] == 9.0  # no "cfg" in its preset.json
     assert summary["config"]["validation_sampler"] == "DDPM"  # nor a "sampler"
+    assert summary["config"]["condition"] is None  # the folder's maps, of no named condition
+
+
+def test_a_run_records_the_condition_its_maps_are_of(tiny_model_dir, fill50k_dir, tmp_path):
+    from cnet.train.controlnet import train
+    from cnet.train.data import maps_condition
+
+    assert maps_condition("synth", None) == "canny"
+    assert maps_condition("synth", "all") == "all"
+    assert maps_condition(str(fill50k_dir), None) is None
+    assert maps_condition(str(fill50k_dir), "depth") == "depth"
+    with pytest.raises(ValueError, match="brings its own maps: name the condition"):
+        maps_condition(str(fill50k_dir), "all")
+    with pytest.raises(ValueError, match="Unknown condition 'edges'; choose from scribble"):
+        maps_condition(str(fill50k_dir), "edges")
+    train(config(tiny_model_dir, fill50k_dir, tmp_path, condition="depth", max_steps=1))
+    assert json.loads((tmp_path / "training.json").read_text())["config"]["condition"] == "depth"
 
 
 def test_validation_images_take_the_guidance_scale_and_sampler_of_the_bases_preset(

@@ -678,6 +678,12 @@ def test_install_refuses_what_is_not_a_finished_fine_tune_of_the_shipped_shared_
     other_start.write_text(json.dumps([{"trainer": "another shared run"}, {"trainer": "seg"}]))
     with pytest.raises(ValueError, match="not fine-tuned from the shared ControlNet"):
         install(recipe["controlnet-seg"].run_dir, out)
+    record = recipe["controlnet-canny"].run_dir / "training.json"
+    summary = json.loads(record.read_text())
+    summary["config"]["condition"] = None  # a folder's maps, their condition not named
+    record.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="without --condition naming their condition"):
+        install(recipe["controlnet-canny"].run_dir, out)
     assert sorted(p.name for p in (out / "controlnet").iterdir()) == ["all"]
     assert not (tmp_path / "not-packed").exists()
 

@@ -34,7 +34,9 @@ HELP = {
     "controlnet": "start from this ControlNet (a folder, a hub id, a single checkpoint file or a "
     "low-rank difference folder) instead of a copy of the base encoder",
     "data": "'synth' (scenes rendered on the fly), a fill50k folder, or a metadata.jsonl folder",
-    "condition": "control map of the synthetic world (scribble, canny, ..., or all: each in turn)",
+    "condition": "the maps' condition: which the synthetic world draws (scribble, canny (default), "
+    "..., or all: each in turn), or which a --data folder's maps are of (kept in the run's record, "
+    "where --install reads it)",
     "replay_share": "of one condition's synthetic examples: the share that shows the other "
     "conditions' maps in turn, so a fine-tune of the shared ControlNet keeps what they taught it",
     "synth_length": "scenes per synthetic epoch",

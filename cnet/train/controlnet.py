@@ -40,6 +40,7 @@ from cnet.train.data import (
     SYNTHETIC,
     BatchStream,
     examples_per_step,
+    maps_condition,
     open_dataset,
     stream_position,
     synthetic_maps,
@@ -70,7 +71,9 @@ class TrainConfig:
     controlnet: str | None = None  # continue from this ControlNet (else from the base)
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
-    condition: str = "canny"  # the synthetic world's control map, or "all": each in turn
+    # the maps' condition: which the synthetic world draws (canny unless named; "all": each in
+    # turn), or which a folder's maps are of (recorded for --install; None: not named)
+    condition: str | None = None
     replay_share: float = 0.0  # of one condition's examples: another condition's map, in turn
     synth_length: int = 50_000  # scenes per synthetic epoch
     resolution: int | None = None  # default: the base UNet's native resolution
@@ -531,6 +534,7 @@ def train(config: TrainConfig) -> TrainResult:
     from tqdm.auto import tqdm
 
     config = sampled_like_the_app(config, base_folder(config.base))
+    config = replace(config, condition=maps_condition(config.data, config.condition))
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     if config.reconnect_decoder and not resume_dir:

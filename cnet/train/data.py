@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 SYNTHETIC = "synth"
 EVERY_CONDITION = "all"  # synthetic scenes, each with the map of another condition in turn
+SYNTHETIC_DEFAULT = "canny"  # the synthetic world's map where a run names none
 TENSORS = ("pixel_values", "conditioning_pixel_values", "kinds")  # stacked by collate
 
 
@@ -163,6 +164,28 @@ class MixedMaps(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return self.parts[self.condition_of(index)][index]
+
+
+def maps_condition(source: str, condition: str | None) -> str | None:
+    """The condition a ControlNet run's maps are of, as its record keeps it (--install puts the
+    run in that condition's place): the synthetic world draws the one named (canny unless told);
+    a folder brings its own maps, of the condition `condition` names (None: not named)."""
+    from cnet.synth.sample import CONDITION_KEYS
+
+    if condition not in (None, EVERY_CONDITION, *CONDITION_KEYS):
+        raise ValueError(
+            f"Unknown condition {condition!r}; choose from {', '.join(CONDITION_KEYS)} "
+            f"(or {EVERY_CONDITION}: the synthetic world's maps of each in turn)."
+        )
+    if source == SYNTHETIC:
+        return condition or SYNTHETIC_DEFAULT
+    if condition == EVERY_CONDITION:
+        raise ValueError(
+            f"--condition {EVERY_CONDITION} takes the synthetic world's maps of every condition "
+            f"in turn, and {source} brings its own maps: name the condition they are of (e.g. "
+            "--condition depth), or leave --condition out."
+        )
+    return condition
 
 
 def synthetic_maps(source: str, condition: str | None, replay_share: float = 0.0) -> list[str]:

@@ -147,6 +147,12 @@ def install_controlnet(run_dir: Path, out: Path, metrics_path: Path | None = Non
     evaluation updated. Returns the condition."""
     summary = finished_summary(run_dir, "controlnet", "max_steps")
     condition = summary["config"]["condition"]
+    if condition is None:
+        raise ValueError(
+            f"{run_dir} trained on a folder's maps without --condition naming their condition, "
+            "so --install cannot tell where it goes: train it with --condition (e.g. "
+            "--condition depth)"
+        )
     if condition not in CONDITION_KEYS:
         raise ValueError(
             f"{run_dir} trained on {condition} maps; --install takes one condition's fine-tune "
