@@ -84,6 +84,32 @@ def test_a_16_bit_depth_gives_smooth_normals_not_the_steps_of_an_8_bit_copy():
     assert red.max() - red.min() <= 1  # one slope, one colour
 
 
+def test_midas_normals_take_the_networks_float_depth_not_its_8_bit_map():
+    import torch
+    from controlnet_aux.midas import MidasDetector
+
+    from cnet.detectors.depth import MidasDepthDetector
+    from cnet.detectors.normal import MidasNormalDetector
+
+    class ShallowSlope(torch.nn.Module):  # MiDaS's place: a wall turning slowly away, left to right
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            assert pixels.shape[:2] == (1, 3) and -1 <= pixels.min() <= pixels.max() <= 1
+            width = pixels.shape[3]
+            return torch.linspace(3000.0, 1000.0, width).expand(1, pixels.shape[2], width)
+
+    midas = MidasNormalDetector.__new__(MidasNormalDetector)
+    midas.depth = MidasDepthDetector.__new__(MidasDepthDetector)
+    midas.depth.model = MidasDetector(ShallowSlope())
+    photo = np.full((SIZE, 4 * SIZE, 3), 128, np.uint8)
+    control = midas(photo, detect_resolution=SIZE, image_resolution=SIZE, bg_threshold=0.0)
+    red = control[SIZE // 2, 8:-8, 0].astype(int)
+    assert red.max() - red.min() <= 1 and red.mean() < 127  # one slope, turned right: one colour
+
+
 def test_a_float_depth_with_an_infinite_background_keeps_its_relief():
     zpass = np.full((SIZE, SIZE), np.inf, np.float32)  # a renderer's Z pass: far = large
     zpass[64:192, 64:192] = np.linspace(2.0, 4.0, 128)[None, :]

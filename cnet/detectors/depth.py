@@ -70,6 +70,18 @@ class MidasDepthDetector(Detector):
         side = min(image.shape[:2])
         return self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
 
+    def relative_depth(self, image: np.ndarray) -> np.ndarray:
+        """The network's own float output for uint8 RGB `image` (sides multiples of 32), HxW,
+        near = large: the precision that the 8-bit map of `detect` rounds away."""
+        import torch
+
+        network = self.model.model
+        device = next(network.parameters()).device
+        pixels = torch.from_numpy(image).to(device).float() / 127.5 - 1.0  # controlnet-aux's input
+        with torch.no_grad():
+            depth = network(pixels.permute(2, 0, 1)[None])[0]
+        return depth.float().cpu().numpy()
+
 
 class DepthAnythingDetector(Detector):
     """Depth Anything (transformers), loaded from a local `from_pretrained` folder."""

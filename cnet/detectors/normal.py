@@ -71,13 +71,14 @@ class NormalFromDepthDetector:
 
 
 class MidasNormalDetector(Detector):
-    """Photo -> MiDaS depth (controlnet-aux) -> `normal_from_depth`: the ControlNet 1.0 recipe."""
+    """Photo -> MiDaS depth (controlnet-aux) -> `normal_from_depth`: the ControlNet 1.0 recipe,
+    on the network's float depth as there (slopes of the 8-bit depth map would be its steps)."""
 
     def __init__(self, weights_dir: Path):
         self.depth = MidasDepthDetector(weights_dir)
 
     def detect(self, image: np.ndarray, bg_threshold: float = 0.1, **_: Any) -> np.ndarray:
-        return normal_from_depth(self.depth.detect(image)[:, :, 0], bg_threshold)
+        return normal_from_depth(self.depth.relative_depth(image), bg_threshold)
 
 
 class NormalBaeDetector(Detector):
