@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import tempfile
 import time
@@ -27,7 +28,9 @@ CHROMIUM_ARGS = [
 # The canvas is drawn in software here, so every mouse move can take a second on a busy machine.
 WAIT_MS = 240_000
 STROKE_WAIT_S = 20  # for a stroke to show on the canvas
-STROKE_PIXELS = 50  # dark pixels a stroke adds at least
+STROKE_PIXELS = 500  # dark pixels a stroke adds at least (the one drawn here: ~1,600)
+RING_PIXELS = 20  # dark pixels of the brush's ring around the pointer (~130 in all)
+RING_REACH = 20  # pixels from the pointer that its ring lies within
 
 pytestmark = [
     pytest.mark.browser,
@@ -38,10 +41,32 @@ pytestmark = [
 ]
 
 
-def dark_pixels(element) -> int:
-    """How many pixels of `element`, as shown, are dark (the strokes on the white sheet)."""
+def dark_pixels(element, around: tuple[float, float] | None = None) -> int:
+    """How many pixels of `element`, as shown, are dark (the strokes on the white sheet); with
+    `around` (a point of the page), only those within RING_REACH pixels of it."""
     shown = np.asarray(Image.open(io.BytesIO(element.screenshot())).convert("L"))
+    if around is not None:
+        box = element.bounding_box()
+        column, row = int(around[0] - box["x"]), int(around[1] - box["y"])
+        shown = shown[
+            max(row - RING_REACH, 0) : row + RING_REACH,
+            max(column - RING_REACH, 0) : column + RING_REACH,
+        ]
     return int((shown < 100).sum())
+
+
+def hover_until_the_brush_shows(page, canvas, x: float, y: float) -> None:
+    """Move the pointer onto the sheet at (x, y) until the brush's ring shows around it: the
+    editor is ready to draw (on a busy machine, seconds after the page's network is idle; a
+    stroke drawn before is lost, the ring alone left to look like one)."""
+    deadline = time.monotonic() + STROKE_WAIT_S
+    for wiggle in itertools.count():
+        page.mouse.move(x + wiggle % 2, y)
+        if dark_pixels(canvas, around=(x, y)) >= RING_PIXELS:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail("The sketch pad's brush did not show over the sheet")
+        time.sleep(0.25)
 
 
 def stroke_shows(canvas, before: int) -> bool:
@@ -95,9 +120,9 @@ def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
     # One stroke across the middle of the sheet, which is centred in the wider canvas: the editor
     # draws nothing for a stroke begun in the margin beside the sheet.
     box = canvas.bounding_box()
-    before = dark_pixels(canvas)
     x, y = box["x"] + box["width"] / 2 - 75, box["y"] + box["height"] * 0.3
-    page.mouse.move(x, y)
+    hover_until_the_brush_shows(page, canvas, x, y)
+    before = dark_pixels(canvas)
     page.mouse.down()
     for dx, dy in [(30, 20), (60, 45), (90, 70), (120, 90), (150, 110)]:
         page.mouse.move(x + dx, y + dy)
