@@ -56,12 +56,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_value(backend: Backend, name: str, text: str) -> Any:
-    defaults = backend.defaults()
-    if name not in defaults:
-        known = ", ".join(defaults) or "none"
+    params = {param.name: param for param in backend.params}
+    if name not in params:
+        known = ", ".join(params) or "none"
         raise ValueError(f"{backend.label} has no parameter {name!r} (parameters: {known})")
-    default = defaults[name]
-    param = next(param for param in backend.params if param.name == name)
+    param = params[name]
+    default = param.default
     if isinstance(default, bool):
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(f"{name} takes true or false, not {text!r}")
