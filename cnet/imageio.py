@@ -11,6 +11,7 @@ than MAX_PIXELS (an extreme aspect ratio, or a keypoints canvas of absurd size).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import struct
@@ -51,29 +52,35 @@ class ImageInputError(ValueError):
 def _open(
     path: str | os.PathLike, max_pixels: int | None = None
 ) -> tuple[Image.Image | np.ndarray, tuple[int, int]]:
-    """(the first frame decoded, its size in the file); with `max_pixels`, a JPEG decodes at a
-    reduced scale. A 16-bit colour PNG comes as a uint16 array (Pillow would make it 8-bit)."""
+    """(the first frame decoded, its full size the right way up); with `max_pixels`, a JPEG
+    decodes at a reduced scale. A 16-bit colour PNG comes as a uint16 array (Pillow would make
+    it 8-bit)."""
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}.")
     try:
         with warnings.catch_warnings():
-            # Pillow's own bomb warning (above 89 MP); _check_pixels refuses at our limit
+            # Pillow's own bomb warning (above 89 MP, at open and load); _check_pixels refuses
+            # at our limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
-        stored = image.size
-        _check_pixels(*stored)
-        orientation = _orientation(image)
-        if orientation in (5, 6, 7, 8):  # stored on its side; shown turned upright
-            stored = stored[::-1]
-        if max_pixels and image.width * image.height > max_pixels:
-            scale = math.sqrt(max_pixels / (image.width * image.height))
-            image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
-        if image.format == "PNG" and orientation == 1 and _colour_16_bit(path):
-            array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if array is not None:
-                return cv2.cvtColor(array, BGR_TO_RGB[array.shape[2]]), stored
-        image.load()
+            stored = image.size
+            _check_pixels(*stored)
+            orientation = _orientation(image)
+            if image.format == "TIFF" and orientation in (5, 6, 7, 8):
+                # from memory: Pillow (12.3) maps an uncompressed grey, RGBA or 16-bit TIFF from
+                # its file at the turned size, which garbles the pixels; read from bytes it is right
+                image = Image.open(io.BytesIO(path.read_bytes()))
+            if max_pixels and image.width * image.height > max_pixels:
+                scale = math.sqrt(max_pixels / (image.width * image.height))
+                image.draft(image.mode, (int(image.width * scale), int(image.height * scale)))
+            if image.format == "PNG" and orientation == 1 and _colour_16_bit(path):
+                array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                if array is not None:
+                    return cv2.cvtColor(array, BGR_TO_RGB[array.shape[2]]), stored
+            image.load()
+            if _orientation(image) in (5, 6, 7, 8):  # on its side still (Pillow turns some TIFFs)
+                stored = stored[::-1]
     except ImageInputError:
         raise
     except Image.DecompressionBombError:  # more than twice Pillow's limit: no size to tell

@@ -293,3 +293,23 @@ def test_a_16_bit_colour_png_keeps_its_precision_and_channel_order(tmp_path):
     assert loaded.dtype == np.uint16 and np.array_equal(loaded, rgb)
     grey = to_grey_float(tmp_path / "depth16.png")
     assert len(np.unique(grey)) > 1000  # 8 bits would leave about 4 levels of this ramp
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "I;16"])
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_uncompressed_tiff_on_its_side_is_turned_not_garbled(tmp_path, mode, orientation):
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:5, :10] = 255  # a bright corner at the top left, landscape
+    image = Image.fromarray(stored).convert(mode)
+    if mode == "I;16":
+        image = Image.fromarray(stored.astype(np.uint16) * 257)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "turned.tif"
+    image.save(path, exif=exif)  # no compression: Pillow reads it without libtiff
+    loaded = imageio.load_image(path, max_pixels=400)
+    upright = np.rot90(stored, -1 if orientation == 6 else 1)
+    grey = to_grey_float(path)
+    assert grey.shape == upright.shape and ((grey > 0.5) == (upright > 0)).all()
+    # scaled down to 400 pixels: the notice names the file's size the right way up
+    assert len(loaded.notices) == 1 and "The image is 20x40 pixels" in loaded.notices[0]
