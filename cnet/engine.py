@@ -187,6 +187,12 @@ class GenerationResult:
     metadata: dict = field(default_factory=dict)
 
 
+EMPTY_USER_PROMPT = (
+    "The prompt is empty: the images follow the added prompt alone. Type what the image should "
+    "show, or choose the No prompt or Default prompt mode."
+)
+
+
 def compose_prompt(text: str, added_prompt: str) -> str:
     """The original apps' `prompt + ", " + a_prompt`, skipping empty parts."""
     return ", ".join(part for part in (text.strip(), added_prompt.strip()) if part)
@@ -465,6 +471,8 @@ class Engine:
                     notices,
                 )
             else:
+                if request.prompt_mode == "user" and not request.prompt.strip():
+                    notices.append(EMPTY_USER_PROMPT)
                 prompt = positive_prompt(request.prompt_mode, request.prompt, request.added_prompt)
                 images = self._sample(
                     request,

@@ -11,6 +11,7 @@ import pytest
 from cnet import png_info
 from cnet.engine import (
     DEFAULT_PROMPT,
+    EMPTY_USER_PROMPT,
     MAX_SEED,
     SAMPLERS,
     Engine,
@@ -417,7 +418,8 @@ def test_seeds_past_the_largest_wrap_to_zero(engine, control_map):
 
 def test_an_overlong_negative_prompt_is_named_as_such(engine, control_map):
     long = " ".join(["lowres"] * 100)
-    notices = engine.generate(request(control_map, negative_prompt=long)).metadata["notices"]
+    settings = request(control_map, prompt="a red sphere", negative_prompt=long)
+    notices = engine.generate(settings).metadata["notices"]
     assert len(notices) == 1 and notices[0].startswith("The negative prompt is")
     notices = engine.generate(request(control_map, prompt=long, negative_prompt="")).metadata[
         "notices"
@@ -485,3 +487,12 @@ def test_the_embedded_controlnets_on_another_base_are_flagged_low_rank_ones_too(
     engine = load_engine("embedded", base=str(tiny_model_dir / "base"), device="cpu")
     assert engine.mismatched() == list(engine.preset.controlnets)
     assert load_engine("embedded", device="cpu").mismatched() == []
+
+
+def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):
+    settings = request(control_map, prompt_mode="user", prompt="  ", negative_prompt="")
+    empty = engine.generate(settings).metadata
+    assert empty["notices"] == [EMPTY_USER_PROMPT] and "No prompt" in EMPTY_USER_PROMPT
+    for mode, prompt in (("user", "a red sphere"), ("none", ""), ("default", "")):
+        settings = request(control_map, prompt_mode=mode, prompt=prompt, negative_prompt="")
+        assert engine.generate(settings).metadata["notices"] == []
