@@ -237,6 +237,34 @@ def test_stop_cancels_only_that_sessions_runs_in_that_tab():
         assert canny.is_set() and again.is_set()
         assert not hough.is_set() and not bob.is_set()
     assert not jobs.cancel("alice", "canny")
+    with jobs.start("alice", "canny") as canny, jobs.start("alice", "hough") as hough:
+        with jobs.start("bob", "canny") as bob:
+            assert jobs.cancel("alice")  # the page closed: every tab of that session
+        assert canny.is_set() and hough.is_set() and not bob.is_set()
+
+
+def test_stop_says_whether_it_stopped_a_run_from_a_queued_event(demo, monkeypatch):
+    """Gradio shows a message only from a queued event; Stop's must not wait in the queue."""
+    event = next(fn for fn in demo.fns.values() if fn.name == "stop_canny")
+    assert event.queue is not False and event.concurrency_limit is None
+    shown = []
+    monkeypatch.setattr(gr, "Info", shown.append)
+    events = AppEvents(load_engine(model_dir="unused"))
+    stop = events.stop_fn(CONDITIONS["canny"])
+    alice = gr.Request(session_hash="alice")
+    with events.jobs.start("alice", "canny") as running:
+        stop(alice)
+    stop(alice)
+    assert running.is_set() and shown == ["Stopped.", "Nothing of yours is sampling in this tab."]
+
+
+def test_closing_the_page_stops_that_sessions_runs(demo):
+    unload = next(fn for fn in demo.fns.values() if fn.name == "end_session")
+    with unload.fn.__self__.jobs.start("alice", "depth") as running:
+        unload.fn(gr.Request(session_hash="bob"))
+        assert not running.is_set()
+        unload.fn(gr.Request(session_hash="alice"))
+        assert running.is_set()
 
 
 class Preview:

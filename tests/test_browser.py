@@ -7,6 +7,7 @@ import itertools
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ CHROMIUM_ARGS = [
 ]
 # The canvas is drawn in software here, so every mouse move can take a second on a busy machine.
 WAIT_MS = 240_000
+QUIET_S = 0.5  # as Playwright's networkidle
 STROKE_WAIT_S = 20  # for a stroke to show on the canvas
 STROKE_PIXELS = 500  # dark pixels a stroke adds at least (the one drawn here: ~1,600)
 RING_PIXELS = 20  # dark pixels of the brush's ring around the pointer (~130 in all)
@@ -57,7 +59,7 @@ def dark_pixels(element, around: tuple[float, float] | None = None) -> int:
 
 def hover_until_the_brush_shows(page, canvas, x: float, y: float) -> None:
     """Move the pointer onto the sheet at (x, y) until the brush's ring shows around it: the
-    editor is ready to draw (on a busy machine, seconds after the page's network is idle; a
+    editor is ready to draw (on a busy machine, seconds after the page's requests end; a
     stroke drawn before is lost, the ring alone left to look like one)."""
     deadline = time.monotonic() + STROKE_WAIT_S
     for wiggle in itertools.count():
@@ -107,13 +109,44 @@ def page(tmp_path: Path):
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
+@pytest.fixture
+def quiet(page) -> Callable[[], None]:
+    """Wait until the page has had no request in flight for QUIET_S: Playwright's "networkidle",
+    but for Gradio's heartbeat, a connection the page holds open while it lives (the app's
+    unload event needs it)."""
+    in_flight = set()
+
+    def sent(request) -> None:
+        if "/heartbeat/" not in request.url:
+            in_flight.add(request)
+
+    def ended(request) -> None:
+        in_flight.discard(request)
+
+    page.on("request", sent)
+    page.on("requestfinished", ended)
+    page.on("requestfailed", ended)
+
+    def wait() -> None:
+        deadline = time.monotonic() + WAIT_MS / 1000
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < QUIET_S:
+            if in_flight:
+                quiet_since = time.monotonic()
+            if time.monotonic() > deadline:
+                pytest.fail(f"The page kept requests in flight: {[r.url for r in in_flight]}")
+            page.wait_for_timeout(100)  # Playwright delivers the request events meanwhile
+
+    return wait
+
+
+def test_draw_a_scribble_preview_it_and_run(app_url: str, page, quiet, tmp_path: Path):
     page.goto(app_url)
     canvas = page.locator("#scribble-input canvas").first
     canvas.wait_for(state="visible")
     # The editor fetches its sheet and empty strokes layer after it appears; a stroke drawn
     # before they arrive is replaced by them, as it would be for a person that quick.
-    page.wait_for_load_state("networkidle")
+    quiet()
     preview = page.locator("#scribble-map img")
     assert preview.count() == 0
 
@@ -146,14 +179,14 @@ def test_draw_a_scribble_preview_it_and_run(app_url: str, page, tmp_path: Path):
     assert (tmp_path / "scribble.png").stat().st_size > 0
 
 
-def test_sliders_changed_by_keyboard_update_the_preview(app_url: str, page, tmp_path: Path):
+def test_sliders_changed_by_keyboard_update_the_preview(app_url: str, page, quiet, tmp_path: Path):
     """Arrow keys on a slider, and a number typed digit by digit into its box (through "2" and
     "25", out of range on the way to "256"), update the control map with no error toast."""
     photo = np.zeros((64, 64, 3), dtype=np.uint8)
     photo[16:48, 20:44] = 255
     Image.fromarray(photo).save(tmp_path / "square.png")
     page.goto(app_url)
-    page.wait_for_load_state("networkidle")
+    quiet()
     page.get_by_role("tab", name="Canny").click()
     page.locator("#canny-input input[type=file]").set_input_files(str(tmp_path / "square.png"))
     preview = page.locator("#canny-map img").first
@@ -183,14 +216,14 @@ def test_sliders_changed_by_keyboard_update_the_preview(app_url: str, page, tmp_
 
 
 def test_an_unreadable_upload_over_a_picture_clears_the_map_with_one_message(
-    app_url: str, page, tmp_path: Path
+    app_url: str, page, quiet, tmp_path: Path
 ):
     photo = np.zeros((64, 64, 3), dtype=np.uint8)
     photo[16:48, 20:44] = 255
     Image.fromarray(photo).save(tmp_path / "square.png")
     (tmp_path / "notes.png").write_bytes(b"this is not an image")
     page.goto(app_url)
-    page.wait_for_load_state("networkidle")
+    quiet()
     page.get_by_role("tab", name="Canny").click()
     upload = page.locator("#canny-input input[type=file]")
     upload.set_input_files(str(tmp_path / "square.png"))
@@ -201,20 +234,20 @@ def test_an_unreadable_upload_over_a_picture_clears_the_map_with_one_message(
     preview.first.wait_for(state="detached")
     message = page.locator(".toast-body").first
     message.wait_for(state="visible")
-    page.wait_for_load_state("networkidle")
+    quiet()
     assert message.inner_text().count("not an image this app can read") == 1
     assert page.locator(".toast-body").count() == 1
 
 
 def test_the_preview_follows_the_input_after_the_preprocessor_is_switched(
-    app_url: str, page, tmp_path: Path
+    app_url: str, page, quiet, tmp_path: Path
 ):
     """Switching the preprocessor updates the input's visibility, and Gradio then gives the
     input a new id in the session: the preview must still follow it."""
     Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "square.png")
     Image.new("RGB", (128, 64), (255, 255, 255)).save(tmp_path / "wide.png")
     page.goto(app_url)
-    page.wait_for_load_state("networkidle")
+    quiet()
     page.get_by_role("tab", name="Canny").click()
 
     def map_width_becomes(width: int | None) -> None:
@@ -231,8 +264,42 @@ def test_the_preview_follows_the_input_after_the_preprocessor_is_switched(
     for label in ("None", "Canny"):
         choice.click()
         page.get_by_role("option", name=label).first.click()
-    page.wait_for_load_state("networkidle")
+    quiet()
     upload.set_input_files(str(tmp_path / "wide.png"))
     map_width_becomes(128)
     page.locator("#canny-input button[aria-label='Remove Image']").first.click()
     map_width_becomes(None)
+
+
+def test_stop_or_a_reload_ends_a_run_and_frees_the_worker(app_url: str, page, quiet, tmp_path):
+    """Stop ends a long run with a message; a page reloaded mid-run ends its run too, so the
+    next page's run does not wait behind it (here, minutes)."""
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "square.png")
+
+    def open_canny() -> None:
+        quiet()
+        page.get_by_role("tab", name="Canny").click()
+        page.locator("#canny-input input[type=file]").set_input_files(str(tmp_path / "square.png"))
+        page.locator("#canny-map img").first.wait_for(state="visible")
+
+    def run_until_sampling() -> None:
+        page.click("#canny-run")
+        page.get_by_text("/100 steps").first.wait_for(state="visible")
+
+    page.goto(app_url)
+    open_canny()
+    tab = page.locator("#canny-run").locator("xpath=ancestor::div[contains(@class,'tabitem')]")
+    tab.get_by_text("Advanced").click()
+    for label, value in (("Images", 12), ("Steps", 100), ("Resolution (short side)", 512)):
+        box = tab.locator(f"input[type=number][aria-label*='{label}']").first
+        box.fill(str(value))
+        box.press("Enter")
+    run_until_sampling()
+    page.click("#canny-stop")
+    page.locator(".toast-body", has_text="Stopped.").wait_for(state="visible", timeout=60_000)
+
+    run_until_sampling()
+    page.reload()
+    open_canny()
+    page.click("#canny-run")  # one image at the page's defaults
+    page.locator("#canny-gallery img").nth(1).wait_for(state="visible")

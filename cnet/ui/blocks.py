@@ -78,6 +78,8 @@ def build_demo(engine: Engine, conditions: Mapping[str, Condition] | None = None
                 with gr.Tab(condition.label, id=condition.key, elem_id=f"tab-{condition.key}"):
                     condition_tab(condition, engine, events).then(**refresh_status)
         demo.load(**refresh_status)
+        # A page closed or reloaded mid-run would otherwise keep the worker to the run's end.
+        demo.unload(events.end_session)
     return demo
 
 
@@ -211,7 +213,13 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         api_name=key,
         concurrency_id="generate",
     )
-    stop.click(events.stop_fn(condition), cancels=[generation], api_name=f"stop_{key}", queue=False)
+    # Queued, never waiting (no limit): a message is shown only from a queued event.
+    stop.click(
+        events.stop_fn(condition),
+        cancels=[generation],
+        api_name=f"stop_{key}",
+        concurrency_limit=None,
+    )
     return generation
 
 

@@ -311,9 +311,15 @@ class RunningJobs:
                 if not flags:
                     del self._flags[(session, tab)]
 
-    def cancel(self, session: str, tab: str) -> bool:
+    def cancel(self, session: str, tab: str | None = None) -> bool:
+        """Stop the session's runs in `tab` (in every tab when None); whether there were any."""
         with self._lock:
-            flags = list(self._flags.get((session, tab), ()))
+            flags = [
+                flag
+                for (owner, where), running in self._flags.items()
+                if owner == session and tab in (None, where)
+                for flag in running
+            ]
         for flag in flags:
             flag.set()
         return bool(flags)
@@ -528,10 +534,17 @@ class AppEvents:
         generate.__name__ = condition.key
         return generate
 
+    def end_session(self, request: gr.Request) -> None:
+        """The page was closed or reloaded: its runs, in every tab, stop at their next step."""
+        if request.session_hash:
+            self.jobs.cancel(request.session_hash)
+
     def stop_fn(self, condition: Condition) -> Callable[[gr.Request], None]:
         def stop(request: gr.Request) -> None:
-            if not self.jobs.cancel(request.session_hash or "anonymous", condition.key):
-                gr.Info("Nothing is running in this tab.")
+            if self.jobs.cancel(request.session_hash or "anonymous", condition.key):
+                gr.Info("Stopped.")
+            else:
+                gr.Info("Nothing of yours is sampling in this tab.")
 
         stop.__name__ = f"stop_{condition.key}"
         return stop
