@@ -112,7 +112,8 @@ def test_bad_json_is_explained():
         ('{"people": [null]}', '"people" list'),
         ('{"people": [{"pose_keypoints_2d": [10, 20]}]}', "x, y, confidence numbers"),
         ('{"people": [{"pose_keypoints_2d": ["a", "b", "c"]}]}', "x, y, confidence numbers"),
-        ('{"people": [], "canvas_width": "abc", "canvas_height": 5}', "x, y, confidence"),
+        ('{"people": [{"pose_keypoints_2d": [1, 2, 3]}]}', "has 1 body keypoints; OpenPose"),
+        ('{"people": [], "canvas_width": "abc", "canvas_height": 5}', "are not whole numbers"),
         ('{"people": [], "canvas_width": -512, "canvas_height": 512}', "sizes are positive"),
     ],
 )
@@ -121,6 +122,26 @@ def test_malformed_pose_files_are_refused_with_a_message(text, message):
 
     with pytest.raises(ImageInputError, match=message):
         read_openpose_json(text)
+
+
+def test_an_empty_pose_file_says_so_and_what_a_pose_file_holds(tmp_path):
+    (tmp_path / "pose.json").write_text("  \n")
+    with pytest.raises(ValueError, match=r'The pose file is empty\. Give .*"pose_keypoints_2d"'):
+        read_openpose_json(str(tmp_path / "pose.json"))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"people": []}, "no person"),
+        ({"people": [{"face_keypoints_2d": [1, 2, 1]}]}, "no person"),
+        ({"people": [{"pose_keypoints_2d": [0.0] * 54}]}, "No keypoint .* on its 512 x 512"),
+        (_openpose_json(POINTS + 5000, canvas_width=512, canvas_height=512), "outside it"),
+    ],
+)
+def test_a_pose_file_that_draws_nothing_is_refused_not_run_as_an_empty_map(data, message):
+    with pytest.raises(ValueError, match=message):
+        detect("pose", data, backend="keypoints_json")
 
 
 def test_a_pose_file_of_any_name_is_read_as_a_file(tmp_path):

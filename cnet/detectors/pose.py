@@ -69,6 +69,10 @@ FACE_KEYPOINT_COLOR = (255, 255, 255)
 BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 
 Keypoints = np.ndarray | list | tuple
+POSE_FILE_HELP = (
+    'Give the keypoints as OpenPose JSON: {"people": [{"pose_keypoints_2d": [x, y, confidence, '
+    "...]}]}, as OpenPose and pose editors export it."
+)
 
 
 def _as_points(keypoints: Keypoints, count: int | None = None) -> np.ndarray:
@@ -190,10 +194,14 @@ def _read_json(source: Any) -> dict:
         source = path.read_text(encoding="utf-8")
     if not isinstance(source, str):
         raise ImageInputError(f"Expected OpenPose JSON, got {type(source).__name__}.")
+    if not source.strip():
+        raise ImageInputError(f"The pose file is empty. {POSE_FILE_HELP}")
     try:
         data = json.loads(source)
     except json.JSONDecodeError as error:
-        raise ImageInputError(f"The pose file is not valid JSON ({error}).") from None
+        raise ImageInputError(
+            f"The pose file is not valid JSON ({error}). {POSE_FILE_HELP}"
+        ) from None
     if isinstance(data, list):  # some editors export a list of frames: take the first
         data = data[0] if data else {}
     if not isinstance(data, dict):
@@ -214,6 +222,8 @@ def read_openpose_json(source: Any) -> PoseFile:
         raise ImageInputError('OpenPose JSON needs a "people" list with "pose_keypoints_2d".')
     try:
         return _read_people(data, people)
+    except ImageInputError:
+        raise
     except (TypeError, ValueError) as error:  # numpy's words for a list that is not triples
         raise ImageInputError(
             f"The pose file's keypoints are not lists of x, y, confidence numbers ({error})."
@@ -231,8 +241,14 @@ def _read_people(data: dict, people: list[dict]) -> PoseFile:
     # Normalised coordinates may stray a little outside [0, 1] (a hand beyond the frame); pixel
     # coordinates of a real canvas are never all below 2.
     normalized = bool(coords) and max(coords) <= 2.0
-    width = int(data.get("canvas_width") or 0)
-    height = int(data.get("canvas_height") or 0)
+    try:
+        width = int(data.get("canvas_width") or 0)
+        height = int(data.get("canvas_height") or 0)
+    except (TypeError, ValueError):
+        raise ImageInputError(
+            'The pose file\'s "canvas_width" and "canvas_height" are not whole numbers '
+            f"({data.get('canvas_width')!r} x {data.get('canvas_height')!r})."
+        ) from None
     if width < 0 or height < 0:
         raise ImageInputError(f"The pose file's canvas is {width} x {height}; sizes are positive.")
     if not (width and height):
@@ -248,7 +264,10 @@ def _read_people(data: dict, people: list[dict]) -> PoseFile:
         if len(body) == 25:
             body = body[list(BODY25_TO_COCO18)]
         if len(body) != len(KEYPOINT_NAMES):
-            raise ImageInputError(f"Expected 18 (COCO) or 25 (BODY_25) keypoints, got {len(body)}.")
+            raise ImageInputError(
+                f"A person in the pose file has {len(body)} body keypoints; OpenPose JSON has "
+                "18 (COCO) or 25 (BODY_25), each as x, y, confidence."
+            )
         left, right, face = (
             _triples(person.get(key), normalized, height, width)
             for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d")
@@ -287,9 +306,21 @@ class KeypointsJSONDetector:
         **params: Any,
     ) -> np.ndarray:
         pose = read_openpose_json(image)
+        if not pose.people:
+            raise ImageInputError(
+                'The pose file holds no person with "pose_keypoints_2d", so the map would be '
+                f"empty. {POSE_FILE_HELP}"
+            )
         height, width = target_size(pose.height, pose.width, max(detect_resolution, POSE_CANVAS))
         people = [p.scaled(width / pose.width, height / pose.height) for p in pose.people]
         control = draw_people(people, height, width, include_hands, include_face)
+        if not control.any():
+            raise ImageInputError(
+                f"No keypoint of the pose file lies on its {pose.width} x {pose.height} canvas "
+                "(all missing, at confidence 0, or outside it), so the map would be empty. "
+                'Coordinates are pixels of "canvas_width" x "canvas_height", or fractions (0-1) '
+                "of the image."
+            )
         return resize_map(control, target_size(height, width, image_resolution))
 
 
