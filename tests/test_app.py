@@ -54,6 +54,12 @@ def test_one_tab_per_condition_in_registry_order(demo):
     assert [tab.label for tab in tabs] == [condition.label for condition in CONDITIONS.values()]
 
 
+def test_galleries_show_wide_and_tall_results_whole(demo):
+    galleries = [block for block in demo.blocks.values() if isinstance(block, gr.Gallery)]
+    assert len(galleries) == len(CONDITIONS)
+    assert {gallery.object_fit for gallery in galleries} == {"contain"}
+
+
 def test_every_public_event_has_its_api_name(demo):
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     expected = set()

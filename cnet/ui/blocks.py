@@ -153,6 +153,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
             gallery = gr.Gallery(
                 label="Control map and samples",
                 columns=2,
+                object_fit="contain",  # a wide or tall result shown whole, not cropped square
                 format="png",
                 elem_id=f"{key}-gallery",
             )
@@ -339,7 +340,8 @@ def settings_panel(engine: Engine) -> Controls:
                 value=resolution,
                 step=8,
                 label="Resolution (short side)",
-                info="Rounded to what the model takes (a multiple of 64 for SD 1.5).",
+                info="Rounded to the model's latent grid: a multiple of 64 for SD 1.5 and "
+                "the embedded model.",
             ),
             control_strength=checked.Slider(
                 0.0, 2.0, value=defaults["control_strength"], step=0.05, label="Control strength"
