@@ -75,10 +75,19 @@ class Backend:
     #: (import name, pip name) of the library the detector needs beyond the core requirements
     package: tuple[str, str] | None = field(default=None, kw_only=True)
     accepts: str = field(default="image", kw_only=True)
+    #: a notice when a picture does not look like what the detector reads, else None
+    input_check: Callable[[np.ndarray], str | None] | None = field(
+        default=None, kw_only=True, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.accepts not in ACCEPTS:
             raise ValueError(f"Backend {self.name!r}: accepts must be one of {ACCEPTS}")
+
+    def input_notices(self, image: np.ndarray) -> list[str]:
+        """What `input_check` says about a picture given to this backend."""
+        notice = None if self.input_check is None else self.input_check(image)
+        return [] if notice is None else [notice]
 
     @property
     def reads_keypoints(self) -> bool:
@@ -327,6 +336,7 @@ CONDITIONS: dict[str, Condition] = {
                     "palette",
                     "Uploaded map, snapped to the ADE20K palette",
                     factory=seg.PaletteSnapDetector,
+                    input_check=seg.photo_notice,
                 ),
                 NONE_BACKEND,
             ),

@@ -319,6 +319,15 @@ def test_preview_waits_while_a_number_is_typed_and_refuses_a_fraction(demo, monk
         preview.change("canny_low_threshold", 50.5)
 
 
+def test_a_photo_given_as_a_segmentation_map_is_previewed_with_a_notice(demo, monkeypatch):
+    preview = Preview(demo, "seg", monkeypatch)
+    preview.change("preprocessor", "palette")
+    assert preview.change("image", ROOT / "assets" / "examples" / "seg.png") is not None
+    assert preview.notices == []
+    assert preview.change("image", ROOT / "assets" / "examples" / "scene.jpg") is not None
+    assert len(preview.notices) == 1 and "looks like a photo" in preview.notices[0]
+
+
 def test_preview_names_a_bad_value_left_in_a_box_when_another_input_changes(
     demo, monkeypatch, tmp_path
 ):

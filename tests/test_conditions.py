@@ -194,6 +194,15 @@ def test_cli_reads_files_as_the_app_reads_uploads(tmp_path, capsys):
     assert "note: The image is animated (3 frames)" in capsys.readouterr().err
 
 
+def test_cli_notes_a_photo_given_as_a_segmentation_map(tmp_path, capsys):
+    from cnet.__main__ import main
+
+    photo = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "scene.jpg")
+    output = str(tmp_path / "seg.png")
+    assert main(["detect", photo, "-c", "seg", "--backend", "palette", "-o", output]) == 0
+    assert "note: Only " in capsys.readouterr().err
+
+
 def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp_path, capsys):
     from cnet.__main__ import main
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnet.conditions import CONDITIONS, detect, set_annotators_dir
 from cnet.detectors.seg import (
@@ -11,8 +15,11 @@ from cnet.detectors.seg import (
     ADE20K_PALETTE,
     ade20k_color,
     colorize,
+    photo_notice,
     snap_to_palette,
 )
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
 
 
 def test_palette_has_one_distinct_colour_per_class():
@@ -37,6 +44,22 @@ def test_noisy_upload_snaps_back_to_the_palette():
     assert np.array_equal(snap_to_palette(noisy), clean)
     control = detect("seg", noisy, backend="palette", detect_resolution=128, image_resolution=128)
     assert np.array_equal(control, clean)
+
+
+@pytest.mark.parametrize("jpeg_quality", [None, 50])
+def test_a_map_in_the_palette_gets_no_notice_even_saved_as_a_jpeg(jpeg_quality):
+    image = Image.open(EXAMPLES / "seg.png").convert("RGB")
+    if jpeg_quality:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=jpeg_quality)
+        image = Image.open(buffer)
+    assert photo_notice(np.asarray(image)) is None
+
+
+@pytest.mark.parametrize("name", ["scene.jpg", "room.png", "depth.png"])
+def test_a_photo_or_another_map_given_as_a_segmentation_map_gets_a_notice(name):
+    notice = photo_notice(np.asarray(Image.open(EXAMPLES / name)))
+    assert notice is not None and "looks like a photo" in notice and "UperNet" in notice
 
 
 def test_output_resize_keeps_palette_colours():

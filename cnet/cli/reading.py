@@ -23,4 +23,9 @@ def read_picture(path: str) -> np.ndarray:
 def read_input(path: str, backend: Backend) -> Any:
     """What `backend` detects from for the file `path`: a keypoints file as its path, a picture
     through read_picture."""
-    return path if backend.reads_keypoints else read_picture(path)
+    if backend.reads_keypoints:
+        return path
+    picture = read_picture(path)
+    for notice in backend.input_notices(picture):
+        print(f"note: {notice}", file=sys.stderr)
+    return picture

@@ -185,7 +185,10 @@ def read_upload(backend: Backend, value: Any) -> tuple[Any, list[str]]:
             "layers": layers,
             "composite": read(value.get("composite")),
         }, notices
-    return read(value), notices
+    picture = read(value)
+    if picture is not None:
+        notices.extend(backend.input_notices(picture))
+    return picture, notices
 
 
 def preprocessed(component: gr.components.Component, payload: Any) -> Any:
