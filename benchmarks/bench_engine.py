@@ -32,7 +32,12 @@ from PIL import Image  # noqa: E402
 
 from cnet.cli.options import positive_int, usable_device  # noqa: E402
 from cnet.conditions import CONDITIONS  # noqa: E402
-from cnet.engine import GenerationRequest, load_engine, make_scheduler  # noqa: E402
+from cnet.engine import (  # noqa: E402
+    GenerationRequest,
+    compose_prompt,
+    load_engine,
+    make_scheduler,
+)
 from cnet.models import load_controlnet  # noqa: E402
 
 
@@ -98,7 +103,7 @@ def main() -> None:
         sampler=preset.sampler,
         seed=3,
     )
-    prompt = "a red sphere, " + request.added_prompt
+    prompt = compose_prompt(request.prompt, preset.added_prompt)
     generator_device = "cpu" if preset.device == "mps" else preset.device
 
     def run_engine() -> Image.Image:
@@ -112,7 +117,7 @@ def main() -> None:
             width=size,
             num_inference_steps=request.steps,
             guidance_scale=request.cfg,
-            negative_prompt=request.negative_prompt,
+            negative_prompt=preset.negative_prompt,
             generator=torch.Generator(generator_device).manual_seed(request.seed),
             controlnet_conditioning_scale=request.control_strength,
         ).images[0]

@@ -24,7 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,16 +196,13 @@ def stop(process) -> None:
 
 def generation_settings(preset, steps: int, seed: int = 0) -> dict:
     """The Run endpoint's settings as the app starts them (the engine's defaults; the preset's
-    resolution, guidance scale and sampler, which the request's defaults leave to the preset),
-    apart from steps."""
-    from cnet.engine import GenerationRequest
-
-    defaults = GenerationRequest(np.zeros((1, 1, 3), np.uint8), "canny")
+    resolution, guidance scale, sampler and added and negative prompts, which the request's
+    defaults leave to the preset), apart from steps."""
     return dict(
         prompt_mode="user",
         prompt="a red sphere and a blue cube",
-        added_prompt=defaults.added_prompt,
-        negative_prompt=defaults.negative_prompt,
+        added_prompt=preset.added_prompt,
+        negative_prompt=preset.negative_prompt,
         num_images=1,
         resolution=preset.resolution,
         steps=steps,

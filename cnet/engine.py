@@ -90,11 +90,8 @@ class GenerationRequest:
     condition: str  # registry key
     prompt_mode: str = "user"
     prompt: str = ""
-    added_prompt: str = "best quality, extremely detailed"
-    negative_prompt: str = (
-        "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
-        "cropped, worst quality, low quality"
-    )
+    added_prompt: str | None = None  # None = the preset's (the paper's apps' unless it says)
+    negative_prompt: str | None = None  # None = the preset's, likewise
     num_images: int = 1  # 1..12
     resolution: int | None = None  # short side; None = preset default; rounded to the latent grid
     control_strength: float = 1.0  # 0..2
@@ -119,6 +116,8 @@ class GenerationRequest:
             raise ValueError("No condition given (e.g. 'canny').")
         for name in ("prompt", "added_prompt", "negative_prompt"):
             text, label = getattr(self, name), name.replace("_", " ")
+            if text is None and name != "prompt":  # the preset's
+                continue
             if not isinstance(text, str):
                 raise ValueError(f"The {label} must be text, got {text!r}.")
             if not text.isascii():
@@ -436,6 +435,14 @@ class Engine:
             request,
             cfg=self.preset.cfg if request.cfg is None else request.cfg,
             sampler=request.sampler or self.preset.sampler,
+            added_prompt=(
+                self.preset.added_prompt if request.added_prompt is None else request.added_prompt
+            ),
+            negative_prompt=(
+                self.preset.negative_prompt
+                if request.negative_prompt is None
+                else request.negative_prompt
+            ),
         )
         started = time.perf_counter()
         with self._lock, torch.inference_mode():

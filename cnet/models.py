@@ -49,6 +49,13 @@ SD15_CAPTIONER = "Salesforce/blip-image-captioning-base"
 SD15_RESOLUTION = 512
 PAPER_CFG = 9.0  # the ControlNet paper's guidance scale, every preset's unless its preset.json says
 PAPER_SAMPLER = "DDPM"  # likewise the sampler
+# the paper's apps' a_prompt and n_prompt, written for SD 1.5; likewise every preset's unless its
+# preset.json says (a model that knows a small vocabulary samples worse with them)
+PAPER_ADDED_PROMPT = "best quality, extremely detailed"
+PAPER_NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality"
+)
 # The files diffusers reads from the SD 1.5 repository (the safety checker is not loaded).
 SD15_BASE_FILES = (
     "model_index.json",
@@ -89,6 +96,8 @@ class Preset:
     resolution: int = SD15_RESOLUTION  # default short side of generated images
     cfg: float = PAPER_CFG  # default guidance scale
     sampler: str = PAPER_SAMPLER  # default sampler, one of engine.SAMPLERS
+    added_prompt: str = PAPER_ADDED_PROMPT  # default text appended to the prompt
+    negative_prompt: str = PAPER_NEGATIVE_PROMPT  # default negative prompt
     device: str = "cpu"
     dtype: str = "float32"  # a torch dtype name
     captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
@@ -324,6 +333,8 @@ def check_settings(path: Path, settings: dict) -> None:
     for key, kind, name in (
         ("name", str, "text"),
         ("sampler", str, "text"),
+        ("added_prompt", str, "text"),
+        ("negative_prompt", str, "text"),
         ("controlnets", dict, "an object {condition: folder}"),
         ("example_prompts", dict, "an object {condition: prompt}"),
         ("examples", dict, "an object {condition: [examples]}"),
@@ -386,7 +397,8 @@ def base_resolution(base: str) -> int | None:
 
 def base_defaults(base: str, beside: tuple[Path | None, dict] | None = None) -> dict:
     """The preset fields that belong to a base rather than to its ControlNets: the resolution,
-    guidance scale and sampler it is sampled at and the tabs' examples in words it knows. From
+    guidance scale, sampler and added and negative prompts it is sampled with and the tabs'
+    examples in words it knows. From
     the preset.json beside its folder when there is one (`beside`: settings_beside(base) where
     it was read already); else its native resolution (SD 1.5's where its configs are not at
     hand), the paper's sampling and the registry's examples."""
@@ -400,6 +412,8 @@ def base_defaults(base: str, beside: tuple[Path | None, dict] | None = None) -> 
         "resolution": int(resolution),
         "cfg": cfg,
         "sampler": sampler,
+        "added_prompt": settings.get("added_prompt", PAPER_ADDED_PROMPT),
+        "negative_prompt": settings.get("negative_prompt", PAPER_NEGATIVE_PROMPT),
         "example_prompts": example_prompts,
         "examples": preset_examples(folder, settings.get("examples", {})) if folder else {},
     }
@@ -410,7 +424,8 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
 
     preset.json may hold "name", "resolution" (else the base's native size), "cfg" and
     "sampler" (the default guidance scale and sampler, when the paper's 9.0 and DDPM do not suit
-    the model), "controlnets": {condition: folder under controlnet/} for conditions whose
+    the model), "added_prompt" and "negative_prompt" (when the paper's SD 1.5 words do not suit
+    it), "controlnets": {condition: folder under controlnet/} for conditions whose
     ControlNet is not in controlnet/<condition>/, "example_prompts": {condition: prompt} for a
     model that knows only a small vocabulary (the registry's example prompts are written for
     SD 1.5), and "examples": {condition: [{"file": path in the folder, "backend": the backend

@@ -108,6 +108,18 @@ def test_cfg_and_sampler_start_at_the_presets_own(engine, monkeypatch):
     assert "DDIM" in controls["sampler"].info and "DDPM" in controls["sampler"].info
 
 
+def test_the_added_and_negative_prompts_start_as_the_presets(engine, monkeypatch):
+    with gr.Blocks():
+        paper = settings_panel(engine)
+    assert paper["added_prompt"].value == "best quality, extremely detailed"
+    assert paper["negative_prompt"].value.startswith("longbody, lowres")
+    own = dataclasses.replace(engine.preset, added_prompt="", negative_prompt="dull")
+    monkeypatch.setattr(engine, "preset", own)
+    with gr.Blocks():
+        controls = settings_panel(engine)
+    assert (controls["added_prompt"].value, controls["negative_prompt"].value) == ("", "dull")
+
+
 def test_each_tab_and_its_examples_start_with_the_presets_prompt_else_the_registrys(
     engine, monkeypatch
 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -434,7 +435,7 @@ def test_result_images_carry_parameters(engine, control_map, tmp_path):
     path = png_info.save_png(result.images[1], tmp_path / "out.png")
     prompt, negative, settings = png_info.parse_parameters(png_info.read_parameters(path))
     assert prompt == "a red sphere, sharp"
-    assert negative == GenerationRequest.negative_prompt
+    assert negative == engine.preset.negative_prompt and negative.startswith("longbody, lowres")
     assert settings["Seed"] == "43" and settings["Steps"] == str(STEPS)
     assert settings["Sampler"] == "DDPM" and settings["Size"] == "64x64"
     assert "Weight: 1.0" in settings["ControlNet 0"]
@@ -487,6 +488,19 @@ def test_the_embedded_controlnets_on_another_base_are_flagged_low_rank_ones_too(
     engine = load_engine("embedded", base=str(tiny_model_dir / "base"), device="cpu")
     assert engine.mismatched() == list(engine.preset.controlnets)
     assert load_engine("embedded", device="cpu").mismatched() == []
+
+
+def test_a_request_without_added_or_negative_prompt_takes_the_presets(
+    engine, control_map, tokenized, monkeypatch
+):
+    own = dataclasses.replace(engine.preset, added_prompt="sharp", negative_prompt="dull")
+    monkeypatch.setattr(engine, "preset", own)
+    settings = request(control_map, prompt="a red sphere", added_prompt=None)
+    result = engine.generate(settings)
+    assert result.prompt == "a red sphere, sharp" and result.metadata["negative_prompt"] == "dull"
+    assert "dull" in tokenized
+    given = request(control_map, prompt="a red sphere", added_prompt="", negative_prompt="")
+    assert engine.generate(given).metadata["negative_prompt"] == ""
 
 
 def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):

@@ -179,7 +179,16 @@ def test_model_dir_preset(tiny_model_dir):
     assert str(tiny_model_dir) in reason
 
 
-def test_preset_json_may_set_the_guidance_scale_and_sampler(tiny_model_dir, tmp_path):
+PAPER_ADDED = "best quality, extremely detailed"
+PAPER_NEGATIVE = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality"
+)
+
+
+def test_preset_json_may_set_the_sampling_and_the_added_and_negative_prompts(
+    tiny_model_dir, tmp_path
+):
     import json
     import shutil
 
@@ -188,9 +197,12 @@ def test_preset_json_may_set_the_guidance_scale_and_sampler(tiny_model_dir, tmp_
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     settings = json.loads((folder / "preset.json").read_text())
-    (folder / "preset.json").write_text(json.dumps({**settings, "cfg": 2.5, "sampler": "DDIM"}))
+    assert (paper.added_prompt, paper.negative_prompt) == (PAPER_ADDED, PAPER_NEGATIVE)
+    own_settings = {"cfg": 2.5, "sampler": "DDIM", "added_prompt": "", "negative_prompt": "dull"}
+    (folder / "preset.json").write_text(json.dumps({**settings, **own_settings}))
     own = resolve_preset(model_dir=str(folder), device="cpu")[0]
     assert (own.cfg, own.sampler) == (2.5, "DDIM")
+    assert (own.added_prompt, own.negative_prompt) == ("", "dull")
     # a trainer given the base folder samples its validation images the same way
     from cnet.models import sampling_defaults
 
@@ -357,6 +369,7 @@ def test_a_broken_preset_json_is_named(tiny_model_dir, tmp_path, text, message):
         ({"resolution": 32}, '"resolution" must be a whole number'),
         ({"controlnets": {"cany": "canny-v2"}}, "a ControlNet for 'cany', which is no condition"),
         ({"examples": [{"file": "x.png"}]}, '"examples" must be an object'),
+        ({"negative_prompt": None}, '"negative_prompt" must be text'),
     ],
 )
 def test_preset_json_values_the_app_cannot_use_are_named_with_the_file(

@@ -222,6 +222,8 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
         "name": "embedded",
         "resolution": 64,
         "cfg": 2.0,
+        "added_prompt": "",  # as it was trained and evaluated
+        "negative_prompt": "",
         "controlnets": {key: "all" for key in others},
     }
     assert examples == write_examples(tmp_path / "examples", 64)  # scenes at the preset's size

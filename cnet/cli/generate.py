@@ -53,8 +53,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     prompt = parser.add_argument_group("prompt")
     prompt.add_argument("--prompt-mode", choices=PROMPT_MODES, default=DEFAULTS["prompt_mode"])
     prompt.add_argument("-p", "--prompt", default=DEFAULTS["prompt"])
-    prompt.add_argument("--added-prompt", default=DEFAULTS["added_prompt"])
-    prompt.add_argument("--negative-prompt", default=DEFAULTS["negative_prompt"])
+    prompt.add_argument(
+        "--added-prompt",
+        help="default: the preset's; the paper's apps' unless its preset.json says",
+    )
+    prompt.add_argument("--negative-prompt", help="default: the preset's, likewise")
 
     settings = parser.add_argument_group("sampling")
     settings.add_argument(

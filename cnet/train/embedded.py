@@ -674,7 +674,14 @@ def pack_into(
     """pack()'s work, in the empty folder `staging`; returns what is missing."""
     base = recipe["base"]
     resolution = json.loads((base.result / "architecture.json").read_text())["sample_size"]
-    settings: dict = {"name": "embedded", "resolution": resolution, "cfg": PRESET_CFG}
+    # sampled in the app as it was trained and evaluated: without the SD 1.5 words it never saw
+    settings: dict = {
+        "name": "embedded",
+        "resolution": resolution,
+        "cfg": PRESET_CFG,
+        "added_prompt": "",
+        "negative_prompt": "",
+    }
     shared = staging / "controlnet" / SHARED_FOLDER
     if recipe[SHARED].finished():  # it serves the unfinished conditions and starts the others
         shutil.copytree(recipe[SHARED].result, shared)

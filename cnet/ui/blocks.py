@@ -380,10 +380,10 @@ def settings_panel(engine: Engine) -> Controls:
             )
             controls["randomize_seed"] = checked.Checkbox(value=True, label="Randomize seed")
         controls["added_prompt"] = checked.Textbox(
-            value=defaults["added_prompt"], label="Added prompt"
+            value=engine.preset.added_prompt, label="Added prompt"
         )
         controls["negative_prompt"] = checked.Textbox(
-            value=defaults["negative_prompt"], label="Negative prompt"
+            value=engine.preset.negative_prompt, label="Negative prompt"
         )
     return controls
 
