@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cnet.conditions import CONDITIONS, detect, set_annotators_dir
-from cnet.detectors.depth import depth_to_map
+from cnet.detectors.depth import colour_notice, depth_to_map
 
 
 def _ramp16() -> np.ndarray:
@@ -98,3 +99,27 @@ def test_depth_anything_runs_from_the_annotators_folder(tiny_depth_anything_dir)
     assert control.shape == (512, 512, 3)
     assert control.min() <= 5 and control.max() >= 240  # stretched to the full range
     assert (control[..., 0] == control[..., 2]).all()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "assets" / "examples"
+
+
+def test_a_grey_depth_map_gets_no_notice_even_as_a_jpeg_or_16_bit():
+    depth = np.asarray(Image.open(EXAMPLES / "depth.png").convert("RGB"))
+    buffer = io.BytesIO()
+    Image.fromarray(depth).save(buffer, "JPEG", quality=50)
+    as_jpeg = np.asarray(Image.open(buffer))
+    deep = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    assert colour_notice(depth) is colour_notice(as_jpeg) is colour_notice(deep) is None
+
+
+@pytest.mark.parametrize("name", ["scene.jpg", "room.png", "seg.png"])
+def test_a_colour_picture_given_as_a_depth_map_gets_a_notice(name):
+    notice = colour_notice(np.asarray(Image.open(EXAMPLES / name)))
+    assert notice is not None and "not a grey depth map" in notice
+
+
+def test_the_depth_map_backends_of_depth_and_normal_check_their_input():
+    photo = np.asarray(Image.open(EXAMPLES / "scene.jpg"))
+    for key in ("depth", "normal"):
+        assert len(CONDITIONS[key].backend("depth_map").input_notices(photo)) == 1

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from cnet.detectors.base import Detector, as_rgb, resize_map
-from cnet.imageio import ImageLike, resize_to_resolution, target_size, to_grey_float
+from cnet.imageio import (
+    ImageLike,
+    resize_to_resolution,
+    target_size,
+    to_grey_float,
+    to_rgb_array,
+)
+
+COLOUR_SPREAD = 16  # a pixel whose channels differ by more is coloured (a depth map's: 0, JPEG too)
+COLOUR_SHARE = 0.1  # photos: 0.3-1.0 of their pixels; colour-mapped depth maps: all
 
 
 def scaled_depth(depth: np.ndarray, invert: bool = False) -> np.ndarray:
@@ -41,6 +50,22 @@ def load_depth(
     # move the min-max scaling (a far background of 0 came out at 47)
     resized = resize_to_resolution(depth, resolution).clip(depth.min(), depth.max())
     return scaled_depth(resized, invert), depth.shape[:2]
+
+
+def colour_notice(image: ImageLike, samples: int = 4096) -> str | None:
+    """A notice when `image` is a colour picture (a photo, a colour-mapped depth map), not a grey
+    depth map, judged on `samples` pixels spread over it."""
+    pixels = to_rgb_array(image).reshape(-1, 3)
+    pixels = pixels[:: max(1, len(pixels) // samples)].astype(np.int16)
+    share = float((np.ptp(pixels, axis=1) > COLOUR_SPREAD).mean())
+    if share < COLOUR_SHARE:
+        return None
+    return (
+        f"{share:.0%} of this image's pixels are coloured: it looks like a photo (or a depth map "
+        "in false colours), not a grey depth map, and its brightness is read as depth. Upload a "
+        "grey depth map (near = bright), or choose a preprocessor that estimates depth from "
+        "photos."
+    )
 
 
 class DepthMapDetector:
