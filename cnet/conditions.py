@@ -9,7 +9,7 @@ here (and its detector); the tab follows. Weight-based backends report, through
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -338,7 +338,7 @@ CONDITIONS: dict[str, Condition] = {
                     factory=seg.PaletteSnapDetector,
                     input_check=seg.photo_notice,
                 ),
-                NONE_BACKEND,
+                replace(NONE_BACKEND, input_check=seg.photo_notice),
             ),
             controlnet=_controlnet("seg", "lllyasviel/control_v11p_sd15_seg"),
             example_prompt="a cozy living room",
@@ -373,7 +373,7 @@ CONDITIONS: dict[str, Condition] = {
                     factory=depth.DepthMapDetector,
                     input_check=depth.colour_notice,
                 ),
-                NONE_BACKEND,
+                replace(NONE_BACKEND, input_check=depth.colour_notice),
             ),
             controlnet=_controlnet("depth", "lllyasviel/control_v11f1p_sd15_depth"),
             example_prompt="a stone statue in a garden",
@@ -408,7 +408,7 @@ CONDITIONS: dict[str, Condition] = {
                     factory=normal.NormalFromDepthDetector,
                     input_check=depth.colour_notice,
                 ),
-                NONE_BACKEND,
+                replace(NONE_BACKEND, input_check=normal.photo_notice),
             ),
             controlnet=_controlnet("normal", "lllyasviel/control_v11p_sd15_normalbae"),
             example_prompt="a marble bust in a museum",

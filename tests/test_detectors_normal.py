@@ -5,11 +5,16 @@ Convention: red = left, green = up, blue = toward the viewer (ControlNet 1.1 REA
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from cnet.conditions import detect
-from cnet.detectors.normal import normal_from_depth
+from cnet.conditions import CONDITIONS, detect
+from cnet.detectors.normal import normal_from_depth, photo_notice
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 SIZE, RADIUS = 256, 100
 
@@ -116,3 +121,20 @@ def test_a_float_depth_with_an_infinite_background_keeps_its_relief():
     depth = detect("depth", zpass, backend="depth_map", invert=True, image_resolution=SIZE)
     row = depth[SIZE // 2, 70:186, 0].astype(int)
     assert row[0] > row[-1] + 100 and depth[5, 5, 0] == 0  # the near side bright, the far dark
+
+
+def test_a_photo_given_as_a_normal_map_gets_a_notice_a_normal_map_none():
+    photo = np.asarray(Image.open(ASSETS / "examples" / "scene.jpg"))
+    normals = np.asarray(Image.open(ASSETS / "embedded" / "examples" / "normal.png"))
+    depth = np.asarray(Image.open(ASSETS / "examples" / "depth.png"))
+    from_depth = detect("normal", depth, backend="depth_map")
+    assert photo_notice(normals) is None and photo_notice(from_depth) is None
+    notice = photo_notice(photo)
+    assert notice is not None and "looks like a photo" in notice
+
+
+def test_the_map_as_is_backends_check_what_their_condition_reads():
+    photo = np.asarray(Image.open(ASSETS / "examples" / "scene.jpg"))
+    for key in ("seg", "depth", "normal"):
+        assert len(CONDITIONS[key].backend("none").input_notices(photo)) == 1, key
+    assert CONDITIONS["canny"].backend("none").input_notices(photo) == []
