@@ -186,10 +186,13 @@ class GenerationResult:
     metadata: dict = field(default_factory=dict)
 
 
-EMPTY_USER_PROMPT = (
-    "The prompt is empty: the images follow the added prompt alone. Type what the image should "
-    "show, or choose the No prompt or Default prompt mode."
-)
+def empty_prompt_notice(added_prompt: str) -> str:
+    """What a User prompt run with an empty prompt says."""
+    follows = "the added prompt alone" if added_prompt.strip() else "the map alone, unprompted"
+    return (
+        f"The prompt is empty: the images follow {follows}. Type what the image should show, or "
+        "choose the No prompt or Default prompt mode."
+    )
 
 
 def compose_prompt(text: str, added_prompt: str) -> str:
@@ -479,7 +482,7 @@ class Engine:
                 )
             else:
                 if request.prompt_mode == "user" and not request.prompt.strip():
-                    notices.append(EMPTY_USER_PROMPT)
+                    notices.append(empty_prompt_notice(request.added_prompt))
                 prompt = positive_prompt(request.prompt_mode, request.prompt, request.added_prompt)
                 images = self._sample(
                     request,

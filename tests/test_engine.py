@@ -12,7 +12,6 @@ import pytest
 from cnet import png_info
 from cnet.engine import (
     DEFAULT_PROMPT,
-    EMPTY_USER_PROMPT,
     MAX_SEED,
     SAMPLERS,
     Engine,
@@ -505,8 +504,11 @@ def test_a_request_without_added_or_negative_prompt_takes_the_presets(
 
 def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):
     settings = request(control_map, prompt_mode="user", prompt="  ", negative_prompt="")
-    empty = engine.generate(settings).metadata
-    assert empty["notices"] == [EMPTY_USER_PROMPT] and "No prompt" in EMPTY_USER_PROMPT
+    (unprompted,) = engine.generate(settings).metadata["notices"]
+    assert "follow the map alone, unprompted" in unprompted and "No prompt" in unprompted
+    settings = dataclasses.replace(settings, added_prompt="sharp")
+    (added,) = engine.generate(settings).metadata["notices"]
+    assert "follow the added prompt alone" in added
     for mode, prompt in (("user", "a red sphere"), ("none", ""), ("default", "")):
         settings = request(control_map, prompt_mode=mode, prompt=prompt, negative_prompt="")
         assert engine.generate(settings).metadata["notices"] == []
