@@ -112,7 +112,7 @@ def test_bad_json_is_explained():
         ('{"people": [null]}', '"people" list'),
         ('{"people": [{"pose_keypoints_2d": [10, 20]}]}', "x, y, confidence numbers"),
         ('{"people": [{"pose_keypoints_2d": ["a", "b", "c"]}]}', "x, y, confidence numbers"),
-        ('{"people": [{"pose_keypoints_2d": [1, 2, 3]}]}', "has 1 body keypoints; OpenPose"),
+        ('{"people": [{"pose_keypoints_2d": [1, 2, 3]}]}', "has 1 body keypoint; OpenPose"),
         ('{"people": [], "canvas_width": "abc", "canvas_height": 5}', "are not whole numbers"),
         ('{"people": [], "canvas_width": -512, "canvas_height": 512}', "sizes are positive"),
     ],

@@ -219,7 +219,9 @@ def read_openpose_json(source: Any) -> PoseFile:
     data = _read_json(source)
     people = data.get("people")
     if not isinstance(people, list) or not all(isinstance(person, dict) for person in people):
-        raise ImageInputError('OpenPose JSON needs a "people" list with "pose_keypoints_2d".')
+        raise ImageInputError(
+            f'OpenPose JSON needs a "people" list with "pose_keypoints_2d". {POSE_FILE_HELP}'
+        )
     try:
         return _read_people(data, people)
     except ImageInputError:
@@ -264,9 +266,10 @@ def _read_people(data: dict, people: list[dict]) -> PoseFile:
         if len(body) == 25:
             body = body[list(BODY25_TO_COCO18)]
         if len(body) != len(KEYPOINT_NAMES):
+            count = f"{len(body)} body keypoint" + ("" if len(body) == 1 else "s")
             raise ImageInputError(
-                f"A person in the pose file has {len(body)} body keypoints; OpenPose JSON has "
-                "18 (COCO) or 25 (BODY_25), each as x, y, confidence."
+                f"A person in the pose file has {count}; OpenPose JSON has 18 (COCO) or 25 "
+                "(BODY_25), each as x, y, confidence."
             )
         left, right, face = (
             _triples(person.get(key), normalized, height, width)
