@@ -68,7 +68,7 @@ def _open(
             _check_pixels(*stored)
             orientation = _orientation(image)
             if image.format == "TIFF" and orientation in (5, 6, 7, 8):
-                # from memory: Pillow (12.3) maps an uncompressed grey, RGBA or 16-bit TIFF from
+                # from memory: Pillow (12.3, 13.0) maps an uncompressed grey, RGBA, 16-bit TIFF from
                 # its file at the turned size, which garbles the pixels; read from bytes it is right
                 image = Image.open(io.BytesIO(path.read_bytes()))
             if max_pixels and image.width * image.height > max_pixels:
