@@ -261,6 +261,13 @@ def to_rgb_array(image: ImageLike, background: tuple[int, int, int] | None = WHI
     return (color * alpha + backdrop * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
 
 
+def sample_pixels(image: ImageLike, count: int = 4096) -> np.ndarray:
+    """About `count` pixels spread evenly over `image`, as uint8 RGB rows (N, 3): enough to judge
+    what kind of picture it is without reading every pixel."""
+    pixels = to_rgb_array(image).reshape(-1, 3)
+    return pixels[:: max(1, len(pixels) // count)]
+
+
 def to_rgba_array(image: ImageLike) -> np.ndarray:
     """Any image -> uint8 HxWx4; images without alpha are fully opaque."""
     array = _to_uint8(_check_shape(_load(image)))

@@ -16,9 +16,9 @@ from cnet.detectors.base import Detector, as_rgb, resize_map
 from cnet.imageio import (
     ImageLike,
     resize_to_resolution,
+    sample_pixels,
     target_size,
     to_grey_float,
-    to_rgb_array,
 )
 
 COLOUR_SPREAD = 16  # a pixel whose channels differ by more is coloured (a depth map's: 0, JPEG too)
@@ -52,11 +52,10 @@ def load_depth(
     return scaled_depth(resized, invert), depth.shape[:2]
 
 
-def colour_notice(image: ImageLike, samples: int = 4096) -> str | None:
+def colour_notice(image: ImageLike) -> str | None:
     """A notice when `image` is a colour picture (a photo, a colour-mapped depth map), not a grey
-    depth map, judged on `samples` pixels spread over it."""
-    pixels = to_rgb_array(image).reshape(-1, 3)
-    pixels = pixels[:: max(1, len(pixels) // samples)].astype(np.int16)
+    depth map, judged on pixels spread over it."""
+    pixels = sample_pixels(image).astype(np.int16)
     share = float((np.ptp(pixels, axis=1) > COLOUR_SPREAD).mean())
     if share < COLOUR_SHARE:
         return None

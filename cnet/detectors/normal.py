@@ -21,18 +21,17 @@ import numpy as np
 
 from cnet.detectors.base import Detector, resize_map
 from cnet.detectors.depth import MidasDepthDetector, load_depth
-from cnet.imageio import ImageLike, target_size, to_rgb_array
+from cnet.imageio import ImageLike, sample_pixels, target_size
 
 # Every surface a camera sees faces it, so a normal map's blue (z) stays at 128 or above.
 LOW_BLUE = 100  # below this (JPEG's noise included) a pixel cannot be a normal
 LOW_BLUE_SHARE = 0.1  # photos: 0.3-0.5 of their pixels; normal maps: none
 
 
-def photo_notice(image: ImageLike, samples: int = 4096) -> str | None:
+def photo_notice(image: ImageLike) -> str | None:
     """A notice when `image` cannot be a normal map (too many pixels with little blue, as in a
-    photo), judged on `samples` pixels spread over it."""
-    pixels = to_rgb_array(image).reshape(-1, 3)
-    share = float((pixels[:: max(1, len(pixels) // samples), 2] < LOW_BLUE).mean())
+    photo), judged on pixels spread over it."""
+    share = float((sample_pixels(image)[:, 2] < LOW_BLUE).mean())
     if share < LOW_BLUE_SHARE:
         return None
     return (

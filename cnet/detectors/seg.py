@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from cnet.detectors.base import Detector, resize_map
-from cnet.imageio import ImageLike, target_size, to_rgb_array
+from cnet.imageio import ImageLike, sample_pixels, target_size, to_rgb_array
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -104,11 +104,10 @@ MAP_COLOUR_REACH = 12  # a pixel this near (RGB distance) a palette colour is on
 MAP_SHARE = 0.5  # maps, even saved as JPEG: about 0.9 of the pixels; photos and depth maps: < 0.2
 
 
-def photo_notice(image: ImageLike, samples: int = 4096) -> str | None:
+def photo_notice(image: ImageLike) -> str | None:
     """A notice when `image` does not look like a map in the ADE20K palette (a photo, or a map
-    in other colours), judged on `samples` pixels spread over it."""
-    pixels = to_rgb_array(image).reshape(-1, 3)
-    pixels = pixels[:: max(1, len(pixels) // samples)].astype(np.int32)
+    in other colours), judged on pixels spread over it."""
+    pixels = sample_pixels(image).astype(np.int32)
     distances = ((pixels[:, None, :] - ADE20K_PALETTE.astype(np.int32)[None]) ** 2).sum(axis=-1)
     share = float((distances.min(axis=1) <= MAP_COLOUR_REACH**2).mean())
     if share >= MAP_SHARE:
