@@ -20,6 +20,7 @@ from cnet.ui import build_demo
 from cnet.ui import components as checked
 from cnet.ui.blocks import backend_choice_label, param_control, settings_panel
 from cnet.ui.events import (
+    NO_INPUT,
     AppEvents,
     ControlMapCache,
     RunningJobs,
@@ -66,6 +67,27 @@ def test_every_public_event_has_its_api_name(demo):
     for key in CONDITIONS:
         expected |= {key, f"detect_{key}", f"stop_{key}"}
     assert public == expected
+
+
+def test_the_api_page_describes_each_endpoint_from_the_registry(demo):
+    described = {
+        name: endpoint["description"]
+        for name, endpoint in demo.get_api_info()["named_endpoints"].items()
+    }
+    for key, condition in CONDITIONS.items():
+        for name in (f"/detect_{key}", f"/{key}"):
+            assert condition.label in described[name]
+            for backend in condition.backends:
+                assert f'"{backend.name}"' in described[name]
+            assert ('"layers": [handle_file(' in described[name]) == condition.sketch
+        assert f"/{key} request" in described[f"/stop_{key}"]
+    assert (
+        'Each reads one input: "openpose" image, "keypoints_json" openpose_json'
+        in (described["/pose"])
+    )
+    assert 'prompt_mode is one of "none", "default", "auto", "user"' in described["/canny"]
+    # The browser's message for an empty sketch pad leaves the API's format to the API page.
+    assert "API" not in NO_INPUT["sketch"]
 
 
 def test_generation_endpoint_takes_every_setting_by_name(demo):

@@ -25,6 +25,7 @@ from cnet.engine import (
     GenerationRequest,
 )
 from cnet.models import PAPER_CFG, PAPER_SAMPLER
+from cnet.ui import api_docs
 from cnet.ui import components as checked
 from cnet.ui.events import AppEvents, backend_named, input_name, param_input_name
 
@@ -190,6 +191,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         inputs_kwargs=map_inputs,
         outputs=control_map,
         api_name=f"detect_{key}",
+        api_description=api_docs.detect_description(condition),
         concurrency_id="detect",
     )
     # `.change` also fires on arrow keys and typed digits, which `.release` misses.
@@ -212,6 +214,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         inputs_kwargs=dict(map_inputs, prompt_mode=prompt_mode, prompt=prompt, **settings),
         outputs=[gallery, caption, settings["seed"]],
         api_name=key,
+        api_description=api_docs.generate_description(condition),
         concurrency_id="generate",
     )
     # Queued, never waiting (no limit): a message is shown only from a queued event.
@@ -219,6 +222,7 @@ def condition_tab(condition: Condition, engine: Engine, events: AppEvents) -> gr
         events.stop_fn(condition),
         cancels=[generation],
         api_name=f"stop_{key}",
+        api_description=api_docs.stop_description(condition),
         concurrency_limit=None,
     )
     return generation

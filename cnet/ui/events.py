@@ -39,10 +39,7 @@ MAX_PROMPT_CHARS = 4000  # far beyond what a text encoder reads; longer text is 
 STROKES_BACKEND = "canvas"  # the scribble backend that reads only the strokes drawn on the canvas
 NO_INPUT = {
     "image": "Upload an image first.",
-    "sketch": (
-        "Draw a scribble on the canvas (or upload a drawing) first. Over the API the sketch pad "
-        'takes {"background": handle_file(...), "layers": []}.'
-    ),
+    "sketch": "Draw a scribble on the canvas (or upload a drawing) first.",
     "openpose_json": "Upload an OpenPose JSON file first.",
 }
 
