@@ -57,6 +57,12 @@ class Param:
     step: float | None = None
     choices: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # The CLI reads a value as the default's type: an int default takes only whole numbers.
+        whole = isinstance(self.default, int) and not isinstance(self.default, bool)
+        if whole and any(v is not None and v != int(v) for v in (self.minimum, self.step)):
+            raise ValueError(f"Param {self.name!r}: a fractional range needs a float default")
+
 
 # what a backend reads: a picture, the sketch pad's value, or an OpenPose JSON file
 ACCEPTS = ("image", "sketch", "openpose_json")
@@ -275,7 +281,9 @@ CONDITIONS: dict[str, Condition] = {
                     "lines",
                     "Line segments (OpenCV LSD, no weights)",
                     (
-                        Param("min_length_percent", "Minimum length (% of side)", 4, 0.5, 50, 0.5),
+                        Param(
+                            "min_length_percent", "Minimum length (% of side)", 4.0, 0.5, 50, 0.5
+                        ),
                         Param("contrast", "Minimum contrast", 20, 1, 255, 1),
                     ),
                     factory=lines.LineSegmentDetector,

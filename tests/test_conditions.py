@@ -12,6 +12,7 @@ import pytest
 from cnet.conditions import (
     CONDITIONS,
     BackendUnavailable,
+    Param,
     annotators_dir,
     detect,
     set_annotators_dir,
@@ -137,6 +138,8 @@ def test_params_have_sane_ranges():
             for param in backend.params:
                 if param.minimum is not None:
                     assert param.minimum <= param.default <= param.maximum
+    with pytest.raises(ValueError, match="a fractional range needs a float default"):
+        Param("length", "Length", 4, 0.5, 50, 0.5)
 
 
 @pytest.mark.parametrize("key", PAPER_ORDER)
@@ -225,7 +228,11 @@ def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
             "hf download lllyasviel/Annotators mlsd_large_512_fp32.pth" in capsys.readouterr().err
         )
         assert main(["detect", example, "-c", "hough", "-p", "min_length_percent=x", *common]) == 2
-        assert "min_length_percent takes a whole number, not 'x'" in capsys.readouterr().err
+        assert "min_length_percent takes a number, not 'x'" in capsys.readouterr().err
+        for value in ("0.5", "2.5"):  # the slider's steps of 0.5, as in the app
+            given = ["-p", f"min_length_percent={value}", "-o", str(tmp_path / "lines.png")]
+            assert main(["detect", example, "-c", "hough", *given]) == 0
+        capsys.readouterr()
         assert main(["detect", example, "-c", "hough", "-p", "votes=3", *common]) == 2
         assert "min_length_percent" in capsys.readouterr().err
         for value in ("300", "-5"):  # refused as the app refuses it, never clamped
