@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnet.detectors import depth, edges, lines, normal, pose, scribble, seg
-from cnet.detectors.base import Passthrough
+from cnet.detectors.base import Passthrough, on_black_notice
 from cnet.detectors.weights import (
     ANNOTATORS_REPO,
     Availability,
@@ -237,7 +238,7 @@ CONDITIONS: dict[str, Condition] = {
                     (Param("edge_strength", "Edge threshold", 0.3, 0.05, 1.0, 0.05),),
                     factory=scribble.FakeScribbleDetector,
                 ),
-                NONE_BACKEND,
+                replace(NONE_BACKEND, input_check=partial(on_black_notice, drawn="white strokes")),
             ),
             controlnet=_controlnet("scribble", "lllyasviel/control_v11p_sd15_scribble"),
             example_prompt="a hot air balloon over a lake",
@@ -256,7 +257,7 @@ CONDITIONS: dict[str, Condition] = {
                     ),
                     factory=edges.CannyDetector,
                 ),
-                NONE_BACKEND,
+                replace(NONE_BACKEND, input_check=partial(on_black_notice, drawn="white edges")),
             ),
             controlnet=_controlnet("canny", "lllyasviel/control_v11p_sd15_canny"),
             example_prompt="a red sphere and a blue cube on a wooden table",
@@ -288,7 +289,9 @@ CONDITIONS: dict[str, Condition] = {
                     ),
                     factory=lines.LineSegmentDetector,
                 ),
-                NONE_BACKEND,
+                replace(
+                    NONE_BACKEND, input_check=partial(on_black_notice, drawn="white line segments")
+                ),
             ),
             controlnet=_controlnet("hough", "lllyasviel/control_v11p_sd15_mlsd"),
             example_prompt="a bright modern room with a large window",
@@ -319,7 +322,9 @@ CONDITIONS: dict[str, Condition] = {
                     factory=pose.KeypointsJSONDetector,
                     accepts="openpose_json",
                 ),
-                NONE_BACKEND,
+                replace(
+                    NONE_BACKEND, input_check=partial(on_black_notice, drawn="a coloured skeleton")
+                ),
             ),
             controlnet=_controlnet("pose", "lllyasviel/control_v11p_sd15_openpose"),
             example_prompt="an astronaut dancing on the moon",

@@ -157,6 +157,27 @@ def test_examples_exist_and_give_a_map_offline(key, empty_annotators):
         assert min(control.shape[:2]) == 256 and control.max() > 0
 
 
+def test_the_map_as_is_backends_check_what_their_condition_reads():
+    from PIL import Image
+
+    photo = np.asarray(Image.open(ROOT / "assets/examples/scene.jpg"))
+    drawing = np.asarray(Image.open(ROOT / "assets/embedded/examples/scribble.png"))  # dark lines
+    for key in PAPER_ORDER:
+        assert len(CONDITIONS[key].backend("none").input_notices(photo)) == 1, key
+    # Maps of light lines or a skeleton on black pass; a drawing on light paper does not.
+    maps = {
+        "scribble": detect("scribble", drawing, backend="drawing"),
+        "canny": detect("canny", photo, low_threshold=1, high_threshold=10),
+        "hough": detect("hough", ROOT / "assets/examples/room.png"),
+        "pose": detect("pose", ROOT / "assets/examples/pose.json", backend="keypoints_json"),
+    }
+    for key, control in maps.items():
+        as_is = CONDITIONS[key].backend("none")
+        assert as_is.input_notices(control) == [], key
+        (notice,) = as_is.input_notices(drawing)
+        assert notice.startswith("Only 3% of this image is black") and "on black" in notice
+
+
 def test_unknown_condition_is_explained():
     with pytest.raises(ValueError, match="scribble, canny"):
         detect("lineart", np.zeros((8, 8, 3), np.uint8))
@@ -197,13 +218,21 @@ def test_cli_reads_files_as_the_app_reads_uploads(tmp_path, capsys):
     assert "note: The image is animated (3 frames)" in capsys.readouterr().err
 
 
-def test_cli_notes_a_photo_given_as_a_segmentation_map(tmp_path, capsys):
+def test_cli_notes_a_photo_given_as_a_map(tmp_path, capsys):
     from cnet.__main__ import main
 
     photo = str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "scene.jpg")
     output = str(tmp_path / "seg.png")
     assert main(["detect", photo, "-c", "seg", "--backend", "palette", "-o", output]) == 0
     assert "note: Only " in capsys.readouterr().err
+    # Without OpenPose's weights the photo goes to the map-as-is reader, which says so.
+    given = ["--annotators-dir", str(tmp_path), "-o", str(tmp_path / "pose.png")]
+    try:
+        assert main(["detect", photo, "-c", "pose", *given]) == 0
+    finally:
+        set_annotators_dir(None)
+    printed = capsys.readouterr()
+    assert "(none)" in printed.out and "a coloured skeleton on black" in printed.err
 
 
 def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp_path, capsys):

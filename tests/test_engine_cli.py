@@ -158,3 +158,51 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(
     assert exit_info.value.code == 2
     assert placed(message) in capsys.readouterr().err
     assert file.read_text() == "keep me"
+
+
+def test_a_folder_that_cannot_be_made_is_told_before_sampling(
+    tiny_model_dir, control_png, tmp_path, capsys, monkeypatch
+):
+    from cnet.engine import Engine
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    def sample(*args, **kwargs):
+        raise AssertionError("sampled though the images could not be written")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(Engine, "generate", sample)
+    out = tmp_path / "out"
+    args = ["generate", str(control_png), "--model-dir", str(tiny_model_dir), "-c", "canny"]
+    assert main([*args, "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert (
+        f"\nerror: cannot make the folder {out} ([Errno 13]" in error and "Traceback" not in error
+    )
+
+
+def test_a_keypoints_file_given_as_the_map_is_sent_to_detect(tmp_path, capsys):
+    keypoints = str(Path(__file__).resolve().parents[1] / "assets/examples/pose.json")
+    assert main(["generate", keypoints, "-c", "pose", "-o", str(tmp_path)]) == 2
+    assert f"not a control map image: give it as --detect {keypoints}" in capsys.readouterr().err
+
+
+def test_a_photo_given_as_the_map_gets_the_map_as_is_notice(tiny_model_dir, tmp_path, capsys):
+    photo = str(Path(__file__).resolve().parents[1] / "assets/examples/scene.jpg")
+    args = ["generate", photo, "--model-dir", str(tiny_model_dir), "-c", "canny", "--steps", "1"]
+    assert main([*args, "-o", str(tmp_path)]) == 0
+    assert "note: Only 3% of this image is black" in capsys.readouterr().err
+
+
+def test_images_that_cannot_be_written_are_an_error_not_a_traceback(
+    tiny_model_dir, control_png, tmp_path, capsys, monkeypatch
+):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(png_info, "save_png", full)
+    args = ["generate", str(control_png), "--model-dir", str(tiny_model_dir), "-c", "canny"]
+    assert main([*args, "--steps", "1", "-o", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"error: cannot write the images in {tmp_path} ([Errno 28]" in error

@@ -96,15 +96,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _control_map(args: argparse.Namespace, resolution: int):
-    from cnet.cli.reading import read_input, read_picture
-    from cnet.conditions import CONDITIONS, detect
+    from cnet.cli.reading import read_input
+    from cnet.conditions import CONDITIONS, NONE_BACKEND, detect
     from cnet.imageio import to_rgb_array
 
     if bool(args.control) == bool(args.detect):
         raise ValueError("Give either a control map image or --detect PHOTO (one of them).")
-    if args.control:
-        return to_rgb_array(read_picture(args.control))
     condition = CONDITIONS[args.condition]
+    if args.control:
+        if any(backend.reads_keypoints for backend in condition.readers(args.control)):
+            raise ValueError(
+                f"{args.control} is a keypoints file, not a control map image: give it as "
+                f"--detect {args.control}"
+            )
+        # Used as it is, so checked as the map-as-is preprocessor checks its input.
+        return to_rgb_array(read_input(args.control, condition.backend(NONE_BACKEND.name)))
     backend = (
         condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
     )
@@ -132,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.annotators_dir:
         set_annotators_dir(args.annotators_dir)
+    out_dir = Path(args.out_dir)
     try:
         engine = load_engine(**model_settings(args), **performance_settings(args))
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
@@ -157,6 +164,13 @@ def run(args: argparse.Namespace) -> int:
             seed=seed,
             keep_first_pass=args.keep_first_pass,
         )
+        request.validate()
+        engine.check_weights([args.condition])
+        try:  # before sampling, once the request is known good: else the images would be lost
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            print(f"error: cannot make the folder {out_dir} ({error})", file=sys.stderr)
+            return 1
         result = engine.generate(request, progress=_progress)
     except (ModelMissingError, CaptionerUnavailable, BackendUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -168,17 +182,19 @@ def run(args: argparse.Namespace) -> int:
         print("cancelled", file=sys.stderr)
         return 130
 
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.control_image).save(out_dir / f"{args.condition}-control.png")
-    written = [
-        png_info.save_png(image, out_dir / f"{args.condition}-{seed}.png")
-        for image, seed in zip(result.images, result.seeds, strict=True)
-    ]
-    written += [
-        png_info.save_png(image, out_dir / f"{args.condition}-{seed}-first-pass.png")
-        for image, seed in zip(result.first_pass_images, result.seeds, strict=False)
-    ]
+    try:
+        Image.fromarray(result.control_image).save(out_dir / f"{args.condition}-control.png")
+        written = [
+            png_info.save_png(image, out_dir / f"{args.condition}-{seed}.png")
+            for image, seed in zip(result.images, result.seeds, strict=True)
+        ]
+        written += [
+            png_info.save_png(image, out_dir / f"{args.condition}-{seed}-first-pass.png")
+            for image, seed in zip(result.first_pass_images, result.seeds, strict=False)
+        ]
+    except OSError as error:
+        print(f"error: cannot write the images in {out_dir} ({error})", file=sys.stderr)
+        return 1
     if result.caption is not None:
         print(f"caption: {result.caption}")
     print(f"prompt: {result.prompt!r}")

@@ -13,7 +13,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.imageio import ImageLike, resize_to_resolution, target_size, to_rgb_array
+from cnet.imageio import ImageLike, resize_to_resolution, sample_pixels, target_size, to_rgb_array
+
+BLACK_LEVEL = 40  # a pixel with no channel above this is background black
+# Line, scribble and pose maps are 0.89-0.99 black (the repo's examples, Canny down to
+# thresholds 1/10); photos and drawings on light paper 0.00-0.05.
+MAP_BLACK_SHARE = 0.5
 
 
 def as_rgb(control: np.ndarray) -> np.ndarray:
@@ -31,6 +36,20 @@ def resize_map(
     if control.shape[:2] == (height, width):
         return control
     return cv2.resize(control, (width, height), interpolation=interpolation)
+
+
+def on_black_notice(image: ImageLike, drawn: str) -> str | None:
+    """A notice when `image` is not mostly black, as a map of `drawn` (e.g. "white edges") on
+    black is, judged on pixels spread over it."""
+    share = float((sample_pixels(image).max(axis=1) <= BLACK_LEVEL).mean())
+    if share >= MAP_BLACK_SHARE:
+        return None
+    return (
+        f"Only {share:.0%} of this image is black, but the map this ControlNet reads is {drawn} "
+        "on black: this looks like a photo or a drawing on light paper, and it would be read as "
+        f"a map as it is. Choose a preprocessor that makes the map from it, or upload {drawn} on "
+        "black."
+    )
 
 
 class Detector(ABC):
