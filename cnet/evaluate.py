@@ -711,8 +711,9 @@ def model_differences(recorded: Mapping[str, str | None], now: Mapping[str, str 
     ]
 
 
-def check_sampling(sampling: Sampling, condition: str) -> None:
-    """Refuse sampling settings the engine would refuse, before any image is made."""
+def check_sampling(sampling: Sampling, condition: str, multiple: int | None) -> None:
+    """Refuse sampling settings the engine would refuse, before any image is made, and a size
+    it would round (to a `multiple`), as the scenes are drawn at the size given."""
     from cnet.engine import GenerationRequest
 
     control = np.zeros((sampling.size, sampling.size, 3), np.uint8)
@@ -723,6 +724,13 @@ def check_sampling(sampling: Sampling, condition: str) -> None:
         request.validate()
     except ValueError as error:
         raise ValueError(f"{error} (--size, --steps, --cfg)") from None
+    if multiple and sampling.size % multiple:
+        below = max(multiple, sampling.size // multiple * multiple)
+        raise ValueError(
+            f"--size {sampling.size}: this model's images have sides in multiples of {multiple}, "
+            f"and the scenes are drawn at the size its images come out; choose {below} or "
+            f"{below + multiple}."
+        )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -768,6 +776,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cnet.engine import ModelMissingError, load_engine
+    from cnet.models import size_multiple
 
     try:
         engine = load_engine(args.preset, model_dir=args.model_dir)
@@ -780,7 +789,7 @@ def run(args: argparse.Namespace) -> int:
         sampler = args.sampler or engine.preset.sampler
         seeds = split_seeds(args.split, args.scenes)
         sampling = Sampling(args.size, args.steps, cfg, sampler)
-        check_sampling(sampling, conditions[0])
+        check_sampling(sampling, conditions[0], size_multiple(engine.preset.base))
         models = evaluated_models(engine.preset, CONDITION_KEYS)
         earlier, kept_models = (
             ({}, {})

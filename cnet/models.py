@@ -395,6 +395,13 @@ def base_resolution(base: str) -> int | None:
     return sample_size * 2 ** (len(blocks) - 1)
 
 
+def size_multiple(base: str) -> int | None:
+    """What the sides of a base's images are rounded to, 8 times its VAE's down-sampling (the
+    UNet halves the latents three times), from its VAE config at hand; None where it is not."""
+    blocks = (config_at_hand(base, "vae/config.json") or {}).get("block_out_channels")
+    return 8 * 2 ** (len(blocks) - 1) if blocks else None
+
+
 def base_defaults(base: str, beside: tuple[Path | None, dict] | None = None) -> dict:
     """The preset fields that belong to a base rather than to its ControlNets: the resolution,
     guidance scale, sampler and added and negative prompts it is sampled with and the tabs'

@@ -543,3 +543,18 @@ def test_eval_refuses_sampling_the_engine_would_refuse_before_any_image(
     assert main([*command, *setting]) == 2
     assert f"error: {message} (--size, --steps, --cfg)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_refuses_a_size_the_engine_would_round(tiny_model_dir, tmp_path, capsys):
+    from cnet.__main__ import main
+    from cnet.models import size_multiple
+
+    multiple = size_multiple(str(tiny_model_dir / "base"))
+    out = tmp_path / "eval"
+    given = ["--model-dir", str(tiny_model_dir), "--conditions", "canny", "--out", str(out)]
+    assert main(["eval", *given, "--size", str(multiple * 3 // 2)]) == 2
+    assert (
+        f"multiples of {multiple}, and the scenes are drawn at the size its images come out; "
+        f"choose {multiple} or {2 * multiple}." in capsys.readouterr().err
+    )
+    assert not out.exists()
