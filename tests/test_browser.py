@@ -290,7 +290,9 @@ def test_stop_or_a_reload_ends_a_run_and_frees_the_worker(app_url: str, page, qu
     open_canny()
     tab = page.locator("#canny-run").locator("xpath=ancestor::div[contains(@class,'tabitem')]")
     tab.get_by_text("Advanced").click()
-    for label, value in (("Images", 12), ("Steps", 100), ("Resolution (short side)", 512)):
+    # Steps of a few seconds each: Stop and the reload wait for one, a run left going takes
+    # minutes.
+    for label, value in (("Images", 12), ("Steps", 100), ("Resolution (short side)", 256)):
         box = tab.locator(f"input[type=number][aria-label*='{label}']").first
         box.fill(str(value))
         box.press("Enter")
@@ -301,5 +303,5 @@ def test_stop_or_a_reload_ends_a_run_and_frees_the_worker(app_url: str, page, qu
     run_until_sampling()
     page.reload()
     open_canny()
-    page.click("#canny-run")  # one image at the page's defaults
-    page.locator("#canny-gallery img").nth(1).wait_for(state="visible")
+    page.click("#canny-run")  # one image at the page's defaults: seconds, unless it waits
+    page.locator("#canny-gallery img").nth(1).wait_for(state="visible", timeout=90_000)
