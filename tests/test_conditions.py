@@ -246,6 +246,25 @@ def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp
     assert "(keypoints_json)" in capsys.readouterr().out
 
 
+def test_cli_detect_says_what_is_missing_and_never_writes_over_its_input(tmp_path, capsys):
+    import shutil
+
+    from cnet.__main__ import main
+
+    assert main(["detect", "-c", "canny"]) == 2
+    assert "error: give an input image (or --list / --fetch)" in capsys.readouterr().err
+    assert main(["detect", "-c", "depth", "--fetch"]) == 2
+    assert "error: --fetch needs --backend NAME (with weights: midas" in capsys.readouterr().err
+    assert main(["detect", "-c", "depth", "--backend", "depth_map", "--fetch"]) == 0
+    assert capsys.readouterr().out == "depth_map needs no weights\n"
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(ROOT / "assets/examples/scene.jpg", photo)
+    before = photo.read_bytes()
+    assert main(["detect", str(photo), "-c", "canny", "-o", str(photo)]) == 2
+    assert "is the input image; give the map another name" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
 def test_cli_reports_missing_weights_and_bad_params(tmp_path, capsys):
     from cnet.__main__ import main
 

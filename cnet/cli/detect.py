@@ -114,6 +114,8 @@ def _output_path(source: str, output: str | None, condition: str) -> Path:
         raise ValueError(f"-o {output}: give a file name ending in {types} (PNG keeps it exact)")
     if Path(output).is_dir():
         raise ValueError(f"-o {output} is a folder; give a file name, e.g. {output}/map.png")
+    if Path(output).resolve() == Path(source).resolve():
+        raise ValueError(f"-o {output} is the input image; give the map another name")
     return Path(output)
 
 
@@ -129,17 +131,23 @@ def run(args: argparse.Namespace) -> int:
         print("error: --condition is required (or use --list)", file=sys.stderr)
         return 2
     condition = CONDITIONS[args.condition]
+    if args.fetch and not args.backend:
+        named = ", ".join(b.name for b in condition.backends if b.weights is not None) or "none"
+        print(f"error: --fetch needs --backend NAME (with weights: {named})", file=sys.stderr)
+        return 2
+    if not args.input and not args.fetch:
+        print("error: give an input image (or --list / --fetch)", file=sys.stderr)
+        return 2
     try:
         backend = (
             condition.backend(args.backend) if args.backend else condition.reader_for(args.input)
         )
-        if args.fetch and backend.weights is not None:
+        if args.fetch and backend.weights is None:
+            print(f"{backend.name} needs no weights")
+        elif args.fetch:
             print(f"fetching {backend.weights.repo} into {backend.weights.fetch()}")
         if not args.input:
-            if args.fetch:
-                return 0
-            print("error: give an input image (or --list / --fetch)", file=sys.stderr)
-            return 2
+            return 0
         params = _params(backend, args.param)
         output = _output_path(args.input, args.output, condition.key)
         source = read_input(args.input, backend)
