@@ -191,7 +191,7 @@ def empty_prompt_notice(added_prompt: str) -> str:
     follows = "the added prompt alone" if added_prompt.strip() else "the map alone, unprompted"
     return (
         f"The prompt is empty: the images follow {follows}. Type what the image should show, or "
-        "choose the No prompt or Default prompt mode."
+        'choose the No prompt ("none") or Default prompt ("default") mode.'
     )
 
 

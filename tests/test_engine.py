@@ -505,7 +505,8 @@ def test_a_request_without_added_or_negative_prompt_takes_the_presets(
 def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):
     settings = request(control_map, prompt_mode="user", prompt="  ", negative_prompt="")
     (unprompted,) = engine.generate(settings).metadata["notices"]
-    assert "follow the map alone, unprompted" in unprompted and "No prompt" in unprompted
+    assert "follow the map alone, unprompted" in unprompted
+    assert 'the No prompt ("none") or Default prompt ("default") mode' in unprompted
     settings = dataclasses.replace(settings, added_prompt="sharp")
     (added,) = engine.generate(settings).metadata["notices"]
     assert "follow the added prompt alone" in added
