@@ -244,6 +244,8 @@ def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
             f"`{EMBEDDED_RESTORE_COMMAND}`; to train it yourself run "
             f"`{EMBEDDED_TRAIN_COMMAND}` (README, The embedded model)."
         )
+    if source.lower().endswith(SINGLE_FILE_SUFFIXES):
+        return "Check the path: a single-file checkpoint is read from that file."
     if is_local(source):
         return (
             "Check the path, or put the weights there "

@@ -446,6 +446,15 @@ def test_hub_controlnet_missing_offline_names_the_download_command():
     )
 
 
+def test_a_missing_single_file_checkpoint_is_named_as_a_file_not_a_folder(tmp_path):
+    path = str(tmp_path / "nothere.safetensors")
+    with pytest.raises(ModelMissingError) as error:
+        load_controlnet(path, SD15_BASE, "float32", "cpu")
+    message = str(error.value)
+    assert f"{path} does not exist. Check the path: a single-file checkpoint" in message
+    assert "--local-dir" not in message
+
+
 def test_missing_embedded_model_names_the_restore_command(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "EMBEDDED_DIR", tmp_path / "assets" / "embedded")
     preset, _ = resolve_preset("embedded", device="cpu")
