@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Change:
 def load_scenes(folder: Path) -> dict:
     path = Path(folder) / SCENES_FILE
     again = f"evaluate that model again with `python -m cnet eval --out {folder}`"
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; give an evaluation's --out folder.")
     if not path.is_file():
         raise FileNotFoundError(
             f"{folder} has no {SCENES_FILE}: {again} (older evaluations did not write one)."
@@ -222,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         old, new = load_scenes(args.old), load_scenes(args.new)
         changes = compare(old, new)
     except (FileNotFoundError, ValueError) as error:
-        print(error)
+        print(f"error: {error}", file=sys.stderr)
         return 1
     text = "\n".join(
         [

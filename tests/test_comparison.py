@@ -95,7 +95,11 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     assert (tmp_path / "old" / "comparison.md").read_text() == text
     args.old = tmp_path / "nothing"
     assert run(args) == 1
-    assert "python -m cnet eval --out" in capsys.readouterr().out
+    assert f"error: {args.old} is not a folder; give an evaluation's" in capsys.readouterr().err
+    args.old = tmp_path / "empty"
+    args.old.mkdir()
+    assert run(args) == 1
+    assert "python -m cnet eval --out" in capsys.readouterr().err
 
 
 def test_a_condition_scored_on_other_scenes_is_left_out_and_named(tmp_path):
