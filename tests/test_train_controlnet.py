@@ -1057,6 +1057,11 @@ def test_a_run_whose_time_box_runs_out_on_its_last_step_has_finished(
         (["--controlnet", "/nonexistent"], 1, "ControlNet is missing: /nonexistent does not exist"),
         (["--output-dir", "{file}/run"], 2, "is a file; choose another --output-dir"),
         (["--validation-images", "{file}.png"], 2, "file.png: no such file; give control map"),
+        (  # asked for, though validation is off
+            ["--validation-images", "{file}.png", "--validate-every", "0"],
+            2,
+            "file.png: no such file; give control map",
+        ),
     ],
 )
 def test_cli_names_what_is_missing_or_cannot_be_written(

@@ -362,18 +362,25 @@ def training_loss(
     return F.mse_loss(prediction.float(), target.float())
 
 
+def validation_prompts(config: TrainConfig) -> list[str]:
+    """The prompts for --validation-images, refused before training when they or the images do
+    not match (also where validation is off: the command line asked for them)."""
+    prompts = config.validation_prompts or [""] * len(config.validation_images)
+    if len(prompts) != len(config.validation_images):
+        raise ValueError("Give one validation prompt per validation image (or none).")
+    if missing := [p for p in config.validation_images if not Path(p).is_file()]:
+        raise FileNotFoundError(
+            f"--validation-images {missing[0]}: no such file; give control map images."
+        )
+    return prompts
+
+
 def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
     """(control map, prompt, reference image or None) triples shown at every validation."""
     from cnet.train.data import load_square
 
     if config.validation_images:
-        prompts = config.validation_prompts or [""] * len(config.validation_images)
-        if len(prompts) != len(config.validation_images):
-            raise ValueError("Give one validation prompt per validation image (or none).")
-        if missing := [p for p in config.validation_images if not Path(p).is_file()]:
-            raise FileNotFoundError(
-                f"--validation-images {missing[0]}: no such file; give control map images."
-            )
+        prompts = validation_prompts(config)
         return [
             (load_square(Path(p), resolution), prompt, None)
             for p, prompt in zip(config.validation_images, prompts, strict=True)
@@ -535,6 +542,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     config = sampled_like_the_app(config, base_folder(config.base))
     config = replace(config, condition=maps_condition(config.data, config.condition))
+    if config.validation_images:
+        validation_prompts(config)
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
     if config.reconnect_decoder and not resume_dir:
