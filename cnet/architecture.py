@@ -212,6 +212,9 @@ def noise_schedule(zero_terminal_snr: bool = True):
     base painted each background from its seed. At zero terminal SNR the noisiest step holds no
     image; the model then predicts v (predicting the noise is trivial there), and sampling starts
     at that step ("trailing" spacing).
+
+    `steps_offset` 1 is SD 1.5's; "trailing" spacing does not read it, but diffusers' pipelines
+    warn about any other value (and set it to 1 themselves).
     """
     from diffusers import DDPMScheduler
 
@@ -222,7 +225,7 @@ def noise_schedule(zero_terminal_snr: bool = True):
             "timestep_spacing": "trailing",
         }
         if zero_terminal_snr
-        else {"steps_offset": 1}
+        else {}
     )
     return DDPMScheduler(
         num_train_timesteps=1000,
@@ -230,6 +233,7 @@ def noise_schedule(zero_terminal_snr: bool = True):
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
+        steps_offset=1,
         **rescaled,
     )
 

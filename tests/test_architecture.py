@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,19 @@ def test_tiny_model_dir_opens_as_a_controlnet_pipeline(tiny_model_dir: Path):
         output_type="np",
     ).images
     assert out.shape == (1, size, size, 3)
+
+
+def test_a_pipeline_built_from_the_components_asks_nothing_of_its_scheduler(tmp_path: Path):
+    from diffusers import StableDiffusionPipeline
+
+    from cnet.architecture import build_components
+
+    components = build_components(TINY, build_tokenizer(["a red sphere"], tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None)
+    # diffusers asks for a pull request on a scheduler config whose steps_offset is not 1
+    assert not [w for w in caught if "steps_offset" in str(w.message)]
 
 
 def test_the_noise_schedule_ends_in_pure_noise_and_sampling_starts_there():
