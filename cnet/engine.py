@@ -457,6 +457,9 @@ class Engine:
             seeds = [(request.seed + i) % (MAX_SEED + 1) for i in range(request.num_images)]
             caption, first_pass, first_prompt = None, [], ""
             notices: list[str] = []
+            if request.eta and request.sampler != "DDIM":
+                ignored = request.sampler
+                notices.append(f"Eta is read by the DDIM sampler only; {ignored} ignores it.")
             if request.prompt_mode == "auto":
                 self.captioner()  # fail before sampling when there is none
                 first_seeds = seeds if request.keep_first_pass else seeds[:1]

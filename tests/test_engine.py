@@ -502,6 +502,15 @@ def test_a_request_without_added_or_negative_prompt_takes_the_presets(
     assert engine.generate(given).metadata["negative_prompt"] == ""
 
 
+def test_eta_with_a_sampler_that_ignores_it_is_named(engine, control_map):
+    notice = "Eta is read by the DDIM sampler only; DDPM ignores it."
+    settings = request(control_map, prompt="a red sphere", sampler="DDPM", eta=0.5)
+    assert notice in engine.generate(settings).metadata["notices"]
+    for sampler, eta in (("DDIM", 0.5), ("DDPM", 0.0)):
+        settings = dataclasses.replace(settings, sampler=sampler, eta=eta)
+        assert not [n for n in engine.generate(settings).metadata["notices"] if "Eta" in n]
+
+
 def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):
     settings = request(control_map, prompt_mode="user", prompt="  ", negative_prompt="")
     (unprompted,) = engine.generate(settings).metadata["notices"]
