@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cnet.imageio import ImageLike, to_rgb_array
+
 SD15_HUB_ID = "Salesforce/blip-image-captioning-base"
 MAX_CAPTION_CHARS = 200  # a caption becomes a prompt: keep it well inside CLIP's 77 tokens
 
@@ -169,10 +171,14 @@ class Captioner:
         self.source = source
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[Image.Image], max_new_tokens: int = 30) -> list[str]:
+    def __call__(self, images: Sequence[ImageLike], max_new_tokens: int = 30) -> list[str]:
+        """One caption per image: PIL images, numpy arrays or paths, as `cnet.imageio` reads."""
+        if isinstance(images, ImageLike):
+            raise TypeError("Give a list of images, e.g. captioner([image]); got one image.")
         if not images:
             return []
-        inputs = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        pictures = [Image.fromarray(to_rgb_array(image)) for image in images]
+        inputs = self.processor(images=pictures, return_tensors="pt")
         pixel_values = inputs["pixel_values"].to(self.device, self.dtype)
         # The decoder cannot look past its position embeddings; [DEC] takes the first one.
         longest = self.model.config.text_config.max_position_embeddings - 1

@@ -112,8 +112,11 @@ class GenerationRequest:
             raise ValueError("The control map must be a uint8 numpy array (H x W x 3).")
         if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             raise ValueError(f"The control map must have shape H x W x 3, got {image.shape}.")
-        if not self.condition:
-            raise ValueError("No condition given (e.g. 'canny').")
+        from cnet.conditions import CONDITIONS
+
+        if self.condition not in CONDITIONS:  # a key, not a label or an sd15 checkpoint's name
+            names = ", ".join(CONDITIONS)
+            raise ValueError(f"Unknown condition {self.condition!r}; choose one of: {names}.")
         for name in ("prompt", "added_prompt", "negative_prompt"):
             text, label = getattr(self, name), name.replace("_", " ")
             if text is None and name != "prompt":  # the preset's

@@ -6,6 +6,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -49,6 +50,11 @@ def test_loads_from_folder_and_writes_plain_bounded_text(tiny_captioner_dir):
         assert "[" not in caption and "\n" not in caption
         assert len(caption) <= cap.MAX_CAPTION_CHARS
     assert captioner([]) == []
+    # numpy arrays and paths read as cnet.imageio reads them; one image alone is refused
+    (first,) = captioner([np.asarray(images(1)[0])], max_new_tokens=12)
+    assert first == captions[0]
+    with pytest.raises(TypeError, match=r"Give a list of images, e\.g\. captioner\(\[image\]\)"):
+        captioner(images(1)[0])
 
 
 def test_max_new_tokens_bounds_the_caption(tiny_captioner_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +123,12 @@ def test_malformed_pose_files_are_refused_with_a_message(text, message):
 
     with pytest.raises(ImageInputError, match=message):
         read_openpose_json(text)
+
+
+def test_a_picture_given_to_the_keypoints_reader_is_named_as_such():
+    photo = Path(__file__).resolve().parents[1] / "assets" / "examples" / "scene.jpg"
+    with pytest.raises(ValueError, match=r"scene\.jpg is not text \(a picture\?\), so not a pose"):
+        detect("pose", str(photo), backend="keypoints_json")
 
 
 def test_an_empty_pose_file_says_so_and_what_a_pose_file_holds(tmp_path):

@@ -391,6 +391,8 @@ def test_resolution_is_rounded_to_the_latent_grid(engine):
         ({"seed": -1}, "seed"),
         ({"sampler": "Heun"}, "sampler"),
         ({"prompt_mode": "magic"}, "prompt mode"),
+        ({"condition": "Canny"}, "Unknown condition 'Canny'; choose one of: scribble, canny"),
+        ({"condition": "mlsd"}, "Unknown condition 'mlsd'"),  # the sd15 checkpoint's name
         ({"steps": 2.5}, "whole number"),
         ({"control_image": np.zeros((8, 8), np.uint8)}, "H x W x 3"),
         ({"control_image": np.zeros((8, 8, 3), np.float32)}, "uint8"),

@@ -191,7 +191,13 @@ def _read_json(source: Any) -> dict:
         path = Path(source)
         if not path.is_file():
             raise ImageInputError(f"No pose file at {path}.")
-        source = path.read_text(encoding="utf-8")
+        try:
+            source = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ImageInputError(
+                f"{path} is not text (a picture?), so not a pose file; a photo goes to the "
+                f"OpenPose detector. {POSE_FILE_HELP}"
+            ) from None
     if not isinstance(source, str):
         raise ImageInputError(f"Expected OpenPose JSON, got {type(source).__name__}.")
     if not source.strip():
