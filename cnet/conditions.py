@@ -8,6 +8,8 @@ here (and its detector); the tab follows. Weight-based backends report, through
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -59,10 +61,37 @@ class Param:
     choices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        # The CLI reads a value as the default's type: an int default takes only whole numbers.
-        whole = isinstance(self.default, int) and not isinstance(self.default, bool)
-        if whole and any(v is not None and v != int(v) for v in (self.minimum, self.step)):
+        # A value is read as the default's type: an int default takes only whole numbers.
+        if self.whole and any(v is not None and v != int(v) for v in (self.minimum, self.step)):
             raise ValueError(f"Param {self.name!r}: a fractional range needs a float default")
+
+    @property
+    def whole(self) -> bool:
+        return isinstance(self.default, int) and not isinstance(self.default, bool)
+
+    def check(self, value: Any) -> Any:
+        """`value` as this parameter's type, or a ValueError naming it and what it takes: refused
+        as the app's control refuses it, never clamped."""
+        if self.choices is not None or isinstance(self.default, str):
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                takes = f"one of {', '.join(self.choices)}" if self.choices else "text"
+                raise ValueError(f"{self.name} takes {takes}, not {value!r}")
+            return value
+        if isinstance(self.default, bool):
+            if not isinstance(value, bool | np.bool_):  # "false" would be true
+                raise ValueError(f"{self.name} takes True or False, not {value!r}")
+            return bool(value)
+        number = "a whole number" if self.whole else "a number"
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+        if not real or (self.whole and math.isfinite(value) and value != int(value)):
+            raise ValueError(f"{self.name} takes {number}, not {value!r}")
+        low = -math.inf if self.minimum is None else self.minimum
+        high = math.inf if self.maximum is None else self.maximum
+        if not low <= value <= high:  # NaN too
+            raise ValueError(
+                f"{self.name}: {value:g} is out of range; choose {number} from {low:g} to {high:g}"
+            )
+        return int(value) if self.whole else float(value)
 
 
 # what a backend reads: a picture, the sketch pad's value, or an OpenPose JSON file
@@ -454,7 +483,8 @@ def detect(
     if unknown:
         known = ", ".join(values) or "none"
         raise ValueError(f"{chosen.label} has no parameter {unknown[0]!r} (parameters: {known})")
-    values.update(params)
+    values.update({param.name: param.check(params[param.name]) for param in chosen.params
+                   if param.name in params})  # fmt: skip
     detector = chosen.load()
     return detector(
         image, detect_resolution=detect_resolution, image_resolution=image_resolution, **values

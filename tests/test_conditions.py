@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,24 @@ def test_the_map_as_is_backends_check_what_their_condition_reads():
         assert as_is.input_notices(control) == [], key
         (notice,) = as_is.input_notices(drawing)
         assert notice.startswith("Only 3% of this image is black") and "on black" in notice
+
+
+@pytest.mark.parametrize(
+    ("condition", "backend", "params", "message"),
+    [
+        ("canny", "canny", {"low_threshold": -5}, "low_threshold: -5 is out of range; choose a w"),
+        ("canny", "canny", {"low_threshold": None}, "low_threshold takes a whole number, not None"),
+        ("scribble", "drawing", {"thickness": 2.5}, "thickness takes a whole number, not 2.5"),
+        ("hough", "lines", {"min_length_percent": 0.1}, "choose a number from 0.5 to 50"),
+        ("hough", "lines", {"contrast": float("nan")}, "contrast: nan is out of range"),
+        ("depth", "depth_map", {"invert": "false"}, "invert takes True or False, not 'false'"),
+    ],
+)
+def test_detect_refuses_a_parameter_the_apps_control_would(condition, backend, params, message):
+    photo = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        detect(condition, photo, backend=backend, **params)
+    detect("canny", photo, low_threshold=50.0, high_threshold=np.int64(120))  # whole: taken
 
 
 def test_unknown_condition_is_explained():

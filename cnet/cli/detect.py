@@ -9,7 +9,6 @@ python -m cnet detect --condition depth --backend midas --fetch   # download its
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,22 +65,14 @@ def _parse_value(backend: Backend, name: str, text: str) -> Any:
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ValueError(f"{name} takes true or false, not {text!r}")
         return text.lower() in ("1", "true", "yes")
-    number = {int: "a whole number", float: "a number"}.get(type(default))
-    if number is None:
-        if param.choices and text not in param.choices:
-            raise ValueError(f"{name} takes one of {', '.join(param.choices)}, not {text!r}")
-        return text
+    if isinstance(default, str):
+        return param.check(text)
     try:
         value = type(default)(text)
     except ValueError:
+        number = "a whole number" if param.whole else "a number"
         raise ValueError(f"{name} takes {number}, not {text!r}") from None
-    low = -math.inf if param.minimum is None else param.minimum
-    high = math.inf if param.maximum is None else param.maximum
-    if not low <= value <= high:  # NaN too: as the app, refused, never clamped
-        raise ValueError(
-            f"{name}: {text} is out of range; choose {number} from {low:g} to {high:g}"
-        )
-    return value
+    return param.check(value)
 
 
 def _params(backend: Backend, pairs: list[str]) -> dict[str, Any]:
