@@ -301,8 +301,21 @@ def evaluate(
     `load_engine(**engine_options)`: on a CPU, one thread a process uses the cores best at these
     small sizes. The same images and figures as one process.
     """
-    conditions, settings = list(conditions), usable_settings(engine, settings)
+    from cnet.models import size_multiple
+
+    conditions = [conditions] if isinstance(conditions, str) else list(conditions)
+    settings = [settings] if isinstance(settings, str) else list(settings)
+    for what, names, known in (
+        ("condition", conditions, CONDITION_KEYS),
+        ("setting", settings, SETTINGS),
+    ):
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            given = f"Unknown {what} {unknown[0]!r}" if unknown else f"No {what} given"
+            raise ValueError(f"{given}; choose from: {', '.join(known)}.")
     sampling = Sampling(size, steps, cfg, sampler)
+    check_sampling(sampling, conditions[0], size_multiple(engine.preset.base))
+    settings = usable_settings(engine, settings)
     seeds = split_seeds(split, scenes)
     if workers > 1:
         table, grid_rows = score_in_processes(

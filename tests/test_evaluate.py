@@ -221,6 +221,28 @@ def eval_args(model_dir, tmp_path, *options: str) -> argparse.Namespace:
     return parser.parse_args(["--preset", "auto", "--model-dir", str(model_dir), *small, *options])
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"settings": ["user"]}, "Unknown setting 'user'; choose from: user prompt, no prompt"),
+        ({"conditions": ["Canny"]}, "Unknown condition 'Canny'; choose from: scribble, canny"),
+        ({"conditions": []}, "No condition given"),
+        ({"size": 96}, "multiples of"),
+    ],
+)
+def test_evaluate_from_python_refuses_what_it_cannot_score_before_any_image(
+    tiny_model_dir, given, message
+):
+    from cnet.engine import load_engine
+    from cnet.evaluate import evaluate
+
+    engine = load_engine(model_dir=str(tiny_model_dir), threads=1)
+    engine.generate = None  # any image would fail: refused before
+    arguments = {"conditions": "canny", "scenes": 1, "size": 64, "steps": 1, **given}
+    with pytest.raises(ValueError, match=message):
+        evaluate(engine, **arguments)
+
+
 def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     tiny_model_dir, tmp_path, capsys
 ):
