@@ -31,6 +31,7 @@ from cnet.models import (
     ModelMissingError,
     Preset,
     check_controlnet_fits,
+    check_device,
     checkpoint_differences,
     compile_problem,
     config_at_hand,
@@ -729,8 +730,11 @@ def load_engine(
     """An engine for the preset. It loads no weights yet (see Engine.load), so it never raises
     for missing weights: Engine.status() says what is missing; generate() raises
     ModelMissingError. `threads`: torch CPU threads (default: see models.cpu_threads);
-    `compile`, `channels_last`, `cpu_offload`: see Engine. Raises ValueError for cpu_offload
-    on the CPU."""
+    `compile`, `channels_last`, `cpu_offload`: see Engine. Raises ValueError for a device torch
+    cannot use here (as --device does; else torch would fail at the first image) and for
+    cpu_offload on the CPU."""
+    if device is not None:
+        check_device(device)
     chosen, reason = resolve_preset(preset, model_dir, base, controlnets, device)
     return Engine(
         chosen,

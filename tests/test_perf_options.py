@@ -202,7 +202,21 @@ def test_cpu_threads_are_the_cores_unless_omp_says_otherwise(engine, monkeypatch
     assert torch.get_num_threads() == engine.threads == 1
 
 
-def test_float16_on_gpus_float32_on_the_cpu(tiny_model_dir):
+@pytest.fixture
+def gpus_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines for "cuda" and "mps" on this machine: names only, nothing is moved there."""
+    monkeypatch.setattr(cnet.engine, "check_device", lambda device: None)
+
+
+def test_a_device_torch_cannot_use_is_refused_when_the_engine_is_made(tiny_model_dir):
+    with pytest.raises(ValueError, match="Unknown device 'gpu': use cuda, mps or cpu."):
+        load_engine(model_dir=str(tiny_model_dir), device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no cuda device on this machine"):
+            load_engine(model_dir=str(tiny_model_dir), device="cuda")
+
+
+def test_float16_on_gpus_float32_on_the_cpu(tiny_model_dir, gpus_here):
     assert dtype_for("cpu") == "float32"
     assert dtype_for("cuda") == dtype_for("mps") == "float16"
     assert load_engine(model_dir=str(tiny_model_dir), device="cuda").preset.dtype == "float16"
@@ -211,7 +225,7 @@ def test_float16_on_gpus_float32_on_the_cpu(tiny_model_dir):
 # ---- channels_last ------------------------------------------------------------------------------
 
 
-def test_channels_last_is_on_for_cuda_only_by_default(engine, tiny_model_dir):
+def test_channels_last_is_on_for_cuda_only_by_default(engine, tiny_model_dir, gpus_here):
     assert load_engine(model_dir=str(tiny_model_dir), device="cuda").channels_last
     assert not load_engine(model_dir=str(tiny_model_dir), device="mps").channels_last
     assert not engine.channels_last
@@ -289,7 +303,9 @@ def test_a_compile_failure_says_to_run_without_compile(
 # ---- model CPU offload --------------------------------------------------------------------------
 
 
-def test_cpu_offload_hooks_each_new_controlnet_and_moves_nothing(tiny_model_dir, monkeypatch):
+def test_cpu_offload_hooks_each_new_controlnet_and_moves_nothing(
+    tiny_model_dir, monkeypatch, gpus_here
+):
     devices = []
     monkeypatch.setattr(
         StableDiffusionControlNetPipeline,
