@@ -276,6 +276,27 @@ def test_a_scene_drawn_to_include_a_kind_holds_one_and_others_stay_as_they_were(
     assert generate(5, 64).prompt == sample_scene(5).prompt == sample(5).prompt
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((0, 0), "The size is a whole number of at least 1, got 0."),
+        ((0, 7.5), "The size is a whole number of at least 1, got 7.5."),
+        ((-1, 64), "The seed is a whole number of at least 0, got -1."),
+        ((None, 64), "The seed is a whole number of at least 0, got None."),
+        ((0, 64, None, ("dragon",)), "Unknown object kind 'dragon'; choose from: sphere, cube"),
+    ],
+)
+def test_generate_refuses_what_it_cannot_draw(arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        generate(*arguments)
+
+
+def test_one_kind_or_condition_may_be_given_alone():
+    alone = generate(5, 64, "depth", "cube")
+    assert list(alone.conditions) == ["depth"] and alone.scene.include == ("cube",)
+    assert alone.prompt == generate(5, 64, ["depth"], ("cube",)).prompt
+
+
 @pytest.mark.parametrize("condition", sorted(MAP_SHOWS_ONLY))
 def test_objects_a_map_does_not_show_leave_no_trace_in_it(condition):
     shown, checked = MAP_SHOWS_ONLY[condition], 0

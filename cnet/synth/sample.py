@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -60,10 +61,16 @@ def generate(
     does not change the maps that are computed. `include`: object kinds of which the scene holds
     at least one (`sample_scene`).
     """
-    keys = CONDITION_KEYS if conditions is None else tuple(conditions)
+    for name, value, least in (("seed", seed, 0), ("size", size, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"The {name} is a whole number of at least {least}, got {value!r}.")
+    keys = CONDITION_KEYS if conditions is None else tuple(_names(conditions))
     unknown = [key for key in keys if key not in CONDITION_MAPS]
     if unknown:
         raise ValueError(f"Unknown condition {unknown}; choose from {', '.join(CONDITION_KEYS)}.")
+    include = _names(include)
+    if strange := [kind for kind in include if kind not in KINDS]:
+        raise ValueError(f"Unknown object kind {strange[0]!r}; choose from: {', '.join(KINDS)}.")
     scene = sample_scene(seed, include)
     rendered = render(scene, size)
     return Sample(
@@ -74,6 +81,11 @@ def generate(
         scene=scene,
         render=rendered,
     )
+
+
+def _names(names: str | Iterable[str]) -> tuple[str, ...]:
+    """One name given alone, or several."""
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def condition_sample(seed: int, size: int, condition: str) -> Sample:
