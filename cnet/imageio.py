@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import numbers
 import os
 import struct
 import warnings
@@ -304,8 +305,11 @@ def to_grey_float(image: ImageLike) -> np.ndarray:
 
 def target_size(height: int, width: int, resolution: int, multiple: int = 64) -> tuple[int, int]:
     """(height, width) with the short side scaled to `resolution`, both rounded to `multiple`."""
-    if resolution < 1:
-        raise ValueError(f"The resolution must be at least 1 pixel, got {resolution}.")
+    whole = isinstance(resolution, numbers.Integral) and not isinstance(resolution, bool)
+    if not whole or resolution < 1:
+        raise ValueError(
+            f"The resolution must be a whole number of pixels, at least 1, got {resolution!r}."
+        )
     scale = float(resolution) / min(height, width)
     new_height = int(np.round(height * scale / multiple)) * multiple
     new_width = int(np.round(width * scale / multiple)) * multiple

@@ -195,6 +195,9 @@ def test_detect_refuses_a_parameter_the_apps_control_would(condition, backend, p
     with pytest.raises(ValueError, match=re.escape(message)):
         detect(condition, photo, backend=backend, **params)
     detect("canny", photo, low_threshold=50.0, high_threshold=np.int64(120))  # whole: taken
+    for resolution in ("128", None, 0):
+        with pytest.raises(ValueError, match="a whole number of pixels, at least 1, got"):
+            detect("canny", photo, detect_resolution=resolution)
 
 
 def test_unknown_condition_is_explained():
