@@ -7,6 +7,7 @@ prompt dropout, small-scale and large-scale modes, exact resume, and an export t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1080,6 +1081,24 @@ def test_cli_names_what_is_missing_or_cannot_be_written(
     assert last.startswith("error: ") and message in last
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch_size": 0}, "batch_size (--batch-size) takes a whole number of at least 1, got 0."),
+        ({"learning_rate": -1.0}, "learning_rate (--learning-rate) takes a number of at least 0"),
+        ({"proportion_empty_prompts": 2.0}, "takes a share from 0 to 1, got 2.0."),
+        ({"adam_betas": (0.9, 1.5)}, "adam_betas (--adam-betas) takes a share from 0 to 1"),
+        ({"max_steps": 2.5}, "max_steps (--max-steps) takes a whole number of at least 0"),
+    ],
+)
+def test_a_config_made_in_python_is_held_to_the_flags_rules(
+    tiny_model_dir, fill50k_dir, tmp_path, overrides, message
+):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config(tiny_model_dir, fill50k_dir, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_refuses_a_read_only_output_folder_before_training_and_names_a_full_disk(
     tiny_model_dir, fill50k_dir, tmp_path, capsys, monkeypatch
 ):
@@ -1138,6 +1157,9 @@ def test_every_number_a_trainer_takes_refuses_what_means_nothing():
                 with pytest.raises(argparse.ArgumentTypeError):
                     action.type(bad)
     assert numbers > 80
-    assert cli.share("1") == 1.0 and cli.non_negative_number("0") == 0.0
+    share = cli.number_type("proportion_empty_prompts", float)
+    assert share("1") == 1.0 and cli.number_type("eta", float)("0") == 0.0
     with pytest.raises(argparse.ArgumentTypeError, match="share from 0 to 1"):
-        cli.share("1.5")
+        share("1.5")
+    with pytest.raises(argparse.ArgumentTypeError, match="a number above 0"):
+        cli.number_type("learning_rate", float)("0")

@@ -43,6 +43,7 @@ from cnet.train.controlnet import (
     tokenize,
 )
 from cnet.train.data import SYNTHETIC, BatchStream, open_dataset, prompts_of, stream_position
+from cnet.train.limits import check_numbers
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
@@ -447,6 +448,8 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     """Train (or resume) both phases; returns the saved pipeline folder, or None when the time box
     stopped the run before its UNet had trained."""
     from accelerate import Accelerator
+
+    check_numbers(config)
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 

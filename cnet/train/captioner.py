@@ -47,6 +47,7 @@ from cnet.train.data import (
     prompts_of,
     stream_position,
 )
+from cnet.train.limits import check_numbers
 from cnet.train.report import plot_losses, tensor_to_image
 from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
@@ -303,6 +304,7 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    check_numbers(config)
     check_scene_counts(
         config.data,
         {

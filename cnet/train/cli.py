@@ -17,16 +17,11 @@ import types
 import typing
 from collections.abc import Callable
 
-from cnet.cli.options import (
-    non_negative_int,
-    non_negative_number,
-    positive_int,
-    positive_number,
-    share,
-)
+from cnet.cli.options import checked_number, positive_int
 from cnet.engine import SAMPLERS
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
+from cnet.train.limits import rule
 
 HELP = {
     "base": "locked base: a diffusers pipeline folder, a --model-dir folder, or a hub id",
@@ -109,38 +104,6 @@ HELP = {
 }
 
 
-# Every number a trainer takes is at least 0 (a share at most 1); these must be above it.
-# Counts where 0 would divide by zero or mean nothing (--validate-every 0 does mean "never"):
-AT_LEAST_ONE = {
-    "batch_size",
-    "vae_batch_size",
-    "gradient_accumulation_steps",
-    "checkpoint_every",
-    "checkpoints_to_keep",
-    "num_validation_images",
-    "num_validation_scenes",
-    "num_test_scenes",
-    "validation_inference_steps",
-    "synth_length",
-    "corpus_examples",
-    "resolution",
-    "vae_crop_size",
-    "workers",
-    "pairs",
-    "steps",
-}
-# Rates and the time box, where 0 would train nothing:
-ABOVE_ZERO = {
-    "learning_rate",
-    "base_learning_rate",
-    "vae_learning_rate",
-    "unet_learning_rate",
-    "text_encoder_learning_rate",
-    "adam_epsilon",
-    "max_minutes",
-}
-SHARES = {"proportion_empty_prompts", "default_prompt_share", "replay_share", "adam_betas"}
-
 CHOICES = {
     "mixed_precision": ("no", "fp16", "bf16"),
     "unlock_base": UNLOCK_CHOICES,
@@ -151,13 +114,9 @@ CHOICES = {
 
 def number_type(name: str, kind: type) -> Callable[[str], object]:
     """The argparse type of the config field `name`, of type `kind` (as it is, if not a number)."""
-    if name in SHARES:
-        return share
-    if kind is int:
-        return positive_int if name in AT_LEAST_ONE else non_negative_int
-    if kind is float:
-        return positive_number if name in ABOVE_ZERO else non_negative_number
-    return kind
+    if kind not in (int, float):
+        return kind
+    return checked_number(kind, *rule(name, kind))
 
 
 def add_config_flags(

@@ -45,6 +45,7 @@ from cnet.train.data import (
     stream_position,
     synthetic_maps,
 )
+from cnet.train.limits import check_numbers
 from cnet.train.lineage import last_gain, read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
@@ -540,6 +541,7 @@ def train(config: TrainConfig) -> TrainResult:
     from diffusers import ControlNetModel
     from tqdm.auto import tqdm
 
+    check_numbers(config)
     config = sampled_like_the_app(config, base_folder(config.base))
     config = replace(config, condition=maps_condition(config.data, config.condition))
     if config.validation_images:

@@ -31,6 +31,7 @@ from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
 from cnet.train.checkpoint import changed_settings, check_writable, commit_export, partial_of
+from cnet.train.limits import check_numbers
 from cnet.train.lineage import read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.schedule import lr_factor
 
@@ -285,6 +286,7 @@ def train(config: DecoderConfig) -> Path:
     """Sample the pairs (or read those saved), then fine-tune; returns the saved VAE folder."""
     from diffusers import AutoencoderKL
 
+    check_numbers(config)
     vae_source = Path(config.model_dir) / "base" / "vae"
     if not (vae_source / "config.json").is_file():
         raise FileNotFoundError(
