@@ -103,11 +103,12 @@ def lowrank_start(folder: str | Path) -> Path:
     return (Path(folder) / start).resolve()
 
 
-def write_lowrank(folder: Path, tuned: Path, start: Path, rank: int) -> None:
+def write_lowrank(folder: str | Path, tuned: str | Path, start: str | Path, rank: int) -> None:
     """Write `tuned` (a ControlNet folder fine-tuned from `start`) into `folder` as its rank-`rank`
     difference from `start`, which `folder` then names by its path relative to itself."""
     from safetensors.torch import load_file, save_file
 
+    folder, tuned, start = Path(folder), Path(tuned), Path(start)
     for source in (tuned, start):
         if not (source / FULL_WEIGHTS).is_file():
             raise FileNotFoundError(

@@ -27,6 +27,8 @@ def test_palette_has_one_distinct_colour_per_class():
     assert ade20k_color("wall") == (120, 120, 120)
     assert ade20k_color("sky") == (6, 230, 230)
     assert ade20k_color("person") == (150, 5, 61)
+    with pytest.raises(ValueError, match="'dragon' is no ADE20K class name"):
+        ade20k_color("dragon")
 
 
 def test_colorize_labels():

@@ -81,7 +81,7 @@ def lowrank_folder(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(tiny_model_dir / "controlnet" / "canny", start)
     tuned = fine_tune_of(start, tmp_path / "tuned", rank=3)
     folder = start.with_name("canny")
-    write_lowrank(folder, tuned, start, rank=16)
+    write_lowrank(str(folder), str(tuned), str(start), rank=16)  # paths as text work too
     return folder, tuned
 
 

@@ -77,6 +77,8 @@ ADE20K_PALETTE = np.array(
 
 def ade20k_color(name: str) -> tuple[int, int, int]:
     """Palette colour of an ADE20K class by name, e.g. `ade20k_color("sky")`."""
+    if name not in ADE20K_CLASSES:
+        raise ValueError(f"{name!r} is no ADE20K class name (e.g. wall, sky, person, floor).")
     return tuple(int(c) for c in ADE20K_PALETTE[ADE20K_CLASSES.index(name)])
 
 
