@@ -483,8 +483,9 @@ def detect(
     if unknown:
         known = ", ".join(values) or "none"
         raise ValueError(f"{chosen.label} has no parameter {unknown[0]!r} (parameters: {known})")
-    values.update({param.name: param.check(params[param.name]) for param in chosen.params
-                   if param.name in params})  # fmt: skip
+    for param in chosen.params:
+        if param.name in params:
+            values[param.name] = param.check(params[param.name])
     detector = chosen.load()
     return detector(
         image, detect_resolution=detect_resolution, image_resolution=image_resolution, **values

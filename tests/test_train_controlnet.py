@@ -1089,6 +1089,7 @@ def test_cli_names_what_is_missing_or_cannot_be_written(
         ({"proportion_empty_prompts": 2.0}, "takes a share from 0 to 1, got 2.0."),
         ({"adam_betas": (0.9, 1.5)}, "adam_betas (--adam-betas) takes a share from 0 to 1"),
         ({"max_steps": 2.5}, "max_steps (--max-steps) takes a whole number of at least 0"),
+        ({"seed": float("inf")}, "seed (--seed) takes a whole number of at least 0, got inf."),
     ],
 )
 def test_a_config_made_in_python_is_held_to_the_flags_rules(

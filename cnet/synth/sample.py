@@ -64,7 +64,7 @@ def generate(
     for name, value, least in (("seed", seed, 0), ("size", size, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"The {name} is a whole number of at least {least}, got {value!r}.")
-    keys = CONDITION_KEYS if conditions is None else tuple(_names(conditions))
+    keys = CONDITION_KEYS if conditions is None else _names(conditions)
     unknown = [key for key in keys if key not in CONDITION_MAPS]
     if unknown:
         raise ValueError(f"Unknown condition {unknown}; choose from {', '.join(CONDITION_KEYS)}.")

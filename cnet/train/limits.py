@@ -78,6 +78,6 @@ def check_numbers(config: object) -> None:
         fits, wanted = rule(field.name, kind, zero_rate=True)
         for item in value if isinstance(value, tuple | list) else [value]:
             real = isinstance(item, numbers.Real) and not isinstance(item, bool)
-            if not (real and (kind is float or item == int(item)) and fits(item)):
+            if not (real and (kind is float or float(item).is_integer()) and fits(item)):
                 flag = "--" + field.name.replace("_", "-")
                 raise ValueError(f"{field.name} ({flag}) takes {wanted}, got {item!r}.")
