@@ -182,8 +182,8 @@ DAMAGED = {  # what a damaged scenes.json holds -> what the message says of it
 def test_a_damaged_scenes_json_is_named_in_one_line(tmp_path, capsys, text, problem):
     args = write_runs(tmp_path, WHOLE, text)
     assert run(args) == 1
-    message = capsys.readouterr().out
-    assert message.startswith(f"{args.new / 'scenes.json'} {problem}")
+    message = capsys.readouterr().err
+    assert message.startswith(f"error: {args.new / 'scenes.json'} {problem}")
     assert message.endswith(f"`python -m cnet eval --out {args.new}`.\n")
     assert message.count("\n") == 1
 
