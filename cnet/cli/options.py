@@ -28,8 +28,6 @@ def checked_number(kind: type, fits: Callable[[Any], bool], wanted: str) -> Call
 positive_int = checked_number(int, lambda value: value >= 1, "a whole number of at least 1")
 non_negative_int = checked_number(int, lambda value: value >= 0, "a whole number of at least 0")
 positive_number = checked_number(float, lambda value: value > 0, "a number above 0")
-non_negative_number = checked_number(float, lambda value: value >= 0, "a number of at least 0")
-share = checked_number(float, lambda value: 0 <= value <= 1, "a share from 0 to 1")
 port = checked_number(int, lambda value: 1 <= value <= 65535, "a port number from 1 to 65535")
 FILE_SIZE = re.compile(r"\s*\d+\s*(b|kb|mb|gb|tb)\s*", re.IGNORECASE)
 

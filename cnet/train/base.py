@@ -448,13 +448,12 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     """Train (or resume) both phases; returns the saved pipeline folder, or None when the time box
     stopped the run before its UNet had trained."""
     from accelerate import Accelerator
-
-    check_numbers(config)
     from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 
     from cnet.architecture import build_components, save_pipeline_dir
 
+    check_numbers(config)
     starts = {"--base-init": (config.base_init, "a base pipeline folder, as assets/embedded/base")}
     starts["--vae-init"] = (config.vae_init, "a VAE folder, as assets/embedded/base/vae")
     for flag, (folder, wanted) in starts.items():

@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import importlib
 import sys
-import types
 import typing
 from collections.abc import Callable
 
@@ -21,7 +20,7 @@ from cnet.cli.options import checked_number, positive_int
 from cnet.engine import SAMPLERS
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
-from cnet.train.limits import rule
+from cnet.train.limits import rule, without_none
 
 HELP = {
     "base": "locked base: a diffusers pipeline folder, a --model-dir folder, or a hub id",
@@ -136,9 +135,7 @@ def add_config_flags(
                 field.default_factory() if field.default is dataclasses.MISSING else field.default
             )
         )
-        kind = hints[field.name]
-        if isinstance(kind, types.UnionType):  # "int | None" -> int
-            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        kind = without_none(hints[field.name])
         options: dict = {"help": help.get(field.name, ""), "dest": field.name}
         if field.name in CHOICES:
             options["choices"] = CHOICES[field.name]

@@ -56,10 +56,16 @@ def rule(name: str, kind: type, zero_rate: bool = False) -> tuple[Callable[[floa
     return (lambda value: value >= 0), "a number of at least 0"
 
 
+def without_none(hint: object) -> object:
+    """A field's type without its "| None" ("int | None" -> int)."""
+    if isinstance(hint, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
 def number_kind(hint: object) -> type | None:
     """int or float for a field typed as one (alone, optional, or in a tuple or list), else None."""
-    if isinstance(hint, types.UnionType):  # "int | None" -> int
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    hint = without_none(hint)
     if typing.get_origin(hint) in (tuple, list):
         hint = typing.get_args(hint)[0]
     return hint if hint in (int, float) else None
