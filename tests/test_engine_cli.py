@@ -98,6 +98,35 @@ def test_generate_detects_with_a_backend_that_reads_the_file(
     assert f"({reader})" in capsys.readouterr().err
 
 
+def test_a_second_run_with_the_same_seeds_keeps_the_first_runs_images(
+    tiny_model_dir, control_png, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = ["generate", str(control_png), "--model-dir", str(tiny_model_dir), "-c", "canny"]
+    args += ["--steps", "1", "--seed", "3", "-o", str(out)]
+    assert main([*args, "-p", "a red sphere"]) == 0
+    assert main([*args, "-p", "a blue cube"]) == 0
+    assert str(out / "canny-3-run2.png") in capsys.readouterr().out
+    assert (out / "canny-control-run2.png").is_file()
+    first, second = (
+        png_info.read_parameters(out / name) for name in ("canny-3.png", "canny-3-run2.png")
+    )
+    assert first.startswith("a red sphere") and second.startswith("a blue cube")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--prompt-mode", "none", "-p", "a cat"], "--prompt is read in --prompt-mode user only"),
+        (["--prompt-mode", "default", "--keep-first-pass"], "--keep-first-pass keeps the first"),
+        (["--detector", "canny"], "--detector picks the detector for --detect PHOTO"),
+    ],
+)
+def test_flags_the_run_would_drop_are_refused(control_png, capsys, flags, message):
+    assert main(["generate", str(control_png), "-c", "canny", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
     args = ["generate", str(control_png), "--model-dir", str(tmp_path / "none"), "-c", "canny"]
     assert main(args) == 1

@@ -4,12 +4,14 @@ python -m cnet generate edges.png -c canny --prompt "a red sphere" -n 4 -o outpu
 python -m cnet generate --detect photo.jpg -c depth --prompt-mode auto
 python -m cnet generate map.png -c canny --preset sd15 --controlnet canny=my_canny.safetensors
 
-Writes <condition>-<seed>.png (with the "parameters" PNG text) and <condition>-control.png.
+Writes <condition>-<seed>.png (with the "parameters" PNG text) and <condition>-control.png;
+a run whose names are taken adds -run2, -run3, ... to all of its names.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 from dataclasses import fields
@@ -125,6 +127,29 @@ def _control_map(args: argparse.Namespace, resolution: int):
     )
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags the chosen mode would drop without a word."""
+    if args.prompt and args.prompt_mode != "user":
+        raise ValueError(
+            f"--prompt is read in --prompt-mode user only, and this run is in --prompt-mode "
+            f"{args.prompt_mode}: drop --prompt, or drop --prompt-mode (user is the default)."
+        )
+    if args.keep_first_pass and args.prompt_mode != "auto":
+        raise ValueError("--keep-first-pass keeps the first pass of --prompt-mode auto only.")
+    if args.detector and not args.detect:
+        raise ValueError("--detector picks the detector for --detect PHOTO; give --detect.")
+
+
+def free_suffix(out_dir: Path, stems: list[str]) -> str:
+    """The empty suffix when none of the files `stems` name exist in out_dir, else the first
+    "-runN" under which none do: a run with seeds used before keeps the earlier run's images."""
+    for run in itertools.count(1):
+        suffix = "" if run == 1 else f"-run{run}"
+        if not any((out_dir / f"{stem}{suffix}.png").exists() for stem in stems):
+            return suffix
+    raise AssertionError("unreachable")
+
+
 def _progress(done: int, total: int) -> None:
     print(f"\rsampling {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
 
@@ -140,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         set_annotators_dir(args.annotators_dir)
     out_dir = Path(args.out_dir)
     try:
+        _check_flags(args)
         engine = load_engine(**model_settings(args), **performance_settings(args))
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
         resolution = args.resolution or engine.preset.resolution
@@ -182,15 +208,19 @@ def run(args: argparse.Namespace) -> int:
         print("cancelled", file=sys.stderr)
         return 130
 
+    seeds = result.seeds
+    images = {f"{args.condition}-{s}": image for image, s in zip(result.images, seeds, strict=True)}
+    images |= {
+        f"{args.condition}-{s}-first-pass": image
+        for image, s in zip(result.first_pass_images, seeds, strict=False)  # first pass: 1 or all
+    }
+    control = f"{args.condition}-control"
+    suffix = free_suffix(out_dir, [control, *images])
     try:
-        Image.fromarray(result.control_image).save(out_dir / f"{args.condition}-control.png")
+        Image.fromarray(result.control_image).save(out_dir / f"{control}{suffix}.png")
         written = [
-            png_info.save_png(image, out_dir / f"{args.condition}-{seed}.png")
-            for image, seed in zip(result.images, result.seeds, strict=True)
-        ]
-        written += [
-            png_info.save_png(image, out_dir / f"{args.condition}-{seed}-first-pass.png")
-            for image, seed in zip(result.first_pass_images, result.seeds, strict=False)
+            png_info.save_png(image, out_dir / f"{stem}{suffix}.png")
+            for stem, image in images.items()
         ]
     except OSError as error:
         print(f"error: cannot write the images in {out_dir} ({error})", file=sys.stderr)
