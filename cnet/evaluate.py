@@ -809,7 +809,10 @@ def run(args: argparse.Namespace) -> int:
             if args.into is None
             else earlier_scenes(args.into, seeds, sampling, args.settings, conditions, models)
         )
-    except (FileNotFoundError, ValueError, ModelMissingError) as error:
+    except ModelMissingError as error:  # exit codes as in cnet generate: 1 missing, 2 bad input
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     grid = args.out / "samples.png"
