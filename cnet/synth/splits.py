@@ -18,8 +18,7 @@ def split_seeds(split: str, count: int | None = None, start: int = 0) -> range:
     seeds = SPLITS[split][start:]
     if count is not None:
         if count > len(seeds):
-            raise ValueError(
-                f"The {split} split has {len(seeds)} seeds from {start}; asked {count}."
-            )
+            left = f"{len(seeds)} seed" + ("" if len(seeds) == 1 else "s")
+            raise ValueError(f"The {split} split has {left} from {start}; asked {count}.")
         seeds = seeds[:count]
     return seeds
