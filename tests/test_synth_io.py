@@ -84,6 +84,16 @@ def test_imagefolder_export(tmp_path):
         assert Image.open(tmp_path / line["conditioning_image"]).mode == "RGB"
 
 
+def test_an_export_into_an_earlier_ones_folder_leaves_only_its_own_images(tmp_path):
+    export = ["synth", "export", "fill50k", str(tmp_path), "--condition", "canny", "--size", "64"]
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*export, "--count", "3"]) == 0
+    assert main([*export, "--count", "2"]) == 0
+    for folder in ("source", "target"):
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["0.png", "1.png"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_a_pose_export_holds_people_and_says_how_its_scenes_were_drawn(tmp_path):
     assert main(["synth", "export", "imagefolder", str(tmp_path), "--condition", "pose",
                  "--count", "3", "--size", "64"]) == 0  # fmt: skip

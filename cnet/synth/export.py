@@ -28,6 +28,14 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, compress_level=1)
 
 
+def _remove_stale(folder: Path, count: int) -> None:
+    """Numbered PNGs an earlier, larger export into the same folder left: no line names them, and
+    a tool that reads the folder rather than the index would train on them."""
+    for path in folder.glob("*.png"):
+        if path.stem.isdigit() and int(path.stem) >= count:
+            path.unlink()
+
+
 def _export(
     out_dir: Path,
     folders: tuple[str, str],
@@ -44,17 +52,20 @@ def _export(
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / control_dir).mkdir(parents=True, exist_ok=True)
     include = training_kinds(condition)
+    seeds = split_seeds(split, count, start)
     with (
         open(out_dir / index_file, "w") as index,
         open(out_dir / "attributes.jsonl", "w") as attributes,
     ):
-        for number, seed in enumerate(split_seeds(split, count, start)):
+        for number, seed in enumerate(seeds):
             sample = generate(seed, size, [condition], include)
             image_path, control_path = f"{image_dir}/{number}.png", f"{control_dir}/{number}.png"
             _save(sample.image, out_dir / image_path)
             _save(sample.conditions[condition], out_dir / control_path)
             index.write(json.dumps(line(image_path, control_path, sample)) + "\n")
             attributes.write(json.dumps({"line": number, **sample.attributes}) + "\n")
+    for folder in folders:
+        _remove_stale(out_dir / folder, len(seeds))
     return out_dir / index_file
 
 
