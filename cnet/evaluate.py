@@ -750,11 +750,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-dir", default=None, help="embedded-layout folder (default: assets/embedded)"
     )
-    parser.add_argument("--preset", default="embedded")
+    parser.add_argument(
+        "--preset",
+        default="embedded",
+        help="used when --model-dir is not given (default: embedded)",
+    )
     parser.add_argument(
         "--conditions", nargs="+", default=None, choices=CONDITION_KEYS, help="default: all seven"
     )
-    parser.add_argument("--scenes", type=positive_int, default=100, help="scenes per row")
+    parser.add_argument(
+        "--scenes", type=positive_int, default=100, help="scenes per row (default: %(default)s)"
+    )
     parser.add_argument(
         "--split",
         choices=("test", "validation"),
@@ -764,13 +770,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=positive_int, default=None, help="image side (default: the preset's)"
     )
-    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=20, help="(default: %(default)s)")
     parser.add_argument(
         "--cfg", type=float, default=None, help="guidance scale (default: the preset's)"
     )
     parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the preset's")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--out", type=output_folder, default=Path("outputs/eval"))
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=list(SETTINGS),
+        choices=list(SETTINGS),
+        help="the table's rows per condition (default: all four)",
+    )
+    parser.add_argument(
+        "--out",
+        type=output_folder,
+        default=Path("outputs/eval"),
+        help="folder for table.md, results.json, scenes.json, samples.png (default: %(default)s)",
+    )
     parser.add_argument(
         "--into",
         type=Path,
@@ -783,7 +800,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=positive_int,
         default=1,
-        help="processes sharing the conditions, each with its own model copy (CPU: one per core)",
+        help="processes sharing the conditions, each with its own model copy (CPU: one per core; "
+        "default: %(default)s)",
     )
 
 

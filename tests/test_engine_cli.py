@@ -235,3 +235,13 @@ def test_images_that_cannot_be_written_are_an_error_not_a_traceback(
     assert main([*args, "--steps", "1", "-o", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert f"error: cannot write the images in {tmp_path} ([Errno 28]" in error
+
+
+def test_help_gives_each_sampling_flags_range_and_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("1..150 (default: 20)", "0..2; 0: no control (default: 1.0)", "(default: user)"):
+        assert shown in text
+    assert "short side, 64..2048" in text and "1..12, seeds --seed" in text

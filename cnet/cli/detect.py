@@ -45,8 +45,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", help="output PNG (default: <input>_<condition>.png)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                         help="detector parameter, repeatable (see --list)")  # fmt: skip
-    parser.add_argument("--detect-resolution", type=positive_int, default=512, metavar="PX")
-    parser.add_argument("--image-resolution", type=positive_int, default=512, metavar="PX")
+    parser.add_argument(
+        "--detect-resolution",
+        type=positive_int,
+        default=512,
+        metavar="PX",
+        help="short side the detector reads the input at (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image-resolution",
+        type=positive_int,
+        default=512,
+        metavar="PX",
+        help="short side of the map written (default: %(default)s)",
+    )
     parser.add_argument("--annotators-dir", help="annotator weights folder "
                         "(default: $CNET_ANNOTATORS_DIR or ~/.cache/cnet/annotators)")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list conditions and backends")

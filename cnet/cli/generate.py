@@ -26,8 +26,13 @@ from cnet.cli.options import (
 )
 from cnet.conditions import CONDITIONS, BackendUnavailable, set_annotators_dir
 from cnet.engine import (
+    MAX_CFG,
     MAX_IMAGES,
+    MAX_RESOLUTION,
     MAX_SEED,
+    MAX_STEPS,
+    MIN_CFG,
+    MIN_RESOLUTION,
     PROMPT_MODES,
     SAMPLERS,
     GenerationCancelled,
@@ -53,8 +58,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_performance_flags(parser)
 
     prompt = parser.add_argument_group("prompt")
-    prompt.add_argument("--prompt-mode", choices=PROMPT_MODES, default=DEFAULTS["prompt_mode"])
-    prompt.add_argument("-p", "--prompt", default=DEFAULTS["prompt"])
+    prompt.add_argument(
+        "--prompt-mode",
+        choices=PROMPT_MODES,
+        default=DEFAULTS["prompt_mode"],
+        help="none: no text; default: the paper's default prompt; auto: a caption of the "
+        "default-prompt image, then sampling again; user: --prompt (default: %(default)s)",
+    )
+    prompt.add_argument("-p", "--prompt", default=DEFAULTS["prompt"], help="user prompt mode")
     prompt.add_argument(
         "--added-prompt",
         help="default: the preset's; the paper's apps' unless its preset.json says",
@@ -63,26 +74,63 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     settings = parser.add_argument_group("sampling")
     settings.add_argument(
-        "-n", "--num-images", type=int, default=DEFAULTS["num_images"], help=f"1..{MAX_IMAGES}"
+        "-n",
+        "--num-images",
+        type=int,
+        default=DEFAULTS["num_images"],
+        help=f"1..{MAX_IMAGES}, seeds --seed, --seed + 1, ... (default: %(default)s)",
     )
-    settings.add_argument("--resolution", type=int, help="short side (default: the preset's)")
-    settings.add_argument("--strength", type=float, default=DEFAULTS["control_strength"])
-    settings.add_argument("--guess-mode", action="store_true")
-    settings.add_argument("--control-start", type=float, default=DEFAULTS["control_start"])
-    settings.add_argument("--control-end", type=float, default=DEFAULTS["control_end"])
-    settings.add_argument("--steps", type=int, default=DEFAULTS["steps"])
+    settings.add_argument(
+        "--resolution",
+        type=int,
+        help=f"short side, {MIN_RESOLUTION}..{MAX_RESOLUTION} (default: the preset's)",
+    )
+    settings.add_argument(
+        "--strength",
+        type=float,
+        default=DEFAULTS["control_strength"],
+        help="control strength, 0..2; 0: no control (default: %(default)s)",
+    )
+    settings.add_argument(
+        "--guess-mode",
+        action="store_true",
+        help="the ControlNet reads the map without the prompt (use with --prompt-mode none)",
+    )
+    settings.add_argument(
+        "--control-start",
+        type=float,
+        default=DEFAULTS["control_start"],
+        help="share of the steps before the ControlNet joins, 0..1 (default: %(default)s)",
+    )
+    settings.add_argument(
+        "--control-end",
+        type=float,
+        default=DEFAULTS["control_end"],
+        help="share of the steps after which it leaves, 0..1 (default: %(default)s)",
+    )
+    settings.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULTS["steps"],
+        help=f"1..{MAX_STEPS} (default: %(default)s)",
+    )
     settings.add_argument(
         "--cfg",
         type=float,
-        help="guidance scale (default: the preset's; the paper's 9.0 unless its preset.json says)",
+        help=f"guidance scale, {MIN_CFG:g}..{MAX_CFG:g} (default: the preset's; the paper's 9.0 "
+        "unless its preset.json says)",
     )
     settings.add_argument(
         "--sampler",
         choices=SAMPLERS,
         help="default: the preset's; the paper's DDPM unless its preset.json says",
     )
-    settings.add_argument("--eta", type=float, default=DEFAULTS["eta"], help="DDIM only")
-    settings.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="-1: random")
+    settings.add_argument(
+        "--eta", type=float, default=DEFAULTS["eta"], help="0..1, DDIM only (default: %(default)s)"
+    )
+    settings.add_argument(
+        "--seed", type=int, default=DEFAULTS["seed"], help="-1: random (default: %(default)s)"
+    )
     settings.add_argument(
         "--keep-first-pass",
         action="store_true",
