@@ -77,11 +77,16 @@ def attach(image: Image.Image, text: str) -> Image.Image:
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write `image` as a PNG with its text (the parameters) kept; `path` must end in .png."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(
+            f"{path}: the parameters text is kept in PNG files only; end the name with .png."
+        )
     info = PngInfo()
     for key, value in image.info.items():
         if isinstance(key, str) and isinstance(value, str):
             info.add_text(key, value)
-    path = Path(path)
     image.save(path, format="PNG", pnginfo=info)
     return path
 

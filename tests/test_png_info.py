@@ -49,3 +49,16 @@ def test_a_setting_with_a_line_break_or_accents_round_trips():
     text = format_parameters("p", "", settings)
     assert "café" in text and text.count("\n") == 1
     assert parse_parameters(text) == ("p", "", {k: str(v) for k, v in settings.items()})
+
+
+def test_save_png_keeps_the_text_and_refuses_another_format_s_name(tmp_path):
+    from PIL import Image
+
+    from cnet.png_info import KEY, read_parameters, save_png
+
+    image = Image.new("RGB", (4, 4))
+    image.info[KEY] = "a red sphere\nSteps: 2"
+    assert read_parameters(save_png(image, str(tmp_path / "a.PNG"))) == "a red sphere\nSteps: 2"
+    with pytest.raises(ValueError, match="end the name with .png"):
+        save_png(image, tmp_path / "a.jpg")
+    assert not (tmp_path / "a.jpg").exists()
