@@ -559,10 +559,15 @@ def resolve_preset(
     """
     from cnet.conditions import CONDITIONS
 
+    if controlnets is not None and not isinstance(controlnets, Mapping):
+        raise ValueError(
+            "controlnets maps each condition to its weights, e.g. {'canny': "
+            f"'my_canny.safetensors'}}; got a {type(controlnets).__name__}."
+        )
     unknown = sorted(set(controlnets or {}) - set(CONDITIONS))
     if unknown:
         raise ValueError(
-            f"--controlnet {unknown[0]}=... names no condition; "
+            f"A ControlNet is given for {unknown[0]!r}, which names no condition; "
             f"use one of: {', '.join(CONDITIONS)}."
         )
     asked, device = device is not None, device or detect_device()

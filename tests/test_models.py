@@ -327,9 +327,16 @@ def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
     assert (preset.resolution, preset.cfg) == (64, 9.0)
 
 
-def test_a_controlnet_for_no_condition_is_refused_not_ignored(tiny_model_dir):
-    with pytest.raises(ValueError, match="--controlnet cany=... names no condition; use one of: s"):
+def test_a_controlnet_for_no_condition_is_refused_not_ignored(tiny_model_dir, capsys):
+    from cnet.__main__ import main
+
+    with pytest.raises(ValueError, match="given for 'cany', which names no condition; use one of"):
         resolve_preset(model_dir=str(tiny_model_dir), controlnets={"cany": "x"}, device="cpu")
+    with pytest.raises(ValueError, match="controlnets maps each condition to its weights"):
+        resolve_preset(controlnets=["my_canny.safetensors"], device="cpu")
+    with pytest.raises(SystemExit):
+        main(["generate", "map.png", "-c", "canny", "--controlnet", "cany=x"])
+    assert "'cany' in 'cany=x' names no condition; use one of: scribble" in capsys.readouterr().err
 
 
 def test_a_model_dir_that_is_not_there_reads_as_a_missing_folder_never_a_hub_id(

@@ -82,9 +82,15 @@ def image_file(text: str) -> Path:
 
 
 def controlnet_override(text: str) -> tuple[str, str]:
+    from cnet.conditions import CONDITIONS
+
     key, sep, source = text.partition("=")
     if not sep or not key.strip() or not source.strip():
         raise argparse.ArgumentTypeError(f"expected CONDITION=PATH_OR_HUB_ID, got {text!r}")
+    if key.strip() not in CONDITIONS:
+        raise argparse.ArgumentTypeError(
+            f"{key.strip()!r} in {text!r} names no condition; use one of: {', '.join(CONDITIONS)}"
+        )
     return key.strip(), source.strip()
 
 
