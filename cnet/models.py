@@ -807,11 +807,16 @@ def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, labe
 
 
 def mismatch_message(label: str, differ: list[str]) -> str:
-    return (
-        f"{label} was made for another base model: {'; '.join(differ)}. Give a ControlNet "
-        "trained on this base (--controlnet CONDITION=PATH), or the base it was trained on "
-        "(--base, or its preset)."
-    )
+    if label.startswith("--resume"):  # the trainer's checkpoint: only its own base goes on
+        fix = "Give the base that run trained on (--base)."
+    elif label.startswith("--controlnet"):  # the trainer's start
+        fix = "Start from a ControlNet trained on this base, or give the base it was trained on."
+    else:
+        fix = (
+            "Give a ControlNet trained on this base (--controlnet CONDITION=PATH), or the base it "
+            "was trained on (--base, or its preset)."
+        )
+    return f"{label} was made for another base model: {'; '.join(differ)}. {fix}"
 
 
 class LRUCache:

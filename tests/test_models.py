@@ -485,3 +485,19 @@ def test_lru_cache_drops_the_least_recently_used():
     cache.get("c", make("c"))  # evicts "b"
     assert "a" in cache and "c" in cache and "b" not in cache
     assert made == ["a", "b", "c"] and len(cache) == 2
+
+
+@pytest.mark.parametrize(
+    ("label", "fix"),
+    [
+        ("The canny ControlNet of preset 'custom'", "(--controlnet CONDITION=PATH), or the base"),
+        ("--controlnet runs/canny/controlnet", "Start from a ControlNet trained on this base, or"),
+        ("--resume runs/canny/checkpoints/step-0000042", "Give the base that run trained on (--b"),
+    ],
+)
+def test_a_mismatch_says_what_to_give_where_it_was_given(label, fix):
+    from cnet.models import mismatch_message
+
+    message = mismatch_message(label, ["cross_attention_dim 128 (the base's 768)"])
+    assert message.startswith(f"{label} was made for another base model: cross_attention_dim")
+    assert fix in message

@@ -721,8 +721,12 @@ def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
         train(run)
     monkeypatch.setattr(maps, "MAP_VERSIONS", {"scribble": 2, "depth": 3})
     assert len(train(run).losses) == 2
-    run.max_steps, run.condition = 3, "scribble"  # another condition's maps: no version clash
-    assert len(train(run).losses) == 3
+    run.max_steps, run.condition = 3, "scribble"  # a typo'd or changed --condition
+    with pytest.raises(
+        ValueError, match="on depth maps, and this one names scribble.*--condition de"
+    ):
+        train(run)
+    assert recorded_runs(out / "controlnet")[-1]["condition"] == "depth"
     shared = config(tiny_model_dir, "synth", tmp_path / "all", condition="all", max_steps=1)
     train(shared)
     summary = json.loads((tmp_path / "all" / "training.json").read_text())

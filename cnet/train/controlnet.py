@@ -557,6 +557,15 @@ def train(config: TrainConfig) -> TrainResult:
             "--small-scale) for a new run with all links connected from the start."
         )
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
+    if saved and saved["config"].get("condition") != config.condition:
+        then = saved["config"].get("condition")
+        raise ValueError(
+            f"{resume_dir} was saved by a run on {then or 'unnamed'} maps, and this one names "
+            f"{config.condition or 'none'} (--condition): one ControlNet would learn both under "
+            f"one name. Give {f'--condition {then}' if then else 'no --condition'} to go on, or "
+            "start a new run in another --output-dir (--controlnet "
+            f"{output_dir / 'controlnet'} starts it from this run's export)."
+        )
     connect_decoder = (
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
     )
