@@ -73,6 +73,69 @@ def test_metadata_folder_accepts_file_name_and_names_missing_keys(tmp_path):
         metadata_folder(tmp_path, 16)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"image": "a.png", "conditioning_image": "a_cond.png", "prompt": "x"}, "each line needs"),
+        ({"image": "a.png", "conditioning_image": "a_cond.png", "text": None}, "'text' must be t"),
+        ({"file_name": 3, "conditioning_image": "a_cond.png", "text": "x"}, "'file_name' must be"),
+    ],
+)
+def test_a_metadata_line_without_text_or_with_a_value_that_is_not_text_is_named(
+    tmp_path, line, message
+):
+    solid(tmp_path / "a.png", RED, (64, 64))
+    solid(tmp_path / "a_cond.png", WHITE, (64, 64))
+    (tmp_path / "metadata.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(ValueError, match=f"metadata.jsonl line 1: {message}"):
+        metadata_folder(tmp_path, 16)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"source": "source/0.png"}]\n', "starts a JSON array; it holds one JSON object a line"),
+        (
+            '{"source": "source/0.png",\n',
+            r"line 1 is not JSON \(Expecting property name [^(]*, at its end\)\.$",
+        ),
+        ('{"prompt": "caf\xe9"}\n'.encode("latin-1"), "is not UTF-8 text"),
+    ],
+)
+def test_an_index_file_that_is_not_json_lines_says_what_it_holds(tmp_path, text, message):
+    write_fill50k(tmp_path)
+    index = tmp_path / "prompt.json"
+    index.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message):
+        fill50k(tmp_path, 32)
+
+
+def test_an_image_that_is_not_an_image_is_refused_before_training(tmp_path):
+    root = write_fill50k(tmp_path)
+    (root / "target" / "2.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="target/2.png is not a readable image"):
+        fill50k(root, 32)
+
+
+def test_a_map_of_another_shape_than_its_image_is_refused_and_a_rounded_one_is_aligned(tmp_path):
+    root = write_fill50k(tmp_path)  # 80x64 images and maps
+    solid(root / "source" / "1.png", WHITE, (64, 64))
+    with pytest.raises(ValueError, match=r"1 map\(s\) of another shape.*source/1.png 64x64 for"):
+        fill50k(root, 32)
+    # A map made at a rounded size (82x64 for an 80x64 image) covers the same picture: scaled to
+    # the image's size before both are cropped, its left edge stays on the image's.
+    image = np.zeros((64, 80, 3), np.uint8)
+    image[:, :20] = RED
+    control = np.zeros((64, 82, 3), np.uint8)
+    control[:, :20] = WHITE  # 20 of 82 columns: 19.5 of the image's 80
+    Image.fromarray(image).save(root / "target" / "1.png")
+    Image.fromarray(control).save(root / "source" / "1.png")
+    example = fill50k(root, 64)[1]
+    image_edge = (example["pixel_values"][0, 32] > 0).float().sum()
+    map_edge = (example["conditioning_pixel_values"][0, 32] > 0.5).float().sum()
+    assert image_edge == map_edge == 12  # 20 columns of 80 lie left of the centre square's 8
+
+
 def test_open_dataset_detects_layout_and_explains_unknown_folders(tmp_path):
     assert len(open_dataset(str(write_fill50k(tmp_path / "fill")), 16)) == 3
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):

@@ -64,7 +64,8 @@ HELP = {
     "resume": "'latest' (newest checkpoint in --output-dir, if any) or a checkpoint folder (a "
     "run is refused where --output-dir holds checkpoints after the one it starts from)",
     "validate_every": "sample validation images every N steps (0: never)",
-    "num_validation_images": "validation examples (from held-out data)",
+    "num_validation_images": "validation examples (held-out scenes with --data synth, else spread "
+    "over the training folder)",
     "validation_inference_steps": "sampler steps of validation images",
     "validation_guidance_scale": "classifier-free guidance scale of validation images (default: "
     'the "cfg" of the preset.json beside the base, as in assets/embedded, else the paper\'s 9.0)',

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.models import check_controlnet_fits, load_controlnet
@@ -376,8 +377,9 @@ def validation_prompts(config: TrainConfig) -> list[str]:
     return prompts
 
 
-def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
-    """(control map, prompt, reference image or None) triples shown at every validation."""
+def validation_examples(config: TrainConfig, resolution: int, data: Dataset) -> list[tuple]:
+    """(control map, prompt, reference image or None) triples shown at every validation: held-out
+    scenes, else examples spread over `data`, the training set of another source."""
     from cnet.train.data import load_square
 
     if config.validation_images:
@@ -390,7 +392,7 @@ def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
         length = config.num_validation_images
         dataset = open_dataset(config.data, resolution, config.condition, length, "validation")
     else:
-        dataset = open_dataset(config.data, resolution)
+        dataset = data
     count = min(config.num_validation_images, len(dataset))
     examples = []
     for i in range(count):
@@ -409,8 +411,9 @@ def validation_examples(config: TrainConfig, resolution: int) -> list[tuple]:
 GAIN_EXAMPLES = 64  # held-out examples the control gain is measured on, in batches of 16
 
 
-def gain_batches(config: TrainConfig, resolution: int) -> list[dict]:
-    """Fixed examples for control_gain: held-out scenes, or the first of another data source."""
+def gain_batches(config: TrainConfig, resolution: int, data: Dataset) -> list[dict]:
+    """Fixed examples for control_gain: held-out scenes, or the first of `data`, the training set
+    of another source."""
     from cnet.train.data import collate
 
     if config.data == SYNTHETIC:
@@ -418,7 +421,7 @@ def gain_batches(config: TrainConfig, resolution: int) -> list[dict]:
             config.data, resolution, config.condition, GAIN_EXAMPLES, "validation"
         )
     else:
-        dataset = open_dataset(config.data, resolution)
+        dataset = data
     examples = [dataset[i] for i in range(min(GAIN_EXAMPLES, len(dataset)))]
     return [collate(examples[i : i + 16]) for i in range(0, len(examples), 16)]
 
@@ -679,8 +682,8 @@ def train(config: TrainConfig) -> TrainResult:
         num_workers=config.num_workers,
     )
     validating = config.validate_every and accelerator.is_main_process
-    examples = validation_examples(config, resolution) if validating else []
-    held_out = gain_batches(config, resolution) if validating else []
+    examples = validation_examples(config, resolution, dataset) if validating else []
+    held_out = gain_batches(config, resolution, dataset) if validating else []
     accelerator.print(
         f"Training a ControlNet on {config.data} ({len(dataset)} examples, {resolution}px) on "
         f"{accelerator.num_processes} x {device}, "

@@ -32,10 +32,34 @@ SYNTHETIC_DEFAULT = "canny"  # the synthetic world's map where a run names none
 TENSORS = ("pixel_values", "conditioning_pixel_values", "kinds")  # stacked by collate
 
 
+# A map whose shape differs from its image's by more than this shows another picture, or a crop.
+SHAPE_TOLERANCE = 1.05
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """An image file as RGB, read as the app reads uploads (`cnet.imageio`): EXIF orientation
+    applied, 16-bit scaled to 8, transparency composited on white."""
+    from cnet.imageio import to_rgb_array
+
+    return Image.fromarray(to_rgb_array(path))
+
+
 def load_square(path: Path, resolution: int) -> Image.Image:
     """Open an image as RGB, scale its short side to `resolution` and crop the centre square."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
+    return square(read_rgb(path), resolution)
+
+
+def load_pair(image_path: Path, control_path: Path, resolution: int) -> tuple[Image.Image, ...]:
+    """(image, control map) as centre squares of the same part of the picture: a map of another
+    size (made at a rounded size, say) is scaled to its image's first, not cropped on its own."""
+    image, control = read_rgb(image_path), read_rgb(control_path)
+    if control.size != image.size:
+        control = control.resize(image.size, Image.BICUBIC)
+    return square(image, resolution), square(control, resolution)
+
+
+def square(image: Image.Image, resolution: int) -> Image.Image:
+    """Scale the short side to `resolution` and crop the centre square."""
     scale = resolution / min(image.size)
     width, height = (max(resolution, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.BICUBIC)
@@ -56,19 +80,43 @@ def make_example(image: Image.Image, control: Image.Image, prompt: str) -> dict:
     }
 
 
+def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
+    """Refuse, before the first step rather than when a batch first reads them hours into a run,
+    images that are not there or not images (from their headers), and maps whose shape is not
+    their image's."""
+    from cnet.imageio import stored_size
+
+    missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
+            "restore them or drop their lines from the index file."
+        )
+    misshapen = []
+    for image_name, control_name, _ in records:
+        (width, height), (map_width, map_height) = (
+            stored_size(root / name) for name in (image_name, control_name)
+        )
+        shapes = (width / height) / (map_width / map_height)
+        if max(shapes, 1 / shapes) > SHAPE_TOLERANCE:
+            misshapen.append(
+                f"{control_name} {map_width}x{map_height} for {image_name} {width}x{height}"
+            )
+    if misshapen:
+        raise ValueError(
+            f"{root} lists {len(misshapen)} map(s) of another shape than their image, e.g. "
+            f"{misshapen[0]}: a map shows the whole of its image (it is scaled to the image's "
+            "size). Make each map from its own image, or drop those lines from the index file."
+        )
+
+
 class PairedImageDataset(Dataset):
     """(image, control map, prompt) triples listed in a JSON-lines file inside a folder."""
 
     def __init__(self, root: Path, records: list[tuple[str, str, str]], resolution: int):
         if not records:
             raise ValueError(f"{root} lists no examples: its index file is empty.")
-        # Checked now (a stat each), not when a batch first reads it hours into a run.
-        missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
-                "restore them or drop their lines from the index file."
-            )
+        check_pairs(root, records)
         self.root, self.records, self.resolution = root, records, resolution
 
     def __len__(self) -> int:
@@ -76,54 +124,73 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image_name, control_name, prompt = self.records[index]
-        image = load_square(self.root / image_name, self.resolution)
-        control = load_square(self.root / control_name, self.resolution)
+        image, control = load_pair(
+            self.root / image_name, self.root / control_name, self.resolution
+        )
         return make_example(image, control, prompt)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each line that is not blank."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{path} line {number} is not JSON ({error}).") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number} is not a JSON object.")
-            rows.append(row)
+        try:
+            lines = list(f)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error.reason}).") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if number == 1 and line.lstrip().startswith("["):
+            raise ValueError(
+                f"{path} starts a JSON array; it holds one JSON object a line (JSON Lines), "
+                "as `python -m cnet synth export` writes it."
+            )
+        line = line.strip()
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            where = "at its end" if error.pos >= len(line) else f"at character {error.pos + 1}"
+            raise ValueError(f"{path} line {number} is not JSON ({error.msg}, {where}).") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is not a JSON object.")
+        rows.append((number, row))
     return rows
+
+
+def _records(
+    index: Path, keys: tuple[tuple[str, ...], ...], wanted: str
+) -> list[tuple[str, str, str]]:
+    """(image, control map, prompt) of each line of `index`, read from the keys `keys` names for
+    them (the first key present of a tuple); every one must be there and hold text."""
+    records = []
+    for number, row in _read_jsonl(index):
+        names = [next((key for key in options if key in row), None) for options in keys]
+        if None in names:
+            raise ValueError(
+                f"{index} line {number}: each line needs {wanted}; found keys {sorted(row)}."
+            )
+        if not all(isinstance(row[name], str) for name in names):
+            name = next(name for name in names if not isinstance(row[name], str))
+            raise ValueError(f"{index} line {number}: {name!r} must be text, got {row[name]!r}.")
+        records.append(tuple(row[name] for name in names))
+    return records
 
 
 def fill50k(root: str | Path, resolution: int) -> PairedImageDataset:
     """The fill50k layout of the ControlNet paper's tutorial: prompt.json, source/, target/."""
     root = Path(root)
-    records = []
-    for i, row in enumerate(_read_jsonl(root / "prompt.json"), start=1):
-        if not {"source", "target", "prompt"} <= set(row):
-            raise ValueError(
-                f"{root / 'prompt.json'} line {i}: each line needs 'source', 'target' and "
-                f"'prompt'; found keys {sorted(row)}."
-            )
-        records.append((row["target"], row["source"], row["prompt"]))
+    wanted = "'source', 'target' and 'prompt'"
+    records = _records(root / "prompt.json", (("target",), ("source",), ("prompt",)), wanted)
     return PairedImageDataset(root, records, resolution)
 
 
 def metadata_folder(root: str | Path, resolution: int) -> PairedImageDataset:
     """An image folder with metadata.jsonl: image (or file_name), conditioning_image, text."""
     root = Path(root)
-    records = []
-    for i, row in enumerate(_read_jsonl(root / "metadata.jsonl"), start=1):
-        image = row.get("image", row.get("file_name"))
-        if image is None or "conditioning_image" not in row:
-            raise ValueError(
-                f"{root / 'metadata.jsonl'} line {i}: each line needs 'image' (or 'file_name'), "
-                f"'conditioning_image' and 'text'; found keys {sorted(row)}."
-            )
-        records.append((image, row["conditioning_image"], row.get("text", "")))
-    return PairedImageDataset(root, records, resolution)
+    wanted = "'image' (or 'file_name'), 'conditioning_image' and 'text'"
+    keys = (("image", "file_name"), ("conditioning_image",), ("text",))
+    return PairedImageDataset(root, _records(root / "metadata.jsonl", keys, wanted), resolution)
 
 
 class MixedMaps(Dataset):
