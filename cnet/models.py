@@ -754,6 +754,13 @@ def load_controlnet(source: str, base: str, dtype: str, device: str, label: str 
             model.load_state_dict(add_difference(model.state_dict(), read_difference(path)))
         elif path.is_file():
             checkpoint = read_checkpoint(path)
+            if any(key.startswith("controlnet_cond_embedding.") for key in checkpoint):
+                folder = path.parent if (path.parent / "config.json").is_file() else None
+                raise ValueError(
+                    f"{label}: {path} holds the weights of a diffusers ControlNet folder, which "
+                    "are read with the config.json beside them: give "
+                    + (f"the folder, {folder}." if folder else "the folder they came from.")
+                )
             unet = config_at_hand(base, "unet/config.json")
             shapes = {key: tuple(tensor.shape) for key, tensor in checkpoint.items()}
             differ = checkpoint_differences(shapes, unet) if unet else []

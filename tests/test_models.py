@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,21 @@ def test_a_safetensors_file_of_any_case_loads_and_a_file_of_no_checkpoint_is_exp
             read_checkpoint(tmp_path / name)
 
 
+def test_a_diffusers_folders_weights_file_given_alone_is_sent_to_its_folder(
+    tiny_model_dir, tmp_path
+):
+    folder = tiny_model_dir / "controlnet" / "canny"
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    base = str(tiny_model_dir / "base")
+    with pytest.raises(ValueError, match=f"holds the weights of a diffusers ControlNet folder, .*"
+                       f"give the folder, {folder}\\."):  # fmt: skip
+        load_controlnet(str(weights), base, "float32", "cpu")
+    alone = tmp_path / "canny.safetensors"
+    shutil.copy(weights, alone)
+    with pytest.raises(ValueError, match="give the folder they came from"):
+        load_controlnet(str(alone), base, "float32", "cpu")
+
+
 def test_a_single_file_controlnet_for_another_base_is_refused_and_flagged_early(canny, tmp_path):
     from safetensors.torch import save_file
 
@@ -190,7 +206,6 @@ def test_preset_json_may_set_the_sampling_and_the_added_and_negative_prompts(
     tiny_model_dir, tmp_path
 ):
     import json
-    import shutil
 
     paper = resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0]
     assert (paper.cfg, paper.sampler) == (9.0, "DDPM")
@@ -213,7 +228,6 @@ def test_preset_json_may_set_the_sampling_and_the_added_and_negative_prompts(
 
 def test_preset_json_may_give_example_prompts_for_known_conditions(tiny_model_dir, tmp_path):
     import json
-    import shutil
 
     assert resolve_preset(model_dir=str(tiny_model_dir), device="cpu")[0].example_prompts == {}
     folder = tmp_path / "model"
@@ -231,7 +245,6 @@ def test_preset_json_may_give_examples_found_in_its_folder_with_their_backends(
     tiny_model_dir, tmp_path
 ):
     import json
-    import shutil
 
     from cnet.conditions import Example
 
@@ -284,7 +297,6 @@ def test_custom_parts_override_a_preset(tiny_model_dir, tmp_path):
 def test_a_custom_base_brings_its_own_size_sampling_and_examples(tiny_model_dir, tmp_path):
     """The tiny base is 64 px; the ControlNets' preset here says 96 px, CFG 2.5 and examples."""
     import json
-    import shutil
 
     shutil.copytree(tiny_model_dir, tmp_path / "model")
     settings = {"resolution": 96, "cfg": 2.5, "example_prompts": {"canny": "a red sphere"}}
@@ -310,7 +322,6 @@ def test_a_custom_base_brings_its_own_size_sampling_and_examples(tiny_model_dir,
 def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
     tiny_model_dir, tmp_path, monkeypatch
 ):
-    import shutil
 
     from huggingface_hub import constants
 
@@ -358,7 +369,6 @@ def test_a_model_dir_that_is_not_there_reads_as_a_missing_folder_never_a_hub_id(
     [('{"name": tiny}', "is not valid JSON"), ('["tiny"]', "must hold one JSON object")],
 )
 def test_a_broken_preset_json_is_named(tiny_model_dir, tmp_path, text, message):
-    import shutil
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     (folder / "preset.json").write_text(text)
@@ -383,7 +393,6 @@ def test_preset_json_values_the_app_cannot_use_are_named_with_the_file(
     tiny_model_dir, tmp_path, settings, message
 ):
     import json
-    import shutil
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     (folder / "preset.json").write_text(json.dumps(settings))
@@ -392,7 +401,6 @@ def test_preset_json_values_the_app_cannot_use_are_named_with_the_file(
 
 
 def test_a_broken_controlnet_config_leaves_the_status_line_standing(tiny_model_dir, tmp_path):
-    import shutil
 
     from cnet.engine import load_engine
 
