@@ -1131,6 +1131,32 @@ def test_cli_refuses_a_read_only_output_folder_before_training_and_names_a_full_
     )
 
 
+def test_ctrl_c_names_the_last_checkpoint_and_how_to_go_on_not_a_traceback(
+    tiny_model_dir, fill50k_dir, tmp_path, capsys, monkeypatch
+):
+    from cnet.__main__ import main
+    from cnet.train import controlnet
+
+    command = ["train", "controlnet", "--base", str(tiny_model_dir), "--data", str(fill50k_dir),
+               "--output-dir", str(tmp_path / "run"), "--max-steps", "3",
+               "--checkpoint-every", "2", "--validate-every", "0"]  # fmt: skip
+    plot = controlnet.plot_losses
+
+    def interrupted_after_step_2(losses, *args, **kwargs):  # plotted after each checkpoint
+        plot(losses, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(controlnet, "plot_losses", interrupted_after_step_2)
+    assert main(command) == 130
+    error = capsys.readouterr().err
+    last = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert (
+        f"interrupted: the last checkpoint is {last} (the steps after it are lost); run the "
+        in (error)
+    )
+    assert "--resume latest to go on from it." in error and "Traceback" not in error
+
+
 def test_every_number_a_trainer_takes_refuses_what_means_nothing():
     """Negative counts and rates, NaN, shares above 1: each flag of a config field is typed."""
     import argparse

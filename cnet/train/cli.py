@@ -15,6 +15,7 @@ import importlib
 import sys
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 from cnet.cli.options import checked_number, positive_int
 from cnet.engine import SAMPLERS
@@ -197,6 +198,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: a note, not a traceback from whatever was running
+        print(f"\n{interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted run kept, and how to go on from it."""
+    from cnet.train.checkpoint import list_checkpoints
+
+    again = "run the same command with --resume latest" if "resume" in args else "run it again"
+    if "output_dir" not in args:  # train embedded: each stage resumes by itself
+        return f"interrupted: {again} to go on where each stage's last checkpoint left off."
+    output_dir = Path(args.output_dir)
+    checkpoints = list_checkpoints(output_dir) or [
+        path
+        for path in (output_dir / "checkpoint.pt",)
+        if path.is_file()  # the decoder's one
+    ]
+    if not checkpoints:
+        return f"interrupted before the first checkpoint in {output_dir}; {again} to start."
+    return (
+        f"interrupted: the last checkpoint is {checkpoints[-1]} (the steps after it are lost); "
+        f"{again} to go on from it."
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from cnet.models import ModelMissingError
