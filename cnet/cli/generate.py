@@ -73,46 +73,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     prompt.add_argument("--negative-prompt", help="default: the preset's, likewise")
 
     settings = parser.add_argument_group("sampling")
-    settings.add_argument(
-        "-n",
-        "--num-images",
-        type=int,
-        default=DEFAULTS["num_images"],
-        help=f"1..{MAX_IMAGES}, seeds --seed, --seed + 1, ... (default: %(default)s)",
-    )
+    # (flags, type, GenerationRequest field whose default it takes, what it holds)
+    numbers = (
+        (("-n", "--num-images"), int, "num_images", f"1..{MAX_IMAGES}, seeds --seed, --seed + 1"),
+        (("--strength",), float, "control_strength", "control strength, 0..2; 0: no control"),
+        (("--control-start",), float, "control_start", "share of steps before it joins, 0..1"),
+        (("--control-end",), float, "control_end", "share of steps before it leaves, 0..1"),
+        (("--steps",), int, "steps", f"1..{MAX_STEPS}"),
+        (("--eta",), float, "eta", "0..1, DDIM only"),
+        (("--seed",), int, "seed", "-1: random"),
+    )  # fmt: skip
+    for flags, kind, field, text in numbers:
+        settings.add_argument(
+            *flags, type=kind, default=DEFAULTS[field], help=f"{text} (default: %(default)s)"
+        )
     settings.add_argument(
         "--resolution",
         type=int,
         help=f"short side, {MIN_RESOLUTION}..{MAX_RESOLUTION} (default: the preset's)",
     )
     settings.add_argument(
-        "--strength",
-        type=float,
-        default=DEFAULTS["control_strength"],
-        help="control strength, 0..2; 0: no control (default: %(default)s)",
-    )
-    settings.add_argument(
         "--guess-mode",
         action="store_true",
         help="the ControlNet reads the map without the prompt (use with --prompt-mode none)",
-    )
-    settings.add_argument(
-        "--control-start",
-        type=float,
-        default=DEFAULTS["control_start"],
-        help="share of the steps before the ControlNet joins, 0..1 (default: %(default)s)",
-    )
-    settings.add_argument(
-        "--control-end",
-        type=float,
-        default=DEFAULTS["control_end"],
-        help="share of the steps after which it leaves, 0..1 (default: %(default)s)",
-    )
-    settings.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULTS["steps"],
-        help=f"1..{MAX_STEPS} (default: %(default)s)",
     )
     settings.add_argument(
         "--cfg",
@@ -124,12 +107,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         choices=SAMPLERS,
         help="default: the preset's; the paper's DDPM unless its preset.json says",
-    )
-    settings.add_argument(
-        "--eta", type=float, default=DEFAULTS["eta"], help="0..1, DDIM only (default: %(default)s)"
-    )
-    settings.add_argument(
-        "--seed", type=int, default=DEFAULTS["seed"], help="-1: random (default: %(default)s)"
     )
     settings.add_argument(
         "--keep-first-pass",
