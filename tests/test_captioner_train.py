@@ -231,10 +231,15 @@ def test_a_run_killed_while_exporting_reads_as_unfinished_and_exports_again(
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_a_run_lengthened_with_a_new_rate_lists_both_schedules(caption_folder, tmp_path):
+def test_a_run_lengthened_with_a_new_rate_lists_both_schedules(caption_folder, tmp_path, capsys):
     train_cap.train(tiny_config(caption_folder, tmp_path, max_steps=2, num_test_scenes=1))
     longer = dict(max_steps=3, learning_rate=1e-3, resume="latest", num_test_scenes=1)
+    with pytest.raises(ValueError, match="made with --size tiny, which shapes its weights"):
+        train_cap.train(tiny_config(caption_folder, tmp_path, **longer, size="embedded"))
     result = train_cap.train(tiny_config(caption_folder, tmp_path, **longer))
+    assert "(was, now): {'learning_rate': (0.003, 0.001), 'max_steps': (2, 3)}" in (
+        capsys.readouterr().out
+    )
     schedules = json.loads((tmp_path / "training.json").read_text())["schedules"]
     assert [(s["from_step"], s["learning_rate"], s["max_steps"]) for s in schedules] == [
         (0, 3e-3, 2),

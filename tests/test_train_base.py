@@ -121,14 +121,21 @@ def test_killed_and_resumed_base_training_gives_the_same_losses(trained, tmp_pat
 
 
 def test_a_resume_in_the_unet_phase_with_another_vae_steps_keeps_the_checkpoint_names(
-    trained, tmp_path
+    trained, tmp_path, capsys
 ):
     """--vae-steps changed on resume must not name new UNet checkpoints below the old ones, or
     "latest" would keep finding the old one."""
     killed = tiny_run(tmp_path, unet_steps=1, validate_every=0)
     train_base(killed)
     killed.resume, killed.unet_steps, killed.vae_steps = "latest", 2, 0  # the README's default
+    killed.architecture = "small"  # left out of the resumed command: the default
+    with pytest.raises(ValueError, match="made with --architecture tiny, which shapes its weig"):
+        train_base(killed)
+    killed.architecture = "tiny"
     train_base(killed)
+    assert "Settings changed since that checkpoint (was, now): {'vae_steps': (2, 0)" in (
+        capsys.readouterr().out
+    )
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names[-1] == "step-0000004"  # VAE 2 steps + UNet 2, as the run did them
     state = json.loads((tmp_path / "checkpoints" / names[-1] / "state.json").read_text())

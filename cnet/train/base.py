@@ -502,6 +502,10 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             f"{resume_dir} is not a checkpoint of `cnet train base` (it has no VAE or UNet "
             "phase); resume from one under this run's checkpoints/ folder."
         )
+    if saved:
+        ckpt.refuse_reshaping(saved["config"], asdict(config), ("architecture",), resume_dir)
+        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume",)):
+            accelerator.print(note)
     # The VAE phase's length as it ran: a --vae-steps changed on resume in the UNet phase must
     # not rename the UNet checkpoints (older ones would then sort as "latest").
     unet_offset = config.vae_steps

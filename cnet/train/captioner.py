@@ -314,6 +314,9 @@ def train(config: TrainConfig) -> TrainResult:
     )
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
+    if resume_dir:  # its captioner comes from the checkpoint: --size cannot change it
+        then = ckpt.read_state(resume_dir)["config"]
+        ckpt.refuse_reshaping(then, asdict(config), ("size",), resume_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     timebox = TimeBox(config.max_minutes, accelerator)
     device, rank = accelerator.device, accelerator.process_index
@@ -368,6 +371,8 @@ def train(config: TrainConfig) -> TrainResult:
         per_step = examples_per_step(saved["config"], accelerator.num_processes)
         position = stream_position(saved, per_step)
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
+        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume",)):
+            accelerator.print(note)
 
     batches = BatchStream(
         dataset,

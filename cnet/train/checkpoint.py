@@ -38,6 +38,25 @@ def changed_settings(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> di
     }
 
 
+def changes_note(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> str:
+    """The line a resume prints for the settings that differ from its checkpoint's ("" if none):
+    a flag left out of the resumed command takes its default, not the checkpoint's value."""
+    different = changed_settings(saved, now, ignore)
+    return f"Settings changed since that checkpoint (was, now): {different}" if different else ""
+
+
+def refuse_reshaping(saved: dict, now: dict, keys: tuple[str, ...], checkpoint: Path) -> None:
+    """Refuse a resume that changes a setting the checkpoint's weights are shaped by (torch would
+    fail to load them with a page of size mismatches, or the record would name the wrong one)."""
+    for key, (was, _) in changed_settings(saved, now).items():
+        if key in keys:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(
+                f"{checkpoint} was made with {flag} {was}, which shapes its weights: give "
+                f"{flag} {was} to go on from it, or start a new run in another --output-dir."
+            )
+
+
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS / f"step-{step:07d}"
 

@@ -656,12 +656,9 @@ def train(config: TrainConfig) -> TrainResult:
         position = stream_position(
             saved, examples_per_step(saved["config"], accelerator.num_processes)
         )
-        different = ckpt.changed_settings(
-            saved["config"], asdict(config), ignore=("resume", "controlnet")
-        )
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
-        if different:
-            accelerator.print(f"Settings changed since that checkpoint (was, now): {different}")
+        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume", "controlnet")):
+            accelerator.print(note)
         if config.reconnect_decoder and not saved["connect_decoder"]:
             accelerator.print("Reconnected the decoder links: all encoder levels now injected.")
 

@@ -30,7 +30,7 @@ from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
-from cnet.train.checkpoint import changed_settings, check_writable, commit_export, partial_of
+from cnet.train.checkpoint import changes_note, check_writable, commit_export, partial_of
 from cnet.train.limits import check_numbers
 from cnet.train.lineage import read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.schedule import lr_factor
@@ -328,9 +328,8 @@ def train(config: DecoderConfig) -> Path:
         generator.set_state(saved["generator"])
         step, losses, before = saved["step"], saved["losses"], saved["before"]
         print(f"Resuming at step {step}", flush=True)
-        different = changed_settings(saved.get("config", {}), asdict(config), RESUME_FREE)
-        if different:
-            print(f"Settings changed since that checkpoint (was, now): {different}", flush=True)
+        if note := changes_note(saved.get("config", {}), asdict(config), RESUME_FREE):
+            print(note, flush=True)
     else:
         step, losses, before = 0, [], held_out_l1(vae, data, held_index)
     half = config.batch_size // 2
