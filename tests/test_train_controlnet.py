@@ -1157,6 +1157,23 @@ def test_ctrl_c_names_the_last_checkpoint_and_how_to_go_on_not_a_traceback(
     assert "--resume latest to go on from it." in error and "Traceback" not in error
 
 
+def test_each_trainers_help_gives_its_own_defaults_and_no_flag_it_would_ignore(capsys):
+    from cnet.__main__ import main
+
+    def help_of(trainer: str) -> str:
+        with pytest.raises(SystemExit):
+            main(["train", trainer, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    controlnet, base, captioner = (help_of(t) for t in ("controlnet", "base", "captioner"))
+    assert "--batch-size N examples per process per micro-step (default: 4)" in controlnet
+    assert "--max-steps N train until this optimizer step" in controlnet
+    assert "latest to go on) (default: 10000)" in controlnet
+    assert "AdamW learning rate of the captioner (default: 0.0005)" in captioner
+    assert "(default: True)" in captioner  # --augment: a flag pair's default too
+    assert "--condition" in controlnet and "--condition" not in base + captioner  # no maps
+
+
 def test_every_number_a_trainer_takes_refuses_what_means_nothing():
     """Negative counts and rates, NaN, shares above 1: each flag of a config field is typed."""
     import argparse

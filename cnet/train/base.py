@@ -67,7 +67,6 @@ class BaseTrainConfig:
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
     synth_length: int = 50_000  # scenes per synthetic epoch
-    condition: str | None = None  # the base never sees a control map: render none
     corpus: str | None = None  # a text file, one sentence a line, for the tokenizer
     corpus_examples: int = 5_000  # else: this many of the data's prompts
     num_workers: int = 0
@@ -473,7 +472,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     dataset = open_dataset(
         config.data,
         arch.sample_size,
-        config.condition,
+        None,  # the base never sees a control map: render none
         config.synth_length,
         kinds=config.vae_object_weight > 0,  # for the VAE's object weights (synthetic data)
     )
@@ -522,7 +521,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             open_dataset(
                 SYNTHETIC,
                 arch.sample_size,
-                config.condition,
+                None,
                 config.num_validation_images,
                 "validation",
             )

@@ -62,7 +62,6 @@ class TrainConfig:
     init: str | None = None  # continue from this captioner folder (model + processor)
     # data
     data: str = SYNTHETIC  # "synth", a fill50k folder, or an image folder with metadata.jsonl
-    condition: str | None = None  # a captioner reads images only: render no control map
     synth_length: int = 200_000  # scenes per synthetic epoch
     corpus_examples: int = 5000  # the tokenizer learns its words from these prompts
     num_workers: int = 0
@@ -200,12 +199,11 @@ def evaluate_captioner(
     count: int = 100,
     data: str = SYNTHETIC,
     split: str = "test",
-    condition: str | None = None,
     batch_size: int = 32,
 ) -> CaptionReport:
     """Caption `count` held-out scenes; score object and colour words against their prompts."""
     resolution = captioner.processor.image_processor.size["height"]
-    dataset = open_dataset(data, resolution, condition, max(count, 1), split)
+    dataset = open_dataset(data, resolution, None, max(count, 1), split)  # images: no maps
     count = min(count, len(dataset))
     examples = [dataset[i * len(dataset) // count] for i in range(count)]
     references = [e["prompt"] for e in examples]
@@ -242,7 +240,7 @@ def start_model(config: TrainConfig, resume_dir: Path | None, processor_dir: Pat
     if config.size not in SIZES:
         raise ValueError(f"--size must be one of {sorted(SIZES)}, got {config.size!r}.")
     size = SIZES[config.size]
-    dataset = open_dataset(config.data, size.image_size, config.condition, config.synth_length)
+    dataset = open_dataset(config.data, size.image_size, None, config.synth_length)
     tokenizer = cap.build_tokenizer(prompts_of(dataset, config.corpus_examples))
     return cap.build_captioner(size, tokenizer)
 
@@ -342,7 +340,11 @@ def train(config: TrainConfig) -> TrainResult:
     patch_size = model.config.vision_config.patch_size
     learns_kinds = config.kind_weight > 0 and config.data == SYNTHETIC
     dataset = open_dataset(
-        config.data, resolution, config.condition, config.synth_length, kinds=learns_kinds
+        config.data,
+        resolution,
+        None,
+        config.synth_length,
+        kinds=learns_kinds,  # images only
     )
     model.to(device).train()
     trained = {"captioner": model}
@@ -393,7 +395,7 @@ def train(config: TrainConfig) -> TrainResult:
     def measure(split: str, count: int) -> float:
         unwrapped = accelerator.unwrap_model(model)
         live = cap.Captioner(unwrapped, processor, device, torch.float32, source="training")
-        report = evaluate_captioner(live, count, config.data, split, config.condition)
+        report = evaluate_captioner(live, count, config.data, split)
         unwrapped.train()
         return report.accuracy
 
@@ -525,6 +527,9 @@ HELP = {  # over cnet.train.cli's
     "kind_weight": "weight of the training-only loss that teaches the image encoder object kinds "
     "patch by patch (synthetic data; 0: caption loss only)",
     "cooldown_steps": "the learning rate falls linearly to 0 over these last steps",
+    "learning_rate": "AdamW learning rate of the captioner",
+    "seed": "seed of every random stream (data order, augmentation)",
+    "num_validation_scenes": "validation scenes of the caption accuracy at each --validate-every",
     "validate_every": "caption accuracy on validation scenes every N steps (0: never)",
     "num_test_scenes": "held-out test scenes for the final accuracy",
 }
@@ -565,7 +570,7 @@ def run(args: argparse.Namespace) -> int:
         except cap.CaptionerUnavailable as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        report = evaluate_captioner(captioner, args.scenes, args.data, "test", args.condition)
+        report = evaluate_captioner(captioner, args.scenes, args.data, "test")
         print(f"caption accuracy: {report.accuracy:.3f} on {report.count} held-out scenes")
         for reference, caption in report.mistakes[:10]:
             print(f"  expected:  {reference}\n  captioned: {caption}")

@@ -138,7 +138,10 @@ def add_config_flags(
             )
         )
         kind = without_none(hints[field.name])
-        options: dict = {"help": help.get(field.name, ""), "dest": field.name}
+        text = help.get(field.name, "")
+        if default is not None and "(default" not in text:
+            text += " (default: %(default)s)"
+        options: dict = {"help": text.strip(), "dest": field.name}
         if field.name in CHOICES:
             options["choices"] = CHOICES[field.name]
         if kind is bool:
