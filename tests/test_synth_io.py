@@ -94,6 +94,14 @@ def test_an_export_into_an_earlier_ones_folder_leaves_only_its_own_images(tmp_pa
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_an_export_into_a_folder_of_the_other_layout_is_refused(tmp_path, capsys):
+    export = ["synth", "export", "LAYOUT", str(tmp_path), "--condition", "depth", "--size", "64"]
+    assert main(export[:2] + ["fill50k"] + export[3:] + ["--count", "1"]) == 0
+    assert main(export[:2] + ["imagefolder"] + export[3:] + ["--count", "1"]) == 2
+    assert "holds an export of the other layout (prompt.json)" in capsys.readouterr().err
+    assert not (tmp_path / "metadata.jsonl").exists() and not (tmp_path / "images").exists()
+
+
 def test_a_pose_export_holds_people_and_says_how_its_scenes_were_drawn(tmp_path):
     assert main(["synth", "export", "imagefolder", str(tmp_path), "--condition", "pose",
                  "--count", "3", "--size", "64"]) == 0  # fmt: skip

@@ -140,6 +140,9 @@ def test_open_dataset_detects_layout_and_explains_unknown_folders(tmp_path):
     assert len(open_dataset(str(write_fill50k(tmp_path / "fill")), 16)) == 3
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
         open_dataset(str(tmp_path), 16)
+    (tmp_path / "fill" / "metadata.jsonl").write_text("")
+    with pytest.raises(ValueError, match="holds both prompt.json .* and metadata.jsonl"):
+        open_dataset(str(tmp_path / "fill"), 16)
 
 
 def test_square_crop_keeps_the_centre(tmp_path):

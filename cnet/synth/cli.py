@@ -59,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
     if args.action == "export":
-        index = EXPORTS[args.layout](
-            args.out_dir, args.split, args.condition, args.count, args.size, args.start
-        )
+        try:
+            index = EXPORTS[args.layout](
+                args.out_dir, args.split, args.condition, args.count, args.size, args.start
+            )
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         print(f"wrote {args.count} {args.split} scenes ({args.condition}) to {index}")
     elif args.action == "contact-sheet":
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,8 @@ from cnet.synth.maps import training_kinds
 from cnet.synth.sample import Sample, generate
 from cnet.synth.splits import split_seeds
 
+INDEX_FILES = ("prompt.json", "metadata.jsonl")  # fill50k's, the image folder's
+
 
 def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, compress_level=1)
@@ -48,6 +50,12 @@ def _export(
     start: int,
 ) -> Path:
     out_dir = Path(out_dir)
+    other = next(name for name in INDEX_FILES if name != index_file)
+    if (out_dir / other).exists():
+        raise ValueError(
+            f"{out_dir} holds an export of the other layout ({other}), and a training run reads "
+            "one index file: export into another folder."
+        )
     image_dir, control_dir = folders
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
     (out_dir / control_dir).mkdir(parents=True, exist_ok=True)

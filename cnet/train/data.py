@@ -296,6 +296,11 @@ def open_dataset(
 
         return SynthDataset(split, resolution, condition, length, kinds)
     root = Path(source)
+    if (root / "prompt.json").is_file() and (root / "metadata.jsonl").is_file():
+        raise ValueError(
+            f"{root} holds both prompt.json (fill50k) and metadata.jsonl (image folder): keep the "
+            "index file of the examples to train on, or give each its own folder."
+        )
     if (root / "prompt.json").is_file():
         return fill50k(root, resolution)
     if (root / "metadata.jsonl").is_file():
