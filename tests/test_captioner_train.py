@@ -156,7 +156,8 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
     assert [step for step, _ in summary["validation_accuracies"]] == [4]
 
     captioner = cap.load_captioner(whole.captioner_dir, device="cpu")
-    assert "Caption accuracy" in (whole.captioner_dir / "README.md").read_text()
+    card = (whole.captioner_dir / "README.md").read_text()
+    assert f"4 examples of the training folder {caption_folder} (a folder has no held-out" in card
     assert len(captioner([Image.new("RGB", (32, 32), "red")])) == 1
 
     # A run resumes only where its folder holds no later checkpoint: pruning, or a later
@@ -269,6 +270,7 @@ def test_synthetic_training_learns_patch_kinds_and_resumes_exactly(tmp_path):
         )
     )
     assert resumed.losses[2:] == pytest.approx(whole.losses[2:], rel=1e-5)
+    assert "4 held-out test scenes" in (whole.captioner_dir / "README.md").read_text()
     plain = train_cap.train(
         tiny_config("synth", tmp_path / "plain", corpus_examples=20, kind_weight=0)
     )

@@ -281,9 +281,16 @@ the synthetic scene world for the automatic prompt mode. Load with
 - Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps}.
 - Learning rate (AdamW): {describe_schedules(schedules)}.
 - Final loss (mean of the last 100 steps): {np.mean(losses[-100:]) if losses else float("nan"):.4f}
-- Caption accuracy (object and colour words all correct) on {config.num_test_scenes}
-  held-out test scenes: {accuracy:.3f}
+- Caption accuracy (object and colour words all correct) on
+  {scored_on(config.data, config.num_test_scenes)}: {accuracy:.3f}
 """
+
+
+def scored_on(data: str, count: int) -> str:
+    """What an accuracy on `count` examples of `data` was measured on."""
+    if data == SYNTHETIC:
+        return f"{count} held-out test scenes"
+    return f"{count} examples of the training folder {data} (a folder has no held-out part)"
 
 
 def check_scene_counts(data: str, counts: dict[str, tuple[str, int]]) -> None:
@@ -478,7 +485,7 @@ def train(config: TrainConfig) -> TrainResult:
         if config.validate_every and step % config.validate_every == 0:
             if accelerator.is_main_process:
                 accuracies.append((step, measure("validation", config.num_validation_scenes)))
-                accelerator.print(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
+                progress.write(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
             accelerator.wait_for_everyone()
         stopping = step < config.max_steps and timebox.spent()
         if step % config.checkpoint_every == 0 or step == config.max_steps or stopping:
@@ -494,7 +501,7 @@ def train(config: TrainConfig) -> TrainResult:
         unwrapped = accelerator.unwrap_model(model)
         accuracy = measure("test", config.num_test_scenes)
         accelerator.print(
-            f"caption accuracy on {config.num_test_scenes} test scenes: {accuracy:.3f}"
+            f"caption accuracy on {scored_on(config.data, config.num_test_scenes)}: {accuracy:.3f}"
         )
         partial = ckpt.partial_of(captioner_dir)  # renamed into place by commit_export
         shutil.rmtree(partial, ignore_errors=True)  # of an export killed midway
@@ -571,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         report = evaluate_captioner(captioner, args.scenes, args.data, "test")
-        print(f"caption accuracy: {report.accuracy:.3f} on {report.count} held-out scenes")
+        print(f"caption accuracy: {report.accuracy:.3f} on {scored_on(args.data, report.count)}")
         for reference, caption in report.mistakes[:10]:
             print(f"  expected:  {reference}\n  captioned: {caption}")
         return 0
