@@ -164,7 +164,8 @@ def test_a_spent_time_box_starts_no_further_stage(recipe, tiny_model_dir, monkey
 
 def test_a_stage_refuses_to_start_before_what_it_needs(recipe, tiny_model_dir):
     recipe["controlnet-canny"].train = lambda config: pytest.fail("trained too early")
-    with pytest.raises(FileNotFoundError, match="--only base"):
+    runs = recipe["base"].run_dir.parent
+    with pytest.raises(FileNotFoundError, match=f"embedded --runs {runs} --only base$"):
         train_all(recipe, only=["controlnet-canny"])
     finish_base(recipe, tiny_model_dir)
     with pytest.raises(FileNotFoundError, match="--only controlnet-all"):
@@ -193,6 +194,11 @@ def test_a_runs_folder_remembers_the_steps_it_was_last_given(tmp_path, monkeypat
     packed = tmp_path / "packed-only"
     assert embedded.run(parser.parse_args(["--runs", str(packed), "--pack", str(tmp_path / "p")]))
     assert not packed.exists()
+    # nor does a command refused for a stage whose needs are not trained
+    monkeypatch.setattr(embedded, "train_all", lambda *args: pytest.fail("trained"))
+    early = ["--runs", str(tmp_path / "early"), "--only", "controlnet-canny", "--vae-steps", "5"]
+    assert embedded.run(parser.parse_args(early)) == 2
+    assert not (tmp_path / "early").exists()
 
 
 def test_pack_refuses_without_a_base(recipe, tmp_path):

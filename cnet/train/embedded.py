@@ -87,19 +87,19 @@ class Stage:
         return all(done.get(phase, 0) >= n for phase, n in self.target_steps.items())
 
 
-def recipe_steps(runs: Path, given: dict[str, int], remember: bool = True) -> Steps:
+def recipe_steps(runs: Path, given: dict[str, int]) -> Steps:
     """Each stage's steps: as given now, else as last given for this runs folder, else the
     defaults. A stage counts as finished only at its steps, so a folder trained to other lengths
-    must not need them repeated on every later command: `remember` writes them to <runs>/STEPS_FILE.
-    """
+    must not need them repeated on every later command (`remember_steps`)."""
     path = runs / STEPS_FILE
     known = set(vars(Steps()))
     last = json.loads(path.read_text()) if path.is_file() else {}
-    steps = Steps(**{name: n for name, n in {**last, **given}.items() if name in known})
-    if remember:
-        runs.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(vars(steps), indent=2) + "\n")
-    return steps
+    return Steps(**{name: n for name, n in {**last, **given}.items() if name in known})
+
+
+def remember_steps(runs: Path, steps: Steps) -> None:
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / STEPS_FILE).write_text(json.dumps(vars(steps), indent=2) + "\n")
 
 
 def stages(
@@ -190,10 +190,24 @@ def stages(
     return recipe
 
 
+def check_needs(recipe: dict[str, Stage], only: list[str] | None) -> None:
+    """Refuse, before anything trains, an --only stage whose needs are neither finished nor among
+    the stages this command trains (before it: the recipe's order)."""
+    for name in only or ():
+        for need in recipe[name].needs:
+            if need not in only and not recipe[need].finished():
+                raise FileNotFoundError(
+                    f"{name} needs the finished {need} ({recipe[need].result}); train it first: "
+                    f"python -m cnet train embedded --runs {recipe[need].run_dir.parent} "
+                    f"--only {need}"
+                )
+
+
 def train_all(
     recipe: dict[str, Stage], only: list[str] | None = None, max_minutes: float | None = None
 ) -> bool:
     """Train the unfinished stages in order; False when the time box ended the run first."""
+    check_needs(recipe, only)
     deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
     for name, stage in recipe.items():
         if only and name not in only:
@@ -201,12 +215,6 @@ def train_all(
         if stage.finished():
             print(f"{name}: finished ({stage.result})")
             continue
-        for need in stage.needs:
-            if not recipe[need].finished():
-                raise FileNotFoundError(
-                    f"{name} needs the finished {need} ({recipe[need].result}); train it first: "
-                    f"python -m cnet train embedded --only {need}"
-                )
         config = stage.config
         if deadline is not None:
             left = (deadline - time.monotonic()) / 60
@@ -843,8 +851,12 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
         return 2
     if args.pack:
         check_pack_target(Path(args.pack), Path(args.runs))
-    steps = recipe_steps(Path(args.runs), given, remember=bool(given) or not args.pack)
+    steps = recipe_steps(Path(args.runs), given)
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
+    if not args.pack:
+        check_needs(recipe, args.only)  # a refused command remembers nothing
+    if given or not args.pack:
+        remember_steps(Path(args.runs), steps)
     print("Steps: " + ", ".join(f"{name} {n}" for name, n in vars(steps).items()))
     if not args.pack:
         train_all(recipe, args.only, args.max_minutes)
