@@ -1157,6 +1157,32 @@ def test_ctrl_c_names_the_last_checkpoint_and_how_to_go_on_not_a_traceback(
     assert "--resume latest to go on from it." in error and "Traceback" not in error
 
 
+def test_a_diverging_run_is_one_error_line_naming_its_last_checkpoint(
+    tiny_model_dir, fill50k_dir, tmp_path, capsys, monkeypatch
+):
+    from cnet.__main__ import main
+    from cnet.train import controlnet
+
+    command = ["train", "controlnet", "--base", str(tiny_model_dir), "--data", str(fill50k_dir),
+               "--output-dir", str(tmp_path / "run"), "--max-steps", "4",
+               "--checkpoint-every", "2", "--validate-every", "0"]  # fmt: skip
+    loss, calls = controlnet.training_loss, []
+
+    def diverging_at_step_3(*args, **kwargs):
+        calls.append(1)
+        return loss(*args, **kwargs) * (float("nan") if len(calls) >= 3 else 1.0)
+
+    monkeypatch.setattr(controlnet, "training_loss", diverging_at_step_3)
+    assert main(command) == 1
+    error = capsys.readouterr().err
+    last = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert (
+        "error: The loss became nan at step 3; lower --learning-rate. --resume latest goes on"
+        in (error)
+    )
+    assert f"from the last checkpoint, {last}." in error and "Traceback" not in error
+
+
 def test_each_trainers_help_gives_its_own_defaults_and_no_flag_it_would_ignore(capsys):
     from cnet.__main__ import main
 

@@ -206,25 +206,34 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C: a note, not a traceback from whatever was running
         print(f"\n{interrupted(args)}", file=sys.stderr)
         return 130
+    except FloatingPointError as error:  # a diverging run
+        last = last_checkpoint(args) if "resume" in args else None
+        since = f" --resume latest goes on from the last checkpoint, {last}." if last else ""
+        print(f"error: {error}{since}", file=sys.stderr)
+        return 1
+
+
+def last_checkpoint(args: argparse.Namespace) -> Path | None:
+    """The newest checkpoint of the run `args` name (None: none yet, or train embedded's many)."""
+    from cnet.train.checkpoint import list_checkpoints
+
+    if "output_dir" not in args:
+        return None
+    output_dir = Path(args.output_dir)
+    decoders = [path for path in (output_dir / "checkpoint.pt",) if path.is_file()]
+    return (list_checkpoints(output_dir) or decoders or [None])[-1]
 
 
 def interrupted(args: argparse.Namespace) -> str:
     """What an interrupted run kept, and how to go on from it."""
-    from cnet.train.checkpoint import list_checkpoints
-
     again = "run the same command with --resume latest" if "resume" in args else "run it again"
     if "output_dir" not in args:  # train embedded: each stage resumes by itself
         return f"interrupted: {again} to go on where each stage's last checkpoint left off."
-    output_dir = Path(args.output_dir)
-    checkpoints = list_checkpoints(output_dir) or [
-        path
-        for path in (output_dir / "checkpoint.pt",)
-        if path.is_file()  # the decoder's one
-    ]
-    if not checkpoints:
-        return f"interrupted before the first checkpoint in {output_dir}; {again} to start."
+    last = last_checkpoint(args)
+    if last is None:
+        return f"interrupted before the first checkpoint in {args.output_dir}; {again} to start."
     return (
-        f"interrupted: the last checkpoint is {checkpoints[-1]} (the steps after it are lost); "
+        f"interrupted: the last checkpoint is {last} (the steps after it are lost); "
         f"{again} to go on from it."
     )
 

@@ -759,9 +759,9 @@ def train(config: TrainConfig) -> TrainResult:
 
         losses.append(accelerator.gather(step_loss[None]).mean().item())
         if not math.isfinite(losses[-1]):
+            fp16 = ", or use --mixed-precision bf16" if config.mixed_precision == "fp16" else ""
             raise FloatingPointError(
-                f"The loss became {losses[-1]} at step {step}; lower --learning-rate, or use "
-                "--mixed-precision bf16 instead of fp16."
+                f"The loss became {losses[-1]} at step {step}; lower --learning-rate{fp16}."
             )
         progress.update(1)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
