@@ -234,7 +234,8 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
             else f"could not be fetched from the Hugging Face hub ({reason})"
         )
         return (
-            f"The captioner {source} {where}. Fetch it once with: hf download {source} "
+            f"There is no folder {source} here, and as a hub id the captioner {source} {where}. "
+            f"Fetch it once with: hf download {source} "
             f"(or pass a local folder; an embedded-size captioner is trained with: "
             f"python -m cnet train captioner --output-dir DIR)"
         )

@@ -153,6 +153,7 @@ def test_offline_hub_id_not_cached_is_unavailable_without_network(empty_hub_cach
         cap.load_captioner(cap.SD15_HUB_ID, device="cpu")
     assert f"hf download {cap.SD15_HUB_ID}" in str(info.value)
     assert "HF_HUB_OFFLINE" in str(info.value)
+    assert str(info.value).startswith(f"There is no folder {cap.SD15_HUB_ID} here, and as a hub")
     assert no_network == []
 
 
