@@ -152,6 +152,21 @@ def test_a_controlnet_checkpoint_is_refused_as_a_base_resume(tmp_path):
         train_base(tiny_run(tmp_path, resume=str(folder)))
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(None, "no such file"), ("", "holds no sentences"), ("\n  \n", "holds no sentences")],
+)
+def test_a_corpus_that_is_missing_or_empty_is_refused_before_anything_is_built(
+    tmp_path, text, message
+):
+    corpus = tmp_path / "corpus.txt"
+    if text is not None:
+        corpus.write_text(text)
+    with pytest.raises((FileNotFoundError, ValueError), match=f"--corpus {corpus}.*{message}"):
+        train_base(tiny_run(tmp_path / "run", corpus=str(corpus)))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flag", ["base_init", "vae_init"])
 def test_a_start_folder_that_is_not_there_is_named_before_anything_is_built(tmp_path, flag):
     missing = tmp_path / "nothere"

@@ -327,13 +327,28 @@ def build_tokenizer_for(config: BaseTrainConfig, dataset, out_dir: Path):
     from cnet.architecture import build_tokenizer
 
     if config.corpus:
-        sentences = Path(config.corpus).read_text(encoding="utf-8").splitlines()
+        sentences = corpus_sentences(config.corpus)
     else:
         sentences = prompts_of(dataset, config.corpus_examples)
     arch = architecture(config.architecture)
     return build_tokenizer(
         [*sentences, *APP_PHRASES], out_dir, arch.tokenizer_merges, arch.max_text_length
     )
+
+
+def corpus_sentences(path: str) -> list[str]:
+    """The --corpus file's sentences, one a line; refused when missing, unreadable or empty (the
+    tokenizer would learn no word of the data, and every prompt would split into fragments)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--corpus {path}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--corpus {path} cannot be read as UTF-8 text ({error}).") from None
+    sentences = [line for line in lines if line.strip()]
+    if not sentences:
+        raise ValueError(f"--corpus {path} holds no sentences: give one a line, or leave it out.")
+    return sentences
 
 
 def architecture(name: str):
@@ -458,6 +473,8 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     for flag, (folder, wanted) in starts.items():
         if folder and not Path(folder).is_dir():
             raise FileNotFoundError(f"{flag} {folder}: no such folder; give {wanted}.")
+    if config.corpus:
+        corpus_sentences(config.corpus)  # before any model is built
     config = sampled_like_the_app(config, config.base_init)
     output_dir = Path(config.output_dir)
     resume_dir = ckpt.resolve_resume(config.resume, output_dir)
