@@ -726,6 +726,9 @@ def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
         ValueError, match="on depth maps, and this one names scribble.*--condition de"
     ):
         train(run)
+    run.condition, run.data = "depth", str(tmp_path)  # another data source
+    with pytest.raises(ValueError, match=f"on --data synth, and this one reads {tmp_path}: give"):
+        train(run)
     assert recorded_runs(out / "controlnet")[-1]["condition"] == "depth"
     shared = config(tiny_model_dir, "synth", tmp_path / "all", condition="all", max_steps=1)
     train(shared)

@@ -377,6 +377,33 @@ def validation_prompts(config: TrainConfig) -> list[str]:
     return prompts
 
 
+def check_same_maps(then: dict, config: TrainConfig, resume_dir: Path) -> None:
+    """Refuse a resume on other data or another condition's maps: one ControlNet would learn both
+    under the first one's name, and its record would name the last one only."""
+
+    def source(data: str) -> str:
+        return data if data == SYNTHETIC else str(Path(data).resolve())
+
+    new_run = (
+        f"or start a new run in another --output-dir (--controlnet "
+        f"{Path(config.output_dir) / 'controlnet'} starts it from this run's export)"
+    )
+    if source(then["data"]) != source(config.data):
+        raise ValueError(
+            f"{resume_dir} was saved by a run on --data {then['data']}, and this one reads "
+            f"{config.data}: give --data {then['data']} to go on, {new_run}, which is also the "
+            "way on where the same examples have moved."
+        )
+    if then.get("condition") != config.condition:
+        was = then.get("condition")
+        raise ValueError(
+            f"{resume_dir} was saved by a run on {was or 'unnamed'} maps, and this one names "
+            f"{config.condition or 'none'} (--condition): one ControlNet would learn both under "
+            f"one name. Give {f'--condition {was}' if was else 'no --condition'} to go on, "
+            f"{new_run}."
+        )
+
+
 def validation_examples(config: TrainConfig, resolution: int, data: Dataset) -> list[tuple]:
     """(control map, prompt, reference image or None) triples shown at every validation: held-out
     scenes, else examples spread over `data`, the training set of another source."""
@@ -560,15 +587,8 @@ def train(config: TrainConfig) -> TrainResult:
             "--small-scale) for a new run with all links connected from the start."
         )
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
-    if saved and saved["config"].get("condition") != config.condition:
-        then = saved["config"].get("condition")
-        raise ValueError(
-            f"{resume_dir} was saved by a run on {then or 'unnamed'} maps, and this one names "
-            f"{config.condition or 'none'} (--condition): one ControlNet would learn both under "
-            f"one name. Give {f'--condition {then}' if then else 'no --condition'} to go on, or "
-            "start a new run in another --output-dir (--controlnet "
-            f"{output_dir / 'controlnet'} starts it from this run's export)."
-        )
+    if saved:
+        check_same_maps(saved["config"], config, resume_dir)
     connect_decoder = (
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
     )
