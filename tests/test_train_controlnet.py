@@ -862,6 +862,8 @@ def test_counts_that_cannot_be_0_are_refused_on_the_command_line(flag, capsys):
         ("--unlock-base-at-step", "-1", "a whole number of at least 0"),
         ("--max-minutes", "nan", "a number above 0"),
         ("--proportion-empty-prompts", "1.5", "a share from 0 to 1"),
+        ("--adam-betas", "0.9 1", "a fraction from 0 to below 1"),
+        ("--replay-share", "1", "a fraction from 0 to below 1"),
         ("--cpu-threads", "-1", "a whole number of at least 1"),
     ],
 )
@@ -869,8 +871,9 @@ def test_numbers_that_mean_nothing_are_refused_on_the_command_line(flag, value, 
     from cnet.__main__ import main
 
     with pytest.raises(SystemExit):
-        main(["train", "controlnet", "--base", "x", "--data", "synth", flag, value])
-    assert f"argument {flag}: expected {expected}, got {value!r}" in capsys.readouterr().err
+        main(["train", "controlnet", "--base", "x", "--data", "synth", flag, *value.split()])
+    bad = value.split()[-1]
+    assert f"argument {flag}: expected {expected}, got {bad!r}" in capsys.readouterr().err
 
 
 def fake_checkpoints(output_dir: Path, *names: str) -> None:
@@ -1094,7 +1097,7 @@ def test_cli_names_what_is_missing_or_cannot_be_written(
         ({"batch_size": 0}, "batch_size (--batch-size) takes a whole number of at least 1, got 0."),
         ({"learning_rate": -1.0}, "learning_rate (--learning-rate) takes a number of at least 0"),
         ({"proportion_empty_prompts": 2.0}, "takes a share from 0 to 1, got 2.0."),
-        ({"adam_betas": (0.9, 1.5)}, "adam_betas (--adam-betas) takes a share from 0 to 1"),
+        ({"adam_betas": (0.9, 1.0)}, "adam_betas (--adam-betas) takes a fraction from 0 to bel"),
         ({"max_steps": 2.5}, "max_steps (--max-steps) takes a whole number of at least 0"),
         ({"seed": float("inf")}, "seed (--seed) takes a whole number of at least 0, got inf."),
     ],

@@ -39,7 +39,10 @@ ABOVE_ZERO = {
     "adam_epsilon",
     "max_minutes",
 }
-SHARES = {"proportion_empty_prompts", "default_prompt_share", "replay_share", "adam_betas"}
+SHARES = {"proportion_empty_prompts", "default_prompt_share"}
+# Fractions that cannot be 1: AdamW's betas (torch refuses 1), and the replay share (all examples
+# another condition's maps would teach this condition's ControlNet nothing of its own):
+FRACTIONS = {"replay_share", "adam_betas"}
 
 
 def rule(name: str, kind: type, zero_rate: bool = False) -> tuple[Callable[[float], bool], str]:
@@ -47,6 +50,8 @@ def rule(name: str, kind: type, zero_rate: bool = False) -> tuple[Callable[[floa
     `zero_rate`: a rate (or time box) of 0 fits too."""
     if name in SHARES:
         return (lambda value: 0 <= value <= 1), "a share from 0 to 1"
+    if name in FRACTIONS:
+        return (lambda value: 0 <= value < 1), "a fraction from 0 to below 1"
     if kind is int:
         if name in AT_LEAST_ONE:
             return (lambda value: value >= 1), "a whole number of at least 1"
