@@ -588,13 +588,22 @@ def resolve_preset(
             "controlnet/<condition>/."
         )
     if controlnets:
-        chosen = replace(chosen, name="custom", controlnets={**chosen.controlnets, **controlnets})
+        given = {key: trained_controlnet(source) for key, source in controlnets.items()}
+        chosen = replace(chosen, name="custom", controlnets={**chosen.controlnets, **given})
         reason += "; custom ControlNets given"
     if base is not None and base != chosen.base:
         # The base decides the size and sampling, not the preset whose ControlNets stay.
         chosen = replace(chosen, name="custom", base=base, **base_defaults(base))
         reason += f"; custom base given ({chosen.resolution} px, CFG {chosen.cfg:g})"
     return chosen, reason
+
+
+def trained_controlnet(source: str) -> str:
+    """`source`, or where it is a `cnet train controlnet` run's folder, the run's result in it."""
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file() and (path / "controlnet" / "config.json").is_file():
+        return str(path / "controlnet")
+    return source
 
 
 def _embedded(device: str) -> Preset:

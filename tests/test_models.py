@@ -338,6 +338,15 @@ def test_a_hub_base_takes_its_size_from_the_hub_cache_else_sd15s(
     assert (preset.resolution, preset.cfg) == (64, 9.0)
 
 
+def test_a_training_runs_folder_stands_for_the_controlnet_it_exported(tiny_model_dir, tmp_path):
+    run = tmp_path / "runs" / "canny"
+    shutil.copytree(tiny_model_dir / "controlnet" / "canny", run / "controlnet")
+    given = {"canny": str(run), "depth": str(tiny_model_dir / "controlnet" / "depth")}
+    preset = resolve_preset(model_dir=str(tiny_model_dir), controlnets=given, device="cpu")[0]
+    assert preset.controlnets["canny"] == str(run / "controlnet")
+    assert preset.controlnets["depth"] == given["depth"]  # a ControlNet folder stays as given
+
+
 def test_a_controlnet_for_no_condition_is_refused_not_ignored(tiny_model_dir, capsys):
     from cnet.__main__ import main
 

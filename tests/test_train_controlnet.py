@@ -689,10 +689,12 @@ def test_every_condition_in_turn_trains_one_controlnet_that_a_condition_then_con
             "synth",
             tmp_path / "depth",
             condition="depth",
-            controlnet=str(shared.controlnet_dir),
+            controlnet=str(tmp_path / "all"),  # the run's folder: its export, all/controlnet
         )
     )
     assert len(tuned.losses) == 2 and all(np.isfinite(tuned.losses))
+    start = json.loads((tmp_path / "depth" / "training.json").read_text())["config"]["controlnet"]
+    assert start == str(shared.controlnet_dir)
     # a fine-tune may also start from one stored as a low-rank difference (as a preset ships it)
     lowrank = tmp_path / "preset" / "depth"
     write_lowrank(lowrank, tuned.controlnet_dir, shared.controlnet_dir, rank=4)

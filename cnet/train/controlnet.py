@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
-from cnet.models import check_controlnet_fits, load_controlnet
+from cnet.models import check_controlnet_fits, load_controlnet, trained_controlnet
 from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import (
@@ -574,6 +574,8 @@ def train(config: TrainConfig) -> TrainResult:
     check_numbers(config)
     config = sampled_like_the_app(config, base_folder(config.base))
     config = replace(config, condition=maps_condition(config.data, config.condition))
+    if config.controlnet:  # a run's folder stands for the ControlNet it exported
+        config = replace(config, controlnet=trained_controlnet(config.controlnet))
     if config.validation_images:
         validation_prompts(config)
     output_dir = Path(config.output_dir)
