@@ -140,6 +140,10 @@ def test_open_dataset_detects_layout_and_explains_unknown_folders(tmp_path):
     assert len(open_dataset(str(write_fill50k(tmp_path / "fill")), 16)) == 3
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
         open_dataset(str(tmp_path), 16)
+    with pytest.raises(FileNotFoundError, match=f"is an index file: give the folder .*{tmp_path}"):
+        open_dataset(str(tmp_path / "fill" / "prompt.json"), 16)
+    with pytest.raises(FileNotFoundError, match="nothere: no such folder"):
+        open_dataset(str(tmp_path / "nothere"), 16)
     (tmp_path / "fill" / "metadata.jsonl").write_text("")
     with pytest.raises(ValueError, match="holds both prompt.json .* and metadata.jsonl"):
         open_dataset(str(tmp_path / "fill"), 16)

@@ -296,6 +296,14 @@ def open_dataset(
 
         return SynthDataset(split, resolution, condition, length, kinds)
     root = Path(source)
+    if root.is_file() and root.name in ("prompt.json", "metadata.jsonl"):
+        raise FileNotFoundError(
+            f"{root} is an index file: give the folder that holds it, {root.parent}."
+        )
+    if not root.exists():
+        raise FileNotFoundError(
+            f"--data {root}: no such folder; give a fill50k or image folder, or {SYNTHETIC}."
+        )
     if (root / "prompt.json").is_file() and (root / "metadata.jsonl").is_file():
         raise ValueError(
             f"{root} holds both prompt.json (fill50k) and metadata.jsonl (image folder): keep the "
