@@ -56,6 +56,16 @@ def load_scenes(folder: Path) -> dict:
     again = f"evaluate that model again with `python -m cnet eval --out {folder}`"
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; give an evaluation's --out folder.")
+    if not path.is_file() and (Path(folder) / "preset.json").is_file():
+        kept = Path(folder) / "eval"  # where a packed preset keeps the evaluation its cards quote
+        raise FileNotFoundError(
+            f"{folder} is a model folder, not an evaluation: give "
+            + (
+                f"the evaluation it keeps, {kept}."
+                if (kept / SCENES_FILE).is_file()
+                else f"an evaluation of it (python -m cnet eval --model-dir {folder} --out DIR)."
+            )
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{folder} has no {SCENES_FILE}: {again} (older evaluations did not write one)."

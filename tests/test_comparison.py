@@ -100,6 +100,16 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     args.old.mkdir()
     assert run(args) == 1
     assert "python -m cnet eval --out" in capsys.readouterr().err
+    (args.old / "preset.json").write_text("{}")  # a model folder
+    assert run(args) == 1
+    assert (
+        "is a model folder, not an evaluation: give an evaluation of it (python -m cnet eval "
+        in (capsys.readouterr().err)
+    )
+    (args.old / "eval").mkdir()
+    (args.old / "eval" / "scenes.json").write_text("{}")
+    assert run(args) == 1
+    assert f"give the evaluation it keeps, {args.old / 'eval'}." in capsys.readouterr().err
 
 
 def test_a_condition_scored_on_other_scenes_is_left_out_and_named(tmp_path):
