@@ -177,12 +177,15 @@ def test_a_start_folder_that_is_not_there_is_named_before_anything_is_built(tmp_
 
 
 def test_a_time_boxed_base_stops_within_its_phase_exports_no_random_unet_and_resumes_exactly(
-    trained, tmp_path
+    trained, tmp_path, capsys
 ):
     _, out = trained
     full = json.loads((out / "checkpoints" / "step-0000004" / "state.json").read_text())
     boxed = tiny_run(tmp_path, validate_every=0, max_minutes=1e-9)  # spent in the first step
     assert train_base(boxed) is None
+    said = capsys.readouterr()
+    assert "1e-09-minute time box (--max-minutes) is spent. Checkpoint written; run" in said.out
+    assert "Stopped in the VAE phase, so no pipeline was exported" in said.out
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == {"vae": 1, "unet": 0}  # the UNet phase never started
     assert not (tmp_path / "base").exists()  # a random UNet is not exported as a pipeline

@@ -552,6 +552,9 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             place(model, device, torch.float32)
 
     stopped = False
+    # A pipeline whose UNet never trained would load in the app and draw noise: a run stopped in
+    # its VAE phase exports none, unless --base-init gave it a UNet (or it trains none).
+    unexported = "vae" if config.unet_steps and not config.base_init else None
     for phase_index, phase in enumerate(PHASES):
         if saved and PHASES.index(saved["phase"]) > phase_index:
             continue  # finished before the checkpoint we resume from
@@ -693,7 +696,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
                     validate(accelerator, phase, parts, examples, config, path)
                 accelerator.wait_for_everyone()
             if stopped:
-                progress.write(timebox.message(step))
+                progress.write(timebox.message(step, exported=phase != unexported))
                 break
         progress.close()
         if phase == "vae":
@@ -701,8 +704,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
         if stopped:
             break
 
-    # A pipeline whose UNet never trained would load in the app and draw noise.
-    unet_untrained = stopped and phase == "vae" and config.unet_steps and not config.base_init
+    unet_untrained = stopped and phase == unexported
     base_dir = output_dir / "base"
     if accelerator.is_main_process:
         components = {

@@ -29,8 +29,10 @@ class TimeBox:
         flags = self.accelerator.gather(torch.tensor([late], device=self.accelerator.device))
         return bool(flags.max().item() > 0)
 
-    def message(self, step: int) -> str:
+    def message(self, step: int, exported: bool = True) -> str:
+        """`exported`: False where the run has no model to export yet (the base's VAE phase)."""
+        written = "Checkpoint and export written" if exported else "Checkpoint written"
         return (
-            f"Stopped at step {step}: the {self.minutes:g}-minute time box (--max-minutes) is "
-            "spent. Checkpoint and export written; run again with --resume latest to go on."
+            f"Stopped at step {step}: the {self.minutes:.3g}-minute time box (--max-minutes) is "
+            f"spent. {written}; run again with --resume latest to go on."
         )
