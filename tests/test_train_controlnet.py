@@ -272,7 +272,7 @@ def test_small_scale_injects_only_the_middle_residual_and_reconnecting_restores_
 
 
 def test_small_scale_run_trains_only_the_middle_link_until_reconnected(
-    tiny_model_dir, fill50k_dir, tmp_path
+    tiny_model_dir, fill50k_dir, tmp_path, capsys
 ):
     from diffusers import ControlNetModel
 
@@ -284,8 +284,13 @@ def test_small_scale_run_trains_only_the_middle_link_until_reconnected(
     assert small.controlnet_mid_block.weight.any()
     assert not any(conv.weight.any() for conv in small.controlnet_down_blocks)
 
+    # --small-scale left out: the run's mode comes from its checkpoint, not reported as changed
     run.resume, run.reconnect_decoder, run.max_steps = "latest", True, 2
+    run.small_scale = False
     train(run)
+    assert "'small_scale'" not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert summary["config"]["small_scale"] is True
     reconnected = ControlNetModel.from_pretrained(tmp_path / "controlnet")
     assert all(conv.weight.any() for conv in reconnected.controlnet_down_blocks)
     state = json.loads((tmp_path / "checkpoints" / "step-0000002" / "state.json").read_text())

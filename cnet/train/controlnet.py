@@ -591,6 +591,9 @@ def train(config: TrainConfig) -> TrainResult:
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     if saved:
         check_same_maps(saved["config"], config, resume_dir)
+        # the mode is the run's from its start (--reconnect-decoder alone changes it), and so is
+        # its record: "Training ... small-scale" says which it is
+        config = replace(config, small_scale=saved["config"]["small_scale"])
     connect_decoder = (
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
     )
