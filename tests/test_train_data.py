@@ -136,6 +136,25 @@ def test_a_map_of_another_shape_than_its_image_is_refused_and_a_rounded_one_is_a
     assert image_edge == map_edge == 12  # 20 columns of 80 lie left of the centre square's 8
 
 
+def test_images_are_read_as_the_app_reads_uploads_16_bit_maps_and_turned_photos(tmp_path):
+    root = write_fill50k(tmp_path, n=1)  # 80x64
+    depth = np.tile(np.linspace(0, 65535, 80, dtype=np.uint16), (64, 1))  # 16-bit grey ramp
+    Image.fromarray(depth).save(root / "source" / "0.png")
+    upright = np.zeros((64, 80, 3), np.uint8)
+    upright[:, :40] = RED  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter: a viewer turns it back
+    turned = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    turned.save(root / "target" / "0.jpg", exif=exif, quality=95)
+    lines = [{"source": "source/0.png", "target": "target/0.jpg", "prompt": "p"}]
+    (root / "prompt.json").write_text(json.dumps(lines[0]) + "\n")
+    example = fill50k(root, 64)[0]
+    ramp = example["conditioning_pixel_values"][0, 32]
+    assert ramp[0] < 0.2 and ramp[-1] > 0.8  # not clipped to white from the first tenth on
+    image = (example["pixel_values"] + 1) / 2
+    assert image[0, 32, :20].mean() > 0.7 and image[0, 32, -20:].mean() < 0.1  # red on the left
+
+
 def test_open_dataset_detects_layout_and_explains_unknown_folders(tmp_path):
     assert len(open_dataset(str(write_fill50k(tmp_path / "fill")), 16)) == 3
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
