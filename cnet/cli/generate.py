@@ -11,7 +11,6 @@ a run whose names are taken adds -run2, -run3, ... to all of its names.
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import sys
 from dataclasses import fields
@@ -168,11 +167,11 @@ def _check_flags(args: argparse.Namespace) -> None:
 def free_suffix(out_dir: Path, stems: list[str]) -> str:
     """The empty suffix when none of the files `stems` name exist in out_dir, else the first
     "-runN" under which none do: a run with seeds used before keeps the earlier run's images."""
-    for run in itertools.count(1):
-        suffix = "" if run == 1 else f"-run{run}"
-        if not any((out_dir / f"{stem}{suffix}.png").exists() for stem in stems):
-            return suffix
-    raise AssertionError("unreachable")
+    run, suffix = 1, ""
+    while any((out_dir / f"{stem}{suffix}.png").exists() for stem in stems):
+        run += 1
+        suffix = f"-run{run}"
+    return suffix
 
 
 def _progress(done: int, total: int) -> None:
