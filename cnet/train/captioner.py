@@ -349,9 +349,9 @@ def train(config: TrainConfig) -> TrainResult:
     dataset = open_dataset(
         config.data,
         resolution,
-        None,
+        None,  # images only: no control maps
         config.synth_length,
-        kinds=learns_kinds,  # images only
+        kinds=learns_kinds,
     )
     model.to(device).train()
     trained = {"captioner": model}
