@@ -201,6 +201,27 @@ def test_a_runs_folder_remembers_the_steps_it_was_last_given(tmp_path, monkeypat
     assert not (tmp_path / "early").exists()
 
 
+def test_new_step_counts_that_reopen_finished_stages_are_named(
+    recipe, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    import argparse
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)
+    embedded.remember_steps(tmp_path / "runs", STEPS)
+    monkeypatch.setattr(embedded, "train_all", lambda *args: True)
+    parser = argparse.ArgumentParser()
+    embedded.configure(parser)
+    more = ["--runs", str(tmp_path / "runs"), "--only", "controlnet-seg"]
+    assert embedded.run(parser.parse_args([*more, "--controlnet-steps", "10"])) == 0
+    assert "note: the new step counts reopen controlnet-canny, finished at the earlier" in (
+        capsys.readouterr().out
+    )
+    assert embedded.run(parser.parse_args(more)) == 0  # the same counts again: nothing reopens
+    assert "reopen" not in capsys.readouterr().out
+
+
 def test_pack_refuses_without_a_base(recipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="not trained yet"):
         pack(recipe, tmp_path / "preset")

@@ -190,6 +190,17 @@ def stages(
     return recipe
 
 
+def reopened_stages(
+    recipe: dict[str, Stage], runs: Path, given: dict[str, int], args: argparse.Namespace
+) -> list[str]:
+    """The stages finished at the step counts this runs folder had, that the counts given now
+    make unfinished (one --controlnet-steps counts for all seven fine-tunes)."""
+    if not given:
+        return []
+    before = stages(runs, recipe_steps(runs, {}), args.vae_init, args.base_init)
+    return [name for name, stage in recipe.items() if before[name].finished() > stage.finished()]
+
+
 def check_needs(recipe: dict[str, Stage], only: list[str] | None) -> None:
     """Refuse, before anything trains, an --only stage whose needs are neither finished nor among
     the stages this command trains (before it: the recipe's order)."""
@@ -855,9 +866,16 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
     if not args.pack:
         check_needs(recipe, args.only)  # a refused command remembers nothing
+    reopened = reopened_stages(recipe, Path(args.runs), given, args)  # before they are remembered
     if given or not args.pack:
         remember_steps(Path(args.runs), steps)
     print("Steps: " + ", ".join(f"{name} {n}" for name, n in vars(steps).items()))
+    if reopened:
+        print(
+            f"note: the new step counts reopen {', '.join(reopened)}, finished at the earlier "
+            "ones: each trains on to its new count when its stage runs, and --pack leaves it out "
+            "(its condition served by the shared ControlNet) until then."
+        )
     if not args.pack:
         train_all(recipe, args.only, args.max_minutes)
         return 0
