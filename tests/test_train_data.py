@@ -119,9 +119,12 @@ def test_an_image_that_is_not_an_image_is_refused_before_training(tmp_path):
 
 def test_a_map_of_another_shape_than_its_image_is_refused_and_a_rounded_one_is_aligned(tmp_path):
     root = write_fill50k(tmp_path)  # 80x64 images and maps
-    solid(root / "source" / "1.png", WHITE, (64, 64))
-    with pytest.raises(ValueError, match=r"1 map\(s\) of another shape.*source/1.png 64x64 for"):
+    solid(root / "source" / "1.png", WHITE, (40, 80))  # upright: another picture
+    with pytest.raises(ValueError, match=r"1 map\(s\) of another shape.*source/1.png 40x80 for"):
         fill50k(root, 32)
+    # what the detectors make of an 80x64 image (sides rounded to 64: cnet.imageio.target_size)
+    solid(root / "source" / "1.png", WHITE, (64, 64))
+    assert len(fill50k(root, 32)) == 3
     # A map made at a rounded size (82x64 for an 80x64 image) covers the same picture: scaled to
     # the image's size before both are cropped, its left edge stays on the image's.
     image = np.zeros((64, 80, 3), np.uint8)

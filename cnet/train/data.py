@@ -80,6 +80,22 @@ def make_example(image: Image.Image, control: Image.Image, prompt: str) -> dict:
     }
 
 
+def same_picture(image_size: tuple[int, int], map_size: tuple[int, int]) -> bool:
+    """Whether a map of `map_size` (width, height) can show the whole of an image of `image_size`:
+    the same shape within SHAPE_TOLERANCE, or the shape the detectors give a map of it (sides
+    rounded to multiples of 64, `cnet.imageio.target_size`: up to 32 px off at the map's size)."""
+    from cnet.imageio import ImageInputError, target_size
+
+    (width, height), (map_width, map_height) = image_size, map_size
+    shapes = (width / height) / (map_width / map_height)
+    if max(shapes, 1 / shapes) <= SHAPE_TOLERANCE:
+        return True
+    try:
+        return target_size(height, width, min(map_size)) == (map_height, map_width)
+    except ImageInputError:  # past the detectors' pixel limit: none of theirs
+        return False
+
+
 def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
     """Refuse, before the first step rather than when a batch first reads them hours into a run,
     images that are not there or not images (from their headers), and maps whose shape is not
@@ -97,8 +113,7 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
         (width, height), (map_width, map_height) = (
             stored_size(root / name) for name in (image_name, control_name)
         )
-        shapes = (width / height) / (map_width / map_height)
-        if max(shapes, 1 / shapes) > SHAPE_TOLERANCE:
+        if not same_picture((width, height), (map_width, map_height)):
             misshapen.append(
                 f"{control_name} {map_width}x{map_height} for {image_name} {width}x{height}"
             )
