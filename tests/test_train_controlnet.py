@@ -1250,3 +1250,12 @@ def test_every_number_a_trainer_takes_refuses_what_means_nothing():
         share("1.5")
     with pytest.raises(argparse.ArgumentTypeError, match="a number above 0"):
         cli.number_type("learning_rate", float)("0")
+
+
+@pytest.mark.parametrize(
+    ("minutes", "shown"), [(1440, "1440-minute"), (0.0999991, "0.1-minute"), (1e-9, "1e-09-minute")]
+)
+def test_a_time_box_says_its_budget_as_given(minutes, shown):
+    from cnet.train.timebox import TimeBox
+
+    assert f"the {shown} time box (--max-minutes) is spent" in TimeBox(minutes, None).message(3)

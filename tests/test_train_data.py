@@ -95,6 +95,7 @@ def test_a_metadata_line_without_text_or_with_a_value_that_is_not_text_is_named(
     ("text", "message"),
     [
         ('[{"source": "source/0.png"}]\n', "starts a JSON array; it holds one JSON object a line"),
+        ('\n[{"source": "source/0.png"}]\n', "starts a JSON array"),
         (
             '{"source": "source/0.png",\n',
             r"line 1 is not JSON \(Expecting property name [^(]*, at its end\)\.$",
@@ -110,10 +111,17 @@ def test_an_index_file_that_is_not_json_lines_says_what_it_holds(tmp_path, text,
         fill50k(tmp_path, 32)
 
 
+def test_an_index_file_with_a_byte_order_mark_reads_as_utf_8(tmp_path):
+    root = write_fill50k(tmp_path)
+    index = root / "prompt.json"
+    index.write_bytes(b"\xef\xbb\xbf" + index.read_bytes().replace(b"\n", b"\r\n"))
+    assert [fill50k(root, 32)[i]["prompt"] for i in range(3)] == ["p0", "p1", "p2"]
+
+
 def test_an_image_that_is_not_an_image_is_refused_before_training(tmp_path):
     root = write_fill50k(tmp_path)
     (root / "target" / "2.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="target/2.png is not a readable image"):
+    with pytest.raises(ValueError, match="lists 1 file.* not readable images, e.g. .*target/2.png"):
         fill50k(root, 32)
 
 

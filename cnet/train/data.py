@@ -39,9 +39,12 @@ SHAPE_TOLERANCE = 1.05
 def read_rgb(path: Path) -> Image.Image:
     """An image file as RGB, read as the app reads uploads (`cnet.imageio`): EXIF orientation
     applied, 16-bit scaled to 8, transparency composited on white."""
-    from cnet.imageio import to_rgb_array
+    from cnet.imageio import ImageInputError, to_rgb_array
 
-    return Image.fromarray(to_rgb_array(path))
+    try:
+        return Image.fromarray(to_rgb_array(path))
+    except ImageInputError as error:  # it names the file alone, as the app does
+        raise ImageInputError(f"In {Path(path).parent}: {error}") from None
 
 
 def load_square(path: Path, resolution: int) -> Image.Image:
@@ -100,7 +103,7 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
     """Refuse, before the first step rather than when a batch first reads them hours into a run,
     images that are not there or not images (from their headers), and maps whose shape is not
     their image's."""
-    from cnet.imageio import stored_size
+    from cnet.imageio import ImageInputError, stored_size
 
     missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
     if missing:
@@ -108,11 +111,20 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
             f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
             "restore them or drop their lines from the index file."
         )
+    sizes, unreadable = {}, []
+    for name in dict.fromkeys(name for record in records for name in record[:2]):
+        try:
+            sizes[name] = stored_size(root / name)
+        except ImageInputError as error:
+            unreadable.append(str(error))
+    if unreadable:
+        raise ValueError(
+            f"{root} lists {len(unreadable)} file(s) that are not readable images, e.g. "
+            f"{unreadable[0]} Or drop their lines from the index file."
+        )
     misshapen = []
     for image_name, control_name, _ in records:
-        (width, height), (map_width, map_height) = (
-            stored_size(root / name) for name in (image_name, control_name)
-        )
+        (width, height), (map_width, map_height) = sizes[image_name], sizes[control_name]
         if not same_picture((width, height), (map_width, map_height)):
             misshapen.append(
                 f"{control_name} {map_width}x{map_height} for {image_name} {width}x{height}"
@@ -148,15 +160,16 @@ class PairedImageDataset(Dataset):
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each line that is not blank."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark, as some editors write, too
         try:
             lines = list(f)
         except UnicodeDecodeError as error:
             raise ValueError(f"{path} is not UTF-8 text ({error.reason}).") from None
+    first = next((number for number, line in enumerate(lines, start=1) if line.strip()), None)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if number == 1 and line.lstrip().startswith("["):
+        if number == first and line.lstrip().startswith("["):
             raise ValueError(
                 f"{path} starts a JSON array; it holds one JSON object a line (JSON Lines), "
                 "as `python -m cnet synth export` writes it."

@@ -32,7 +32,8 @@ class TimeBox:
     def message(self, step: int, exported: bool = True) -> str:
         """`exported`: False where the run has no model to export yet (the base's VAE phase)."""
         written = "Checkpoint and export written" if exported else "Checkpoint written"
+        minutes = f"{self.minutes:.3g}" if self.minutes < 1000 else f"{self.minutes:.0f}"
         return (
-            f"Stopped at step {step}: the {self.minutes:.3g}-minute time box (--max-minutes) is "
+            f"Stopped at step {step}: the {minutes}-minute time box (--max-minutes) is "
             f"spent. {written}; run again with --resume latest to go on."
         )
