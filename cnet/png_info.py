@@ -42,7 +42,10 @@ def model_name(source: str) -> str:
     """How a model is named in the text: a hub id as it is, a local folder or file by its own
     name (an image that is shared should not carry the folders of the machine that made it)."""
     path = Path(source)
-    return path.name if path.is_absolute() or path.exists() else source
+    if not (path.is_absolute() or path.exists()):
+        return source
+    # a training run's export, <run>/controlnet, by its run: every run's is named "controlnet"
+    return f"{path.parent.name}/{path.name}" if path.name == "controlnet" else path.name
 
 
 def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, object]) -> str:

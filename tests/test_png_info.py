@@ -62,3 +62,11 @@ def test_save_png_keeps_the_text_and_refuses_another_format_s_name(tmp_path):
     with pytest.raises(ValueError, match="end the name with .png"):
         save_png(image, tmp_path / "a.jpg")
     assert not (tmp_path / "a.jpg").exists()
+
+
+def test_a_local_model_is_named_by_its_folder_and_a_runs_export_by_its_run(tmp_path):
+    from cnet.png_info import model_name
+
+    assert model_name("lllyasviel/control_v11p_sd15_canny") == "lllyasviel/control_v11p_sd15_canny"
+    assert model_name(str(tmp_path / "models" / "my_canny.safetensors")) == "my_canny.safetensors"
+    assert model_name(str(tmp_path / "runs" / "canny" / "controlnet")) == "canny/controlnet"
