@@ -275,6 +275,8 @@ def missing_weights(source: str, kind: str) -> str | None:
             return detail and f"{path} is a low-rank difference from {start}, and {detail}"
         return None if (path / "config.json").is_file() else f"{path} has no config.json"
     if hub_offline() and not hub_cached(source, files[:1]):
+        if Path(source).parent.is_dir():  # "runs/nope" beside a runs/ folder: a path mistyped?
+            return f"there is no folder {source} here, and as a hub id it is not in the hub cache"
         return f"{source} is not in the hub cache"
     return None
 

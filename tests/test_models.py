@@ -463,11 +463,18 @@ def test_hub_controlnet_missing_offline_names_the_download_command():
     with pytest.raises(ModelMissingError) as error:
         load_controlnet("lllyasviel/control_v11p_sd15_canny", SD15_BASE, "float32", "cpu")
     message = str(error.value)
-    assert "not in the hub cache" in message
+    assert "lllyasviel/control_v11p_sd15_canny is not in the hub cache" in message
     assert (
         "hf download lllyasviel/control_v11p_sd15_canny config.json "
         "diffusion_pytorch_model.safetensors" in message
     )
+
+
+def test_a_mistyped_run_folder_is_named_as_no_folder_before_hub_advice(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelMissingError, match="there is no folder runs/nope here, and as a hub"):
+        load_controlnet("runs/nope", SD15_BASE, "float32", "cpu")
 
 
 def test_a_missing_single_file_checkpoint_is_named_as_a_file_not_a_folder(tmp_path):
