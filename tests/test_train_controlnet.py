@@ -743,6 +743,22 @@ def test_a_synthetic_run_records_its_maps_versions_and_resumes_only_on_the_same(
     assert summary["map_versions"] == {"scribble": 2, "depth": 3}  # every condition's maps
 
 
+def test_a_resume_from_another_working_directory_knows_its_data_folder(
+    tiny_model_dir, fill50k_dir, tmp_path, monkeypatch
+):
+    import os
+
+    from cnet.train.controlnet import train
+
+    monkeypatch.chdir(fill50k_dir.parent)
+    out = tmp_path / "run"
+    run = config(tiny_model_dir, fill50k_dir.name, out, max_steps=1, checkpoint_every=1)
+    train(run)
+    monkeypatch.chdir(tmp_path)  # the same folder by another relative path
+    run.data, run.max_steps, run.resume = os.path.relpath(fill50k_dir), 2, "latest"
+    assert len(train(run).losses) == 2
+
+
 @pytest.mark.parametrize("condition_zero_conv", [True, False])
 def test_the_map_reaches_the_trainable_copy_only_without_the_condition_zero_conv(
     tiny_model_dir, condition_zero_conv

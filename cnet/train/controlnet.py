@@ -377,30 +377,35 @@ def validation_prompts(config: TrainConfig) -> list[str]:
     return prompts
 
 
-def check_same_maps(then: dict, config: TrainConfig, resume_dir: Path) -> None:
+def data_source(data: str) -> str:
+    """`--data` as a checkpoint records it: a folder by its whole path, so that a resume from
+    another working directory is told the same folder from another."""
+    return data if data == SYNTHETIC else str(Path(data).resolve())
+
+
+def check_same_maps(saved: dict, config: TrainConfig, resume_dir: Path) -> None:
     """Refuse a resume on other data or another condition's maps: one ControlNet would learn both
     under the first one's name, and its record would name the last one only."""
-
-    def source(data: str) -> str:
-        return data if data == SYNTHETIC else str(Path(data).resolve())
-
+    then = saved["config"]
+    # an older checkpoint keeps the path as given, read from here
+    source = saved.get("data_source") or data_source(then["data"])
     new_run = (
         f"or start a new run in another --output-dir (--controlnet "
         f"{Path(config.output_dir) / 'controlnet'} starts it from this run's export)"
     )
-    if source(then["data"]) != source(config.data):
+    if source != data_source(config.data):
         raise ValueError(
-            f"{resume_dir} was saved by a run on --data {then['data']}, and this one reads "
-            f"{config.data}: give --data {then['data']} to go on, {new_run}, which is also the "
-            "way on where the same examples have moved."
+            f"{resume_dir} was saved by a run on --data {source}, and this one reads "
+            f"{config.data}: give --data {source} to go on, {new_run}, which is also the way on "
+            "where the same examples have moved."
         )
-    if then.get("condition") != config.condition:
-        was = then.get("condition")
+    was = then.get("condition")
+    if was != config.condition:
+        named = f"names {config.condition}" if config.condition else "names no --condition"
         raise ValueError(
-            f"{resume_dir} was saved by a run on {was or 'unnamed'} maps, and this one names "
-            f"{config.condition or 'none'} (--condition): one ControlNet would learn both under "
-            f"one name. Give {f'--condition {was}' if was else 'no --condition'} to go on, "
-            f"{new_run}."
+            f"{resume_dir} was saved by a run on {was or 'unnamed'} maps, and this one {named}: "
+            "one ControlNet would learn two kinds of map under one name. Give "
+            f"{f'--condition {was}' if was else 'no --condition'} to go on, {new_run}."
         )
 
 
@@ -590,7 +595,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     if saved:
-        check_same_maps(saved["config"], config, resume_dir)
+        check_same_maps(saved, config, resume_dir)
         # the mode is the run's from its start (--reconnect-decoder alone changes it), and so is
         # its record: "Training ... small-scale" says which it is
         config = replace(config, small_scale=saved["config"]["small_scale"])
@@ -725,6 +730,7 @@ def train(config: TrainConfig) -> TrainResult:
             "schedules": schedules,
             "lineage": earlier,
             "map_versions": map_versions,
+            "data_source": data_source(config.data),
             "stream_position": batches.position,
             "config": asdict(config),
         }
