@@ -51,20 +51,24 @@ class Change:
         return "within noise"
 
 
+# What a model folder, a pipeline or a training run holds, and an evaluation does not.
+MODEL_FILES = ("preset.json", "model_index.json", "training.json", "config.json")
+
+
 def load_scenes(folder: Path) -> dict:
     path = Path(folder) / SCENES_FILE
     again = f"evaluate that model again with `python -m cnet eval --out {folder}`"
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder} is not a folder; give an evaluation's --out folder.")
-    if not path.is_file() and (Path(folder) / "preset.json").is_file():
-        kept = Path(folder) / "eval"  # where a packed preset keeps the evaluation its cards quote
+    kept = Path(folder) / "eval"  # where a packed preset keeps the evaluation its cards quote
+    if not path.is_file() and (kept / SCENES_FILE).is_file():
         raise FileNotFoundError(
-            f"{folder} is a model folder, not an evaluation: give "
-            + (
-                f"the evaluation it keeps, {kept}."
-                if (kept / SCENES_FILE).is_file()
-                else f"an evaluation of it (python -m cnet eval --model-dir {folder} --out DIR)."
-            )
+            f"{folder} is a model folder: give the evaluation it keeps, {kept}."
+        )
+    if not path.is_file() and any((Path(folder) / name).is_file() for name in MODEL_FILES):
+        raise FileNotFoundError(
+            f"{folder} holds a model or a training run, not an evaluation: give an evaluation's "
+            "folder (python -m cnet eval --model-dir MODEL --out DIR writes one)."
         )
     if not path.is_file():
         raise FileNotFoundError(

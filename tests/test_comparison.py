@@ -100,12 +100,12 @@ def test_compare_reads_two_output_folders_and_says_what_to_do_without_scenes_jso
     args.old.mkdir()
     assert run(args) == 1
     assert "python -m cnet eval --out" in capsys.readouterr().err
-    (args.old / "preset.json").write_text("{}")  # a model folder
-    assert run(args) == 1
-    assert (
-        "is a model folder, not an evaluation: give an evaluation of it (python -m cnet eval "
-        in (capsys.readouterr().err)
-    )
+    for marker in ("training.json", "preset.json"):  # a training run, then a model folder
+        (args.old / marker).write_text("{}")
+        assert run(args) == 1
+        assert "holds a model or a training run, not an evaluation: give an evaluation's" in (
+            capsys.readouterr().err
+        )
     (args.old / "eval").mkdir()
     (args.old / "eval" / "scenes.json").write_text("{}")
     assert run(args) == 1

@@ -88,9 +88,10 @@ def test_an_export_into_an_earlier_ones_folder_leaves_only_its_own_images(tmp_pa
     export = ["synth", "export", "fill50k", str(tmp_path), "--condition", "canny", "--size", "64"]
     (tmp_path / "notes.txt").write_text("mine")
     assert main([*export, "--count", "3"]) == 0
+    (tmp_path / "target" / "0007.png").write_bytes(b"a photo of mine")  # no export's name
     assert main([*export, "--count", "2"]) == 0
-    for folder in ("source", "target"):
-        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["0.png", "1.png"]
+    assert sorted(p.name for p in (tmp_path / "source").iterdir()) == ["0.png", "1.png"]
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["0.png", "0007.png", "1.png"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 

@@ -757,6 +757,9 @@ def test_a_resume_from_another_working_directory_knows_its_data_folder(
     monkeypatch.chdir(tmp_path)  # the same folder by another relative path
     run.data, run.max_steps, run.resume = os.path.relpath(fill50k_dir), 2, "latest"
     assert len(train(run).losses) == 2
+    run.max_steps, run.small_scale = 3, True  # a flag this run cannot take on
+    with pytest.raises(ValueError, match="all links connected from its start: --small-scale"):
+        train(run)
 
 
 @pytest.mark.parametrize("condition_zero_conv", [True, False])

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        print(f"wrote {args.count} {args.split} scenes ({args.condition}) to {index}")
+        scenes = "scene" if args.count == 1 else "scenes"
+        print(f"wrote {args.count} {args.split} {scenes} ({args.condition}) to {index}")
     elif args.action == "contact-sheet":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         seeds = split_seeds(args.split, args.count, args.start)

@@ -34,7 +34,8 @@ def _remove_stale(folder: Path, count: int) -> None:
     """Numbered PNGs an earlier, larger export into the same folder left: no line names them, and
     a tool that reads the folder rather than the index would train on them."""
     for path in folder.glob("*.png"):
-        if path.stem.isdigit() and int(path.stem) >= count:
+        # as an export names them: "7.png", never "0007.png" (which may be someone's own)
+        if path.stem.isdigit() and path.stem == str(int(path.stem)) and int(path.stem) >= count:
             path.unlink()
 
 

@@ -598,6 +598,11 @@ def train(config: TrainConfig) -> TrainResult:
         check_same_maps(saved, config, resume_dir)
         # the mode is the run's from its start (--reconnect-decoder alone changes it), and so is
         # its record: "Training ... small-scale" says which it is
+        if config.small_scale and not saved["config"]["small_scale"]:
+            raise ValueError(
+                f"{resume_dir} is of a run with all links connected from its start: "
+                "--small-scale starts a new run so; leave it out to go on."
+            )
         config = replace(config, small_scale=saved["config"]["small_scale"])
     connect_decoder = (
         saved.get("connect_decoder", not config.small_scale) or config.reconnect_decoder
