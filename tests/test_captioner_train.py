@@ -157,7 +157,7 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
 
     captioner = cap.load_captioner(whole.captioner_dir, device="cpu")
     card = (whole.captioner_dir / "README.md").read_text()
-    assert f"4 examples of the training folder {caption_folder} (a folder has no held-out" in card
+    assert f"4 examples spread over the training folder {caption_folder} (it has no held-" in card
     assert len(captioner([Image.new("RGB", (32, 32), "red")])) == 1
 
     # A run resumes only where its folder holds no later checkpoint: pruning, or a later
@@ -187,8 +187,12 @@ def test_training_writes_a_loadable_captioner_and_resumes_exactly(caption_folder
 
 
 def test_a_time_boxed_run_stops_with_a_checkpoint_and_a_measured_export(caption_folder, tmp_path):
-    boxed = train_cap.train(tiny_config(caption_folder, tmp_path, max_minutes=1e-9))
+    boxed = train_cap.train(
+        tiny_config(caption_folder, tmp_path, max_minutes=1e-9, num_test_scenes=50)
+    )
     assert boxed.step == 1 and len(boxed.losses) == 1
+    card = (boxed.captioner_dir / "README.md").read_text()
+    assert f"on {len(COLOURS)} examples spread over the training folder" in card  # not 50
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000001"]
     summary = json.loads((tmp_path / "training.json").read_text())
     assert summary["steps"] == 1 and summary["test_accuracy"] == boxed.accuracy

@@ -93,7 +93,7 @@ class TrainResult:
     step: int
     losses: list[float]  # one per optimizer step, mean over processes and accumulation
     captioner_dir: Path
-    accuracy: float  # on the held-out test scenes
+    accuracy: float  # on the held-out test scenes (a --data folder: on its own examples)
 
 
 @dataclass
@@ -263,7 +263,9 @@ def model_card(
     losses: list[float],
     accuracy: float,
     schedules: list[dict],
+    scored: str,
 ) -> str:
+    """`scored`: what `accuracy` was measured on (`scored_on`)."""
     vision, text = model.config.vision_config, model.config.text_config
     params = sum(p.numel() for p in model.parameters())
     return f"""# Embedded captioner (BLIP architecture)
@@ -281,8 +283,7 @@ the synthetic scene world for the automatic prompt mode. Load with
 - Steps: {step}, batch {config.batch_size} x {config.gradient_accumulation_steps}.
 - Learning rate (AdamW): {describe_schedules(schedules)}.
 - Final loss (mean of the last 100 steps): {np.mean(losses[-100:]) if losses else float("nan"):.4f}
-- Caption accuracy (object and colour words all correct) on
-  {scored_on(config.data, config.num_test_scenes)}: {accuracy:.3f}
+- Caption accuracy (object and colour words all correct) on {scored}: {accuracy:.3f}
 """
 
 
@@ -290,7 +291,7 @@ def scored_on(data: str, count: int) -> str:
     """What an accuracy on `count` examples of `data` was measured on."""
     if data == SYNTHETIC:
         return f"{count} held-out test scenes"
-    return f"{count} examples of the training folder {data} (a folder has no held-out part)"
+    return f"{count} examples spread over the training folder {data} (it has no held-out part)"
 
 
 def check_scene_counts(data: str, counts: dict[str, tuple[str, int]]) -> None:
@@ -399,12 +400,12 @@ def train(config: TrainConfig) -> TrainResult:
         + (f", with the patch kind loss x {config.kind_weight}." if learns_kinds else ".")
     )
 
-    def measure(split: str, count: int) -> float:
+    def measure(split: str, count: int) -> CaptionReport:
         unwrapped = accelerator.unwrap_model(model)
         live = cap.Captioner(unwrapped, processor, device, torch.float32, source="training")
         report = evaluate_captioner(live, count, config.data, split)
         unwrapped.train()
-        return report.accuracy
+        return report
 
     def save(step: int) -> None:
         state = {
@@ -484,7 +485,8 @@ def train(config: TrainConfig) -> TrainResult:
         )
         if config.validate_every and step % config.validate_every == 0:
             if accelerator.is_main_process:
-                accuracies.append((step, measure("validation", config.num_validation_scenes)))
+                report = measure("validation", config.num_validation_scenes)
+                accuracies.append((step, report.accuracy))
                 progress.write(f"step {step}: caption accuracy {accuracies[-1][1]:.3f}")
             accelerator.wait_for_everyone()
         stopping = step < config.max_steps and timebox.spent()
@@ -499,15 +501,14 @@ def train(config: TrainConfig) -> TrainResult:
     accuracy = float("nan")
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        accuracy = measure("test", config.num_test_scenes)
-        accelerator.print(
-            f"caption accuracy on {scored_on(config.data, config.num_test_scenes)}: {accuracy:.3f}"
-        )
+        report = measure("test", config.num_test_scenes)
+        accuracy, scored = report.accuracy, scored_on(config.data, report.count)
+        accelerator.print(f"caption accuracy on {scored}: {accuracy:.3f}")
         partial = ckpt.partial_of(captioner_dir)  # renamed into place by commit_export
         shutil.rmtree(partial, ignore_errors=True)  # of an export killed midway
         cap.save_captioner(unwrapped, processor, partial, dtype=torch.float16)
         (partial / "README.md").write_text(
-            model_card(config, unwrapped, step, losses, accuracy, schedules)
+            model_card(config, unwrapped, step, losses, accuracy, schedules, scored)
         )
         summary = {
             "steps": step,
@@ -537,8 +538,10 @@ HELP = {  # over cnet.train.cli's
     "learning_rate": "AdamW learning rate of the captioner",
     "seed": "seed of every random stream (data order, augmentation)",
     "num_validation_scenes": "validation scenes of the caption accuracy at each --validate-every",
-    "validate_every": "caption accuracy on validation scenes every N steps (0: never)",
-    "num_test_scenes": "held-out test scenes for the final accuracy",
+    "validate_every": "caption accuracy on validation scenes (a --data folder: its own examples) "
+    "every N steps (0: never)",
+    "num_test_scenes": "held-out test scenes for the final accuracy (a --data folder: as many of "
+    "its own examples, spread over it)",
 }
 
 
@@ -593,5 +596,5 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:  # a full or read-only disk
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"Captioner saved to {result.captioner_dir} (test accuracy {result.accuracy:.3f})")
+    print(f"Captioner saved to {result.captioner_dir} (caption accuracy {result.accuracy:.3f})")
     return 0
