@@ -104,14 +104,14 @@ def _colour_16_bit(path: Path) -> bool:
     return len(header) == 26 and header[24] == 16 and header[25] in (2, 4, 6)
 
 
-def stored_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file the right way up, from its header alone (cheap: nothing
-    is decoded). Raises ImageInputError for a file that is not an image."""
+def stored_size(path: str | os.PathLike) -> tuple[tuple[int, int], int]:
+    """((width, height) the right way up, EXIF orientation) of an image file, from its header
+    alone (cheap: nothing is decoded). Raises ImageInputError for a file that is not an image."""
     path = Path(path)
     try:
         with Image.open(path) as image:
             width, height = image.size
-            turned = _orientation(image) in (5, 6, 7, 8)
+            orientation = _orientation(image)
     except FileNotFoundError:
         raise ImageInputError(f"No image file at {path}.") from None
     except DAMAGED as error:
@@ -119,7 +119,8 @@ def stored_size(path: str | os.PathLike) -> tuple[int, int]:
             f"{path} is not a readable image ({str(error) or type(error).__name__}); "
             "save it again as PNG or JPEG."
         ) from None
-    return (height, width) if turned else (width, height)
+    turned = orientation in (5, 6, 7, 8)
+    return ((height, width) if turned else (width, height)), orientation
 
 
 def _orientation(image: Image.Image) -> int:

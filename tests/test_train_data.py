@@ -166,6 +166,31 @@ def test_images_are_read_as_the_app_reads_uploads_16_bit_maps_and_turned_photos(
     assert image[0, 32, :20].mean() > 0.7 and image[0, 32, -20:].mean() < 0.1  # red on the left
 
 
+def test_a_turned_photo_pairs_with_its_map_as_the_map_was_made(tmp_path):
+    """A phone photo stored on its side with an EXIF orientation: a map made from it as viewers
+    show it (cnet detect, the app) pairs with it upright; a map made from its stored pixels (tools
+    that ignore EXIF, as diffusers' data sets) pairs with the stored pixels."""
+    root = tmp_path / "data"
+    upright = np.zeros((64, 96, 3), np.uint8)
+    upright[:, :48] = RED  # red on the left, as a viewer shows it
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # 64 wide, 96 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns it a quarter back
+    (root / "images").mkdir(parents=True)
+    stored.save(root / "images" / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(upright).save(root / "upright_map.png")
+    stored.save(root / "stored_map.png")
+    lines = [{"image": "images/photo.jpg", "conditioning_image": name, "text": "p"}
+             for name in ("upright_map.png", "stored_map.png")]  # fmt: skip
+    (root / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset = metadata_folder(root, 32)
+    for example in (dataset[0], dataset[1]):
+        image = (example["pixel_values"] + 1) / 2
+        control = example["conditioning_pixel_values"]
+        red_image, red_map = image[0] > 0.5, control[0] > 0.5
+        assert (red_image == red_map).float().mean() > 0.95  # the same part is red in both
+
+
 def test_open_dataset_detects_layout_and_explains_unknown_folders(tmp_path):
     assert len(open_dataset(str(write_fill50k(tmp_path / "fill")), 16)) == 3
     with pytest.raises(FileNotFoundError, match="metadata.jsonl"):

@@ -34,6 +34,13 @@ TENSORS = ("pixel_values", "conditioning_pixel_values", "kinds")  # stacked by c
 
 # A map whose shape differs from its image's by more than this shows another picture, or a crop.
 SHAPE_TOLERANCE = 1.05
+# How to undo the quarter turn an EXIF orientation (5-8) asks a viewer for: back to stored pixels.
+UNTURN = {
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def read_rgb(path: Path) -> Image.Image:
@@ -52,10 +59,15 @@ def load_square(path: Path, resolution: int) -> Image.Image:
     return square(read_rgb(path), resolution)
 
 
-def load_pair(image_path: Path, control_path: Path, resolution: int) -> tuple[Image.Image, ...]:
+def load_pair(
+    image_path: Path, control_path: Path, resolution: int, unturn: int | None = None
+) -> tuple[Image.Image, ...]:
     """(image, control map) as centre squares of the same part of the picture: a map of another
-    size (made at a rounded size, say) is scaled to its image's first, not cropped on its own."""
+    size (made at a rounded size, say) is scaled to its image's first, not cropped on its own.
+    `unturn`: the image's EXIF orientation, undone (its map was made from its stored pixels)."""
     image, control = read_rgb(image_path), read_rgb(control_path)
+    if unturn:
+        image = image.transpose(UNTURN[unturn])
     if control.size != image.size:
         control = control.resize(image.size, Image.BICUBIC)
     return square(image, resolution), square(control, resolution)
@@ -99,10 +111,12 @@ def same_picture(image_size: tuple[int, int], map_size: tuple[int, int]) -> bool
         return False
 
 
-def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
+def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> dict[int, int]:
     """Refuse, before the first step rather than when a batch first reads them hours into a run,
     images that are not there or not images (from their headers), and maps whose shape is not
-    their image's."""
+    their image's. Returns {record: EXIF orientation} for the photos whose maps were made from
+    their stored pixels (the shape of the stored image, not of the turned one): read as stored,
+    as tools that ignore EXIF (diffusers' data sets) pair them."""
     from cnet.imageio import ImageInputError, stored_size
 
     missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
@@ -111,10 +125,10 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
             f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
             "restore them or drop their lines from the index file."
         )
-    sizes, unreadable = {}, []
+    sizes, orientations, unreadable = {}, {}, []
     for name in dict.fromkeys(name for record in records for name in record[:2]):
         try:
-            sizes[name] = stored_size(root / name)
+            sizes[name], orientations[name] = stored_size(root / name)
         except ImageInputError as error:
             unreadable.append(str(error))
     if unreadable:
@@ -122,10 +136,16 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
             f"{root} lists {len(unreadable)} file(s) that are not readable images, e.g. "
             f"{unreadable[0]} Or drop their lines from the index file."
         )
-    misshapen = []
-    for image_name, control_name, _ in records:
+    misshapen, unturn = [], {}
+    for index, (image_name, control_name, _) in enumerate(records):
         (width, height), (map_width, map_height) = sizes[image_name], sizes[control_name]
-        if not same_picture((width, height), (map_width, map_height)):
+        if same_picture((width, height), (map_width, map_height)):
+            continue
+        if orientations[image_name] in UNTURN and same_picture(
+            (height, width), (map_width, map_height)
+        ):  # the map of its stored pixels
+            unturn[index] = orientations[image_name]
+        else:
             misshapen.append(
                 f"{control_name} {map_width}x{map_height} for {image_name} {width}x{height}"
             )
@@ -135,6 +155,7 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> None:
             f"{misshapen[0]}: a map shows the whole of its image (it is scaled to the image's "
             "size). Make each map from its own image, or drop those lines from the index file."
         )
+    return unturn
 
 
 class PairedImageDataset(Dataset):
@@ -143,7 +164,7 @@ class PairedImageDataset(Dataset):
     def __init__(self, root: Path, records: list[tuple[str, str, str]], resolution: int):
         if not records:
             raise ValueError(f"{root} lists no examples: its index file is empty.")
-        check_pairs(root, records)
+        self.unturn = check_pairs(root, records)
         self.root, self.records, self.resolution = root, records, resolution
 
     def __len__(self) -> int:
@@ -152,7 +173,10 @@ class PairedImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_name, control_name, prompt = self.records[index]
         image, control = load_pair(
-            self.root / image_name, self.root / control_name, self.resolution
+            self.root / image_name,
+            self.root / control_name,
+            self.resolution,
+            self.unturn.get(index),
         )
         return make_example(image, control, prompt)
 
