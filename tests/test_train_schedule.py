@@ -47,3 +47,12 @@ def test_changed_settings_name_what_differs_from_the_checkpoint_as_json_would_ho
     saved = {"conditions": ["canny", "depth"], "steps": 100, "resume": None, "lr": 1e-4}
     now = {"conditions": ("canny", "depth"), "steps": 200, "resume": "latest", "new": 1}
     assert changed_settings(saved, now, ignore=("resume",)) == {"steps": (100, 200)}
+
+
+def test_a_diverged_loss_says_what_to_lower_and_bf16_only_under_fp16():
+    from cnet.train.schedule import diverged
+
+    plain = str(diverged("unet loss", float("nan"), 7, "--unet-learning-rate", "no"))
+    assert plain == "The unet loss became nan at step 7; lower --unet-learning-rate."
+    half = str(diverged("loss", float("inf"), 2, "--learning-rate", "fp16"))
+    assert half.endswith("lower --learning-rate, or use --mixed-precision bf16.")

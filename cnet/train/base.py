@@ -47,7 +47,7 @@ from cnet.train.limits import check_numbers
 from cnet.train.lineage import read_lineage, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
-from cnet.train.schedule import lr_factor
+from cnet.train.schedule import diverged, lr_factor
 from cnet.train.timebox import TimeBox
 
 PHASES = ("vae", "unet")
@@ -666,9 +666,11 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
             losses[phase].append(accelerator.gather(loss.detach()[None]).mean().item())
             if not math.isfinite(losses[phase][-1]):
-                raise FloatingPointError(
-                    f"The {phase} loss became {losses[phase][-1]} at step {step}; lower the "
-                    f"--{phase}-learning-rate."
+                rates = f"--{phase}-learning-rate" + (
+                    " and --text-encoder-learning-rate" if phase == "unet" else ""
+                )
+                raise diverged(
+                    f"{phase} loss", losses[phase][-1], step, rates, config.mixed_precision
                 )
             progress.update(1)
             progress.set_postfix(loss=f"{losses[phase][-1]:.4f}")

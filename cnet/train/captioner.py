@@ -49,7 +49,7 @@ from cnet.train.data import (
 )
 from cnet.train.limits import check_numbers
 from cnet.train.report import plot_losses, tensor_to_image
-from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
+from cnet.train.schedule import diverged, lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 SIZES = {"embedded": cap.EMBEDDED, "tiny": cap.TINY}
@@ -476,9 +476,7 @@ def train(config: TrainConfig) -> TrainResult:
         if learns_kinds:
             kind_losses.append(accelerator.gather(step_kind_loss[None]).mean().item())
         if not math.isfinite(losses[-1]):
-            raise FloatingPointError(
-                f"The loss became {losses[-1]} at step {step}; lower --learning-rate."
-            )
+            raise diverged("loss", losses[-1], step, "--learning-rate", config.mixed_precision)
         progress.update(1)
         progress.set_postfix(
             loss=f"{losses[-1]:.4f}", **({"kinds": f"{kind_losses[-1]:.3f}"} if kind_losses else {})

@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     except FloatingPointError as error:  # a diverging run
         last = last_checkpoint(args) if "resume" in args else None
         since = f" --resume latest goes on from the last checkpoint, {last}." if last else ""
-        print(f"error: {error}{since}", file=sys.stderr)
+        print(f"\nerror: {error}{since}", file=sys.stderr)  # below the progress bar
         return 1
 
 

@@ -50,7 +50,7 @@ from cnet.train.limits import check_numbers
 from cnet.train.lineage import last_gain, read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.report import image_grid, plot_losses, tensor_to_image
 from cnet.train.sampling import sampled_like_the_app
-from cnet.train.schedule import lr_factor, schedule_of, schedules_after_resume
+from cnet.train.schedule import diverged, lr_factor, schedule_of, schedules_after_resume
 from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
@@ -795,10 +795,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         losses.append(accelerator.gather(step_loss[None]).mean().item())
         if not math.isfinite(losses[-1]):
-            fp16 = ", or use --mixed-precision bf16" if config.mixed_precision == "fp16" else ""
-            raise FloatingPointError(
-                f"The loss became {losses[-1]} at step {step}; lower --learning-rate{fp16}."
-            )
+            raise diverged("loss", losses[-1], step, "--learning-rate", config.mixed_precision)
         progress.update(1)
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
         if config.validate_every and step % config.validate_every == 0:

@@ -6,6 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def diverged(what: str, loss: float, step: int, rates: str, precision: str) -> FloatingPointError:
+    """The error a trainer raises when its loss (`what`) stops being a number: lower `rates`, or,
+    under fp16, whose range a loss can overflow, use bf16."""
+    bf16 = ", or use --mixed-precision bf16" if precision == "fp16" else ""
+    return FloatingPointError(f"The {what} became {loss} at step {step}; lower {rates}{bf16}.")
+
+
 def lr_factor(step: int, total: int, warmup_steps: int, cooldown_steps: int) -> float:
     """Multiplier of the peak learning rate at 0-based `step` of `total`: a linear warm-up over
     the first `warmup_steps`, then constant, then a linear fall over the last `cooldown_steps`
