@@ -265,7 +265,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     )
     assert f"true maps, 64 held-out examples): 0.0456 at step {STEPS.shared}." in shared_card
     assert "Trained on 1 x cpu." in shared_card
-    assert "(`python -m cnet eval`, at the preset's CFG 2)" in shared_card
+    assert "## Held-out test scenes (`python -m cnet eval`)\n" in shared_card  # none evaluated
     for path in out.rglob("*.safetensors"):
         with safe_open(path, "pt") as tensors:
             names = tensors.keys()
@@ -287,6 +287,7 @@ def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_d
     assert f"- Parameters: {parameters:.2f} M, stored as the rank-16 difference from the " in card
     assert recorded_runs(canny) == recorded_runs(recipe["controlnet-canny"].result)
     assert "| user prompt | 0.877 | — | 0.543 | 0.321 |" in card  # no shape IoU in these results
+    assert "(`python -m cnet eval`; its scenes and sampling: the first line of the preset's" in card
     assert not out.with_name("preset.packing").exists()
     # the evaluation the cards quote travels with them (this one wrote no scenes.json)
     assert sorted(p.name for p in (out / "eval").iterdir()) == ["results.json", "table.md"]

@@ -543,6 +543,7 @@ def shared_use(serves: list[str]) -> str:
 
 
 FIGURES_HEADING = "## Held-out test scenes"
+KEPT_TABLE = "the first line of the preset's `eval/table.md`"
 
 
 def figures(metrics: dict, serves: list[str]) -> str:
@@ -552,7 +553,10 @@ def figures(metrics: dict, serves: list[str]) -> str:
         for key in serves
     )
     tables = tables or "Every condition has its own ControlNet: their cards give the figures."
-    return f"""{FIGURES_HEADING} (`python -m cnet eval`, at the preset's CFG {PRESET_CFG:g})
+    # Which scenes and sampling: the evaluation kept beside the cards says (its first line), not a
+    # claim here, which a short trial evaluation would make false.
+    source = "; its scenes and sampling: " + KEPT_TABLE if any(map(metrics.get, serves)) else ""
+    return f"""{FIGURES_HEADING} (`python -m cnet eval`{source})
 
 {tables}
 """
