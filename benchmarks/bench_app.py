@@ -205,4 +205,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the app process and temporary folders are cleaned up all the same
+        print("\ninterrupted: nothing measured", file=sys.stderr)
+        sys.exit(130)

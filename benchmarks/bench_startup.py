@@ -94,7 +94,7 @@ def fail(message: str) -> None:
 def check_app(app: Path = APP) -> None:
     """Exit with a message unless the app script exists and takes --model-dir and --port."""
     if not app.is_file():
-        fail(f"{app} does not exist yet; this benchmark starts it as a subprocess.")
+        fail(f"{app} does not exist; this benchmark starts it as a subprocess.")
     shown = subprocess.run(
         [sys.executable, str(app), "--help"],
         cwd=ROOT,
@@ -106,7 +106,8 @@ def check_app(app: Path = APP) -> None:
     if shown.returncode != 0 or missing:
         fail(
             f"{app.name} --help {'failed' if shown.returncode else 'lacks ' + ', '.join(missing)}; "
-            f"this benchmark runs `{app.name} --model-dir DIR --port P`.\n{shown.stderr[-2000:]}"
+            f"this benchmark runs `{app.name} --model-dir DIR --port P`."
+            + (f"\n{shown.stderr[-2000:]}" if shown.stderr.strip() else "")
         )
 
 
@@ -121,6 +122,10 @@ def model_dir_or_tiny(model_dir: str | None, random: str | None = None) -> tuple
     """(folder, how to name it in the table): the given one, the embedded preset, or random
     weights of the `random` architecture (tiny when the embedded preset has no weights)."""
     if model_dir:
+        from cnet.models import missing_weights
+
+        if detail := missing_weights(str(Path(model_dir) / "base"), "base"):
+            fail(f"--model-dir {model_dir}: {detail}; give a folder in the embedded layout.")
         return Path(model_dir), f"{model_dir} (given)"
     if random is None and (EMBEDDED / "base" / "model_index.json").is_file():
         return EMBEDDED, "embedded preset (assets/embedded)"
@@ -176,12 +181,15 @@ def start_app(
         )
 
 
-def wait_until_answering(process, url: str, log_path: Path, timeout: float) -> None:
+def wait_until_answering(
+    process, url: str, log_path: Path, timeout: float, app: Path = APP
+) -> None:
     deadline = time.monotonic() + timeout
     while not answers(url):
         if process.poll() is not None or time.monotonic() > deadline:
             state = "exited" if process.poll() is not None else f"is not up after {timeout:.0f} s"
-            fail(f"app.py {state}; the end of its log:\n{log_path.read_text()[-3000:]}")
+            log = log_path.read_text()[-3000:] or "(empty)"
+            fail(f"{app.name} {state}; the end of its log:\n{log}")
         time.sleep(0.05)
 
 
@@ -221,7 +229,7 @@ def one_cold_start(args, model_dir: Path, image: Path, preset, log_path: Path):
     started = time.perf_counter()
     process = start_app(model_dir, port, log_path, args.threads, args.app)
     try:
-        wait_until_answering(process, url, log_path, args.timeout)
+        wait_until_answering(process, url, log_path, args.timeout, args.app)
         ui = time.perf_counter() - started
         client = api_client(url, download_files=str(log_path.parent))
         gallery, _, _ = client.predict(
@@ -335,4 +343,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the app process and temporary folders are cleaned up all the same
+        print("\ninterrupted: nothing measured", file=sys.stderr)
+        sys.exit(130)

@@ -107,3 +107,26 @@ def test_the_drawing_backend_is_timed_on_an_upload_and_the_canvas_on_a_strokes_l
     load_input = script("bench_detectors").load_input
     assert load_input("scribble_balloon.png", "drawing").shape[2] == 3
     assert load_input("scribble_balloon.png", "canvas").shape[2] == 4
+
+
+def test_a_model_dir_that_is_not_there_is_refused_before_the_app_starts(tmp_path, capsys):
+    startup = script("bench_startup")
+    with pytest.raises(SystemExit) as exit_info:
+        startup.model_dir_or_tiny(str(tmp_path / "nodir"))
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert (
+        f"error: --model-dir {tmp_path / 'nodir'}: {tmp_path / 'nodir' / 'base'} does not" in error
+    )
+
+
+def test_an_app_that_exits_is_named_with_its_log(tmp_path, capsys):
+    startup = script("bench_startup")
+    log = tmp_path / "app.log"
+    log.write_text("failing on purpose\n")
+    exited = mock.Mock(poll=mock.Mock(return_value=3))
+    with pytest.raises(SystemExit):
+        startup.wait_until_answering(exited, "http://127.0.0.1:9/", log, 5, Path("variant.py"))
+    assert "error: variant.py exited; the end of its log:\nfailing on purpose" in (
+        capsys.readouterr().err
+    )
