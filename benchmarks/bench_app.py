@@ -98,7 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the app with GRADIO_PROFILING=1 and print its per-phase server timings",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.random and args.model_dir:
+        parser.error("--random builds a model of random weights: leave out --model-dir")
+    return args
 
 
 def main() -> None:

@@ -257,14 +257,26 @@ def import_seconds(statement: str) -> float:
     return float(output.stdout.strip().splitlines()[-1])
 
 
-def ui_step_seconds(app: Path = APP) -> list[float]:
+def ui_step_seconds(app: Path = APP, timeout: float = 300.0) -> list[float]:
     """Seconds of each of UI_STEPS, starting the `app` script."""
     with tempfile.TemporaryDirectory(prefix="cnet-no-model-") as empty:
         command = [sys.executable, "-c", UI_STEPS_CODE, str(app), "--model-dir", empty, "--port"]
         command.append(str(free_port()))
-        output = subprocess.run(
-            command, cwd=ROOT, env=app_env(None), capture_output=True, text=True, check=True
-        )
+        try:
+            output = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=app_env(None),
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            fail(
+                f"{app.name}'s UI steps did not end in {timeout:.0f} s: a variant is timed step by "
+                "step where it keeps app.py's main(argv) and cnet.ui.build_demo."
+            )
     return [float(seconds) for seconds in output.stdout.strip().splitlines()[-1].split()]
 
 
@@ -276,7 +288,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, help="OMP_NUM_THREADS for the app")
     parser.add_argument(
-        "--timeout", type=positive_number, default=300.0, help="seconds to wait for the UI"
+        "--timeout",
+        type=positive_number,
+        default=300.0,
+        help="seconds to wait for the UI, and for the UI steps",
     )
     parser.add_argument("--no-imports", action="store_true", help="skip the import timings")
     parser.add_argument(
@@ -338,7 +353,7 @@ def main() -> None:
         print()
         print("| UI start, step by step (one fresh interpreter, no weights) | s |")
         print("|---|---|")
-        for name, seconds in zip(UI_STEPS, ui_step_seconds(args.app), strict=True):
+        for name, seconds in zip(UI_STEPS, ui_step_seconds(args.app, args.timeout), strict=True):
             print(f"| {name} | {seconds:.2f} |")
 
 

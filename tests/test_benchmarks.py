@@ -43,6 +43,7 @@ REFUSED = [
         marks=pytest.mark.skipif(gpu_driver_present(), reason="a GPU may be usable here"),
     ),
     ("bench_app", ["--repeats", "0"], f"argument --repeats: {WHOLE} '0'"),
+    ("bench_app", ["--random", "tiny", "--model-dir", "m"], "--random builds a model of random"),
     ("bench_app", ["--timeout", "0"], "argument --timeout: expected a number above 0, got '0'"),
     ("bench_app", ["--condition", "edges"], "argument --condition: invalid choice: 'edges'"),
     ("bench_startup", ["--runs", "0"], f"argument --runs: {WHOLE} '0'"),
