@@ -817,23 +817,24 @@ def encoder_differences(controlnet_config: Mapping, unet_config: Mapping) -> lis
     ]
 
 
-def check_controlnet_fits(controlnet_config: Mapping, unet_config: Mapping, label: str) -> None:
-    """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture."""
+# What to do about a ControlNet made for another base, where the app or cnet generate loads it.
+GIVE_ANOTHER = (
+    "Give a ControlNet trained on this base (--controlnet CONDITION=PATH), or the base it was "
+    "trained on (--base, or its preset)."
+)
+
+
+def check_controlnet_fits(
+    controlnet_config: Mapping, unet_config: Mapping, label: str, fix: str = GIVE_ANOTHER
+) -> None:
+    """Raise ModelMismatchError, naming what differs, for a ControlNet of another architecture;
+    `fix`: what to do about it, where it was given."""
     differ = encoder_differences(controlnet_config, unet_config)
     if differ:
-        raise ModelMismatchError(mismatch_message(label, differ))
+        raise ModelMismatchError(mismatch_message(label, differ, fix))
 
 
-def mismatch_message(label: str, differ: list[str]) -> str:
-    if label.startswith("--resume"):  # the trainer's checkpoint: only its own base goes on
-        fix = "Give the base that run trained on (--base)."
-    elif label.startswith("--controlnet"):  # the trainer's start
-        fix = "Start from a ControlNet trained on this base, or give the base it was trained on."
-    else:
-        fix = (
-            "Give a ControlNet trained on this base (--controlnet CONDITION=PATH), or the base it "
-            "was trained on (--base, or its preset)."
-        )
+def mismatch_message(label: str, differ: list[str], fix: str = GIVE_ANOTHER) -> str:
     return f"{label} was made for another base model: {'; '.join(differ)}. {fix}"
 
 

@@ -520,8 +520,11 @@ def test_lru_cache_drops_the_least_recently_used():
     ],
 )
 def test_a_mismatch_says_what_to_give_where_it_was_given(label, fix):
-    from cnet.models import mismatch_message
+    from cnet.models import GIVE_ANOTHER, mismatch_message
+    from cnet.train.controlnet import RESUME_ON_ITS_BASE, START_ON_THIS_BASE
 
-    message = mismatch_message(label, ["cross_attention_dim 128 (the base's 768)"])
+    where = {"--controlnet": START_ON_THIS_BASE, "--resume": RESUME_ON_ITS_BASE}
+    given = where.get(label.split()[0], GIVE_ANOTHER)  # as the trainer and the app give it
+    message = mismatch_message(label, ["cross_attention_dim 128 (the base's 768)"], given)
     assert message.startswith(f"{label} was made for another base model: cross_attention_dim")
     assert fix in message

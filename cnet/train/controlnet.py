@@ -56,6 +56,11 @@ from cnet.train.timebox import TimeBox
 UNLOCK_CHOICES = ("decoder", "all")
 # What the model cards list for every stretch of a resumed run (see schedules_after_resume);
 # all_links: the decoder links connected (False: small-scale, the middle block only).
+# What to do about a start (--controlnet) or a checkpoint (--resume) made for another base:
+START_ON_THIS_BASE = (
+    "Start from a ControlNet trained on this base, or give the base it was trained on."
+)
+RESUME_ON_ITS_BASE = "Give the base that run trained on (--base)."
 SCHEDULE_FIELDS = (
     "learning_rate",
     "batch_size",
@@ -636,8 +641,12 @@ def train(config: TrainConfig) -> TrainResult:
         controlnet = load_controlnet(config.controlnet, base_folder(config.base), "float32", "cpu")
     else:
         controlnet = new_controlnet(parts["unet"], config.base, config.condition_zero_conv)
-    given = f"--resume {resume_dir}" if resume_dir else f"--controlnet {config.controlnet}"
-    check_controlnet_fits(controlnet.config, parts["unet"].config, given)  # a new one always does
+    given, fix = (
+        (f"--resume {resume_dir}", RESUME_ON_ITS_BASE)
+        if resume_dir
+        else (f"--controlnet {config.controlnet}", START_ON_THIS_BASE)
+    )
+    check_controlnet_fits(controlnet.config, parts["unet"].config, given, fix)  # a new one fits
     lock(parts["vae"], parts["text_encoder"], parts["unet"])
     controlnet.train()
     weight_dtype = locked_dtype(accelerator)
