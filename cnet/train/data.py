@@ -119,18 +119,20 @@ def check_pairs(root: Path, records: list[tuple[str, str, str]]) -> dict[int, in
     as tools that ignore EXIF (diffusers' data sets) pair them."""
     from cnet.imageio import ImageInputError, stored_size
 
-    missing = [name for record in records for name in record[:2] if not (root / name).is_file()]
+    sizes, orientations, missing, unreadable = {}, {}, [], []
+    for name in dict.fromkeys(name for record in records for name in record[:2]):
+        if not (root / name).is_file():
+            missing.append(name)
+            continue
+        try:
+            sizes[name], orientations[name] = stored_size(root / name)
+        except ImageInputError as error:
+            unreadable.append(str(error))
     if missing:
         raise FileNotFoundError(
             f"{root} lists {len(missing)} image(s) that are not there, e.g. {missing[0]}; "
             "restore them or drop their lines from the index file."
         )
-    sizes, orientations, unreadable = {}, {}, []
-    for name in dict.fromkeys(name for record in records for name in record[:2]):
-        try:
-            sizes[name], orientations[name] = stored_size(root / name)
-        except ImageInputError as error:
-            unreadable.append(str(error))
     if unreadable:
         raise ValueError(
             f"{root} lists {len(unreadable)} file(s) that are not readable images, e.g. "
