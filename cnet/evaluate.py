@@ -302,9 +302,9 @@ def evaluate(
     small sizes. The same images and figures as one process.
     """
     from cnet.models import size_multiple
+    from cnet.synth.sample import one_or_many
 
-    conditions = [conditions] if isinstance(conditions, str) else list(conditions)
-    settings = [settings] if isinstance(settings, str) else list(settings)
+    conditions, settings = list(one_or_many(conditions)), list(one_or_many(settings))
     for what, names, known in (
         ("condition", conditions, CONDITION_KEYS),
         ("setting", settings, SETTINGS),

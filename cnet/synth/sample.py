@@ -64,11 +64,11 @@ def generate(
     for name, value, least in (("seed", seed, 0), ("size", size, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"The {name} is a whole number of at least {least}, got {value!r}.")
-    keys = CONDITION_KEYS if conditions is None else _names(conditions)
+    keys = CONDITION_KEYS if conditions is None else one_or_many(conditions)
     unknown = [key for key in keys if key not in CONDITION_MAPS]
     if unknown:
         raise ValueError(f"Unknown condition {unknown}; choose from {', '.join(CONDITION_KEYS)}.")
-    include = _names(include)
+    include = one_or_many(include)
     if strange := [kind for kind in include if kind not in KINDS]:
         raise ValueError(f"Unknown object kind {strange[0]!r}; choose from: {', '.join(KINDS)}.")
     scene = sample_scene(seed, include)
@@ -83,7 +83,7 @@ def generate(
     )
 
 
-def _names(names: str | Iterable[str]) -> tuple[str, ...]:
+def one_or_many(names: str | Iterable[str]) -> tuple[str, ...]:
     """One name given alone, or several."""
     return (names,) if isinstance(names, str) else tuple(names)
 
