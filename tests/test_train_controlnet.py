@@ -1278,3 +1278,17 @@ def test_a_time_box_says_its_budget_as_given(minutes, shown):
     from cnet.train.timebox import TimeBox
 
     assert f"the {shown} time box (--max-minutes) is spent" in TimeBox(minutes, None).message(3)
+
+
+@pytest.mark.parametrize(
+    ("resume", "advice"),
+    [
+        (None, "run again with --resume latest to go on."),
+        ("runs/x/checkpoints/step-0000010", "run again with --resume latest to go on."),
+        ("latest", "run the same command to go on."),  # as `train embedded` runs every stage
+    ],
+)
+def test_a_time_box_says_what_going_on_takes(resume, advice):
+    from cnet.train.timebox import TimeBox
+
+    assert TimeBox(5, None, resume).message(3).endswith(advice)

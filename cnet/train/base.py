@@ -481,7 +481,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     arch = architecture(config.architecture)
     check_vae_sources(config, arch.latent_channels)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    timebox = TimeBox(config.max_minutes, accelerator)
+    timebox = TimeBox(config.max_minutes, accelerator, config.resume)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)

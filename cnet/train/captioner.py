@@ -324,7 +324,7 @@ def train(config: TrainConfig) -> TrainResult:
         then = ckpt.read_state(resume_dir)["config"]
         ckpt.refuse_reshaping(then, asdict(config), ("size",), resume_dir)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    timebox = TimeBox(config.max_minutes, accelerator)
+    timebox = TimeBox(config.max_minutes, accelerator, config.resume)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)

@@ -627,7 +627,7 @@ def train(config: TrainConfig) -> TrainResult:
     # With decoder links cut, the encoder-level zero convs get no gradient: DDP must allow that.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not connect_decoder)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
-    timebox = TimeBox(config.max_minutes, accelerator)
+    timebox = TimeBox(config.max_minutes, accelerator, config.resume)
     device, rank = accelerator.device, accelerator.process_index
     random.seed(config.seed + rank)
     np.random.seed(config.seed + rank)

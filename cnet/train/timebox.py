@@ -2,7 +2,8 @@
 
 A time-boxed run stops after the step during which its budget ran out, writes a checkpoint and
 exports its model as a run that reached --max-steps does; training.json's steps say how far it
-got, and the same command with --resume latest goes on from there.
+got, and the same command with --resume latest goes on from there (`train embedded`, whose
+stages always resume the latest checkpoint, says only "the same command").
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import torch
 
 
 class TimeBox:
-    def __init__(self, minutes: float | None, accelerator) -> None:
+    def __init__(self, minutes: float | None, accelerator, resume: str | None = None) -> None:
+        """`resume`: the run's --resume, which decides what going on takes."""
         if minutes is not None and minutes <= 0:
             raise ValueError(f"--max-minutes must be positive, got {minutes}.")
         self.minutes = minutes
+        self.resume = resume
         self.accelerator = accelerator
         self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
 
@@ -33,7 +36,9 @@ class TimeBox:
         """`exported`: False where the run has no model to export yet (the base's VAE phase)."""
         written = "Checkpoint and export written" if exported else "Checkpoint written"
         minutes = f"{self.minutes:.3g}" if self.minutes < 1000 else f"{self.minutes:.0f}"
+        # A named checkpoint given to --resume would start from that checkpoint again.
+        again = "the same command" if self.resume == "latest" else "again with --resume latest"
         return (
             f"Stopped at step {step}: the {minutes}-minute time box (--max-minutes) is "
-            f"spent. {written}; run again with --resume latest to go on."
+            f"spent. {written}; run {again} to go on."
         )
