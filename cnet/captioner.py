@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from cnet.imageio import ImageLike, to_rgb_array
+from cnet.models import run_result
 
 SD15_HUB_ID = "Salesforce/blip-image-captioning-base"
 MAX_CAPTION_CHARS = 200  # a caption becomes a prompt: keep it well inside CLIP's 77 tokens
@@ -254,9 +255,7 @@ def load_captioner(
     Raises CaptionerUnavailable, with the command that fetches or trains the captioner, when it is
     missing or broken. With HF_HUB_OFFLINE set, only the local cache is consulted.
     """
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file() and (path / "captioner" / "config.json").is_file():
-        path = path / "captioner"  # a training run's output folder: its result is in captioner/
+    path = Path(run_result(str(source), "captioner")).expanduser()
     is_dir = path.is_dir()
     if not is_dir and not _looks_like_hub_id(str(source)):
         raise CaptionerUnavailable(_unavailable_message(str(source), False, "missing"))

@@ -600,12 +600,18 @@ def resolve_preset(
     return chosen, reason
 
 
+def run_result(source: str, result: str) -> str:
+    """`source`, or where it is a training run's output folder (no config.json of its own), the
+    model the run exported into its `result` subfolder (controlnet/, captioner/)."""
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file() and (path / result / "config.json").is_file():
+        return str(path / result)
+    return source
+
+
 def trained_controlnet(source: str) -> str:
     """`source`, or where it is a `cnet train controlnet` run's folder, the run's result in it."""
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file() and (path / "controlnet" / "config.json").is_file():
-        return str(path / "controlnet")
-    return source
+    return run_result(source, "controlnet")
 
 
 def _embedded(device: str) -> Preset:

@@ -281,3 +281,14 @@ def test_install_refuses_an_unfinished_decoder_one_of_another_base_and_a_folder_
     with pytest.raises(ValueError, match="stopped at step 2 of 5: finish it first"):
         install(run, packed)
     assert (packed / "base" / "README.md").read_text() == BASE_CARD
+
+
+def test_an_interrupted_decoder_run_names_its_one_checkpoint_file(tmp_path):
+    import argparse
+
+    from cnet.train.cli import interrupted
+
+    args = argparse.Namespace(output_dir=str(tmp_path))  # the decoder resumes by itself
+    assert "before the first checkpoint" in interrupted(args)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert f"the last checkpoint is {tmp_path / 'checkpoint.pt'} (the steps" in interrupted(args)

@@ -25,6 +25,7 @@ from cnet.cli.options import folder_problem
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
+DECODER_CHECKPOINT = "checkpoint.pt"  # the decoder fine-tune keeps one file, overwritten
 
 
 def changed_settings(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> dict:

@@ -215,13 +215,13 @@ def run(args: argparse.Namespace) -> int:
 
 def last_checkpoint(args: argparse.Namespace) -> Path | None:
     """The newest checkpoint of the run `args` name (None: none yet, or train embedded's many)."""
-    from cnet.train.checkpoint import list_checkpoints
+    from cnet.train.checkpoint import DECODER_CHECKPOINT, list_checkpoints
 
     if "output_dir" not in args:
         return None
     output_dir = Path(args.output_dir)
-    decoders = [path for path in (output_dir / "checkpoint.pt",) if path.is_file()]
-    return (list_checkpoints(output_dir) or decoders or [None])[-1]
+    decoder = output_dir / DECODER_CHECKPOINT
+    return (list_checkpoints(output_dir) or [decoder if decoder.is_file() else None])[-1]
 
 
 def interrupted(args: argparse.Namespace) -> str:

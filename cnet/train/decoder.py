@@ -30,7 +30,13 @@ from cnet.synth import generate, split_seeds
 from cnet.synth.maps import training_kinds
 from cnet.synth.sample import CONDITION_KEYS, condition_sample
 from cnet.train.base import frame_mask, object_weights, vae_trainables
-from cnet.train.checkpoint import changes_note, check_writable, commit_export, partial_of
+from cnet.train.checkpoint import (
+    DECODER_CHECKPOINT,
+    changes_note,
+    check_writable,
+    commit_export,
+    partial_of,
+)
 from cnet.train.limits import check_numbers
 from cnet.train.lineage import read_lineage, recorded_runs, run_record, write_lineage
 from cnet.train.schedule import lr_factor
@@ -304,7 +310,7 @@ def train(config: DecoderConfig) -> Path:
     check_writable(config.output_dir)
     output_dir = Path(config.output_dir)
     base_lineage = recorded_runs(vae_source.parent)
-    checkpoint = output_dir / "checkpoint.pt"
+    checkpoint = output_dir / DECODER_CHECKPOINT
     saved = torch.load(checkpoint) if checkpoint.is_file() else None
     if saved is not None:  # before any pair is sampled for it
         check_made_for(saved, checkpoint, config.model_dir, base_lineage)
