@@ -13,6 +13,8 @@ on a busy 2-core machine. Handing the client one `ssl.SSLContext` (`ssl_verify=`
 cost, which belongs to the client, not to the app (tests/app_server.py `api_client` does it);
 the default set-up is timed too.
 `--server-phases` also prints Gradio's own per-phase timings of the app's side of each request.
+Before the timed runs, the app's process is left idle for `--idle-seconds` and its CPU use printed:
+an idle app's polling takes CPU from a generation on a small machine.
 
     python benchmarks/bench_app.py                        # embedded model, or the tiny one
     python benchmarks/bench_app.py --model-dir DIR --repeats 9 --threads 1 --server-phases
@@ -69,6 +71,16 @@ def server_phases(url: str, endpoint: str) -> dict[str, float]:
     return {field: statistics.median(t[field] for t in traces) for field in PHASES}
 
 
+def idle_cpu_share(pid: int, seconds: float) -> float:
+    """The share of one core the process uses over `seconds` in which nothing is asked of it."""
+    import psutil
+
+    process = psutil.Process(pid)
+    before = sum(process.cpu_times()[:2])
+    time.sleep(seconds)
+    return (sum(process.cpu_times()[:2]) - before) / seconds
+
+
 def clear_server_phases(url: str) -> None:
     request = urllib.request.Request(url + "gradio_api/profiling/clear", method="POST")
     urllib.request.urlopen(request).close()
@@ -92,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout", type=positive_number, default=300.0, help="seconds to wait for the UI"
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=positive_number,
+        default=10.0,
+        help="how long the app's CPU use is measured while it waits for requests (default: 10)",
     )
     parser.add_argument(
         "--server-phases",
@@ -152,6 +170,7 @@ def main() -> None:
         paths["engine.generate"] = lambda: engine.generate(request).images[0]
         for run in paths.values():  # warm-up: model and ControlNet loading, detector, caches
             run()
+        idle_share = idle_cpu_share(process.pid, args.idle_seconds)
         if args.server_phases:
             clear_server_phases(url)
         times: dict[str, list[float]] = {name: [] for name in paths}
@@ -197,6 +216,10 @@ def main() -> None:
         )
     ratio = statistics.median(times[SHARED_CONTEXT]) / engine_median
     print(f"\nratio app / engine (medians, one SSL context): {ratio:.3f} (target <= 1.10)")
+    print(
+        f"the app's CPU while idle (weights loaded, no request, {args.idle_seconds:g} s): "
+        f"{100 * idle_share:.1f} % of one core"
+    )
     if phases:
         print()
         print(f"| the app's side of each /{args.condition} request (Gradio profiling) | ms |")

@@ -127,3 +127,22 @@ def test_a_port_in_use_is_named_with_the_flag_to_change(app, no_model, caplog):
             assert app.main([*no_model, "--port", used]) == 1
     assert f"Cannot listen on 127.0.0.1:{used}: the port is in use" in caplog.text
     assert "choose another --port" in caplog.text
+
+
+def test_the_queue_polls_at_the_apps_rate_not_every_millisecond(app, caplog):
+    demo = gr.Blocks()
+    demo.queue()
+    app.calm_queue(demo._queue)
+    for name, seconds in app.QUEUE_POLL_SECONDS.items():
+        assert getattr(demo._queue, name) == seconds
+    assert not caplog.records  # this Gradio still has the attributes it reads
+
+    class RenamedQueue:
+        sleep_when_free = 0.001
+
+    renamed = RenamedQueue()
+    with caplog.at_level(logging.WARNING):
+        app.calm_queue(renamed)
+    assert renamed.sleep_when_free == 0.02
+    assert not hasattr(renamed, "progress_update_sleep_when_free")
+    assert "no progress_update_sleep_when_free" in caplog.text

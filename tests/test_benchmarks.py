@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -46,6 +48,7 @@ REFUSED = [
     ("bench_app", ["--random", "tiny", "--model-dir", "m"], "--random builds a model of random"),
     ("bench_app", ["--timeout", "0"], "argument --timeout: expected a number above 0, got '0'"),
     ("bench_app", ["--condition", "edges"], "argument --condition: invalid choice: 'edges'"),
+    ("bench_app", ["--idle-seconds", "0"], "argument --idle-seconds: expected a number above 0"),
     ("bench_startup", ["--runs", "0"], f"argument --runs: {WHOLE} '0'"),
     ("bench_startup", ["--threads", "0"], f"argument --threads: {WHOLE} '0'"),
     ("bench_gpu", ["--steps", "-3"], f"argument --steps: {WHOLE} '-3'"),
@@ -70,7 +73,13 @@ def test_a_bad_argument_is_refused_before_anything_runs(name, argv, message, cap
 
 DEFAULTS = {
     "bench_engine": {"condition": "canny", "steps": 20, "repeats": 7, "device": None},
-    "bench_app": {"condition": "canny", "steps": 20, "repeats": 7, "timeout": 300.0},
+    "bench_app": {
+        "condition": "canny",
+        "steps": 20,
+        "repeats": 7,
+        "timeout": 300.0,
+        "idle_seconds": 10.0,
+    },
     "bench_startup": {"condition": "canny", "steps": 20, "runs": 3, "threads": None},
     "bench_gpu": {"steps": 20, "repeats": 5, "compile_mode": None},
     "bench_detectors": {"repeats": 15, "resolution": 512},
@@ -102,6 +111,21 @@ def test_the_app_is_asked_for_the_presets_sampler_and_guidance_scale():
     assert (settings["sampler"], settings["cfg"], settings["resolution"]) == ("DDIM", 2.0, 64)
     del settings["randomize_seed"]
     GenerationRequest(np.zeros((8, 8, 3), np.uint8), "canny", **settings).validate()
+
+
+def test_idle_cpu_tells_a_sleeping_process_from_a_busy_one():
+    idle_cpu_share = script("bench_app").idle_cpu_share
+    code = {"sleeping": "import time; time.sleep(30)", "busy": "while True: pass"}
+    shares = {}
+    for name, statement in code.items():
+        process = subprocess.Popen([sys.executable, "-c", statement])
+        try:
+            time.sleep(0.3)  # past the interpreter's start
+            shares[name] = idle_cpu_share(process.pid, 0.5)
+        finally:
+            process.kill()
+            process.wait()
+    assert shares["sleeping"] < 0.05 < 0.2 < shares["busy"]
 
 
 def test_the_drawing_backend_is_timed_on_an_upload_and_the_canvas_on_a_strokes_layer():
