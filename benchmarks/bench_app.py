@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,6 +48,7 @@ from bench_startup import (  # noqa: E402
     temporary_folder,
     wait_until_answering,
 )
+from measured_on import machine_line, software_line  # noqa: E402
 
 from cnet.cli.options import positive_int, positive_number  # noqa: E402
 from cnet.conditions import CONDITIONS  # noqa: E402
@@ -189,15 +189,14 @@ def main() -> None:
 
     direct = np.asarray(images["engine.generate"], np.int16)
     difference = max(np.abs(np.asarray(images[name], np.int16) - direct).max() for name in clients)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps "
         f"{settings['sampler']}, CFG {settings['cfg']:g}, 1 image"
     )
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
-        f"device {engine.preset.device}, torch threads {engine.threads} on both sides"
+        machine_line(f"device {engine.preset.device}, torch threads {engine.threads} on both sides")
     )
+    print(software_line())
     print(
         f"repeats: {args.repeats} (interleaved), max pixel difference app vs engine: {difference}"
     )

@@ -7,7 +7,6 @@ for Canny, measured in the same run. Prints a Markdown table; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -15,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from measured_on import machine_line, software_line  # noqa: E402
 
 from cnet.cli.options import positive_int  # noqa: E402
 from cnet.conditions import CONDITIONS  # noqa: E402
@@ -69,8 +70,9 @@ def main() -> None:
 
     import torch
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads "
-          f"{torch.get_num_threads()}, resolution {res}, median of {args.repeats}\n")  # fmt: skip
+    print(machine_line(f"torch threads {torch.get_num_threads()}"))
+    print(software_line())
+    print(f"resolution {res}, median of {args.repeats}\n")
     print("| condition | backend | median ms |")
     print("|---|---|---:|")
     for key, condition in CONDITIONS.items():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -25,9 +24,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from measured_on import machine_line, software_line  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cnet.cli.options import positive_int, usable_device  # noqa: E402
@@ -146,9 +147,11 @@ def main() -> None:
         f"{request.sampler}, CFG {request.cfg:g}"
     )
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"device {preset.device} {preset.dtype}, torch threads {torch.get_num_threads()}"
+        machine_line(
+            f"device {preset.device} {preset.dtype}, torch threads {torch.get_num_threads()}"
+        )
     )
+    print(software_line())
     print(
         f"repeats: {args.repeats} (interleaved), max pixel difference engine vs bare: {difference}"
     )

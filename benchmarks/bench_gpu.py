@@ -15,7 +15,6 @@ ControlNet and the UNet each run on a batch of 2 (unconditional + conditional) 6
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measured_on import machine_line, software_line  # noqa: E402
+
 from cnet.cli.options import positive_int  # noqa: E402
 from cnet.models import compile_problem  # noqa: E402
 
@@ -182,21 +184,23 @@ def main() -> int:
             rows.append((name, result))
             print(f"measured: {name} {result['its']:.2f} it/s", file=sys.stderr)
 
+    gpu = []
     if device == "cuda":
-        machine = torch.cuda.get_device_name()
-        memory = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
-    else:
-        machine, memory = f"{platform.machine()} CPU", ""
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        gpu = [
+            f"GPU {torch.cuda.get_device_name()}",
+            f"CUDA {torch.version.cuda}",
+            f"peak GPU memory {peak:.1f} GiB",
+        ]
     model = "SD 1.5-sized" if config is SD15_UNET else "tiny (smoke test)"
     print(
         f"{model} UNet + ControlNet, random weights, {size * 8}x{size * 8}, {args.steps} steps, "
         f"batch 1 (CFG: model batch 2), {str(dtype).removeprefix('torch.')}, "
         f"attention {', '.join(sorted(attention))}"
     )
-    print(
-        f"machine: {machine}, torch {torch.__version__}{memory}; "
-        f"median of {args.repeats} runs after 2 warm-up runs"
-    )
+    print(machine_line(*gpu))
+    print(software_line())
+    print(f"median of {args.repeats} runs after 2 warm-up runs")
     print()
     print("| variant | it/s (median) | it/s (best) | first run s | vs A100 no compile |")
     print("|---|---|---|---|---|")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,9 @@ APP = ROOT / "app.py"
 EMBEDDED = ROOT / "assets" / "embedded"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from app_server import answers, api_client, free_port  # noqa: E402
+from measured_on import machine_line, software_line  # noqa: E402
 
 from cnet.cli.options import positive_int, positive_number  # noqa: E402
 from cnet.conditions import CONDITIONS  # noqa: E402
@@ -322,16 +323,14 @@ def main() -> None:
             file=sys.stderr,
         )
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"app: {args.app}")
     print(
         f"model: {model_name}, {args.condition}, {resolution}x{resolution}, {args.steps} steps, "
         "1 image"
     )
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load:.1f}, "
-        f"OMP_NUM_THREADS={args.threads or os.environ.get('OMP_NUM_THREADS', 'unset')}"
-    )
+    threads = args.threads or os.environ.get("OMP_NUM_THREADS", "unset")
+    print(machine_line(f"OMP_NUM_THREADS={threads}"))
+    print(software_line())
     print()
     print("| run | process start -> UI answers s | process start -> first image s |")
     print("|---|---|---|")

@@ -16,15 +16,16 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cv2  # noqa: E402
+from measured_on import machine_line, software_line  # noqa: E402
 
 from cnet.cli.options import positive_int  # noqa: E402
 from cnet.synth.sample import CONDITION_KEYS, generate  # noqa: E402
@@ -66,10 +67,9 @@ def main() -> None:
         for key in CONDITION_KEYS
     ]
     rows.append(("target + all seven maps", rate(lambda s: generate(s, args.size), seeds, repeats)))
-    machine = platform.processor() or platform.machine()
-    load = f"load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    print(f"{args.scenes} scenes at {args.size} px, median of {repeats}, one thread, {machine}")
-    print(f"({load})")
+    print(machine_line(f"{load_before:.1f} before the runs", "one thread"))
+    print(software_line())
+    print(f"{args.scenes} scenes at {args.size} px, median of {repeats}")
     print(f"| {'what':<30} | scenes/s (wall) | scenes/s (CPU time) | CPU ms/scene |")
     print(f"|{'-' * 32}|----------------:|--------------------:|-------------:|")
     for name, (wall, cpu) in rows:

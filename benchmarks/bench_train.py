@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing the package
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from measured_on import machine_line, software_line  # noqa: E402
+
 from cnet.cli.options import positive_int  # noqa: E402
 
 MODES = {"full": True, "small-scale": False}  # mode -> connect_decoder
@@ -161,9 +163,10 @@ def main() -> None:
     print(
         f"ControlNet training step, {args.architecture} architecture, {first['resolution']} px, "
         f"batch {args.batch_size}, {first['trainable_params_m']:.1f} M trainable parameters, "
-        f"{platform.machine()} {os.cpu_count()} CPUs, {args.threads or 'default'} threads, "
         f"median of {args.rounds} rounds x {args.steps} steps"
     )
+    print(machine_line(f"{args.threads or 'default'} torch threads"))
+    print(software_line())
     print()
     print("| mode | steps/s | s/step | peak RSS | of which training | peak GPU |")
     print("|---|---|---|---|---|---|")

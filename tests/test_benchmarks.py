@@ -155,3 +155,19 @@ def test_an_app_that_exits_is_named_with_its_log(tmp_path, capsys):
     assert "error: variant.py exited; the end of its log:\nfailing on purpose" in (
         capsys.readouterr().err
     )
+
+
+def test_every_table_names_the_machine_and_the_package_versions(monkeypatch):
+    import torch
+
+    measured_on = script("measured_on")
+    line = measured_on.machine_line("torch threads 1")
+    assert line.startswith("machine: ") and f", {os.cpu_count()} cores, load average " in line
+    assert line.endswith(", torch threads 1")
+    software = measured_on.software_line()
+    assert f"torch {torch.__version__.split('+')[0]}" in software and "python 3." in software
+    monkeypatch.setattr(measured_on, "PACKAGES", ("no-such-package-here",))
+    assert measured_on.software_line().endswith("no-such-package-here not installed")
+    for name in ("bench_app", "bench_startup", "bench_engine", "bench_gpu", "bench_detectors",
+                 "bench_train", "bench_synth"):  # fmt: skip
+        assert "software_line()" in (BENCHMARKS / f"{name}.py").read_text(), name
