@@ -332,9 +332,9 @@ def test_counts_below_one_are_refused_on_the_command_line(flag, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--num-test-scenes", "5000"], "--num-test-scenes 5000: The test split has 1000 seeds"),
+        (["--num-test-scenes", "5000"], "--num-test-scenes 5000: The test split holds 1000 scenes"),
         (["--num-validation-scenes", "200000"], "--num-validation-scenes 200000: The validation"),
-        (["--evaluate", "anything", "--scenes", "5000"], "--scenes 5000: The test split has 1000"),
+        (["--evaluate", "anything", "--scenes", "5000"], "--scenes 5000: The test split holds"),
     ],
 )
 def test_more_scenes_than_a_split_holds_are_refused_before_training(

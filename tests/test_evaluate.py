@@ -453,7 +453,7 @@ def test_eval_names_what_is_missing_or_out_of_reach_before_scoring(
     assert run(eval_args(tmp_path / "nothing", tmp_path)) == 1  # as in cnet generate
     assert f"{tmp_path / 'nothing' / 'base'} does not exist" in capsys.readouterr().err
     assert run(eval_args(tiny_model_dir, tmp_path, "--scenes", "1001")) == 2
-    assert "The test split has 1000 seeds from 0; asked 1001." in capsys.readouterr().err
+    assert "The test split holds 1000 scenes; asked for 1001." in capsys.readouterr().err
     parser = argparse.ArgumentParser()
     configure(parser)
     for bad in (["--conditions", "foo"], ["--scenes", "0"], ["--size", "-8"]):

@@ -79,6 +79,8 @@ def test_splits_share_no_seed():
     assert list(split_seeds("test", 3, start=2)) == [1_000_002, 1_000_003, 1_000_004]
     with pytest.raises(ValueError, match="choose from"):
         split_seeds("dev")
+    with pytest.raises(ValueError, match=r"test split holds 1000 scenes, 2 of them from scene 998"):
+        split_seeds("test", 3, start=998)
 
 
 def test_masks_depth_seg_and_target_coincide():

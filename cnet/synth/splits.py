@@ -18,7 +18,8 @@ def split_seeds(split: str, count: int | None = None, start: int = 0) -> range:
     seeds = SPLITS[split][start:]
     if count is not None:
         if count > len(seeds):
-            left = f"{len(seeds)} seed" + ("" if len(seeds) == 1 else "s")
-            raise ValueError(f"The {split} split has {left} from {start}; asked {count}.")
+            total = len(SPLITS[split])
+            after = f", {len(seeds)} of them from scene {start} on" if start else ""
+            raise ValueError(f"The {split} split holds {total} scenes{after}; asked for {count}.")
         seeds = seeds[:count]
     return seeds
