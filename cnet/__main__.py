@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     command_parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=COMMANDS[name][1])
     module.configure(command_parser)
-    return module.run(command_parser.parse_args(argv[1:]))
+    try:
+        return module.run(command_parser.parse_args(argv[1:]))
+    except KeyboardInterrupt:  # commands with more to say about what was kept catch it first
+        print("\ninterrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

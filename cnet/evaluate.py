@@ -57,6 +57,8 @@ EDGE_CONDITIONS = ("canny", "hough")
 TABLE_FILE = "table.md"
 RESULTS_FILE = "results.json"
 SCENES_FILE = "scenes.json"  # every scene's figures (`scene_figures`), for `python -m cnet compare`
+GRID_FILE = "samples.png"
+NEW_GRID_FILE = "samples.new.png"  # until the other files are written beside it
 # and which models made each condition's rows ("models", `evaluated_models`)
 REPORT_FILES = (TABLE_FILE, RESULTS_FILE, SCENES_FILE)  # what a packed preset keeps of a run
 SETTINGS = {  # name -> (prompt mode, control strength)
@@ -563,9 +565,10 @@ def floor_table(per_scene: PerScene, seeds: Sequence[int]) -> str:
     is the one surface whose shade follows the scene's light (which neither prompt nor map gives),
     and the scribble, hough and pose maps do not show where it begins."""
     floor = with_floor(seeds)
+    floors, walls = int(floor.sum()), int((~floor).sum())
     lines = [
-        f"Foreground IoU and shape IoU in the {floor.sum()} scenes with a floor and the "
-        f"{(~floor).sum()} without (the wall alone behind the objects):",
+        f"Foreground IoU and shape IoU in the {floors} scene{'s' * (floors != 1)} with a floor "
+        f"and the {walls} without (the wall alone behind the objects):",
         "",
         "| condition | setting | foreground IoU, floor | without | shape IoU, floor | without |",
         "|---|---|---|---|---|---|",
@@ -806,6 +809,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from a worker's convolution
+        print(f"\ninterrupted: nothing was written in {args.out}.", file=sys.stderr)
+        return 130
+    finally:  # the new grid replaces the old one only beside the new table
+        (args.out / NEW_GRID_FILE).unlink(missing_ok=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     from cnet.engine import ModelMissingError, load_engine
     from cnet.models import size_multiple
 
@@ -815,7 +828,10 @@ def run(args: argparse.Namespace) -> int:
         conditions = args.conditions or list(CONDITION_KEYS)
         engine.check_weights(conditions)
         args.size = args.size or engine.preset.resolution
-        threads = max(1, (os.cpu_count() or 1) // args.workers)
+        workers = min(args.workers, len(conditions))  # a process scores whole conditions
+        if workers < args.workers:
+            print(f"--workers {args.workers}: {len(conditions)} conditions, {workers} processes.")
+        threads = max(1, (os.cpu_count() or 1) // workers)
         cfg = engine.preset.cfg if args.cfg is None else args.cfg
         sampler = args.sampler or engine.preset.sampler
         seeds = split_seeds(args.split, args.scenes)
@@ -833,8 +849,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    grid = args.out / "samples.png"
-    grid.unlink(missing_ok=True)  # written anew only when a user-prompt row is scored
+    grid, new_grid = args.out / GRID_FILE, args.out / NEW_GRID_FILE
     per_scene = evaluate(
         engine,
         conditions,
@@ -842,8 +857,8 @@ def run(args: argparse.Namespace) -> int:
         args.size,
         args.steps,
         args.settings,
-        grid_path=grid,
-        workers=args.workers,
+        grid_path=new_grid,
+        workers=workers,
         engine_options={"preset": args.preset, "model_dir": args.model_dir, "threads": threads},
         cfg=cfg,
         sampler=sampler,
@@ -874,6 +889,10 @@ def run(args: argparse.Namespace) -> int:
     (args.out / RESULTS_FILE).write_text(json.dumps(results, indent=2))
     figures = scene_figures(per_scene, seeds, sampling, made_by)
     (args.out / SCENES_FILE).write_text(json.dumps(figures))
+    if new_grid.is_file():
+        new_grid.replace(grid)
+    else:  # drawn only when a user-prompt row is scored; an earlier one shows other rows
+        grid.unlink(missing_ok=True)
     written = [TABLE_FILE, RESULTS_FILE, SCENES_FILE] + [grid.name] * grid.is_file()
     print(f"Wrote {', '.join(written)} in {args.out}")
     return 0

@@ -136,6 +136,11 @@ def test_the_floor_table_sets_the_scenes_with_a_floor_apart(samples):
     text = floor_table({"seg": {"user prompt": rows}}, SEEDS)
     assert f"in the {sum(floor)} scenes with a floor and the {12 - sum(floor)} without" in text
     assert "| seg | user prompt | 1.000 | 0.250 | 0.500 | 0.750 |" in text
+    one_each = floor.index(True), floor.index(False)
+    text = floor_table(
+        {"seg": {"user prompt": [rows[i] for i in one_each]}}, [SEEDS[i] for i in one_each]
+    )
+    assert "in the 1 scene with a floor and the 1 without" in text
 
 
 def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
@@ -375,6 +380,47 @@ def test_eval_on_the_validation_split_leaves_the_test_scenes_alone(tiny_model_di
     scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
     assert scenes["seeds"] == list(split_seeds("validation", 2))
     assert not set(scenes["seeds"]) & set(split_seeds("test"))
+
+
+def test_an_interrupted_eval_leaves_an_earlier_evaluation_whole(tiny_model_dir, tmp_path, capsys):
+    from cnet import evaluate
+
+    settings = ["--conditions", "canny", "--settings", "user prompt"]
+    assert evaluate.run(eval_args(tiny_model_dir, tmp_path, *settings)) == 0
+    out = tmp_path / "eval"
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert "samples.png" in earlier
+
+    scored = evaluate.evaluate
+
+    def interrupted_after_the_grid(*args, **kwargs):  # Ctrl-C as the table is being made
+        scored(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "evaluate", interrupted_after_the_grid)
+        assert evaluate.run(eval_args(tiny_model_dir, tmp_path, *settings, "--steps", "3")) == 130
+    assert f"interrupted: nothing was written in {out}." in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+
+def test_eval_starts_no_more_processes_than_conditions_and_shares_the_cores_among_them(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    from cnet import evaluate
+
+    asked = {}
+
+    def recorded(*args, workers, engine_options, **kwargs):
+        asked.update(workers=workers, threads=engine_options["threads"])
+        raise KeyboardInterrupt  # nothing to score in this test
+
+    monkeypatch.setattr(evaluate, "evaluate", recorded)
+    monkeypatch.setattr(evaluate.os, "cpu_count", lambda: 16)
+    options = ["--conditions", "canny", "depth", "--workers", "8"]
+    assert evaluate.run(eval_args(tiny_model_dir, tmp_path, *options)) == 130
+    assert asked == {"workers": 2, "threads": 8}
+    assert "--workers 8: 2 conditions, 2 processes." in capsys.readouterr().out
 
 
 def test_eval_into_replaces_the_conditions_it_scores_and_keeps_the_others(

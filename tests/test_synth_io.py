@@ -155,3 +155,15 @@ def test_examples_command_names_its_files_in_the_model_folders_preset(tmp_path, 
     assert pose["canvas_width"] == 64 and len(pose["people"]) >= 1
     scribble = np.asarray(Image.open(tmp_path / settings["examples"]["scribble"][0]["file"]))
     assert np.median(scribble) == 255  # dark strokes on white paper
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    from cnet import __main__
+    from cnet.synth import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert __main__.main(["synth", "export", "--condition", "canny", "fill50k", "out"]) == 130
+    assert capsys.readouterr().err == "\ninterrupted.\n"
