@@ -833,3 +833,16 @@ def test_pack_names_a_controlnet_trained_on_an_earlier_base(recipe, tiny_model_d
     with pytest.raises(ValueError, match="trained on an earlier base.*--only controlnet-all"):
         pack(recipe, tmp_path / "second")
     assert not (tmp_path / "second").exists()
+
+
+def test_resuming_the_same_time_boxed_command_reports_no_changed_setting():
+    from cnet.train.checkpoint import changes_note
+
+    saved = {"max_minutes": 0.0099994, "resume": None, "learning_rate": 1e-4}
+    again = {"max_minutes": 0.0099967, "resume": "latest", "learning_rate": 1e-4}  # what is left
+    assert changes_note(saved, again) == ""
+    changed = changes_note(saved, {**again, "learning_rate": 1e-5})
+    assert (
+        changed
+        == "Settings changed since that checkpoint (was, now): {'learning_rate': (0.0001, 1e-05)}"
+    )

@@ -520,7 +520,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
         )
     if saved:
         ckpt.refuse_reshaping(saved["config"], asdict(config), ("architecture",), resume_dir)
-        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume",)):
+        if note := ckpt.changes_note(saved["config"], asdict(config)):
             accelerator.print(note)
     # The VAE phase's length as it ran: a --vae-steps changed on resume in the UNet phase must
     # not rename the UNet checkpoints (older ones would then sort as "latest").

@@ -381,7 +381,7 @@ def train(config: TrainConfig) -> TrainResult:
         per_step = examples_per_step(saved["config"], accelerator.num_processes)
         position = stream_position(saved, per_step)
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
-        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume",)):
+        if note := ckpt.changes_note(saved["config"], asdict(config)):
             accelerator.print(note)
 
     batches = BatchStream(

@@ -39,10 +39,15 @@ def changed_settings(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> di
     }
 
 
+# Settings of one invocation, not of the training: `train embedded` gives each stage what is
+# left of its --max-minutes, a new figure at every resume of the same command.
+PER_INVOCATION = ("resume", "max_minutes")
+
+
 def changes_note(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> str:
     """The line a resume prints for the settings that differ from its checkpoint's ("" if none):
     a flag left out of the resumed command takes its default, not the checkpoint's value."""
-    different = changed_settings(saved, now, ignore)
+    different = changed_settings(saved, now, PER_INVOCATION + ignore)
     return f"Settings changed since that checkpoint (was, now): {different}" if different else ""
 
 

@@ -701,7 +701,7 @@ def train(config: TrainConfig) -> TrainResult:
             saved, examples_per_step(saved["config"], accelerator.num_processes)
         )
         accelerator.print(f"Resumed from {resume_dir} at step {step}.")
-        if note := ckpt.changes_note(saved["config"], asdict(config), ("resume", "controlnet")):
+        if note := ckpt.changes_note(saved["config"], asdict(config), ("controlnet",)):
             accelerator.print(note)
         if config.reconnect_decoder and not saved["connect_decoder"]:
             accelerator.print("Reconnected the decoder links: all encoder levels now injected.")
