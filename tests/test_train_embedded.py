@@ -228,6 +228,39 @@ def test_pack_refuses_without_a_base(recipe, tmp_path):
     assert not (tmp_path / "preset").exists()
 
 
+def test_a_refused_pack_remembers_no_step_count_and_makes_no_folder(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    embedded.configure(parser)
+    runs = tmp_path / "typo"
+    command = ["--runs", str(runs), "--pack", str(tmp_path / "preset"), "--unet-steps", "5"]
+    assert embedded.run(parser.parse_args(command)) == 2
+    said = capsys.readouterr()
+    assert "The base is not trained yet" in said.err and "Steps:" not in said.out
+    assert not runs.exists() and not (tmp_path / "preset").exists()
+
+
+def test_pack_before_the_shared_controlnet_names_it_not_the_fine_tunes(
+    recipe, tiny_model_dir, tmp_path, capsys
+):
+    import argparse
+
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "canny", STEPS.controlnet)  # its start is not there
+    assert pack(recipe, tmp_path / "preset") == ["controlnet-all", "captioner"]
+    assert not (tmp_path / "preset" / "controlnet").exists()
+
+    embedded.remember_steps(tmp_path / "runs", STEPS)
+    parser = argparse.ArgumentParser()
+    embedded.configure(parser)
+    command = ["--runs", str(tmp_path / "runs"), "--pack", str(tmp_path / "again")]
+    assert embedded.run(parser.parse_args(command)) == 0
+    out = capsys.readouterr().out
+    assert "Not finished, so not packed: controlnet-all, captioner." in out
+    assert "warning: no condition has a ControlNet until controlnet-all finishes" in out
+
+
 def test_pack_writes_the_embedded_layout_in_fp16_with_cards(recipe, tiny_model_dir, tmp_path):
     finish_base(recipe, tiny_model_dir)
     finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)

@@ -657,15 +657,19 @@ def check_evaluated(
     return [condition for condition in read_metrics(metrics_path) if condition not in made_by]
 
 
-def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
-    """Copy the finished models to `out` in the embedded layout, with the evaluation in
-    `metrics_path`'s folder when given; returns what is missing."""
+def check_packable(recipe: dict[str, Stage]) -> None:
     base = recipe["base"]
     if not base.finished():
         raise FileNotFoundError(
             f"The base is not trained yet ({base.result}); nothing to pack. Run "
             f"python -m cnet train embedded --runs {base.run_dir.parent}"
         )
+
+
+def pack(recipe: dict[str, Stage], out: Path, metrics_path: Path | None = None) -> list[str]:
+    """Copy the finished models to `out` in the embedded layout, with the evaluation in
+    `metrics_path`'s folder when given; returns what is missing."""
+    check_packable(recipe)
     metrics = read_metrics(metrics_path) if metrics_path else {}
     staging = out.with_name(out.name + ".packing")
     shutil.rmtree(staging, ignore_errors=True)
@@ -716,10 +720,12 @@ def pack_into(
         if stage.ships_as is None:
             continue
         if not stage.finished():
-            if name.startswith("controlnet-") and shared.is_dir():
-                shared_serves.append(stage.config.condition)
-            else:
+            if not name.startswith("controlnet-"):
                 missing.append(name)
+            elif shared.is_dir():
+                shared_serves.append(stage.config.condition)
+            else:  # the fine-tunes start from it: it is the stage to finish first
+                missing.append(SHARED)
             continue
         target = staging / stage.ships_as
         if name == "base":
@@ -868,8 +874,11 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
         check_pack_target(Path(args.pack), Path(args.runs))
     steps = recipe_steps(Path(args.runs), given)
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
-    if not args.pack:
-        check_needs(recipe, args.only)  # a refused command remembers nothing
+    # a refused command remembers nothing
+    if args.pack:
+        check_packable(recipe)
+    else:
+        check_needs(recipe, args.only)
     reopened = reopened_stages(recipe, Path(args.runs), given, args)  # before they are remembered
     if given or not args.pack:
         remember_steps(Path(args.runs), steps)
@@ -890,4 +899,9 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
         print(f"Served by the shared ControlNet until their own finish: {', '.join(shared)}.")
     if missing:
         print(f"Not finished, so not packed: {', '.join(missing)}.")
+    if SHARED in missing:
+        print(
+            f"warning: no condition has a ControlNet until {SHARED} finishes: the app will show "
+            "control maps and say what is missing at Run."
+        )
     return 0
