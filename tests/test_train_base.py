@@ -334,6 +334,8 @@ def test_a_base_continued_from_another_starts_from_all_its_parts(trained, tmp_pa
     out = tmp_path / "continued"
     # Learning rate 0: the weights stay where they started, so they show where that was.
     frozen = dict(unet_learning_rate=0.0, text_encoder_learning_rate=0.0, validate_every=0)
+    (out / "tokenizer").mkdir(parents=True)  # left by a run refused for another base
+    (out / "tokenizer" / "tokenizer_config.json").write_text("{}")
     continued = train_base(tiny_run(out, base_init=str(base_dir), vae_steps=0, **frozen))
     for part in ("vae", "text_encoder", "unet"):
         assert not changed(weights(base_dir / part), weights(continued / part)), part
@@ -345,6 +347,19 @@ def test_a_base_continued_from_another_starts_from_all_its_parts(trained, tmp_pa
         summary["scaling_factor"]
         == json.loads((first / "training.json").read_text())["scaling_factor"]
     )
+
+
+def test_a_base_init_of_another_architecture_is_one_line_naming_the_part(trained):
+    from cnet.train.base import load_base_into
+
+    base_dir, _ = trained
+    with pytest.raises(ValueError) as refused:
+        load_base_into({"vae": torch.nn.Linear(2, 2)}, base_dir, "small")
+    message = str(refused.value)
+    assert message.startswith(
+        f"--base-init {base_dir}: its vae is not of the small architecture this run builds ("
+    )
+    assert "\n" not in message
 
 
 def test_a_decoder_only_vae_phase_keeps_the_encoder_so_the_unet_latents_stay(trained, tmp_path):

@@ -210,9 +210,9 @@ def load_vae_into(vae, source: str | Path) -> None:
     vae.load_state_dict(state)
 
 
-def load_base_into(parts: dict, source: str | Path) -> float:
+def load_base_into(parts: dict, source: str | Path, architecture: str) -> float:
     """Start the VAE, text encoder and UNet from the base pipeline folder `source`, which must
-    have this run's architecture; returns the latent scaling factor its UNet was trained with."""
+    have this run's `architecture`; returns the latent scaling factor its UNet was trained with."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -221,10 +221,13 @@ def load_base_into(parts: dict, source: str | Path) -> float:
         trained = cls.from_pretrained(source, subfolder=name)
         try:
             parts[name].load_state_dict(trained.state_dict())
-        except RuntimeError as error:
+        except RuntimeError as error:  # torch lists every layer; the first says enough
+            lines = [line.strip() for line in str(error).splitlines()]
+            first = next((line for line in lines[1:] if line), lines[0])
             raise ValueError(
-                f"{source}/{name} does not match this run's --architecture: {error}"
-            ) from error
+                f"--base-init {source}: its {name} is not of the {architecture} architecture "
+                f"this run builds ({first})"
+            ) from None
         if name == "vae":
             scaling = trained.config.scaling_factor
     return float(scaling)
@@ -496,10 +499,12 @@ def train_base(config: BaseTrainConfig) -> Path | None:
 
     # Every process builds the same random initial weights from the same seed.
     tokenizer_dir = output_dir / "tokenizer"
-    if accelerator.is_main_process and not (tokenizer_dir / "tokenizer_config.json").is_file():
-        if config.base_init:  # its text encoder's embeddings are indexed by its vocabulary
+    if accelerator.is_main_process:
+        if config.base_init and not resume_dir:  # its text encoder's embeddings index its words
+            # a run refused before its first checkpoint may have left another base's here
+            shutil.rmtree(tokenizer_dir, ignore_errors=True)
             shutil.copytree(Path(config.base_init) / "tokenizer", tokenizer_dir)
-        else:
+        elif not (tokenizer_dir / "tokenizer_config.json").is_file():
             build_tokenizer_for(config, dataset, tokenizer_dir)
     accelerator.wait_for_everyone()
     torch.manual_seed(config.seed)
@@ -511,7 +516,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     if config.vae_init and not resume_dir:
         load_vae_into(parts["vae"], config.vae_init)
     if config.base_init and not resume_dir:
-        init_scaling = load_base_into(parts, config.base_init)
+        init_scaling = load_base_into(parts, config.base_init, config.architecture)
     saved = ckpt.read_state(resume_dir) if resume_dir else {}
     if saved and saved.get("phase") not in PHASES:
         raise ValueError(
