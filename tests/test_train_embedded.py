@@ -781,6 +781,8 @@ def test_pack_refuses_a_folder_whose_files_it_would_lose(recipe, tiny_model_dir,
     (notes / "todo.txt").write_text("keep me")
     assert main(["train", "embedded", "--runs", str(runs), "--pack", str(notes)]) == 2
     assert "holds other files and no preset.json" in capsys.readouterr().err
+    assert main(["train", "embedded", "--runs", str(runs), "--pack", str(notes / "todo.txt")]) == 2
+    assert f"--pack {notes / 'todo.txt'} is a file; give a new folder" in capsys.readouterr().err
     assert (notes / "todo.txt").is_file() and recipe["base"].finished()
     steps = ["--vae-steps", str(STEPS.vae), "--unet-steps", str(STEPS.unet)]
     assert main(["train", "embedded", "--runs", str(runs), *steps, "--pack", str(notes / "..")])
@@ -788,6 +790,24 @@ def test_pack_refuses_a_folder_whose_files_it_would_lose(recipe, tiny_model_dir,
         main(["train", "embedded", "--runs", str(runs), *steps, "--pack", str(tmp_path / "new")])
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pack", "p", "--only", "base"], "--only is for training; --pack trains nothing"),
+        (["--pack", "p", "--max-minutes", "5"], "--max-minutes is for training; --pack trains"),
+        (["--metrics", "results.json"], "--metrics is for --pack DIR (the cards quote it)"),
+    ],
+)
+def test_flags_the_mode_would_drop_are_refused(tmp_path, flags, message, capsys, monkeypatch):
+    from cnet.__main__ import main
+
+    monkeypatch.setattr(embedded, "train_all", lambda *args: pytest.fail("trained"))
+    runs = tmp_path / "runs"
+    assert main(["train", "embedded", "--runs", str(runs), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not runs.exists()
 
 
 def test_a_refused_command_changes_nothing(tmp_path, capsys):

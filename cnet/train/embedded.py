@@ -824,8 +824,9 @@ def check_pack_target(out: Path, runs: Path) -> None:
             f"--pack {out} holds the training runs in {runs}, which packing would replace; "
             "pack into another folder, e.g. outputs/candidate"
         )
-    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if occupied and not (out / "preset.json").is_file():
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--pack {out} is a file; give a new folder or a packed preset")
+    if out.exists() and any(out.iterdir()) and not (out / "preset.json").is_file():
         raise ValueError(
             f"--pack {out} holds other files and no preset.json; packing replaces the whole "
             "folder, so give a new folder or a packed preset"
@@ -848,7 +849,18 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def refuse_dropped_flags(args: argparse.Namespace) -> None:
+    """Flags the chosen mode would ignore are refused, not dropped without a word."""
+    if args.pack:
+        for flag, value in (("--only", args.only), ("--max-minutes", args.max_minutes)):
+            if value is not None:
+                raise ValueError(f"{flag} is for training; --pack trains nothing: leave it out")
+    elif args.metrics:
+        raise ValueError("--metrics is for --pack DIR (the cards quote it); training reads none")
+
+
 def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
+    refuse_dropped_flags(args)
     if args.install:
         if not args.pack:
             print(
