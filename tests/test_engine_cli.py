@@ -134,6 +134,16 @@ def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
     assert str(tmp_path / "none" / "base") in error and "Traceback" not in error
 
 
+def test_auto_prompt_without_a_captioner_is_refused_before_the_folder_is_made(
+    tiny_model_dir, control_png, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = ["generate", str(control_png), "-c", "canny", "--prompt-mode", "auto", "-o", str(out)]
+    assert main([*args, "--model-dir", str(tiny_model_dir), "--steps", "1"]) == 1
+    assert "captioner" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_generate_reports_a_detector_that_cannot_run(tiny_model_dir, control_png, capsys, tmp_path):
     from cnet.conditions import set_annotators_dir
 

@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         )
         request.validate()
         engine.check_weights([args.condition])
+        if request.prompt_mode == "auto":
+            engine.captioner()  # a missing one is named before the folder is made
         try:  # before sampling, once the request is known good: else the images would be lost
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
