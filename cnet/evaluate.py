@@ -429,7 +429,7 @@ def score_conditions(
             row = mean_scores(per_scene)
             # A full run takes the better part of an hour on a CPU: say where it is.
             print(
-                f"{condition}, {name}: {len(per_scene)} scenes in "
+                f"{condition}, {name}: {scenes_count(len(per_scene))} in "
                 f"{time.perf_counter() - started:.0f} s, IoU {row.iou:.3f}, "
                 f"shape IoU {row.shape_iou:.3f}, "
                 f"colour {row.color_accuracy:.3f}",
@@ -560,6 +560,10 @@ def floor_apart(scores: Sequence[Scores], floor: np.ndarray) -> tuple[Scores, Sc
     )
 
 
+def scenes_count(count: int) -> str:
+    return f"{count} scene" + "s" * (count != 1)
+
+
 def floor_table(per_scene: PerScene, seeds: Sequence[int]) -> str:
     """Foreground and shape IoU apart in the scenes with a floor and in those without. The floor
     is the one surface whose shade follows the scene's light (which neither prompt nor map gives),
@@ -567,7 +571,7 @@ def floor_table(per_scene: PerScene, seeds: Sequence[int]) -> str:
     floor = with_floor(seeds)
     floors, walls = int(floor.sum()), int((~floor).sum())
     lines = [
-        f"Foreground IoU and shape IoU in the {floors} scene{'s' * (floors != 1)} with a floor "
+        f"Foreground IoU and shape IoU in the {scenes_count(floors)} with a floor "
         f"and the {walls} without (the wall alone behind the objects):",
         "",
         "| condition | setting | foreground IoU, floor | without | shape IoU, floor | without |",

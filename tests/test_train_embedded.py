@@ -899,3 +899,14 @@ def test_resuming_the_same_time_boxed_command_reports_no_changed_setting():
         changed
         == "Settings changed since that checkpoint (was, now): {'learning_rate': (0.0001, 1e-05)}"
     )
+
+
+def test_help_says_what_the_command_does_and_where_the_runs_go(capsys):
+    from cnet.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "embedded", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the embedded preset: every model, resumable; --pack" in text
+    assert "checkpoints of every stage (default: runs/embedded)" in text

@@ -4,8 +4,9 @@ python -m cnet generate edges.png -c canny --prompt "a red sphere" -n 4 -o outpu
 python -m cnet generate --detect photo.jpg -c depth --prompt-mode auto
 python -m cnet generate map.png -c canny --preset sd15 --controlnet canny=my_canny.safetensors
 
-Writes <condition>-<seed>.png (with the "parameters" PNG text) and <condition>-control.png;
-a run whose names are taken adds -run2, -run3, ... to all of its names.
+Writes <condition>-control.png and <condition>-<seed>.png (with the "parameters" PNG text; with
+--keep-first-pass also <condition>-<seed>-first-pass.png) and prints their paths; a run whose
+names are taken adds -run2, -run3, ... to all of its names.
 """
 
 from __future__ import annotations
@@ -243,8 +244,9 @@ def run(args: argparse.Namespace) -> int:
     control = f"{args.condition}-control"
     suffix = free_suffix(out_dir, [control, *images])
     try:
-        Image.fromarray(result.control_image).save(out_dir / f"{control}{suffix}.png")
-        written = [
+        written = [out_dir / f"{control}{suffix}.png"]
+        Image.fromarray(result.control_image).save(written[0])
+        written += [
             png_info.save_png(image, out_dir / f"{stem}{suffix}.png")
             for stem, image in images.items()
         ]

@@ -180,17 +180,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(
         dest="what", metavar="{controlnet,base,captioner,decoder,embedded}", required=True
     )
-    controlnet = sub.add_parser("controlnet", help="train a ControlNet as the paper describes")
+
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text)  # in the list and its --help
+
+    controlnet = command("controlnet", "train a ControlNet as the paper describes")
     add_config_flags(controlnet, TrainConfig)
-    base = sub.add_parser("base", help="train the embedded base (VAE, text encoder, UNet)")
+    base = command("base", "train the embedded base (VAE, text encoder, UNet)")
     add_config_flags(base, BaseTrainConfig)
-    captioner.configure(sub.add_parser("captioner", help="train the small BLIP captioner"))
-    decoder.configure(
-        sub.add_parser("decoder", help="fine-tune a preset's VAE decoder on its sampled latents")
-    )
-    embedded.configure(
-        sub.add_parser("embedded", help="the embedded preset: every model, resumable; --pack")
-    )
+    captioner.configure(command("captioner", "train the small BLIP captioner"))
+    decoder.configure(command("decoder", "fine-tune a preset's VAE decoder on its sampled latents"))
+    embedded.configure(command("embedded", "the embedded preset: every model, resumable; --pack"))
     for command in (controlnet, base):
         command.add_argument(
             "--cpu-threads",

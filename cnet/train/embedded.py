@@ -766,7 +766,11 @@ def pack_into(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     defaults = Steps()
-    parser.add_argument("--runs", default="runs/embedded", help="checkpoints of every stage")
+    parser.add_argument(
+        "--runs",
+        default="runs/embedded",
+        help="checkpoints of every stage (default: %(default)s)",
+    )
     parser.add_argument(
         "--only",
         nargs="+",
