@@ -817,6 +817,14 @@ def test_a_refused_command_changes_nothing(tmp_path, capsys):
     assert main(["train", "embedded", "--runs", str(runs), "--only", "bogus", "--unet-steps", "7"])
     assert "unknown stage bogus" in capsys.readouterr().err
     assert not (runs / embedded.STEPS_FILE).exists()
+    steps = ["--only", "base", "--unet-steps", "7"]
+    for starts, message in (
+        (["--base-init", str(tmp_path / "nothere")], "nothere: no such folder; give a base"),
+        (["--base-init", str(tmp_path), "--vae-init", str(tmp_path)], "leave out --vae-init"),
+    ):
+        assert main(["train", "embedded", "--runs", str(runs), *steps, *starts]) == 2
+        assert message in capsys.readouterr().err
+        assert not runs.exists()
     for flag in ("--unet-steps", "--cpu-threads"):
         with pytest.raises(SystemExit):
             main(["train", "embedded", "--runs", str(runs), flag, "-5"])

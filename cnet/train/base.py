@@ -439,12 +439,21 @@ def save(
         plot_losses(losses, Path(config.output_dir) / "loss.png", "Base model training")
 
 
+def check_starts(config: BaseTrainConfig) -> None:
+    """Refuse --base-init and --vae-init folders that are not there, or both given."""
+    starts = {"--base-init": (config.base_init, "a base pipeline folder, as assets/embedded/base")}
+    starts["--vae-init"] = (config.vae_init, "a VAE folder, as assets/embedded/base/vae")
+    for flag, (folder, wanted) in starts.items():
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder}: no such folder; give {wanted}.")
+    if config.base_init and config.vae_init:
+        raise ValueError("--base-init already holds a VAE: leave out --vae-init.")
+
+
 def check_vae_sources(config: BaseTrainConfig, latent_channels: int) -> None:
     """Refuse VAE starts that cannot work, before any data or model is built."""
     from diffusers import AutoencoderKL
 
-    if config.base_init and config.vae_init:
-        raise ValueError("--base-init already holds a VAE: leave out --vae-init.")
     if not (config.vae_decoder_only and config.vae_steps):
         return
     if not (config.base_init or config.vae_init):
@@ -471,11 +480,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     from cnet.architecture import build_components, save_pipeline_dir
 
     check_numbers(config)
-    starts = {"--base-init": (config.base_init, "a base pipeline folder, as assets/embedded/base")}
-    starts["--vae-init"] = (config.vae_init, "a VAE folder, as assets/embedded/base/vae")
-    for flag, (folder, wanted) in starts.items():
-        if folder and not Path(folder).is_dir():
-            raise FileNotFoundError(f"{flag} {folder}: no such folder; give {wanted}.")
+    check_starts(config)
     if config.corpus:
         corpus_sentences(config.corpus)  # before any model is built
     config = sampled_like_the_app(config, config.base_init)

@@ -894,7 +894,10 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
     if args.pack:
         check_packable(recipe)
     else:
+        from cnet.train.base import check_starts
+
         check_needs(recipe, args.only)
+        check_starts(recipe["base"].config)
     reopened = reopened_stages(recipe, Path(args.runs), given, args)  # before they are remembered
     if given or not args.pack:
         remember_steps(Path(args.runs), steps)
