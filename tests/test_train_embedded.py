@@ -215,11 +215,20 @@ def test_new_step_counts_that_reopen_finished_stages_are_named(
     embedded.configure(parser)
     more = ["--runs", str(tmp_path / "runs"), "--only", "controlnet-seg"]
     assert embedded.run(parser.parse_args([*more, "--controlnet-steps", "10"])) == 0
-    assert "note: the new step counts reopen controlnet-canny, finished at the earlier" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "note: the new step counts reopen controlnet-canny, finished at the earlier" in out
+    assert "Until controlnet-canny train on, --pack serves their conditions with the shared" in out
     assert embedded.run(parser.parse_args(more)) == 0  # the same counts again: nothing reopens
     assert "reopen" not in capsys.readouterr().out
+    shared = ["--only", "controlnet-all", "--shared-steps", "7", "--controlnet-steps", "10"]
+    assert embedded.run(parser.parse_args([*more[:2], *shared])) == 0
+    out = capsys.readouterr().out
+    assert "the new step counts reopen controlnet-all, finished at the earlier ones" in out
+    assert (
+        "Once controlnet-all trains on, --pack refuses what was fine-tuned from controlnet-all "
+        "before it (controlnet-canny) until each is trained again." in out
+    )
+    assert "serves their conditions" not in out  # canny's count is the one it finished at
 
 
 def test_pack_refuses_without_a_base(recipe, tmp_path):

@@ -201,6 +201,34 @@ def reopened_stages(
     return [name for name, stage in recipe.items() if before[name].finished() > stage.finished()]
 
 
+def train_command(stage: Stage) -> str:
+    return f"python -m cnet train embedded --runs {stage.run_dir.parent} --only {stage.name}"
+
+
+def reopened_note(recipe: dict[str, Stage], reopened: list[str]) -> str:
+    """What training the reopened stages on does to the rest, for --pack."""
+    lines = [
+        f"note: the new step counts reopen {', '.join(reopened)}, finished at the earlier ones: "
+        "each trains on to its new count when its stage runs."
+    ]
+    made_from = {"base": "trained on the base", SHARED: f"fine-tuned from {SHARED}"}
+    for start, how in made_from.items():
+        if start in reopened:
+            later = [n for n, s in recipe.items() if start in s.needs and s.run_dir.is_dir()]
+            if later:
+                lines.append(
+                    f"  Once {start} trains on, --pack refuses what was {how} before it "
+                    f"({', '.join(later)}) until each is trained again."
+                )
+    fine_tunes = [n for n in reopened if n.startswith("controlnet-") and n != SHARED]
+    if fine_tunes:
+        lines.append(
+            f"  Until {', '.join(fine_tunes)} train on, --pack serves their conditions with "
+            "the shared ControlNet."
+        )
+    return "\n".join(lines)
+
+
 def check_needs(recipe: dict[str, Stage], only: list[str] | None) -> None:
     """Refuse, before anything trains, an --only stage whose needs are neither finished nor among
     the stages this command trains (before it: the recipe's order)."""
@@ -209,8 +237,7 @@ def check_needs(recipe: dict[str, Stage], only: list[str] | None) -> None:
             if need not in only and not recipe[need].finished():
                 raise FileNotFoundError(
                     f"{name} needs the finished {need} ({recipe[need].result}); train it first: "
-                    f"python -m cnet train embedded --runs {recipe[need].run_dir.parent} "
-                    f"--only {need}"
+                    f"{train_command(recipe[need])}"
                 )
 
 
@@ -691,7 +718,7 @@ def check_same_base(stage: Stage, base: Stage) -> None:
         raise ValueError(
             f"{stage.result} was trained on an earlier base than the one in {base.result} "
             f"(trained again since): remove {stage.run_dir} (and the fine-tunes of it) and train "
-            f"it again, --runs {stage.run_dir.parent} --only {stage.name}"
+            f"it again: {train_command(stage)}"
         )
 
 
@@ -738,7 +765,7 @@ def pack_into(
                 raise ValueError(
                     f"{stage.result} was fine-tuned from an earlier {SHARED} than the one in "
                     f"{recipe[SHARED].result} (trained again since): remove {stage.run_dir} and "
-                    f"train it again, --runs {stage.run_dir.parent} --only {name}"
+                    f"train it again: {train_command(stage)}"
                 )
             write_condition_controlnet(target, stage.result, shared)
             condition = stage.config.condition
@@ -903,11 +930,7 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
         remember_steps(Path(args.runs), steps)
     print("Steps: " + ", ".join(f"{name} {n}" for name, n in vars(steps).items()))
     if reopened:
-        print(
-            f"note: the new step counts reopen {', '.join(reopened)}, finished at the earlier "
-            "ones: each trains on to its new count when its stage runs, and --pack leaves it out "
-            "(its condition served by the shared ControlNet) until then."
-        )
+        print(reopened_note(recipe, reopened))
     if not args.pack:
         train_all(recipe, args.only, args.max_minutes)
         return 0
