@@ -799,6 +799,15 @@ def test_pack_refuses_a_folder_whose_files_it_would_lose(recipe, tiny_model_dir,
         main(["train", "embedded", "--runs", str(runs), *steps, "--pack", str(tmp_path / "new")])
         == 0
     )
+    (tmp_path / "new" / "eval").mkdir()  # an evaluation kept with the preset
+    capsys.readouterr()
+    assert main(["train", "embedded", "--runs", str(runs), "--pack", str(tmp_path / "new")]) == 2
+    kept = tmp_path / "new" / "eval"
+    assert (
+        f"keeps an evaluation in {kept}, which packing would drop: give --metrics "
+        f"{kept / 'results.json'} to keep it" in capsys.readouterr().err
+    )
+    assert kept.is_dir()
 
 
 @pytest.mark.parametrize(

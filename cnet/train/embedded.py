@@ -847,9 +847,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-threads", type=positive_int, default=None, help="torch CPU threads")
 
 
-def check_pack_target(out: Path, runs: Path) -> None:
+def check_pack_target(out: Path, runs: Path, metrics: Path | None) -> None:
     """Refuse a --pack folder whose replacement would lose files: the training runs (or a
-    folder holding them), or a folder of other files that is no packed preset."""
+    folder holding them), a folder of other files that is no packed preset, or a preset's kept
+    evaluation when no --metrics replaces it."""
     if out.resolve() == runs.resolve() or out.resolve() in runs.resolve().parents:
         raise ValueError(
             f"--pack {out} holds the training runs in {runs}, which packing would replace; "
@@ -861,6 +862,15 @@ def check_pack_target(out: Path, runs: Path) -> None:
         raise ValueError(
             f"--pack {out} holds other files and no preset.json; packing replaces the whole "
             "folder, so give a new folder or a packed preset"
+        )
+    from cnet.evaluate import RESULTS_FILE
+
+    kept = out / EVALUATION_FOLDER
+    if kept.is_dir() and metrics is None:  # the reference the next candidate is compared with
+        raise ValueError(
+            f"--pack {out} keeps an evaluation in {kept}, which packing would drop: give "
+            f"--metrics {kept / RESULTS_FILE} to keep it (the cards quote it), or remove {kept} "
+            "if it no longer describes these models"
         )
 
 
@@ -914,7 +924,7 @@ def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
         )
         return 2
     if args.pack:
-        check_pack_target(Path(args.pack), Path(args.runs))
+        check_pack_target(Path(args.pack), Path(args.runs), metrics)
     steps = recipe_steps(Path(args.runs), given)
     recipe = stages(Path(args.runs), steps, args.vae_init, args.base_init)
     # a refused command remembers nothing
