@@ -664,6 +664,26 @@ def test_install_and_pack_refuse_an_evaluation_of_other_models(recipe, tiny_mode
     )
 
 
+def test_pack_refuses_an_evaluation_at_another_size_and_names_rows_of_unrecorded_models(
+    recipe, tiny_model_dir, tmp_path, capsys
+):
+    finish_base(recipe, tiny_model_dir)
+    finish_controlnet(recipe, tiny_model_dir, "all", STEPS.shared)
+    other = evaluation(tmp_path / "other", canny_iou=0.5)  # of the tiny model, which has no record
+    unrecorded = {key: {"base": None, "controlnet": None} for key in CONDITION_KEYS}
+    scenes = {"sampling": {"size": 32}, "seeds": [], "figures": {}, "models": unrecorded}
+    (other.parent / "scenes.json").write_text(json.dumps(scenes))
+    with pytest.raises(ValueError, match=f"{other.parent} sampled 32 px images and .* makes 64 px"):
+        pack(recipe, tmp_path / "preset", other)
+    scenes["sampling"]["size"] = 64
+    (other.parent / "scenes.json").write_text(json.dumps(scenes))
+    pack(recipe, tmp_path / "preset", other)
+    assert (
+        f"note: {other.parent} does not record which models made its rows for scribble, canny, "
+        in capsys.readouterr().out
+    )
+
+
 def test_install_adds_one_fine_tune_to_a_packed_preset_as_pack_would(
     recipe, tiny_model_dir, tmp_path
 ):

@@ -663,14 +663,23 @@ def check_evaluated(
     """Refuse the evaluation in `metrics_path`'s folder when it records other models than the
     preset in `model_dir` holds once the folders in `replaced` ({"base" or a condition: the
     folder whose lineage takes its place}) are in. Returns the conditions it cannot check: rows
-    from an evaluation made before `cnet eval` recorded its models."""
+    from an evaluation made before `cnet eval` recorded its models, or of models without a
+    record of their runs (`lineage.json`)."""
     from cnet.comparison import load_scenes
     from cnet.evaluate import SCENES_FILE, model_differences
     from cnet.models import preset_from_dir
 
     folder, replaced = metrics_path.parent, replaced or {}
-    made_by = load_scenes(folder).get("models", {}) if (folder / SCENES_FILE).is_file() else {}
+    scenes = load_scenes(folder) if (folder / SCENES_FILE).is_file() else {}
+    made_by = scenes.get("models", {})
     preset = preset_from_dir(model_dir, device="cpu")
+    size = scenes.get("sampling", {}).get("size", preset.resolution)
+    if size != preset.resolution:  # another model's evaluation, or not as the preset samples
+        raise ValueError(
+            f"{folder} sampled {size} px images and {model_dir} makes {preset.resolution} px "
+            "ones: evaluate the preset as it will ship (python -m cnet eval --model-dir "
+            "PRESET, without --size)"
+        )
     sources = {c: replaced.get(c) or preset.controlnet_source(c) for c in made_by}
     now = models_record(replaced.get("base", preset.base), sources)
     for condition, recorded in made_by.items():
@@ -681,7 +690,8 @@ def check_evaluated(
                 f"{model_dir} {held}: evaluate the preset as it will ship (install into a copy, "
                 f"then python -m cnet eval --model-dir COPY; README, The embedded model)"
             )
-    return [condition for condition in read_metrics(metrics_path) if condition not in made_by]
+    unknown = {c for c, recorded in made_by.items() if None in recorded.values()}
+    return [c for c in read_metrics(metrics_path) if c not in made_by or c in unknown]
 
 
 def check_packable(recipe: dict[str, Stage]) -> None:
@@ -780,8 +790,12 @@ def pack_into(
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
     settings.update(write_examples(staging, resolution))  # its own scenes under each tab
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
+    if metrics_path and (unchecked := check_evaluated(metrics_path, staging)):
+        print(
+            f"note: {metrics_path.parent} does not record which models made its rows for "
+            f"{', '.join(unchecked)}; the cards quote them unchecked."
+        )
     if metrics_path:
-        check_evaluated(metrics_path, staging)
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
