@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cnet.cli.options import output_folder, positive_int
+from cnet.cli.options import model_folder, output_folder, positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.synth import CONDITION_KEYS, Sample, generate, split_seeds
@@ -755,7 +755,10 @@ def check_sampling(sampling: Sampling, condition: str, multiple: int | None) -> 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model-dir", default=None, help="embedded-layout folder (default: assets/embedded)"
+        "--model-dir",
+        type=model_folder,
+        default=None,
+        help="embedded-layout folder (default: assets/embedded)",
     )
     parser.add_argument(
         "--preset",

@@ -128,10 +128,20 @@ def test_flags_the_run_would_drop_are_refused(control_png, capsys, flags, messag
 
 
 def test_generate_reports_missing_weights(tmp_path, control_png, capsys):
-    args = ["generate", str(control_png), "--model-dir", str(tmp_path / "none"), "-c", "canny"]
+    args = ["generate", str(control_png), "--model-dir", str(tmp_path), "-c", "canny"]
     assert main(args) == 1
     error = capsys.readouterr().err
-    assert str(tmp_path / "none" / "base") in error and "Traceback" not in error
+    assert str(tmp_path / "base") in error and "Traceback" not in error
+
+
+def test_a_model_folder_that_is_not_there_is_named_as_a_typo(tmp_path, control_png, capsys):
+    args = ["generate", str(control_png), "--model-dir", str(tmp_path / "nothere"), "-c", "canny"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --model-dir: no folder {tmp_path / 'nothere'}; give a folder" in error
+    assert "hf download" not in error
 
 
 def test_auto_prompt_without_a_captioner_is_refused_before_the_folder_is_made(

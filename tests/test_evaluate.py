@@ -360,7 +360,7 @@ def test_automatic_prompt_rows_and_caption_accuracy_with_a_captioner(tiny_model_
     assert "second pass shows the caption's colours" in table
     assert "Captions with every object and colour word right: " in table
     assert "The VAE's reconstructions of the same scenes' true images" in table
-    assert "| seg | automatic prompt | " in table.split("scenes with a floor and the")[1]
+    assert "| seg | automatic prompt | " in table.split("with a floor and the")[1]
     scenes = json.loads((tmp_path / "eval" / "scenes.json").read_text())
     assert scenes["seeds"] == list(split_seeds("test", 2))
     assert scenes["sampling"] == {"size": 64, "steps": 2, "cfg": 9.0, "sampler": "DDPM"}
@@ -496,6 +496,7 @@ def test_eval_names_what_is_missing_or_out_of_reach_before_scoring(
 ):
     from cnet.evaluate import configure, run
 
+    (tmp_path / "nothing").mkdir()
     assert run(eval_args(tmp_path / "nothing", tmp_path)) == 1  # as in cnet generate
     assert f"{tmp_path / 'nothing' / 'base'} does not exist" in capsys.readouterr().err
     assert run(eval_args(tiny_model_dir, tmp_path, "--scenes", "1001")) == 2

@@ -61,6 +61,17 @@ def output_folder(text: str) -> Path:
     return Path(text)
 
 
+def model_folder(text: str) -> str:
+    """An argparse type: a model folder that is there (a typo is named as one, not as missing
+    weights with advice on downloading them)."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(
+            f"no folder {text}; give a folder in the embedded layout (base/, controlnet/<key>/, "
+            "preset.json), as assets/embedded"
+        )
+    return text
+
+
 def output_file(text: str) -> Path:
     """An argparse type: a file to write (or an existing folder to write it in)."""
     path = Path(text)
@@ -115,7 +126,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "embedded model), embedded, sd15, or a folder in the embedded layout (default: auto)",
     )
     model.add_argument(
-        "--model-dir", help="a folder in the embedded layout: base/, controlnet/<key>/, preset.json"
+        "--model-dir",
+        type=model_folder,
+        help="a folder in the embedded layout: base/, controlnet/<key>/, preset.json",
     )
     model.add_argument(
         "--base",
