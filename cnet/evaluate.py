@@ -666,7 +666,7 @@ def caption_line(engine, scenes: int, split: str = "test") -> str:
         return f"Captions: not measured ({error})"
     return (
         f"Captions with every object and colour word right: {report.accuracy:.3f} "
-        f"({report.count} {split} scenes)"
+        f"({report.count} {split} scene{'s' * (report.count != 1)})"
     )
 
 
@@ -684,11 +684,18 @@ def earlier_scenes(
     from cnet.comparison import load_scenes, tested_on
 
     earlier = load_scenes(folder)
-    if earlier["seeds"] != list(seeds) or earlier["sampling"] != asdict(sampling):
+
+    def described(sampling: dict, seeds: list) -> dict:
+        return {**sampling, "scenes": f"{len(seeds)} from seed {seeds[0]}" if seeds else "none"}
+
+    here = described(asdict(sampling), list(seeds))
+    there = described(earlier["sampling"], earlier["seeds"])
+    if differ := [
+        f"{k} {v} here, {there.get(k)} there" for k, v in here.items() if v != there.get(k)
+    ]:
         raise ValueError(
-            f"{folder} evaluated other scenes or sampled otherwise ({earlier['sampling']}, "
-            f"{len(earlier['seeds'])} scenes); run with the same --split, --scenes, --size, "
-            "--steps, --cfg and --sampler."
+            f"{folder} evaluated other scenes or sampled otherwise ({'; '.join(differ)}); run "
+            "with the same --split, --scenes, --size, --steps, --cfg and --sampler."
         )
     per_scene: PerScene = {}
     now = scenes_and_maps(earlier["figures"])

@@ -453,7 +453,9 @@ def test_eval_into_replaces_the_conditions_it_scores_and_keeps_the_others(
     assert "run with --settings naming those" in capsys.readouterr().err
     steps = ["--conditions", "seg", *settings, *into, "--steps", "3"]
     assert run(eval_args(tiny_model_dir, tmp_path / "y", *steps)) == 2
-    assert "sampled otherwise" in capsys.readouterr().err
+    assert "sampled otherwise (steps 3 here, 2 there); run with the same" in (
+        capsys.readouterr().err
+    )
 
 
 def test_pose_is_scored_on_scenes_with_a_person_and_older_pose_rows_are_not_merged(

@@ -224,6 +224,7 @@ def load_base_into(parts: dict, source: str | Path, architecture: str) -> float:
         except RuntimeError as error:  # torch lists every layer; the first says enough
             lines = [line.strip() for line in str(error).splitlines()]
             first = next((line for line in lines[1:] if line), lines[0])
+            first = first if len(first) <= 160 else first[:157] + "..."
             raise ValueError(
                 f"--base-init {source}: its {name} is not of the {architecture} architecture "
                 f"this run builds ({first})"
