@@ -915,14 +915,14 @@ def refuse_dropped_flags(args: argparse.Namespace) -> None:
 
 
 def run_command(args: argparse.Namespace, metrics: Path | None) -> int:
+    if args.install and not args.pack:
+        print(
+            "error: --install needs --pack DIR, the packed preset to add the run to",
+            file=sys.stderr,
+        )
+        return 2
     refuse_dropped_flags(args)
     if args.install:
-        if not args.pack:
-            print(
-                "error: --install needs --pack DIR, the packed preset to add the run to",
-                file=sys.stderr,
-            )
-            return 2
         from cnet.train.install import install
 
         what = install(Path(args.install), Path(args.pack), metrics)
