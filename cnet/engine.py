@@ -71,6 +71,24 @@ ProgressFn = Callable[[int, int], None]
 log = logging.getLogger(__name__)
 
 
+class WithoutLengthWarnings(logging.Filter):
+    """Drops transformers' and diffusers' warnings that a prompt is longer than the text encoder
+    reads ("will result in indexing errors", which the pipeline's truncation prevents): the
+    engine says so itself, in words a user reads (`Engine.encode`'s notice)."""
+
+    STARTS = ("Token indices sequence length is longer", "The following part of your input")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.STARTS)
+
+
+def without_length_warnings(pipeline) -> None:
+    for name in ("transformers.tokenization_utils_base", type(pipeline).__module__):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, WithoutLengthWarnings) for f in logger.filters):
+            logger.addFilter(WithoutLengthWarnings())
+
+
 def check_long_side(height: int, width: int, resolution: int) -> None:
     """Refuse a control map whose long side at `resolution` (its short side) passes MAX_SIDE."""
     long_side = max(height, width) * resolution / min(height, width)
@@ -399,6 +417,7 @@ class Engine:
         pipe = self.pipeline
 
         def encode_now():
+            without_length_warnings(pipe)
             length = len(pipe.tokenizer(text).input_ids)
             embedding, _ = pipe.encode_prompt(text, pipe._execution_device, 1, False)
             return embedding, length

@@ -524,3 +524,31 @@ def test_an_empty_user_prompt_is_named_with_what_to_do(engine, control_map):
     for mode, prompt in (("user", "a red sphere"), ("none", ""), ("default", "")):
         settings = request(control_map, prompt_mode=mode, prompt=prompt, negative_prompt="")
         assert engine.generate(settings).metadata["notices"] == []
+
+
+def test_a_long_prompt_gets_the_engines_notice_not_the_libraries_warnings(engine):
+    import logging
+
+    said = []
+
+    class Collect(logging.Handler):  # sees what the loggers' own filters let through
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    collect = Collect()
+    names = ("transformers.tokenization_utils_base", type(engine.pipeline).__module__)
+    loggers = [logging.getLogger(name) for name in names]
+    engine.pipeline.tokenizer.deprecation_warnings.clear()  # transformers warns once per tokenizer
+    text = "a red sphere beside a blue cube on a wooden floor, " * 8  # some 100 tokens
+    request = GenerationRequest(
+        np.zeros((64, 64, 3), np.uint8), "canny", prompt=text, negative_prompt=text + "x", steps=1
+    )
+    for logger in loggers:
+        logger.addHandler(collect)
+    try:
+        notices = engine.generate(request).metadata["notices"]
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collect)
+    assert any("tokens long; the text encoder reads the first" in notice for notice in notices)
+    assert not [line for line in said if "truncated" in line or "indexing errors" in line], said
