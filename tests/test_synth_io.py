@@ -127,7 +127,7 @@ def test_contact_sheet_and_render_commands(tmp_path):
 
 @pytest.mark.parametrize(
     ("where", "message"),
-    [(("--start", "999", "--count", "2"), "has 1 seed from 999; asked 2"),
+    [(("--start", "999", "--count", "2"), "1 of them from scene 999 on; asked for 2"),
      (("--start", "-1",), "counted from 0")],
 )  # fmt: skip
 def test_scenes_outside_the_split_are_refused_before_anything_is_written(
