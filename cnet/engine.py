@@ -123,6 +123,9 @@ class GenerationRequest:
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
     keep_first_pass: bool = False  # auto mode: also return first-pass images
+    # The detector that made the control map (its backend name), for the PNG text's Module, as
+    # A1111 writes its preprocessor; None: the map was given as it is ("none").
+    preprocessor: str | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting out of range."""
@@ -650,7 +653,7 @@ class Engine:
         settings["Prompt mode"] = metadata["prompt_mode"]
         controlnet = png_info.model_name(metadata["controlnet"])
         settings["ControlNet 0"] = (
-            f"Module: {metadata['condition']}, Model: {controlnet}, "
+            f"Module: {metadata['preprocessor'] or 'none'}, Model: {controlnet}, "
             f"Weight: {metadata['control_strength']}, Guidance Start: {metadata['control_start']}, "
             f"Guidance End: {metadata['control_end']}, Guess Mode: {metadata['guess_mode']}"
         )

@@ -441,6 +441,9 @@ def test_result_images_carry_parameters(engine, control_map, tmp_path):
     assert settings["Sampler"] == "DDPM" and settings["Size"] == "64x64"
     assert "Weight: 1.0" in settings["ControlNet 0"]
     assert "Model: canny," in settings["ControlNet 0"]  # the folder's name, not its path
+    assert settings["ControlNet 0"].startswith("Module: none,")  # a map given as it is
+    detected = engine.generate(request(control_map, preprocessor="canny", steps=1))
+    assert 'ControlNet 0: "Module: canny, Model: canny,' in detected.images[0].info["parameters"]
     assert str(Path(result.metadata["controlnet"]).parent) not in png_info.read_parameters(path)
     assert result.metadata["seeds"] == [42, 43] and result.metadata["condition"] == "canny"
 

@@ -56,6 +56,7 @@ def test_generate_writes_images_with_parameters(tiny_model_dir, control_png, tmp
         assert settings["Seed"] == str(seed) and settings["Steps"] == "2"
         assert settings["CFG scale"] == "9.0"  # the preset's: no --cfg given
         assert settings["Sampler"] == "DDPM"  # likewise
+        assert settings["ControlNet 0"].startswith("Module: none,")  # the map as it was given
     assert "canny-6.png" in capsys.readouterr().out
 
 
@@ -96,6 +97,8 @@ def test_generate_detects_with_a_backend_that_reads_the_file(
         set_annotators_dir(None)
     assert code == 0, capsys.readouterr().err
     assert f"({reader})" in capsys.readouterr().err
+    written = png_info.read_parameters(tmp_path / "out" / f"{condition}-0.png")
+    assert f"Module: {reader}, " in written  # the preprocessor that made the map
 
 
 def test_a_second_run_with_the_same_seeds_keeps_the_first_runs_images(

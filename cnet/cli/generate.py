@@ -16,6 +16,7 @@ import random
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnet.cli.options import (
     add_model_flags,
@@ -40,6 +41,9 @@ from cnet.engine import (
     ModelMissingError,
     load_engine,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULTS = {f.name: f.default for f in fields(GenerationRequest) if f.name != "control_image"}
 
@@ -122,7 +126,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _control_map(args: argparse.Namespace, resolution: int):
+def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray, str]:
+    """The control map and the preprocessor that made it ("none": the map given as it is)."""
     from cnet.cli.reading import read_input
     from cnet.conditions import CONDITIONS, NONE_BACKEND, detect
     from cnet.imageio import to_rgb_array
@@ -137,19 +142,21 @@ def _control_map(args: argparse.Namespace, resolution: int):
                 f"--detect {args.control}"
             )
         # Used as it is, so checked as the map-as-is preprocessor checks its input.
-        return to_rgb_array(read_input(args.control, condition.backend(NONE_BACKEND.name)))
+        none = condition.backend(NONE_BACKEND.name)
+        return to_rgb_array(read_input(args.control, none)), none.name
     backend = (
         condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
     )
     print(f"{condition.label} map by {backend.label} ({backend.name})", file=sys.stderr)
     source = read_input(args.detect, backend)
-    return detect(
+    control = detect(
         args.condition,
         source,
         backend=backend.name,
         detect_resolution=resolution,
         image_resolution=resolution,
     )
+    return control, backend.name
 
 
 def _check_flags(args: argparse.Namespace) -> None:
@@ -195,9 +202,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
         resolution = args.resolution or engine.preset.resolution
         seed = random.randint(0, MAX_SEED - MAX_IMAGES) if args.seed == -1 else args.seed
+        control, preprocessor = _control_map(args, resolution)
         request = GenerationRequest(
-            control_image=_control_map(args, resolution),
+            control_image=control,
             condition=args.condition,
+            preprocessor=preprocessor,
             prompt_mode=args.prompt_mode,
             prompt=args.prompt,
             added_prompt=args.added_prompt,
