@@ -560,8 +560,9 @@ def floor_apart(scores: Sequence[Scores], floor: np.ndarray) -> tuple[Scores, Sc
     )
 
 
-def scenes_count(count: int) -> str:
-    return f"{count} scene" + "s" * (count != 1)
+def scenes_count(count: int, kind: str = "") -> str:
+    """`count` scenes of the `kind` given, as "1 scene" or "2 test scenes"."""
+    return " ".join(filter(None, [str(count), kind, "scene" + "s" * (count != 1)]))
 
 
 def floor_table(per_scene: PerScene, seeds: Sequence[int]) -> str:
@@ -666,7 +667,7 @@ def caption_line(engine, scenes: int, split: str = "test") -> str:
         return f"Captions: not measured ({error})"
     return (
         f"Captions with every object and colour word right: {report.accuracy:.3f} "
-        f"({report.count} {split} scene{'s' * (report.count != 1)})"
+        f"({scenes_count(report.count, split)})"
     )
 
 

@@ -181,16 +181,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="what", metavar="{controlnet,base,captioner,decoder,embedded}", required=True
     )
 
-    def command(name: str, text: str) -> argparse.ArgumentParser:
+    def subcommand(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text)  # in the list and its --help
 
-    controlnet = command("controlnet", "train a ControlNet as the paper describes")
+    controlnet = subcommand("controlnet", "train a ControlNet as the paper describes")
     add_config_flags(controlnet, TrainConfig)
-    base = command("base", "train the embedded base (VAE, text encoder, UNet)")
+    base = subcommand("base", "train the embedded base (VAE, text encoder, UNet)")
     add_config_flags(base, BaseTrainConfig)
-    captioner.configure(command("captioner", "train the small BLIP captioner"))
-    decoder.configure(command("decoder", "fine-tune a preset's VAE decoder on its sampled latents"))
-    embedded.configure(command("embedded", "the embedded preset: every model, resumable; --pack"))
+    captioner.configure(subcommand("captioner", "train the small BLIP captioner"))
+    decoder.configure(
+        subcommand("decoder", "fine-tune a preset's VAE decoder on its sampled latents")
+    )
+    embedded.configure(
+        subcommand("embedded", "the embedded preset: every model, resumable; --pack")
+    )
     for command in (controlnet, base):
         command.add_argument(
             "--cpu-threads",

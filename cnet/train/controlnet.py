@@ -54,13 +54,13 @@ from cnet.train.schedule import diverged, lr_factor, schedule_of, schedules_afte
 from cnet.train.timebox import TimeBox
 
 UNLOCK_CHOICES = ("decoder", "all")
-# What the model cards list for every stretch of a resumed run (see schedules_after_resume);
-# all_links: the decoder links connected (False: small-scale, the middle block only).
 # What to do about a start (--controlnet) or a checkpoint (--resume) made for another base:
 START_ON_THIS_BASE = (
     "Start from a ControlNet trained on this base, or give the base it was trained on."
 )
 RESUME_ON_ITS_BASE = "Give the base that run trained on (--base)."
+# What the model cards list for every stretch of a resumed run (see schedules_after_resume);
+# all_links: the decoder links connected (False: small-scale, the middle block only).
 SCHEDULE_FIELDS = (
     "learning_rate",
     "batch_size",

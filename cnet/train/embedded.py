@@ -790,12 +790,12 @@ def pack_into(
         settings["controlnets"] = {key: SHARED_FOLDER for key in shared_serves}
     settings.update(write_examples(staging, resolution))  # its own scenes under each tab
     (staging / "preset.json").write_text(json.dumps(settings, indent=2) + "\n")
-    if metrics_path and (unchecked := check_evaluated(metrics_path, staging)):
-        print(
-            f"note: {metrics_path.parent} does not record which models made its rows for "
-            f"{', '.join(unchecked)}; the cards quote them unchecked."
-        )
     if metrics_path:
+        if unchecked := check_evaluated(metrics_path, staging):
+            print(
+                f"note: {metrics_path.parent} does not record which models made its rows for "
+                f"{', '.join(unchecked)}; the cards quote them unchecked."
+            )
         keep_evaluation(metrics_path.parent, staging / EVALUATION_FOLDER)
     to_float16(staging)
     drop_local_paths(staging)
