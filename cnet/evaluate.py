@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +42,7 @@ import numpy as np
 from cnet.cli.options import model_folder, output_folder, positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
+from cnet.progress import quiet_library_bars
 from cnet.synth import CONDITION_KEYS, Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY, redrawn_maps, training_kinds
 from cnet.synth.palette import OBJECT_COLORS
@@ -450,6 +452,7 @@ def _score_in_worker(
 ) -> tuple[dict, dict]:
     from cnet.engine import load_engine
 
+    quiet_library_bars()  # a process of its own
     engine = load_engine(**engine_options)
     return score_conditions(engine, conditions, seeds, settings, sampling)
 
@@ -824,6 +827,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_library_bars()
+    made_here = first_missing(args.out)
     try:
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback from a worker's convolution
@@ -831,6 +836,18 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:  # the new grid replaces the old one only beside the new table
         (args.out / NEW_GRID_FILE).unlink(missing_ok=True)
+        if made_here and made_here.is_dir() and not any(p.is_file() for p in made_here.rglob("*")):
+            shutil.rmtree(made_here)
+
+
+def first_missing(folder: Path) -> Path | None:
+    """The outermost of `folder` and its parents that is not there yet (None: it is there)."""
+    missing = None
+    for path in [folder.absolute(), *folder.absolute().parents]:
+        if path.exists():
+            return missing
+        missing = path
+    return missing
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -403,6 +403,11 @@ def test_an_interrupted_eval_leaves_an_earlier_evaluation_whole(tiny_model_dir, 
     assert f"interrupted: nothing was written in {out}." in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
 
+    with pytest.MonkeyPatch.context() as patch:  # into a new folder: none is left behind
+        patch.setattr(evaluate, "evaluate", interrupted_after_the_grid)
+        assert evaluate.run(eval_args(tiny_model_dir, tmp_path / "new", *settings)) == 130
+    assert not (tmp_path / "new").exists()
+
 
 def test_eval_starts_no_more_processes_than_conditions_and_shares_the_cores_among_them(
     tiny_model_dir, tmp_path, capsys, monkeypatch

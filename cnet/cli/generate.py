@@ -41,6 +41,7 @@ from cnet.engine import (
     ModelMissingError,
     load_engine,
 )
+from cnet.progress import quiet_library_bars, writes_to_terminal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -183,7 +184,10 @@ def free_suffix(out_dir: Path, stems: list[str]) -> str:
 
 
 def _progress(done: int, total: int) -> None:
-    print(f"\rsampling {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+    if writes_to_terminal():
+        print(f"\rsampling {done}/{total}", end="\n" if done == total else "", file=sys.stderr)
+    elif done == total:  # a log file gets the line, not a carriage return a step
+        print(f"sampling {done}/{total}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.annotators_dir:
         set_annotators_dir(args.annotators_dir)
+    quiet_library_bars()
     out_dir = Path(args.out_dir)
     try:
         _check_flags(args)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
+from cnet.progress import step_progress
 from cnet.synth.sample import KIND_CLASSES
 from cnet.train import checkpoint as ckpt
 from cnet.train.controlnet import (
@@ -475,7 +476,6 @@ def train_base(config: BaseTrainConfig) -> Path | None:
     """Train (or resume) both phases; returns the saved pipeline folder, or None when the time box
     stopped the run before its UNet had trained."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
     from transformers import CLIPTokenizer
 
     from cnet.architecture import build_components, save_pipeline_dir
@@ -634,13 +634,7 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             num_workers=config.num_workers,
         )
 
-        progress = tqdm(
-            total=steps,
-            initial=step,
-            disable=not accelerator.is_local_main_process,
-            desc=phase,
-            unit="step",
-        )
+        progress = step_progress(steps, step, phase, not accelerator.is_local_main_process)
         while step < steps:
             factor = lr_factor(step, steps, config.warmup_steps, config.cooldown_steps)
             for group in optimizer.param_groups:

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from cnet import captioner as cap
 from cnet.cli.options import positive_int
+from cnet.progress import step_progress
 from cnet.synth.sample import KIND_CLASSES
 from cnet.synth.splits import split_seeds
 from cnet.train import checkpoint as ckpt
@@ -308,7 +309,6 @@ def check_scene_counts(data: str, counts: dict[str, tuple[str, int]]) -> None:
 
 def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     check_numbers(config)
     check_scene_counts(
@@ -430,12 +430,8 @@ def train(config: TrainConfig) -> TrainResult:
             curves = {"caption": losses, "patch kinds": kind_losses}
             plot_losses(curves, output_dir / "loss.png", "Captioner training")
 
-    progress = tqdm(
-        total=config.max_steps,
-        initial=step,
-        disable=not accelerator.is_local_main_process,
-        desc="captioner",
-        unit="step",
+    progress = step_progress(
+        config.max_steps, step, "captioner", not accelerator.is_local_main_process
     )
     while step < config.max_steps:
         factor = lr_factor(step, config.max_steps, config.warmup_steps, config.cooldown_steps)

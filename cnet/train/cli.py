@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cnet.cli.options import checked_number, positive_int
 from cnet.engine import SAMPLERS
+from cnet.progress import quiet_library_bars
 from cnet.train.base import BaseTrainConfig
 from cnet.train.controlnet import UNLOCK_CHOICES, TrainConfig
 from cnet.train.limits import rule, without_none
@@ -205,6 +206,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_library_bars()
     try:
         return _run(args)
     except KeyboardInterrupt:  # Ctrl-C: a note, not a traceback from whatever was running

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from cnet.engine import DEFAULT_PROMPT, make_scheduler
 from cnet.models import check_controlnet_fits, load_controlnet, trained_controlnet
+from cnet.progress import step_progress
 from cnet.synth.maps import redrawn_maps
 from cnet.train import checkpoint as ckpt
 from cnet.train.data import (
@@ -579,7 +580,6 @@ def train(config: TrainConfig) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
     from diffusers import ControlNetModel
-    from tqdm.auto import tqdm
 
     check_numbers(config)
     config = sampled_like_the_app(config, base_folder(config.base))
@@ -761,12 +761,8 @@ def train(config: TrainConfig) -> TrainResult:
         if accelerator.is_main_process:
             plot_losses({"diffusion": losses}, output_dir / "loss.png", "ControlNet training")
 
-    progress = tqdm(
-        total=config.max_steps,
-        initial=step,
-        disable=not accelerator.is_local_main_process,
-        desc="controlnet",
-        unit="step",
+    progress = step_progress(
+        config.max_steps, step, "controlnet", not accelerator.is_local_main_process
     )
     while step < config.max_steps:
         if unlockable and not base_unlocked and step >= config.unlock_base_at_step:
