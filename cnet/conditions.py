@@ -115,6 +115,8 @@ class Backend:
     input_check: Callable[[np.ndarray], str | None] | None = field(
         default=None, kw_only=True, compare=False
     )
+    #: the name A1111's ControlNet extension gives the same preprocessor, where it has one
+    a1111: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.accepts not in ACCEPTS:
@@ -124,6 +126,11 @@ class Backend:
         """What `input_check` says about a picture given to this backend."""
         notice = None if self.input_check is None else self.input_check(image)
         return [] if notice is None else [notice]
+
+    @property
+    def module(self) -> str:
+        """The preprocessor's name in an image's A1111 parameters text ("Module: ...")."""
+        return self.a1111 or self.name
 
     @property
     def reads_keypoints(self) -> bool:
@@ -251,6 +258,7 @@ CONDITIONS: dict[str, Condition] = {
                     "hed",
                     "Photo → HED scribble",
                     factory=scribble.HEDScribbleDetector,
+                    a1111="scribble_hed",
                     weights=_annotator("ControlNetHED.pth"),
                     package=_AUX,
                 ),
@@ -258,6 +266,7 @@ CONDITIONS: dict[str, Condition] = {
                     "pidinet",
                     "Photo → PidiNet scribble",
                     factory=scribble.PidiNetScribbleDetector,
+                    a1111="scribble_pidinet",
                     weights=_annotator("table5_pidinet.pth"),
                     package=_AUX,
                 ),
@@ -394,6 +403,7 @@ CONDITIONS: dict[str, Condition] = {
                     "midas",
                     "MiDaS (DPT-Hybrid)",
                     factory=depth.MidasDepthDetector,
+                    a1111="depth_midas",
                     weights=_annotator("dpt_hybrid-midas-501f0c75.pt"),
                     package=_AUX,
                 ),
@@ -401,6 +411,7 @@ CONDITIONS: dict[str, Condition] = {
                     "depth_anything",
                     "Depth Anything V2 (small)",
                     factory=depth.DepthAnythingDetector,
+                    a1111="depth_anything_v2",
                     weights=Weights(
                         "depth-anything/Depth-Anything-V2-Small-hf",
                         ("config.json", "preprocessor_config.json", _TORCH_WEIGHTS),
@@ -429,6 +440,7 @@ CONDITIONS: dict[str, Condition] = {
                     "normalbae",
                     "NormalBae",
                     factory=normal.NormalBaeDetector,
+                    a1111="normal_bae",
                     weights=_annotator("scannet.pt"),
                     package=_AUX,
                 ),
@@ -437,6 +449,7 @@ CONDITIONS: dict[str, Condition] = {
                     "MiDaS depth → normals",
                     (Param("bg_threshold", "Background threshold", 0.4, 0.0, 1.0, 0.01),),
                     factory=normal.MidasNormalDetector,
+                    a1111="normal_midas",
                     weights=_annotator("dpt_hybrid-midas-501f0c75.pt"),
                     package=_AUX,
                 ),

@@ -131,6 +131,21 @@ def test_fetch_refuses_when_offline(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_module_names_are_a1111s_where_it_has_the_same_preprocessor():
+    modules = {
+        key: {backend.name: backend.module for backend in condition.backends}
+        for key, condition in CONDITIONS.items()
+    }
+    assert modules["depth"]["midas"] == "depth_midas"
+    assert modules["normal"]["midas"] == "normal_midas"
+    assert modules["normal"]["normalbae"] == "normal_bae"
+    assert modules["scribble"]["hed"] == "scribble_hed"
+    assert modules["canny"]["canny"] == "canny" and modules["canny"]["none"] == "none"
+    assert modules["seg"]["upernet"] == "upernet"  # A1111's ADE20K models are other ones
+    for names in modules.values():
+        assert len(set(names.values())) == len(names)
+
+
 def test_params_have_sane_ranges():
     for condition in CONDITIONS.values():
         for backend in condition.backends:

@@ -101,6 +101,21 @@ def test_generate_detects_with_a_backend_that_reads_the_file(
     assert f"Module: {reader}, " in written  # the preprocessor that made the map
 
 
+def test_module_is_the_preprocessors_a1111_name_where_it_has_one(
+    tiny_model_dir, control_png, tmp_path, monkeypatch
+):
+    import cnet.conditions
+
+    # MiDaS' weights are not here: the map it would make, for the parameters text alone
+    made = np.zeros((64, 64, 3), np.uint8)
+    monkeypatch.setattr(cnet.conditions, "detect", lambda *args, **kwargs: made)
+    args = ["generate", "--detect", str(control_png), "-c", "depth", "--detector", "midas"]
+    out = ["--model-dir", str(tiny_model_dir), "--steps", "1", "-o", str(tmp_path / "out")]
+    assert main([*args, *out]) == 0
+    written = png_info.read_parameters(tmp_path / "out" / "depth-0.png")
+    assert "Module: depth_midas, " in written
+
+
 def test_a_second_run_with_the_same_seeds_keeps_the_first_runs_images(
     tiny_model_dir, control_png, tmp_path, capsys
 ):

@@ -144,7 +144,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
             )
         # Used as it is, so checked as the map-as-is preprocessor checks its input.
         none = condition.backend(NONE_BACKEND.name)
-        return to_rgb_array(read_input(args.control, none)), none.name
+        return to_rgb_array(read_input(args.control, none)), none.module
     backend = (
         condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
     )
@@ -157,7 +157,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
         detect_resolution=resolution,
         image_resolution=resolution,
     )
-    return control, backend.name
+    return control, backend.module
 
 
 def _check_flags(args: argparse.Namespace) -> None:

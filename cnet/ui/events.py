@@ -496,7 +496,7 @@ class AppEvents:
                 generation = GenerationRequest(
                     control_image=control_map,
                     condition=condition.key,
-                    preprocessor=backend_named(condition, preprocessor).name,
+                    preprocessor=backend_named(condition, preprocessor).module,
                     prompt_mode=prompt_mode,
                     prompt=limit_text("prompt", prompt, notices),
                     added_prompt=limit_text("added prompt", added_prompt, notices),
