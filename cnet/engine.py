@@ -123,8 +123,8 @@ class GenerationRequest:
     eta: float = 0.0
     seed: int = 0  # image i uses seed + i
     keep_first_pass: bool = False  # auto mode: also return first-pass images
-    # The detector that made the control map (its backend name), for the PNG text's Module, as
-    # A1111 writes its preprocessor; None: the map was given as it is ("none").
+    # The detector that made the control map (`Backend.module`: A1111's name where it has one),
+    # for the PNG text's Module; None: the map was given as it is ("none").
     preprocessor: str | None = None
 
     def validate(self) -> None:
