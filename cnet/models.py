@@ -246,6 +246,15 @@ def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
         )
     if source.lower().endswith(SINGLE_FILE_SUFFIXES):
         return "Check the path: a single-file checkpoint is read from that file."
+    if (path.parent / "preset.json").is_file() or (path.parent.parent / "preset.json").is_file():
+        # <dir>/base or <dir>/controlnet/<key>: a folder in the embedded layout, one we train
+        if path.parent.name == "controlnet":
+            return (
+                "Put a ControlNet folder there, such as a training run's <run>/controlnet "
+                "(`python -m cnet train controlnet`), or pack a whole `python -m cnet train "
+                "embedded` run into this folder with --pack."
+            )
+        return "Put a diffusers pipeline folder there, as `python -m cnet train base` makes."
     if is_local(source):
         return (
             "Check the path, or put the weights there "

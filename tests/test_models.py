@@ -496,6 +496,16 @@ def test_missing_embedded_model_names_the_restore_command(tmp_path, monkeypatch)
     assert models.EMBEDDED_TRAIN_COMMAND in str(error.value)
 
 
+def test_a_model_folder_missing_a_part_says_what_makes_that_part(tmp_path):
+    (tmp_path / "preset.json").write_text('{"name": "mine"}')
+    for part, makes in [
+        (tmp_path / "base", "as `python -m cnet train base` makes"),
+        (tmp_path / "controlnet" / "canny", "a training run's <run>/controlnet"),
+    ]:
+        error = models.model_missing(str(part), "It", f"{part} does not exist", "base")
+        assert makes in str(error) and "<hub-id>" not in str(error)
+
+
 def test_lru_cache_drops_the_least_recently_used():
     cache = LRUCache(2)
     made = []
