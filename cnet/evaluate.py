@@ -42,6 +42,7 @@ import numpy as np
 from cnet.cli.options import model_folder, output_folder, positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
+from cnet.imageio import ImageLike, to_rgb_array
 from cnet.progress import quiet_library_bars
 from cnet.synth import CONDITION_KEYS, Sample, generate, split_seeds
 from cnet.synth.maps import MAP_SHOWS_ONLY, redrawn_maps, training_kinds
@@ -215,7 +216,9 @@ def edge_f1(generated: np.ndarray, control_map: np.ndarray) -> float:
     return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
 
 
-def score(generated: np.ndarray, sample: Sample, condition: str) -> Scores:
+def score(generated: ImageLike, sample: Sample, condition: str) -> Scores:
+    """`generated` (an engine's PIL image, or any image `to_rgb_array` reads) against the scene."""
+    generated = to_rgb_array(generated)
     edge = (
         edge_f1(generated, sample.conditions[condition]) if condition in EDGE_CONDITIONS else None
     )

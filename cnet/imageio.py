@@ -342,11 +342,14 @@ def target_size(height: int, width: int, resolution: int, multiple: int = 64) ->
     return new_height, new_width
 
 
-def resize_to_resolution(image: np.ndarray, resolution: int, multiple: int = 64) -> np.ndarray:
+def resize_to_resolution(image: ImageLike, resolution: int, multiple: int = 64) -> np.ndarray:
     """Short side -> `resolution`, sides rounded to `multiple`, as the original `resize_image`.
 
-    Lanczos when enlarging, area averaging when shrinking, so results match controlnet-aux.
+    Lanczos when enlarging, area averaging when shrinking, so results match controlnet-aux. An
+    array keeps its channels; anything else is read as RGB (`to_rgb_array`).
     """
+    if not isinstance(image, np.ndarray):
+        image = to_rgb_array(image)
     height, width = image.shape[:2]
     new_height, new_width = target_size(height, width, resolution, multiple)
     enlarging = resolution > min(height, width)

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cnet.evaluate import (
     caption_agreement,
@@ -150,6 +151,8 @@ def test_edge_f1_is_one_on_its_own_edges_and_zero_on_a_blank_image(samples):
     assert edge_f1(np.zeros_like(sample.image), canny) == 0.0
     assert score(sample.image, sample, "canny").edge_f1 == pytest.approx(1.0)
     assert score(sample.image, sample, "depth").edge_f1 is None
+    as_the_engine_gives_it = Image.fromarray(sample.image)
+    assert score(as_the_engine_gives_it, sample, "canny") == score(sample.image, sample, "canny")
 
 
 def test_hough_lines_of_the_target_are_mostly_found_in_its_edges(samples):

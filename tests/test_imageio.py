@@ -151,6 +151,7 @@ def test_target_size_rounds_to_multiples_of_64(shape, resolution, expected):
 def test_resize_to_resolution_shapes():
     out = resize_to_resolution(_gradient(300, 451), 512)
     assert out.shape == (512, 768, 3) and out.dtype == np.uint8
+    assert np.array_equal(resize_to_resolution(Image.fromarray(_gradient(300, 451)), 512), out)
 
 
 def test_load_image_scales_large_uploads_down_with_a_notice(tmp_path):
