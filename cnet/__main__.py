@@ -11,7 +11,10 @@ COMMANDS = {
     "generate": ("cnet.cli.generate", "make images from a control map and a prompt"),
     "detect": ("cnet.cli.detect", "turn an image into a control map"),
     "synth": ("cnet.synth.cli", "render, export and preview the synthetic scene world"),
-    "train": ("cnet.train.cli", "train a ControlNet, or the embedded base model"),
+    "train": (
+        "cnet.train.cli",
+        "train a ControlNet, or a small model's base, captioner and decoder (embedded: all)",
+    ),
     "eval": ("cnet.evaluate", "measure control and prompt fidelity on held-out scenes"),
     "compare": ("cnet.comparison", "is one evaluated model better than another, scene by scene"),
 }

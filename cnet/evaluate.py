@@ -830,7 +830,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_library_bars()
     made_here = first_missing(args.out)
     try:
         return _run(args)
@@ -885,6 +884,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     grid, new_grid = args.out / GRID_FILE, args.out / NEW_GRID_FILE
+    quiet_library_bars()  # where the models load: a refused command imports none
     per_scene = evaluate(
         engine,
         conditions,

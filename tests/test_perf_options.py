@@ -4,6 +4,7 @@ the work that must happen once per engine, never per request. No timings here (s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,25 @@ def test_importing_the_engine_registry_and_models_loads_no_heavy_library():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(output.stdout) == []
+
+
+def test_a_refused_generate_in_a_log_file_loads_no_heavy_library(tmp_path):
+    code = (
+        "import json, sys; from cnet.__main__ import main; "
+        "code = main(['generate', 'map.png', '-c', 'canny']); "
+        f"print(json.dumps([code, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]))"
+    )
+    output = subprocess.run(  # stderr is a pipe here, not a terminal: the libraries' bars go
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "error: No image file at map.png." in output.stderr  # refused after the engine's made
+    code, loaded = json.loads(output.stdout)
+    assert code == 2 and not {"diffusers", "transformers"} & set(loaded)
 
 
 def test_without_a_gpu_driver_choosing_the_device_imports_no_torch(tmp_path, monkeypatch):

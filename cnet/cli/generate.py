@@ -199,7 +199,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.annotators_dir:
         set_annotators_dir(args.annotators_dir)
-    quiet_library_bars()
     out_dir = Path(args.out_dir)
     try:
         _check_flags(args)
@@ -230,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             keep_first_pass=args.keep_first_pass,
         )
         request.validate()
+        quiet_library_bars()  # here, where the models load: a refused command imports none
         engine.check_weights([args.condition])
         if request.prompt_mode == "auto":
             engine.captioner()  # a missing one is named before the folder is made

@@ -1,7 +1,8 @@
-"""`python -m cnet train controlnet|base|captioner|decoder|embedded`: config fields are flags.
+r"""`python -m cnet train controlnet|base|captioner|decoder|embedded`: config fields are flags.
 
 python -m cnet train controlnet --base assets/embedded --data synth --condition canny
-accelerate launch -m cnet train controlnet --base runwayml/stable-diffusion-v1-5 --data fill50k
+accelerate launch -m cnet train controlnet --data fill50k \
+    --base stable-diffusion-v1-5/stable-diffusion-v1-5
 python -m cnet train base --output-dir runs/base --resume latest
 python -m cnet train decoder --model-dir assets/embedded --output-dir runs/decoder
 python -m cnet train embedded --runs runs/embedded
