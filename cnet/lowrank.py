@@ -89,7 +89,14 @@ def is_lowrank(folder: str | Path) -> bool:
 
 def lowrank_settings(folder: str | Path) -> dict:
     """{"starts_from": path relative to the folder, "rank": int}"""
-    return json.loads((Path(folder) / LOWRANK_CONFIG).read_text())
+    path = Path(folder) / LOWRANK_CONFIG
+    try:
+        settings = json.loads(path.read_text())
+    except ValueError as error:  # cut short or edited by hand
+        raise ValueError(f"{path} is not valid JSON ({error}); restore the file.") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} holds no settings object; restore the file.")
+    return settings
 
 
 def lowrank_start(folder: str | Path) -> Path:

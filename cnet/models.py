@@ -279,7 +279,10 @@ def missing_weights(source: str, kind: str) -> str | None:
         if is_lowrank(path):
             if not (path / LOWRANK_WEIGHTS).is_file():
                 return f"{path} has no {LOWRANK_WEIGHTS}"
-            start = lowrank_start(path)
+            try:
+                start = lowrank_start(path)
+            except ValueError as error:  # a status line reports it; it never raises
+                return str(error).removesuffix(".")
             detail = missing_weights(str(start), kind)
             return detail and f"{path} is a low-rank difference from {start}, and {detail}"
         return None if (path / "config.json").is_file() else f"{path} has no config.json"
@@ -383,7 +386,10 @@ def config_at_hand(source: str, name: str = "config.json") -> dict | None:
     if is_local(source):
         folder = Path(source).expanduser()
         if folder.is_dir() and is_lowrank(folder):
-            folder = lowrank_start(folder)
+            try:
+                folder = lowrank_start(folder)
+            except ValueError:  # a broken file: `missing_weights` names it
+                return None
         path = folder / name
     else:
         from huggingface_hub import try_to_load_from_cache

@@ -18,7 +18,7 @@ from cnet.lowrank import (
     lowrank_start,
     write_lowrank,
 )
-from cnet.models import load_controlnet, missing_weights
+from cnet.models import config_at_hand, load_controlnet, missing_weights
 
 
 def weights(seed: int) -> dict[str, torch.Tensor]:
@@ -129,6 +129,21 @@ def test_a_lowrank_folder_without_its_weights_or_start_is_named(lowrank_folder):
     (folder / LOWRANK_CONFIG).write_text('{"rank": 16}')
     with pytest.raises(ValueError, match='names no "starts_from" folder'):
         lowrank_start(folder)
+
+
+@pytest.mark.parametrize("damaged", ['{"starts_from": "../all", "ra', "[16]"])
+def test_a_damaged_lowrank_json_is_named_as_missing_weights_never_a_traceback(
+    lowrank_folder, tmp_path, damaged
+):
+    from cnet.models import ModelMissingError
+
+    folder, _ = lowrank_folder
+    (folder / LOWRANK_CONFIG).write_text(damaged)
+    detail = missing_weights(str(folder), "controlnet")  # what the app's status line reads
+    assert config_at_hand(str(folder)) is None  # and its check for another base's ControlNets
+    assert detail.startswith(f"{folder / LOWRANK_CONFIG} ") and "restore the file" in detail
+    with pytest.raises(ModelMissingError, match=str(folder / LOWRANK_CONFIG)):
+        load_controlnet(str(folder), str(tmp_path), "float32", "cpu")
 
 
 def test_a_difference_is_taken_between_whole_controlnet_folders(lowrank_folder, tmp_path):
