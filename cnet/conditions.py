@@ -207,14 +207,27 @@ class Condition:
         """The backends that run now and read a file like `path`, in order of preference: an
         OpenPose .json, else a picture; the strokes reader too when the file is loaded into the
         sketch pad (strokes drawn there then add to it)."""
-        kinds = {"openpose_json"} if Path(path).suffix.lower() == ".json" else {"image"}
-        if sketch_pad and "image" in kinds:
-            kinds.add("sketch")
+        kinds = _file_kinds(path, sketch_pad)
         return [b for b in self.backends if b.accepts in kinds and b.availability().ok]
 
     def reader_for(self, path: str | Path) -> Backend:
         """The first backend that reads the file `path` (else the default, which says why not)."""
         return next(iter(self.readers(path)), None) or self.default_backend()
+
+    def passed_over(self, path: str | Path) -> list[Backend]:
+        """The backends `reader_for(path)` would have chosen first, had they been able to run
+        here (a photo detector without its weights): a command that chose for the user says so."""
+        kinds, chosen = _file_kinds(path), self.reader_for(path)
+        before = self.backends[: self.backends.index(chosen)]
+        return [b for b in before if b.accepts in kinds and not b.availability().ok]
+
+
+def _file_kinds(path: str | Path, sketch_pad: bool = False) -> set[str]:
+    """What a file is to the backends: an OpenPose .json, else a picture (and, loaded into the
+    sketch pad, strokes drawn on it too)."""
+    if Path(path).suffix.lower() == ".json":
+        return {"openpose_json"}
+    return {"image", "sketch"} if sketch_pad else {"image"}
 
 
 def _annotator(*files: str) -> Weights:

@@ -270,6 +270,18 @@ def test_cli_notes_a_photo_given_as_a_map(tmp_path, capsys):
         set_annotators_dir(None)
     printed = capsys.readouterr()
     assert "(none)" in printed.out and "a coloured skeleton on black" in printed.err
+    # ... and names the detector it passed over, and how to get its weights
+    assert "note: openpose would read this file first, but weights files " in printed.err
+    assert "fetch with: hf download lllyasviel/Annotators body_pose_model.pth" in printed.err
+
+
+def test_the_detectors_passed_over_for_a_file_are_those_before_its_reader(empty_annotators):
+    assert [b.name for b in CONDITIONS["depth"].passed_over("photo.jpg")] == [
+        "midas",
+        "depth_anything",
+    ]
+    assert CONDITIONS["pose"].passed_over("pose.json") == []  # its reader needs no weights
+    assert CONDITIONS["canny"].passed_over("photo.jpg") == []
 
 
 def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp_path, capsys):

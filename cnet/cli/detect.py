@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from cnet.cli.options import positive_int
-from cnet.cli.reading import read_input
+from cnet.cli.reading import chosen_reader, read_input
 from cnet.conditions import (
     CONDITIONS,
     Backend,
@@ -142,9 +142,10 @@ def run(args: argparse.Namespace) -> int:
         print("error: give an input image (or --list / --fetch)", file=sys.stderr)
         return 2
     try:
-        backend = (
-            condition.backend(args.backend) if args.backend else condition.reader_for(args.input)
-        )
+        if args.backend:
+            backend = condition.backend(args.backend)
+        else:
+            backend = chosen_reader(condition, args.input)
         if args.fetch and backend.weights is None:
             print(f"{backend.name} needs no weights")
         elif args.fetch:

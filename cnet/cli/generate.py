@@ -129,7 +129,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray, str]:
     """The control map and the preprocessor that made it ("none": the map given as it is)."""
-    from cnet.cli.reading import read_input
+    from cnet.cli.reading import chosen_reader, read_input
     from cnet.conditions import CONDITIONS, NONE_BACKEND, detect
     from cnet.imageio import to_rgb_array
 
@@ -146,7 +146,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
         none = condition.backend(NONE_BACKEND.name)
         return to_rgb_array(read_input(args.control, none)), none.module
     backend = (
-        condition.backend(args.detector) if args.detector else condition.reader_for(args.detect)
+        condition.backend(args.detector) if args.detector else chosen_reader(condition, args.detect)
     )
     print(f"{condition.label} map by {backend.label} ({backend.name})", file=sys.stderr)
     source = read_input(args.detect, backend)

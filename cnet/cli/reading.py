@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from cnet.conditions import Backend
+from cnet.conditions import Backend, Condition
 from cnet.imageio import load_image
 
 
@@ -18,6 +18,15 @@ def read_picture(path: str) -> np.ndarray:
     for notice in loaded.notices:
         print(f"note: {notice}", file=sys.stderr)
     return loaded.array
+
+
+def chosen_reader(condition: Condition, path: str) -> Backend:
+    """The backend that reads the file `path` when the user named none; a detector that would
+    have come first but cannot run here (its weights missing) is named, with how to get it."""
+    for backend in condition.passed_over(path):
+        reason = backend.availability().reason
+        print(f"note: {backend.name} would read this file first, but {reason}", file=sys.stderr)
+    return condition.reader_for(path)
 
 
 def read_input(path: str, backend: Backend) -> Any:
