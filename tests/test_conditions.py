@@ -293,6 +293,9 @@ def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp
     keypoints = str(ROOT / "assets/embedded/examples/pose.json")
     assert main(["detect", keypoints, "-c", "pose", "-o", str(tmp_path / "p.png")]) == 0
     assert "(keypoints_json)" in capsys.readouterr().out
+    # given to a condition that reads pictures only, it is named for what it is
+    assert main(["detect", keypoints, "-c", "canny", "-o", str(tmp_path / "c.png")]) == 2
+    assert "is a keypoints file, not a picture: --condition pose" in capsys.readouterr().err
 
 
 def test_cli_detect_says_what_is_missing_and_never_writes_over_its_input(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ def read_input(path: str, backend: Backend) -> Any:
     through read_picture."""
     if backend.reads_keypoints:
         return path
+    if Path(path).suffix.lower() == ".json":
+        raise ValueError(
+            f"{path} is a keypoints file, not a picture: --condition pose reads it (its "
+            "keypoints_json backend)."
+        )
     picture = read_picture(path)
     for notice in backend.input_notices(picture):
         print(f"note: {notice}", file=sys.stderr)
