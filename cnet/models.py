@@ -414,6 +414,11 @@ def base_resolution(base: str) -> int | None:
     return sample_size * 2 ** (len(blocks) - 1)
 
 
+def preset_resolution(settings: dict, base: str) -> int:
+    """A preset's image side: its preset.json's, else its base's own, else SD 1.5's."""
+    return int(settings.get("resolution") or base_resolution(base) or SD15_RESOLUTION)
+
+
 def size_multiple(base: str) -> int | None:
     """What the sides of a base's images are rounded to, 8 times its VAE's down-sampling (the
     UNet halves the latents three times), from its VAE config at hand; None where it is not."""
@@ -430,7 +435,7 @@ def base_defaults(base: str, beside: tuple[Path | None, dict] | None = None) -> 
     hand), the paper's sampling and the registry's examples."""
     folder, settings = beside or settings_beside(base)
     cfg, sampler = preset_sampling(settings)
-    resolution = settings.get("resolution") or base_resolution(base) or SD15_RESOLUTION
+    resolution = preset_resolution(settings, base)
     example_prompts = settings.get("example_prompts", {})
     if folder is not None:
         known_conditions(folder, example_prompts, "an example prompt")

@@ -157,6 +157,22 @@ def test_examples_command_names_its_files_in_the_model_folders_preset(tmp_path, 
     assert np.median(scribble) == 255  # dark strokes on white paper
 
 
+def test_examples_take_the_bases_own_size_where_the_preset_names_none(
+    tiny_model_dir, tmp_path, capsys
+):
+    from cnet.models import base_resolution
+
+    (tmp_path / "base").symlink_to(tiny_model_dir / "base")
+    (tmp_path / "preset.json").write_text("{")
+    assert main(["synth", "examples", str(tmp_path)]) == 2
+    assert "preset.json is not valid JSON" in capsys.readouterr().err
+    (tmp_path / "preset.json").write_text(json.dumps({"name": "mine"}))
+    assert main(["synth", "examples", str(tmp_path)]) == 0
+    (canny,) = json.loads((tmp_path / "preset.json").read_text())["examples"]["canny"]
+    native = base_resolution(str(tiny_model_dir / "base"))
+    assert native != 512 and Image.open(tmp_path / canny["file"]).size == (native, native)
+
+
 def test_ctrl_c_in_any_command_is_one_line_and_exit_code_130(monkeypatch, capsys):
     from cnet import __main__
     from cnet.synth import cli

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "examples":
         try:
             settings = add_examples(args.model_dir)
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         for key, prompt in settings["example_prompts"].items():

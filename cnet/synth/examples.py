@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from cnet.models import SD15_RESOLUTION
+from cnet.models import preset_resolution, preset_settings
 from cnet.synth.maps import MAP_SHOWS_ONLY, training_kinds
 from cnet.synth.sample import CONDITION_KEYS, Sample, generate
 from cnet.synth.scene import KINDS
@@ -126,8 +126,8 @@ def add_examples(model_dir: Path) -> dict:
             f"{model_dir} has no preset.json; give a model folder in the embedded layout "
             "(python -m cnet train embedded --pack writes one)."
         )
-    settings = json.loads(preset.read_text())
-    size = int(settings.get("resolution", SD15_RESOLUTION))  # preset_from_dir's default too
+    settings = preset_settings(model_dir)  # a broken file is named (ValueError)
+    size = preset_resolution(settings, str(Path(model_dir) / "base"))
     settings.update(write_examples(Path(model_dir), size))
     preset.write_text(json.dumps(settings, indent=2) + "\n")
     return settings
