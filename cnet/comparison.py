@@ -89,9 +89,19 @@ def damage(run: object) -> str | None:
         return "not a JSON object"
     if missing := [key for key in SCENES_KEYS if key not in run]:
         return f"no {missing[0]!r} key"
+    if not isinstance(run["seeds"], list):
+        return "its seeds are not a list"
+    if not isinstance(run["figures"], dict):
+        return "its figures are not an object of conditions"
     for condition, settings in run["figures"].items():
+        if not isinstance(settings, dict):
+            return f"{condition}: not an object of settings"
         for setting, figures in settings.items():
+            if not isinstance(figures, dict):
+                return f"{condition}, {setting}: not an object of figures"
             for name, values in figures.items():
+                if not isinstance(values, list):
+                    return f"{condition}, {setting}: {name} is not a list of values"
                 if len(values) != len(run["seeds"]):
                     return (
                         f"{condition}, {setting}: {len(values)} values of {name} for "
