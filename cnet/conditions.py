@@ -115,8 +115,9 @@ class Backend:
     input_check: Callable[[np.ndarray], str | None] | None = field(
         default=None, kw_only=True, compare=False
     )
-    #: the name A1111's ControlNet extension gives the same preprocessor, where it has one
-    a1111: str | None = field(default=None, kw_only=True)
+    #: the name A1111's ControlNet extension gives the same preprocessor, where it has one; a
+    #: function of the detector's parameters where A1111 names each setting apart
+    a1111: str | Callable[[Mapping[str, Any]], str] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         if self.accepts not in ACCEPTS:
@@ -127,9 +128,11 @@ class Backend:
         notice = None if self.input_check is None else self.input_check(image)
         return [] if notice is None else [notice]
 
-    @property
-    def module(self) -> str:
-        """The preprocessor's name in an image's A1111 parameters text ("Module: ...")."""
+    def module(self, params: Mapping[str, Any] | None = None) -> str:
+        """The preprocessor's name in an image's A1111 parameters text ("Module: ..."), run
+        with `params` (the defaults for those left out)."""
+        if callable(self.a1111):
+            return self.a1111({p.name: p.default for p in self.params} | dict(params or {}))
         return self.a1111 or self.name
 
     @property
@@ -228,6 +231,17 @@ def _file_kinds(path: str | Path, sketch_pad: bool = False) -> set[str]:
     if Path(path).suffix.lower() == ".json":
         return {"openpose_json"}
     return {"image", "sketch"} if sketch_pad else {"image"}
+
+
+def _openpose_module(params: Mapping[str, Any]) -> str:
+    """A1111 names OpenPose by what it draws: openpose, openpose_hand, _face or _full."""
+    hands, face = bool(params["include_hands"]), bool(params["include_face"])
+    return {
+        (False, False): "openpose",
+        (True, False): "openpose_hand",
+        (False, True): "openpose_face",
+        (True, True): "openpose_full",
+    }[hands, face]
 
 
 def _annotator(*files: str) -> Weights:
@@ -360,6 +374,7 @@ CONDITIONS: dict[str, Condition] = {
                         Param("include_face", "Face", False),
                     ),
                     factory=pose.OpenPoseDetector,
+                    a1111=_openpose_module,
                     weights=_annotator("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"),
                     package=_AUX,
                 ),

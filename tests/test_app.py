@@ -307,6 +307,28 @@ def test_closing_the_page_stops_that_sessions_runs(demo):
         assert running.is_set()
 
 
+def test_run_names_the_preprocessor_as_a1111_does_for_its_settings(demo, monkeypatch):
+    event = next(fn for fn in demo.fns.values() if fn.name == "pose")
+    events = next(fn for fn in demo.fns.values() if fn.name == "end_session").fn.__self__
+    made = np.zeros((64, 64, 3), np.uint8)  # OpenPose's weights are not here: its map, faked
+    monkeypatch.setattr(events, "control_map", lambda *args: (made, []))
+    asked = []
+
+    def generate(request, **kwargs):
+        asked.append(request)
+        raise KeyError("stop here")
+
+    monkeypatch.setattr(events.engine, "generate", generate)
+    payloads = {
+        name: getattr(component, "value", None)
+        for name, component in zip(event.input_parameter_names, event.inputs, strict=True)
+    }
+    payloads.update(preprocessor="openpose", openpose_include_hands=True, prompt="a person")
+    with pytest.raises(gr.Error):
+        event.fn(**payloads, request=gr.Request(session_hash="alice"))
+    assert asked[0].preprocessor == "openpose_hand"
+
+
 class Preview:
     """A tab's preview event as the browser sends it: raw payloads, one session; the map it
     answers (None: cleared, SKIP: left as it was) and the notices shown."""

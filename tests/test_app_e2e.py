@@ -99,7 +99,7 @@ def test_detect_then_generate(client, inputs, key):
     assert all(min(sample.size) == 64 for sample in samples)
     assert "Seed: 11" in samples[0].info["parameters"]
     assert "Seed: 12" in samples[1].info["parameters"]
-    module = CONDITIONS[key].default_backend().module  # the tab's preprocessor, as A1111 names it
+    module = CONDITIONS[key].default_backend().module()  # the tab's preprocessor, as A1111 names it
     assert f"Module: {module}, " in samples[0].info["parameters"]
     assert np.ptp(read(gallery[0]["image"])) > 0
 

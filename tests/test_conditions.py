@@ -133,7 +133,7 @@ def test_fetch_refuses_when_offline(monkeypatch, tmp_path):
 
 def test_module_names_are_a1111s_where_it_has_the_same_preprocessor():
     modules = {
-        key: {backend.name: backend.module for backend in condition.backends}
+        key: {backend.name: backend.module() for backend in condition.backends}
         for key, condition in CONDITIONS.items()
     }
     assert modules["depth"]["midas"] == "depth_midas"
@@ -142,6 +142,10 @@ def test_module_names_are_a1111s_where_it_has_the_same_preprocessor():
     assert modules["scribble"]["hed"] == "scribble_hed"
     assert modules["canny"]["canny"] == "canny" and modules["canny"]["none"] == "none"
     assert modules["seg"]["upernet"] == "upernet"  # A1111's ADE20K models are other ones
+    openpose = CONDITIONS["pose"].backend("openpose")  # named by what it draws
+    assert modules["pose"]["openpose"] == "openpose"
+    assert openpose.module({"include_hands": True}) == "openpose_hand"
+    assert openpose.module({"include_hands": True, "include_face": True}) == "openpose_full"
     for names in modules.values():
         assert len(set(names.values())) == len(names)
 

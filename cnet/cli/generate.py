@@ -144,7 +144,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
             )
         # Used as it is, so checked as the map-as-is preprocessor checks its input.
         none = condition.backend(NONE_BACKEND.name)
-        return to_rgb_array(read_input(args.control, none)), none.module
+        return to_rgb_array(read_input(args.control, none)), none.module()
     backend = (
         condition.backend(args.detector) if args.detector else chosen_reader(condition, args.detect)
     )
@@ -157,7 +157,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
         detect_resolution=resolution,
         image_resolution=resolution,
     )
-    return control, backend.module
+    return control, backend.module()
 
 
 def _check_flags(args: argparse.Namespace) -> None:

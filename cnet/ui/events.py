@@ -493,10 +493,11 @@ class AppEvents:
                 control_map, notices = self.control_map(
                     condition, inputs, preprocessor, detect_resolution, resolution, params, True
                 )
+                chosen = backend_named(condition, preprocessor)
                 generation = GenerationRequest(
                     control_image=control_map,
                     condition=condition.key,
-                    preprocessor=backend_named(condition, preprocessor).module,
+                    preprocessor=chosen.module(backend_params(chosen, params)),
                     prompt_mode=prompt_mode,
                     prompt=limit_text("prompt", prompt, notices),
                     added_prompt=limit_text("added prompt", added_prompt, notices),
