@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -68,6 +69,13 @@ MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
 MAX_SIDE = 2048  # long side cap, so an extreme aspect ratio cannot ask for a giant image
 
 ProgressFn = Callable[[int, int], None]
+
+
+def random_seed() -> int:
+    """A seed drawn for a run: low enough that no image's seed + i wraps past MAX_SEED."""
+    return random.randint(0, MAX_SEED - MAX_IMAGES)
+
+
 log = logging.getLogger(__name__)
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cnet.engine
 from cnet import models
 from cnet.conditions import CONDITIONS, Availability, Backend, Param
-from cnet.engine import SAMPLERS, GenerationRequest, load_engine
+from cnet.engine import MAX_IMAGES, MAX_SEED, SAMPLERS, GenerationRequest, load_engine
 from cnet.imageio import ImageInputError
 from cnet.ui import build_demo
 from cnet.ui import components as checked
@@ -307,10 +308,12 @@ def test_closing_the_page_stops_that_sessions_runs(demo):
         assert running.is_set()
 
 
-def test_run_names_the_preprocessor_as_a1111_does_for_its_settings(demo, monkeypatch):
-    event = next(fn for fn in demo.fns.values() if fn.name == "pose")
+def requested(demo: gr.Blocks, monkeypatch: pytest.MonkeyPatch, key: str, **payloads):
+    """The GenerationRequest a tab's Run makes of its defaults and `payloads` (its control map
+    faked: detectors may lack their weights here)."""
+    event = next(fn for fn in demo.fns.values() if fn.name == key)
     events = next(fn for fn in demo.fns.values() if fn.name == "end_session").fn.__self__
-    made = np.zeros((64, 64, 3), np.uint8)  # OpenPose's weights are not here: its map, faked
+    made = np.zeros((64, 64, 3), np.uint8)
     monkeypatch.setattr(events, "control_map", lambda *args: (made, []))
     asked = []
 
@@ -319,14 +322,24 @@ def test_run_names_the_preprocessor_as_a1111_does_for_its_settings(demo, monkeyp
         raise KeyError("stop here")
 
     monkeypatch.setattr(events.engine, "generate", generate)
-    payloads = {
+    given = {
         name: getattr(component, "value", None)
         for name, component in zip(event.input_parameter_names, event.inputs, strict=True)
     }
-    payloads.update(preprocessor="openpose", openpose_include_hands=True, prompt="a person")
     with pytest.raises(gr.Error):
-        event.fn(**payloads, request=gr.Request(session_hash="alice"))
-    assert asked[0].preprocessor == "openpose_hand"
+        event.fn(**(given | payloads), request=gr.Request(session_hash="alice"))
+    return asked[0]
+
+
+def test_run_names_the_preprocessor_as_a1111_does_for_its_settings(demo, monkeypatch):
+    chosen = {"preprocessor": "openpose", "openpose_include_hands": True, "prompt": "a person"}
+    assert requested(demo, monkeypatch, "pose", **chosen).preprocessor == "openpose_hand"
+
+
+def test_a_random_seed_leaves_room_for_every_images_seed(demo, monkeypatch):
+    monkeypatch.setattr(cnet.engine.random, "randint", lambda low, high: high)
+    seed = requested(demo, monkeypatch, "canny", randomize_seed=True, prompt="x").seed
+    assert seed + MAX_IMAGES - 1 <= MAX_SEED and seed == cnet.engine.random_seed()
 
 
 class Preview:

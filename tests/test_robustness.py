@@ -33,7 +33,6 @@ SERVER_ENV = {"OMP_NUM_THREADS": "1"}  # one torch thread: far faster on a share
 GENERIC_ERRORS = ("has not enabled verbose error reporting", "Traceback", "server log")
 FAST_CASES = 12  # per endpoint, default suite (keeps it near a minute on 2 busy cores)
 SLOW_CASES = 220  # per endpoint, with -m slow
-OMIT = object()
 # Never left at their (slow) defaults: the fuzzing is about validation, not about throughput.
 COSTLY = {"steps", "num_images", "detect_resolution", "resolution"}
 

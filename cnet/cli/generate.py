@@ -12,7 +12,6 @@ names are taken adds -run2, -run3, ... to all of its names.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -30,7 +29,6 @@ from cnet.engine import (
     MAX_CFG,
     MAX_IMAGES,
     MAX_RESOLUTION,
-    MAX_SEED,
     MAX_STEPS,
     MIN_CFG,
     MIN_RESOLUTION,
@@ -40,6 +38,7 @@ from cnet.engine import (
     GenerationRequest,
     ModelMissingError,
     load_engine,
+    random_seed,
 )
 from cnet.progress import quiet_library_bars, writes_to_terminal
 
@@ -205,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         engine = load_engine(**model_settings(args), **performance_settings(args))
         print(f"{engine.status()} ({engine.reason})", file=sys.stderr)
         resolution = args.resolution or engine.preset.resolution
-        seed = random.randint(0, MAX_SEED - MAX_IMAGES) if args.seed == -1 else args.seed
+        seed = random_seed() if args.seed == -1 else args.seed
         control, preprocessor = _control_map(args, resolution)
         request = GenerationRequest(
             control_image=control,

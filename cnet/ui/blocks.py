@@ -16,6 +16,7 @@ import numpy as np
 from cnet.conditions import CONDITIONS, Backend, Condition, Example, Param
 from cnet.engine import (
     MAX_CFG,
+    MAX_IMAGES,
     MAX_SEED,
     MIN_CFG,
     MIN_RESOLUTION,
@@ -337,7 +338,9 @@ def settings_panel(engine: Engine) -> Controls:
     resolution = engine.preset.resolution
     with gr.Accordion("Advanced", open=False):
         controls: Controls = dict(
-            num_images=checked.Slider(1, 12, value=defaults["num_images"], step=1, label="Images"),
+            num_images=checked.Slider(
+                1, MAX_IMAGES, value=defaults["num_images"], step=1, label="Images"
+            ),
             resolution=checked.Slider(
                 MIN_RESOLUTION,
                 max(1024, resolution),

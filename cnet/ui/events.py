@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 import sys
 import threading
 from collections import OrderedDict
@@ -23,12 +22,12 @@ import numpy as np
 
 from cnet.conditions import Backend, BackendUnavailable, Condition, detect
 from cnet.engine import (
-    MAX_SEED,
     Engine,
     GenerationCancelled,
     GenerationRequest,
     ModelMissingError,
     check_long_side,
+    random_seed,
 )
 from cnet.imageio import ImageInputError, load_image
 from cnet.ui.components import unfinished_number
@@ -36,7 +35,6 @@ from cnet.ui.components import unfinished_number
 log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 4000  # far beyond what a text encoder reads; longer text is cut, with a notice
-STROKES_BACKEND = "canvas"  # the scribble backend that reads only the strokes drawn on the canvas
 NO_INPUT = {
     "image": "Upload an image first.",
     "sketch": "Draw a scribble on the canvas (or upload a drawing) first.",
@@ -487,7 +485,7 @@ class AppEvents:
             progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio reads the default)
             **params: Any,
         ) -> tuple[list[tuple[Any, str]], str, int]:
-            seed = random.randint(0, MAX_SEED) if randomize_seed else int(seed)
+            seed = random_seed() if randomize_seed else int(seed)
             inputs = {"image": image, "openpose_json": openpose_json}
             with user_errors("Generation"):
                 control_map, notices = self.control_map(
