@@ -325,6 +325,22 @@ def test_each_sampler_runs(engine, control_map, calls, sampler, scheduler):
     assert sampler in SAMPLERS
 
 
+def test_every_sampler_is_made_from_the_bases_scheduler_not_the_last_one_used(
+    engine, control_map, monkeypatch
+):
+    import cnet.engine
+
+    engine.generate(request(control_map, sampler="Euler a"))  # the pipeline's scheduler now
+    made_from = []
+    monkeypatch.setattr(
+        cnet.engine, "make_scheduler", lambda sampler, config: made_from.append(config)
+    )
+    engine._schedulers.clear()
+    engine.scheduler("DDIM")
+    assert made_from == [engine._base_scheduler_config]
+    assert made_from[0]["_class_name"] != "EulerAncestralDiscreteScheduler"
+
+
 def test_control_strength_changes_the_image(engine, control_map):
     """At strength 0 the ControlNet adds nothing: two conditions give the same image."""
     images = {
