@@ -381,13 +381,13 @@ def score_conditions(
 ) -> tuple[PerScene, dict[str, np.ndarray]]:
     """Each scene's scores, and per condition a sample-grid row: control map beside its first
     image."""
-    from cnet.engine import GenerationRequest
+    from cnet.engine import GenerationRequest, GenerationResult
 
     table: PerScene = {}
     grid_rows: dict[str, np.ndarray] = {}
     # At strength 0 no ControlNet adds anything, so a scene's image is the same for every
     # condition tested on that scene: generated once, scored against each condition's figures.
-    uncontrolled: dict[tuple[str, int, tuple[str, ...]], np.ndarray] = {}
+    uncontrolled: dict[tuple[str, int, tuple[str, ...]], GenerationResult] = {}
     for condition in conditions:
         table[condition] = {}
         samples = [condition_sample(seed, sampling.size, condition) for seed in seeds]
@@ -397,7 +397,7 @@ def score_conditions(
             per_scene, started = [], time.perf_counter()
             for sample in samples:
                 if strength == 0 and (mode, sample.seed, kinds) in uncontrolled:
-                    image = uncontrolled[mode, sample.seed, kinds]
+                    result = uncontrolled[mode, sample.seed, kinds]
                 else:
                     request = GenerationRequest(
                         control_image=sample.conditions[condition],
@@ -415,9 +415,9 @@ def score_conditions(
                         keep_first_pass=mode == "auto",
                     )
                     result = engine.generate(request)
-                    image = np.asarray(result.images[0].convert("RGB"))
                     if strength == 0:
-                        uncontrolled[mode, sample.seed, kinds] = image
+                        uncontrolled[mode, sample.seed, kinds] = result
+                image = np.asarray(result.images[0].convert("RGB"))
                 scores = score(image, sample, condition)
                 if mode == "auto":
                     first = np.asarray(result.first_pass_images[0].convert("RGB"))

@@ -385,6 +385,31 @@ def test_eval_on_the_validation_split_leaves_the_test_scenes_alone(tiny_model_di
     assert not set(scenes["seeds"]) & set(split_seeds("test"))
 
 
+def test_an_uncontrolled_image_shared_by_conditions_keeps_its_own_caption(monkeypatch):
+    from types import SimpleNamespace
+
+    from cnet import evaluate
+
+    # No setting samples the automatic prompt without control yet; one that did would share it.
+    monkeypatch.setitem(evaluate.SETTINGS, "automatic prompt, no control", ("auto", 0.0))
+
+    class Engine:
+        def generate(self, request):
+            image = Image.new("RGB", (64, 64))
+            caption = f"scene {request.seed}"
+            return SimpleNamespace(images=[image], first_pass_images=[image], caption=caption)
+
+    told = []
+    monkeypatch.setattr(
+        evaluate,
+        "caption_agreement",
+        lambda image, sample, caption: told.append((sample.seed, caption)) or 1.0,
+    )
+    settings, sampling = ["automatic prompt, no control"], evaluate.Sampling(64, 2, 2.0, "DDPM")
+    evaluate.score_conditions(Engine(), ["canny", "depth"], [3, 4], settings, sampling)
+    assert len(told) == 8 and all(caption == f"scene {seed}" for seed, caption in told)
+
+
 def test_an_interrupted_eval_leaves_an_earlier_evaluation_whole(tiny_model_dir, tmp_path, capsys):
     from cnet import evaluate
 
