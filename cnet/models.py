@@ -101,7 +101,6 @@ class Preset:
     device: str = "cpu"
     dtype: str = "float32"  # a torch dtype name
     captioner: str | None = None  # BLIP folder or hub id for the automatic prompt mode
-    model_dir: str | None = None  # the model-dir layout folder, when the preset came from one
     # condition -> the prompt its tab starts with, in words the model knows (else the registry's)
     example_prompts: Mapping[str, str] = field(default_factory=dict)
     # condition -> example inputs from the scenes the model was trained on (else the registry's)
@@ -110,8 +109,6 @@ class Preset:
     def controlnet_source(self, condition: str) -> str:
         if condition in self.controlnets:
             return self.controlnets[condition]
-        if self.model_dir is not None:
-            return str(Path(self.model_dir) / "controlnet" / condition)
         known = ", ".join(self.controlnets) or "none"
         raise ModelMissingError(
             f"Preset '{self.name}' has no ControlNet for '{condition}' (it has: {known}). "
@@ -236,7 +233,7 @@ def hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
     return all(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files)
 
 
-def _fetch_hint(source: str, what: str, files: tuple[str, ...]) -> str:
+def _fetch_hint(source: str, files: tuple[str, ...]) -> str:
     path = Path(source).expanduser().resolve()
     if path == EMBEDDED_DIR or EMBEDDED_DIR in path.parents:
         return (
@@ -295,7 +292,7 @@ def missing_weights(source: str, kind: str) -> str | None:
 
 def model_missing(source: str, what: str, detail: str, kind: str) -> ModelMissingError:
     files = SD15_BASE_FILES if kind == "base" else CONTROLNET_FILES
-    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, what, files)}")
+    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, files)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,7 +476,6 @@ def preset_from_dir(model_dir: str | Path, name: str | None = None, device: str 
         device=device,
         dtype=dtype_for(device),
         captioner=str(model_dir / "captioner"),
-        model_dir=str(model_dir),
         **base_defaults(base, (model_dir, settings)),
     )
 
@@ -720,7 +716,7 @@ def _original_prefix(checkpoint: Mapping) -> str:
 def checkpoint_differences(shapes: Mapping[str, Sequence[int]], unet_config: Mapping) -> list[str]:
     """Where an original-format ControlNet checkpoint's encoder (its tensors' shapes by name)
     differs from a base UNet's, as far as the shapes show: channels in, first and last widths,
-    text width. None: it fits."""
+    text width. An empty list: it fits."""
     prefix = _original_prefix(shapes)
     first = shapes.get(f"{prefix}input_blocks.0.0.weight")
     last = shapes.get(f"{prefix}middle_block_out.0.weight")

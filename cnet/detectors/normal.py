@@ -48,7 +48,8 @@ def normal_from_depth(
 
     The depth is min-max scaled to 0..255 (an 8-bit depth map's range), differentiated with 3x3
     Sobel filters, and (dx, dy, a) normalised: a sets how steep a slope reads as tilted. Pixels
-    nearer than `bg_threshold` (fraction of the depth range) are background and face the viewer.
+    farther than `bg_threshold` (below that fraction of the depth range) are background and face
+    the viewer.
     """
     values = np.asarray(depth, dtype=np.float32)
     if values.ndim == 3:
