@@ -11,7 +11,6 @@ scores captions against the prompts of synthetic scenes.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections import Counter
@@ -23,9 +22,8 @@ import torch
 from PIL import Image
 
 from cnet.imageio import ImageLike, to_rgb_array
-from cnet.models import run_result
+from cnet.models import SD15_CAPTIONER, detect_device, hub_offline, run_result
 
-SD15_HUB_ID = "Salesforce/blip-image-captioning-base"
 MAX_CAPTION_CHARS = 200  # a caption becomes a prompt: keep it well inside CLIP's 77 tokens
 
 # BERT's special tokens, plus BLIP's "[DEC]": the first token of every caption the decoder writes.
@@ -200,24 +198,9 @@ _cache: dict[tuple[str, str, str], Captioner] = {}
 _cache_lock = threading.Lock()
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or env.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _looks_like_hub_id(source: str) -> bool:
     """ "name" or "owner/name", as the hub spells repository ids; anything else is a path."""
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", source) is not None
-
-
-def _default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
@@ -231,7 +214,7 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
     if _looks_like_hub_id(source):
         where = (
             "is not in the local Hugging Face cache, and HF_HUB_OFFLINE forbids downloading it"
-            if _offline()
+            if hub_offline()
             else f"could not be fetched from the Hugging Face hub ({reason})"
         )
         return (
@@ -242,7 +225,7 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
         )
     return (
         f"No captioner folder at {source}. Train one with: python -m cnet train captioner "
-        f"--output-dir {source}  (or use the sd15 captioner: hf download {SD15_HUB_ID})"
+        f"--output-dir {source}  (or use the sd15 captioner: hf download {SD15_CAPTIONER})"
     )
 
 
@@ -260,7 +243,7 @@ def load_captioner(
     if not is_dir and not _looks_like_hub_id(str(source)):
         raise CaptionerUnavailable(_unavailable_message(str(source), False, "missing"))
     name = str(path.resolve()) if is_dir else str(source)
-    device_ = torch.device(device) if device is not None else _default_device()
+    device_ = torch.device(device or detect_device())
     if dtype is None:
         dtype = torch.float16 if device_.type == "cuda" else torch.float32
     key = (name, str(device_), str(dtype))
@@ -269,7 +252,7 @@ def load_captioner(
             return _cache[key]
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        local_only = is_dir or _offline()
+        local_only = is_dir or hub_offline()
         try:
             model = BlipForConditionalGeneration.from_pretrained(
                 name, local_files_only=local_only, dtype=dtype

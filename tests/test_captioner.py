@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cnet import captioner as cap
+from cnet.models import SD15_CAPTIONER
 
 CORPUS = (
     "a red sphere and a blue cube on a white background",
@@ -150,10 +151,10 @@ def empty_hub_cache(monkeypatch, tmp_path) -> Path:
 
 def test_offline_hub_id_not_cached_is_unavailable_without_network(empty_hub_cache, no_network):
     with pytest.raises(cap.CaptionerUnavailable) as info:
-        cap.load_captioner(cap.SD15_HUB_ID, device="cpu")
-    assert f"hf download {cap.SD15_HUB_ID}" in str(info.value)
+        cap.load_captioner(SD15_CAPTIONER, device="cpu")
+    assert f"hf download {SD15_CAPTIONER}" in str(info.value)
     assert "HF_HUB_OFFLINE" in str(info.value)
-    assert str(info.value).startswith(f"There is no folder {cap.SD15_HUB_ID} here, and as a hub")
+    assert str(info.value).startswith(f"There is no folder {SD15_CAPTIONER} here, and as a hub")
     assert no_network == []
 
 

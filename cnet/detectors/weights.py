@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnet.models import hub_offline
+
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 DEFAULT_ANNOTATORS_DIR = Path("~/.cache/cnet/annotators")
 
@@ -31,10 +33,6 @@ def annotators_dir() -> Path:
     if _annotators_dir is not None:
         return _annotators_dir
     return Path(os.environ.get("CNET_ANNOTATORS_DIR") or DEFAULT_ANNOTATORS_DIR).expanduser()
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
