@@ -28,6 +28,13 @@ def as_rgb(control: np.ndarray) -> np.ndarray:
     return np.repeat(control.reshape(control.shape[:2] + (1,)), 3, axis=2)
 
 
+def run_aux(model: Any, image: np.ndarray, **options: Any) -> np.ndarray:
+    """A controlnet-aux detector on `image` at the image's own size (the detect-size copy is made
+    before it, and the map resized after it, here), as a numpy map."""
+    side = min(image.shape[:2])
+    return model(image, detect_resolution=side, image_resolution=side, output_type="np", **options)
+
+
 def resize_map(
     control: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_LINEAR
 ) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cnet.detectors.base import Detector, as_rgb, resize_map
+from cnet.detectors.base import Detector, as_rgb, resize_map, run_aux
 from cnet.imageio import (
     ImageLike,
     resize_to_resolution,
@@ -91,8 +91,7 @@ class MidasDepthDetector(Detector):
         self.model = MidasDetector.from_pretrained(str(weights_dir))
 
     def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
-        side = min(image.shape[:2])
-        return self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
+        return run_aux(self.model, image)
 
     def relative_depth(self, image: np.ndarray) -> np.ndarray:
         """The network's own float output for uint8 RGB `image` (sides multiples of 32), HxW,

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.detectors.base import Detector
+from cnet.detectors.base import Detector, run_aux
 
 # how far either side of a segment the contrast is measured, in pixels
 _CONTRAST_OFFSET = 2.0
@@ -94,12 +94,4 @@ class MLSDDetector(Detector):
         distance_threshold: float = 0.1,
         **_: Any,
     ) -> np.ndarray:
-        side = min(image.shape[:2])
-        return self.model(
-            image,
-            thr_v=value_threshold,
-            thr_d=distance_threshold,
-            detect_resolution=side,
-            image_resolution=side,
-            output_type="np",
-        )
+        return run_aux(self.model, image, thr_v=value_threshold, thr_d=distance_threshold)

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.detectors.base import Detector, resize_map
+from cnet.detectors.base import Detector, resize_map, run_aux
 from cnet.detectors.depth import MidasDepthDetector, load_depth
 from cnet.imageio import ImageLike, sample_pixels, target_size
 
@@ -108,5 +108,4 @@ class NormalBaeDetector(Detector):
         self.model = AuxNormalBae.from_pretrained(str(weights_dir))
 
     def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
-        side = min(image.shape[:2])
-        return self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
+        return run_aux(self.model, image)

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.detectors.base import Detector, resize_map
+from cnet.detectors.base import Detector, resize_map, run_aux
 from cnet.imageio import ImageInputError, target_size
 
 KEYPOINT_NAMES = (
@@ -344,12 +344,4 @@ class OpenPoseDetector(Detector):
     def detect(
         self, image: np.ndarray, include_hands: bool = False, include_face: bool = False, **_: Any
     ) -> np.ndarray:
-        height, width = image.shape[:2]
-        return self.model(
-            image,
-            detect_resolution=min(height, width),
-            image_resolution=min(height, width),
-            include_hand=include_hands,
-            include_face=include_face,
-            output_type="np",
-        )
+        return run_aux(self.model, image, include_hand=include_hands, include_face=include_face)

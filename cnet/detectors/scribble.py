@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cnet.detectors.base import Detector, as_rgb, resize_map
+from cnet.detectors.base import Detector, as_rgb, resize_map, run_aux
 from cnet.imageio import (
     ImageLike,
     resize_to_resolution,
@@ -198,9 +198,7 @@ class _AuxScribble(_EdgesToScribble):
         self.model = model
 
     def detect(self, image: np.ndarray, **_: Any) -> np.ndarray:
-        side = min(image.shape[:2])
-        soft = self.model(image, detect_resolution=side, image_resolution=side, output_type="np")
-        return soft[:, :, 0]
+        return run_aux(self.model, image)[:, :, 0]
 
 
 class HEDScribbleDetector(_AuxScribble):
