@@ -233,7 +233,8 @@ def hub_cached(repo_id: str, files: tuple[str, ...]) -> bool:
     return all(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files)
 
 
-def _fetch_hint(source: str, files: tuple[str, ...]) -> str:
+def _fetch_hint(source: str, kind: str) -> str:
+    files = SD15_BASE_FILES if kind == "base" else CONTROLNET_FILES
     path = Path(source).expanduser().resolve()
     if path == EMBEDDED_DIR or EMBEDDED_DIR in path.parents:
         return (
@@ -243,15 +244,15 @@ def _fetch_hint(source: str, files: tuple[str, ...]) -> str:
         )
     if source.lower().endswith(SINGLE_FILE_SUFFIXES):
         return "Check the path: a single-file checkpoint is read from that file."
-    if (path.parent / "preset.json").is_file() or (path.parent.parent / "preset.json").is_file():
-        # <dir>/base or <dir>/controlnet/<key>: a folder in the embedded layout, one we train
-        if path.parent.name == "controlnet":
-            return (
-                "Put a ControlNet folder there, such as a training run's <run>/controlnet "
-                "(`python -m cnet train controlnet`), or pack a whole `python -m cnet train "
-                "embedded` run into this folder with --pack."
-            )
+    # <dir>/base or <dir>/controlnet/<key> of a folder in the embedded layout: one we train
+    if kind == "base" and path.name == "base" and (path.parent / "preset.json").is_file():
         return "Put a diffusers pipeline folder there, as `python -m cnet train base` makes."
+    if path.parent.name == "controlnet" and (path.parent.parent / "preset.json").is_file():
+        return (
+            "Put a ControlNet folder there, such as a training run's <run>/controlnet "
+            "(`python -m cnet train controlnet`), or pack a whole `python -m cnet train "
+            "embedded` run into this folder with --pack."
+        )
     if is_local(source):
         return (
             "Check the path, or put the weights there "
@@ -291,8 +292,7 @@ def missing_weights(source: str, kind: str) -> str | None:
 
 
 def model_missing(source: str, what: str, detail: str, kind: str) -> ModelMissingError:
-    files = SD15_BASE_FILES if kind == "base" else CONTROLNET_FILES
-    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, files)}")
+    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, kind)}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def duration(seconds: float) -> str:
 
 class LogLines:
     """tqdm's `update`, `set_postfix`, `write` and `close`, as one line every `every` seconds:
-    'controlnet: step 120/5000 (2 %), 3.1 s/step, about 4 h 12 min left, loss=0.1234'."""
+    'controlnet: step 120/5000 (2 %), 3.10 s/step, about 4 h 12 min left, loss=0.1234'. A line is
+    written when the postfix is set, which the trainers do after each step's `update`."""
 
     def __init__(
         self,
@@ -43,11 +44,13 @@ class LogLines:
         desc: str,
         disable: bool = False,
         stream: TextIO | None = None,
+        messages: TextIO | None = None,
         every: float = LINE_EVERY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.n, self.desc, self.disable = total, initial, desc, disable
-        self.stream, self.every, self.clock = stream, every, clock
+        # as tqdm: its lines on stderr (None: sys.stderr), `write`'s messages on stdout
+        self.stream, self.messages, self.every, self.clock = stream, messages, every, clock
         self.started: float | None = None  # the rate counts from the first step on: before it,
         self.start_step = initial  # loading and the first step's warm-up say little
         self.last_line: float | None = None
@@ -56,6 +59,9 @@ class LogLines:
 
     def _write_line(self, text: str) -> None:
         print(text, file=sys.stderr if self.stream is None else self.stream, flush=True)
+
+    def _write_message(self, text: str) -> None:
+        print(text, file=sys.stdout if self.messages is None else self.messages, flush=True)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -90,7 +96,7 @@ class LogLines:
         """A message (validation, a stop) comes after the step it belongs to."""
         self.close()
         if not self.disable:
-            self._write_line(text)
+            self._write_message(text)
 
     def close(self) -> None:
         """Says the step reached since the last line, if any (the run ends or stops between)."""

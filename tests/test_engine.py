@@ -335,7 +335,7 @@ def test_every_sampler_is_made_from_the_bases_scheduler_not_the_last_one_used(
     monkeypatch.setattr(
         cnet.engine, "make_scheduler", lambda sampler, config: made_from.append(config)
     )
-    engine._schedulers.clear()
+    monkeypatch.setattr(engine, "_schedulers", {})  # the engine is shared: its own come back
     engine.scheduler("DDIM")
     assert made_from == [engine._base_scheduler_config]
     assert made_from[0]["_class_name"] != "EulerAncestralDiscreteScheduler"

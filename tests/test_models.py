@@ -498,12 +498,14 @@ def test_missing_embedded_model_names_the_restore_command(tmp_path, monkeypatch)
 
 def test_a_model_folder_missing_a_part_says_what_makes_that_part(tmp_path):
     (tmp_path / "preset.json").write_text('{"name": "mine"}')
-    for part, makes in [
-        (tmp_path / "base", "as `python -m cnet train base` makes"),
-        (tmp_path / "controlnet" / "canny", "a training run's <run>/controlnet"),
+    for part, kind, makes in [
+        (tmp_path / "base", "base", "as `python -m cnet train base` makes"),
+        (tmp_path / "controlnet" / "canny", "controlnet", "a training run's <run>/controlnet"),
     ]:
-        error = models.model_missing(str(part), "It", f"{part} does not exist", "base")
+        error = models.model_missing(str(part), "It", f"{part} does not exist", kind)
         assert makes in str(error) and "<hub-id>" not in str(error)
+    beside = models.model_missing(str(tmp_path / "mine"), "It", "not there", "controlnet")
+    assert "<hub-id>" in str(beside)  # a folder of its own beside a preset.json: no layout part
 
 
 def test_lru_cache_drops_the_least_recently_used():

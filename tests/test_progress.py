@@ -15,7 +15,9 @@ class Clock:
 
 def log_lines(total: int = 100, initial: int = 0) -> tuple[LogLines, io.StringIO, Clock]:
     stream, clock = io.StringIO(), Clock()
-    progress = LogLines(total, initial, "controlnet", stream=stream, every=60, clock=clock)
+    progress = LogLines(
+        total, initial, "controlnet", stream=stream, messages=stream, every=60, clock=clock
+    )
     return progress, stream, clock
 
 
@@ -64,7 +66,7 @@ def test_a_message_follows_the_step_it_belongs_to():
 
 def test_a_disabled_display_says_nothing():
     stream = io.StringIO()
-    progress = LogLines(10, 0, "base", disable=True, stream=stream)
+    progress = LogLines(10, 0, "base", disable=True, stream=stream, messages=stream)
     progress.update(1)
     progress.set_postfix(loss="1")
     progress.write("hello")
