@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from cnet.imageio import ImageLike, to_rgb_array
-from cnet.models import SD15_CAPTIONER, detect_device, hub_offline, run_result
+from cnet.models import SD15_CAPTIONER, detect_device, hub_offline, offline_variable, run_result
 
 MAX_CAPTION_CHARS = 200  # a caption becomes a prompt: keep it well inside CLIP's 77 tokens
 
@@ -213,7 +213,8 @@ def _unavailable_message(source: str, is_dir: bool, reason: str) -> str:
         )
     if _looks_like_hub_id(source):
         where = (
-            "is not in the local Hugging Face cache, and HF_HUB_OFFLINE forbids downloading it"
+            "is not in the local Hugging Face cache, and "
+            f"{offline_variable()} forbids downloading it"
             if hub_offline()
             else f"could not be fetched from the Hugging Face hub ({reason})"
         )
@@ -236,7 +237,8 @@ def load_captioner(
     captioner/ holds it) or a hub id; cached per (source, device, dtype).
 
     Raises CaptionerUnavailable, with the command that fetches or trains the captioner, when it is
-    missing or broken. With HF_HUB_OFFLINE set, only the local cache is consulted.
+    missing or broken. With HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set, only the local cache is
+    consulted.
     """
     path = Path(run_result(str(source), "captioner")).expanduser()
     is_dir = path.is_dir()

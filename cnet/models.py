@@ -120,9 +120,17 @@ class Preset:
 # Devices
 
 
+def offline_variable() -> str | None:
+    """The environment variable that keeps the hub offline, HF_HUB_OFFLINE or transformers' own
+    TRANSFORMERS_OFFLINE (None: neither is set)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return name
+    return None
+
+
 def hub_offline() -> bool:
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return offline_variable() is not None
 
 
 # Files a GPU driver creates on Linux (NVIDIA, AMD ROCm, WSL 2). Without any of them torch cannot
@@ -258,7 +266,9 @@ def _fetch_hint(source: str, kind: str) -> str:
             "Check the path, or put the weights there "
             f"(e.g. `{download_command('<hub-id>', files)} --local-dir {source}`)."
         )
-    offline = " (HF_HUB_OFFLINE is set, so only the local cache is used)" if hub_offline() else ""
+    offline = (
+        f" ({offline_variable()} is set, so only the local cache is used)" if hub_offline() else ""
+    )
     return f"Download it with `{download_command(source, files)}`{offline}."
 
 
@@ -555,7 +565,8 @@ def choose_auto(device: str, asked: bool = False) -> tuple[str, str]:
         return "sd15", f"{device} GPU found and Stable Diffusion 1.5 is in the hub cache"
     if hub_offline():
         return "embedded", (
-            f"{device} GPU found, but HF_HUB_OFFLINE is set and Stable Diffusion 1.5 is not cached "
+            f"{device} GPU found, but {offline_variable()} is set and Stable Diffusion 1.5 is not "
+            "cached "
             f"(fetch it with `{download_command(SD15_BASE, SD15_BASE_FILES)}`)"
         )
     if _hub_reachable(SD15_BASE):

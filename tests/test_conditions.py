@@ -126,7 +126,11 @@ def test_annotators_dir_from_environment(monkeypatch, tmp_path):
 
 def test_fetch_refuses_when_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE is set: not downloading"):
+        Weights("lllyasviel/Annotators", ("scannet.pt",)).fetch(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # transformers' own switch counts too
+    with pytest.raises(RuntimeError, match="TRANSFORMERS_OFFLINE is set: not downloading"):
         Weights("lllyasviel/Annotators", ("scannet.pt",)).fetch(tmp_path)
     assert not any(tmp_path.iterdir())
 

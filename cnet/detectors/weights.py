@@ -4,7 +4,7 @@ All weights sit in one local annotators folder (`annotators_dir()`): the lllyasv
 files flat in it, exactly as `hf download lllyasviel/Annotators <file> --local-dir <dir>`
 leaves them, and transformers models in a subfolder each. Nothing is downloaded implicitly:
 `Weights.fetch` is only called on request (`python -m cnet detect --fetch`) and refuses when
-HF_HUB_OFFLINE=1.
+HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnet.models import hub_offline
+from cnet.models import hub_offline, offline_variable
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 DEFAULT_ANNOTATORS_DIR = Path("~/.cache/cnet/annotators")
@@ -88,7 +88,7 @@ class Weights:
         folder = self.folder(root)
         if hub_offline():
             raise RuntimeError(
-                f"HF_HUB_OFFLINE=1: not downloading {self.repo}. "
+                f"{offline_variable()} is set: not downloading {self.repo}. "
                 f"Unset it, or run elsewhere: {self.fetch_command(root)}"
             )
         from huggingface_hub import hf_hub_download, snapshot_download
