@@ -32,6 +32,7 @@ FIGURES = {
 MEAN_ROW = "mean of the conditions"
 RESAMPLES = 10_000
 SCENES_KEYS = ("sampling", "seeds", "figures")  # what every scenes.json holds
+SAMPLING_KEYS = ("size", "steps", "cfg")
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,14 @@ def damage(run: object) -> str | None:
         return "not a JSON object"
     if missing := [key for key in SCENES_KEYS if key not in run]:
         return f"no {missing[0]!r} key"
-    if not isinstance(run["seeds"], list):
-        return "its seeds are not a list"
+    if not isinstance(run["seeds"], list) or not all(isinstance(s, int) for s in run["seeds"]):
+        return "its seeds are not a list of whole numbers"
+    sampling = run["sampling"]
+    if not isinstance(sampling, dict) or any(key not in sampling for key in SAMPLING_KEYS):
+        return f"its sampling is not an object of {', '.join(SAMPLING_KEYS)}"
+    for key in ("scenes_with", "map_versions"):
+        if not isinstance(run.get(key, {}), dict):
+            return f"its {key} is not an object of conditions"
     if not isinstance(run["figures"], dict):
         return "its figures are not an object of conditions"
     for condition, settings in run["figures"].items():
@@ -100,8 +107,10 @@ def damage(run: object) -> str | None:
             if not isinstance(figures, dict):
                 return f"{condition}, {setting}: not an object of figures"
             for name, values in figures.items():
-                if not isinstance(values, list):
-                    return f"{condition}, {setting}: {name} is not a list of values"
+                if not isinstance(values, list) or not all(
+                    value is None or isinstance(value, int | float) for value in values
+                ):
+                    return f"{condition}, {setting}: {name} is not a list of numbers"
                 if len(values) != len(run["seeds"]):
                     return (
                         f"{condition}, {setting}: {len(values)} values of {name} for "

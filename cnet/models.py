@@ -122,10 +122,11 @@ class Preset:
 
 def offline_variable() -> str | None:
     """The environment variable that keeps the hub offline, HF_HUB_OFFLINE or transformers' own
-    TRANSFORMERS_OFFLINE (None: neither is set)."""
+    TRANSFORMERS_OFFLINE (None: online). The first one set decides, as huggingface_hub reads
+    them."""
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return name
+        if value := os.environ.get(name):
+            return name if value.strip().lower() in {"1", "true", "yes", "on"} else None
     return None
 
 
@@ -250,12 +251,16 @@ def _fetch_hint(source: str, kind: str) -> str:
             f"`{EMBEDDED_RESTORE_COMMAND}`; to train it yourself run "
             f"`{EMBEDDED_TRAIN_COMMAND}` (README, The embedded model)."
         )
+    if path.is_dir() and is_lowrank(path):  # the detail names its damaged file, or its start
+        try:
+            return _fetch_hint(str(lowrank_start(path)), kind)
+        except ValueError:
+            return ""
     if source.lower().endswith(SINGLE_FILE_SUFFIXES):
         return "Check the path: a single-file checkpoint is read from that file."
-    # <dir>/base or <dir>/controlnet/<key> of a folder in the embedded layout: one we train
-    if kind == "base" and path.name == "base" and (path.parent / "preset.json").is_file():
+    if not path.exists() and kind == "base" and layout_part(path, "base", "controlnet"):
         return "Put a diffusers pipeline folder there, as `python -m cnet train base` makes."
-    if path.parent.name == "controlnet" and (path.parent.parent / "preset.json").is_file():
+    if not path.exists() and layout_part(path.parent, "controlnet", "base"):
         return (
             "Put a ControlNet folder there, such as a training run's <run>/controlnet "
             "(`python -m cnet train controlnet`), or pack a whole `python -m cnet train "
@@ -270,6 +275,14 @@ def _fetch_hint(source: str, kind: str) -> str:
         f" ({offline_variable()} is set, so only the local cache is used)" if hub_offline() else ""
     )
     return f"Download it with `{download_command(source, files)}`{offline}."
+
+
+def layout_part(path: Path, name: str, sibling: str) -> bool:
+    """Whether `path` is the `name` part of a folder in the embedded layout (`--model-dir`),
+    which holds a preset.json or the `sibling` part beside it."""
+    return path.name == name and any(
+        (path.parent / marker).exists() for marker in ("preset.json", sibling)
+    )
 
 
 def missing_weights(source: str, kind: str) -> str | None:
@@ -302,7 +315,8 @@ def missing_weights(source: str, kind: str) -> str | None:
 
 
 def model_missing(source: str, what: str, detail: str, kind: str) -> ModelMissingError:
-    return ModelMissingError(f"{what} is missing: {detail}. {_fetch_hint(source, kind)}")
+    hint = _fetch_hint(source, kind)
+    return ModelMissingError(f"{what} is missing: {detail}." + (f" {hint}" if hint else ""))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,9 +58,11 @@ class LogLines:
         self.postfix = ""
 
     def _write_line(self, text: str) -> None:
+        sys.stdout.flush()  # a log file holds both: what was printed before comes first
         print(text, file=sys.stderr if self.stream is None else self.stream, flush=True)
 
     def _write_message(self, text: str) -> None:
+        sys.stderr.flush()
         print(text, file=sys.stdout if self.messages is None else self.messages, flush=True)
 
     def update(self, n: int = 1) -> None:

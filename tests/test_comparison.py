@@ -185,13 +185,17 @@ DAMAGED = {  # what a damaged scenes.json holds -> what the message says of it
         json.dumps({key: value for key, value in WHOLE.items() if key != "sampling"}),
         "is damaged: no 'sampling' key",
     ),
+    "sampling edited into a number": (
+        json.dumps({**WHOLE, "sampling": 128}),
+        "is damaged: its sampling is not an object of size, steps, cfg",
+    ),
     "figures edited into a list": (
         json.dumps({**WHOLE, "figures": []}),
         "is damaged: its figures are not an object of conditions",
     ),
     "a number where a list of values goes": (
         json.dumps({**WHOLE, "figures": {"canny": {"user prompt": {"iou": 0.5}}}}),
-        "is damaged: canny, user prompt: iou is not a list of values",
+        "is damaged: canny, user prompt: iou is not a list of numbers",
     ),
 }
 

@@ -303,7 +303,15 @@ def test_cli_detect_without_a_backend_takes_one_that_reads_that_kind_of_file(tmp
     assert "(keypoints_json)" in capsys.readouterr().out
     # given to a condition that reads pictures only, it is named for what it is
     assert main(["detect", keypoints, "-c", "canny", "-o", str(tmp_path / "c.png")]) == 2
-    assert "is a keypoints file, not a picture: --condition pose" in capsys.readouterr().err
+    assert (
+        "is a .json file, not a picture: OpenPose keypoints are read by --condition pose's "
+        "keypoints_json backend, not by canny." in capsys.readouterr().err
+    )
+    given = ["-b", "none", "-o", str(tmp_path / "p.png")]  # pose, but a backend for pictures
+    assert main(["detect", keypoints, "-c", "pose", *given]) == 2
+    assert "keypoints_json backend, not by none." in capsys.readouterr().err
+    assert main(["detect", "nothere.json", "-c", "canny"]) == 2  # no file: named as missing
+    assert "No image file at nothere.json" in capsys.readouterr().err
 
 
 def test_cli_detect_says_what_is_missing_and_never_writes_over_its_input(tmp_path, capsys):

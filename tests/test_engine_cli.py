@@ -252,7 +252,9 @@ def test_a_folder_that_cannot_be_made_is_told_before_sampling(
 def test_a_keypoints_file_given_as_the_map_is_sent_to_detect(tmp_path, capsys):
     keypoints = str(Path(__file__).resolve().parents[1] / "assets/examples/pose.json")
     assert main(["generate", keypoints, "-c", "pose", "-o", str(tmp_path)]) == 2
-    assert f"not a control map image: give it as --detect {keypoints}" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(f"give it as --detect {keypoints}\n")
+    assert main(["generate", keypoints, "-c", "depth", "-o", str(tmp_path)]) == 2  # and pose's
+    assert f"give it as --detect {keypoints} -c pose" in capsys.readouterr().err
 
 
 def test_a_photo_given_as_the_map_gets_the_map_as_is_notice(tiny_model_dir, tmp_path, capsys):

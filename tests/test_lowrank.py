@@ -142,8 +142,9 @@ def test_a_damaged_lowrank_json_is_named_as_missing_weights_never_a_traceback(
     detail = missing_weights(str(folder), "controlnet")  # what the app's status line reads
     assert config_at_hand(str(folder)) is None  # and its check for another base's ControlNets
     assert detail.startswith(f"{folder / LOWRANK_CONFIG} ") and "restore the file" in detail
-    with pytest.raises(ModelMissingError, match=str(folder / LOWRANK_CONFIG)):
+    with pytest.raises(ModelMissingError, match=str(folder / LOWRANK_CONFIG)) as error:
         load_controlnet(str(folder), str(tmp_path), "float32", "cpu")
+    assert str(error.value).endswith("restore the file.")  # nothing after it to contradict it
 
 
 def test_a_difference_is_taken_between_whole_controlnet_folders(lowrank_folder, tmp_path):

@@ -506,6 +506,11 @@ def test_a_model_folder_missing_a_part_says_what_makes_that_part(tmp_path):
         assert makes in str(error) and "<hub-id>" not in str(error)
     beside = models.model_missing(str(tmp_path / "mine"), "It", "not there", "controlnet")
     assert "<hub-id>" in str(beside)  # a folder of its own beside a preset.json: no layout part
+    (tmp_path / "preset.json").unlink()  # a preset.json is not needed: base/ marks the layout
+    (tmp_path / "base").mkdir()
+    part = tmp_path / "controlnet" / "seg"
+    error = models.model_missing(str(part), "It", f"{part} does not exist", "controlnet")
+    assert "a training run's <run>/controlnet" in str(error)
 
 
 def test_lru_cache_drops_the_least_recently_used():

@@ -1,6 +1,7 @@
 """Long commands' progress: a bar on a terminal, a line a minute in a log file."""
 
 import io
+import sys
 
 from cnet.progress import LogLines, duration, step_progress
 
@@ -84,5 +85,15 @@ def test_durations_read_as_a_person_would_say_them():
     ]
 
 
-def test_pytest_output_is_no_terminal_so_trainers_write_lines_there():
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_tqdms_bar_and_a_log_file_the_lines(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = step_progress(10, 0, "base")
+    assert type(bar).__module__.startswith("tqdm")
+    bar.close()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert isinstance(step_progress(10, 0, "base"), LogLines)

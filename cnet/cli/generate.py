@@ -136,10 +136,11 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
         raise ValueError("Give either a control map image or --detect PHOTO (one of them).")
     condition = CONDITIONS[args.condition]
     if args.control:
-        if any(backend.reads_keypoints for backend in condition.readers(args.control)):
+        if Path(args.control).suffix.lower() == ".json" and Path(args.control).is_file():
+            pose = "" if args.condition == "pose" else " -c pose"
             raise ValueError(
                 f"{args.control} is a keypoints file, not a control map image: give it as "
-                f"--detect {args.control}"
+                f"--detect {args.control}{pose}"
             )
         # Used as it is, so checked as the map-as-is preprocessor checks its input.
         none = condition.backend(NONE_BACKEND.name)

@@ -24,9 +24,10 @@ def read_picture(path: str) -> np.ndarray:
 def chosen_reader(condition: Condition, path: str) -> Backend:
     """The backend that reads the file `path` when the user named none; a detector that would
     have come first but cannot run here (its weights missing) is named, with how to get it."""
-    for backend in condition.passed_over(path):
-        reason = backend.availability().reason
-        print(f"note: {backend.name} would read this file first, but {reason}", file=sys.stderr)
+    if Path(path).is_file():  # else the reading names the file missing, nothing else
+        for backend in condition.passed_over(path):
+            reason = backend.availability().reason
+            print(f"note: {backend.name} would read this file first, but {reason}", file=sys.stderr)
     return condition.reader_for(path)
 
 
@@ -35,10 +36,10 @@ def read_input(path: str, backend: Backend) -> Any:
     through read_picture."""
     if backend.reads_keypoints:
         return path
-    if Path(path).suffix.lower() == ".json":
+    if Path(path).suffix.lower() == ".json" and Path(path).is_file():
         raise ValueError(
-            f"{path} is a keypoints file, not a picture: --condition pose reads it (its "
-            "keypoints_json backend)."
+            f"{path} is a .json file, not a picture: OpenPose keypoints are read by "
+            f"--condition pose's keypoints_json backend, not by {backend.name}."
         )
     picture = read_picture(path)
     for notice in backend.input_notices(picture):
