@@ -43,12 +43,14 @@ class LogLines:
         initial: int,
         desc: str,
         disable: bool = False,
+        deadline: float | None = None,
         stream: TextIO | None = None,
         messages: TextIO | None = None,
         every: float = LINE_EVERY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total, self.n, self.desc, self.disable = total, initial, desc, disable
+        self.deadline = deadline  # a time box's end (the clock's time), which may come first
         # as tqdm: its lines on stderr (None: sys.stderr), `write`'s messages on stdout
         self.stream, self.messages, self.every, self.clock = stream, messages, every, clock
         self.started: float | None = None  # the rate counts from the first step on: before it,
@@ -88,8 +90,12 @@ class LogLines:
             parts.append(
                 f"{per_step:.2f} s/step" if per_step < 10 else f"{duration(per_step)}/step"
             )
-            if self.n < self.total:
-                parts.append(f"about {duration(per_step * (self.total - self.n))} left")
+            left = per_step * (self.total - self.n)
+            if self.deadline is not None and now + left > self.deadline:
+                if now < self.deadline:  # once past it, the stop line says so
+                    parts.append(f"the time box stops it in about {duration(self.deadline - now)}")
+            elif self.n < self.total:
+                parts.append(f"about {duration(left)} left")
         if self.postfix:
             parts.append(self.postfix)
         return ", ".join(parts)
@@ -108,13 +114,16 @@ class LogLines:
             self.last_line, self.last_line_step = now, self.n
 
 
-def step_progress(total: int, initial: int, desc: str, disable: bool = False) -> Any:
-    """A progress display for a loop of `total` steps starting at `initial`."""
+def step_progress(
+    total: int, initial: int, desc: str, disable: bool = False, deadline: float | None = None
+) -> Any:
+    """A progress display for a loop of `total` steps starting at `initial`; `deadline`: when a
+    time box ends it (time.monotonic()), which a log file's lines say where it comes first."""
     if writes_to_terminal():
         from tqdm.auto import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=disable)
-    return LogLines(total, initial, desc, disable)
+    return LogLines(total, initial, desc, disable, deadline)
 
 
 def quiet_library_bars() -> None:

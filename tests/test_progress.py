@@ -55,6 +55,20 @@ def test_the_last_step_is_always_said_and_a_resumed_run_times_only_its_own_steps
     ]
 
 
+def test_a_time_box_that_ends_the_run_first_is_what_the_line_counts_down():
+    stream, clock = io.StringIO(), Clock()
+    deadline = clock.now + 100
+    progress = LogLines(100, 0, "base", deadline=deadline, stream=stream, clock=clock)
+    steps(progress, clock, 2, 10.0)  # 98 steps left at 10 s: the box ends it first, in 80 s
+    progress.close()
+    assert stream.getvalue().splitlines()[-1] == (
+        "base: step 2/100 (2 %), 10 s/step, the time box stops it in about 1 min, loss=0.1234"
+    )
+    steps(progress, clock, 9, 10.0)  # past it: the stop line that follows says the rest
+    progress.close()
+    assert stream.getvalue().splitlines()[-1] == "base: step 11/100 (11 %), 10 s/step, loss=0.1234"
+
+
 def test_a_message_follows_the_step_it_belongs_to():
     progress, stream, clock = log_lines()
     steps(progress, clock, 5, 1.0)

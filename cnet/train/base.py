@@ -634,7 +634,9 @@ def train_base(config: BaseTrainConfig) -> Path | None:
             num_workers=config.num_workers,
         )
 
-        progress = step_progress(steps, step, phase, not accelerator.is_local_main_process)
+        progress = step_progress(
+            steps, step, phase, not accelerator.is_local_main_process, timebox.deadline
+        )
         while step < steps:
             factor = lr_factor(step, steps, config.warmup_steps, config.cooldown_steps)
             for group in optimizer.param_groups:

@@ -431,7 +431,7 @@ def train(config: TrainConfig) -> TrainResult:
             plot_losses(curves, output_dir / "loss.png", "Captioner training")
 
     progress = step_progress(
-        config.max_steps, step, "captioner", not accelerator.is_local_main_process
+        config.max_steps, step, "captioner", not accelerator.is_local_main_process, timebox.deadline
     )
     while step < config.max_steps:
         factor = lr_factor(step, config.max_steps, config.warmup_steps, config.cooldown_steps)

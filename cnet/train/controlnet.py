@@ -762,7 +762,11 @@ def train(config: TrainConfig) -> TrainResult:
             plot_losses({"diffusion": losses}, output_dir / "loss.png", "ControlNet training")
 
     progress = step_progress(
-        config.max_steps, step, "controlnet", not accelerator.is_local_main_process
+        config.max_steps,
+        step,
+        "controlnet",
+        not accelerator.is_local_main_process,
+        timebox.deadline,
     )
     while step < config.max_steps:
         if unlockable and not base_unlocked and step >= config.unlock_base_at_step:
