@@ -32,7 +32,6 @@ FIGURES = {
 MEAN_ROW = "mean of the conditions"
 RESAMPLES = 10_000
 SCENES_KEYS = ("sampling", "seeds", "figures")  # what every scenes.json holds
-SAMPLING_KEYS = ("size", "steps", "cfg")
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,8 @@ def damage(run: object) -> str | None:
         return f"no {missing[0]!r} key"
     if not isinstance(run["seeds"], list) or not all(isinstance(s, int) for s in run["seeds"]):
         return "its seeds are not a list of whole numbers"
-    sampling = run["sampling"]
-    if not isinstance(sampling, dict) or any(key not in sampling for key in SAMPLING_KEYS):
-        return f"its sampling is not an object of {', '.join(SAMPLING_KEYS)}"
+    if not isinstance(run["sampling"], dict):
+        return "its sampling is not an object (size, steps, cfg)"
     for key in ("scenes_with", "map_versions"):
         if not isinstance(run.get(key, {}), dict):
             return f"its {key} is not an object of conditions"
@@ -235,10 +233,11 @@ def sampling_line(label: str, run: dict) -> str:
     s = run["sampling"]
     # Evaluations from before the sampler was recorded all used DDPM; None: the preset's default.
     sampler = s.get("sampler", "DDPM") or "the preset's default sampler"
-    cfg = "the preset's default" if s["cfg"] is None else f"{s['cfg']:g}"
+    cfg = s.get("cfg", "?")  # "?": a key edited out of the file
+    cfg = "the preset's default" if cfg is None else f"{cfg:g}" if isinstance(cfg, float) else cfg
     return (
-        f"{label}: {len(run['seeds'])} scenes, {s['size']} px, {s['steps']} steps of {sampler}, "
-        f"CFG {cfg}"
+        f"{label}: {len(run['seeds'])} scenes, {s.get('size', '?')} px, {s.get('steps', '?')} "
+        f"steps of {sampler}, CFG {cfg}"
     )
 
 

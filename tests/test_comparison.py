@@ -187,7 +187,7 @@ DAMAGED = {  # what a damaged scenes.json holds -> what the message says of it
     ),
     "sampling edited into a number": (
         json.dumps({**WHOLE, "sampling": 128}),
-        "is damaged: its sampling is not an object of size, steps, cfg",
+        "is damaged: its sampling is not an object (size, steps, cfg)",
     ),
     "figures edited into a list": (
         json.dumps({**WHOLE, "figures": []}),
