@@ -299,6 +299,9 @@ def test_stop_or_a_reload_ends_a_run_and_frees_the_worker(app_url: str, page, qu
     run_until_sampling()
     page.click("#canny-stop")
     page.locator(".toast-body", has_text="Stopped.").wait_for(state="visible", timeout=60_000)
+    # The run ends at its next step, which on a busy machine can take seconds after the toast;
+    # until then Gradio ignores another click on Run (a click event runs once at a time).
+    page.get_by_text("/100 steps").first.wait_for(state="hidden", timeout=60_000)
 
     run_until_sampling()
     page.reload()

@@ -293,6 +293,7 @@ def test_evaluate_runs_the_engine_on_test_scenes_and_writes_a_grid(
     assert len(rows) == 6 and rows[-1].startswith("depth, no control: 2 scenes in ")
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: worker processes each load the model
 def test_processes_share_the_conditions_and_give_the_same_figures(tiny_model_dir, tmp_path):
     from cnet.engine import load_engine
     from cnet.evaluate import evaluate

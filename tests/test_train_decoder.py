@@ -155,6 +155,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_sampling_and_
     assert capsys.readouterr().err.startswith("error: [Errno 28] No space left on device (check")
 
 
+@pytest.mark.slow  # ~25 s on 2 cores: worker processes each load the model
 def test_workers_sample_the_same_pairs_as_one_process_and_keep_each_others(
     tiny_model_dir, tmp_path
 ):
