@@ -234,7 +234,10 @@ def sampling_line(label: str, run: dict) -> str:
     # Evaluations from before the sampler was recorded all used DDPM; None: the preset's default.
     sampler = s.get("sampler", "DDPM") or "the preset's default sampler"
     cfg = s.get("cfg", "?")  # "?": a key edited out of the file
-    cfg = "the preset's default" if cfg is None else f"{cfg:g}" if isinstance(cfg, float) else cfg
+    if cfg is None:
+        cfg = "the preset's default"
+    elif isinstance(cfg, int | float):
+        cfg = f"{cfg:g}"
     return (
         f"{label}: {len(run['seeds'])} scenes, {s.get('size', '?')} px, {s.get('steps', '?')} "
         f"steps of {sampler}, CFG {cfg}"

@@ -419,7 +419,7 @@ class Engine:
 
     def scheduler(self, sampler: str):
         if sampler not in self._schedulers:
-            self.pipeline  # noqa: B018 (loads the base, whose scheduler's config each is made from)
+            self.load()  # the base's scheduler config, which each sampler is made from
             self._schedulers[sampler] = make_scheduler(sampler, self._base_scheduler_config)
         return self._schedulers[sampler]
 

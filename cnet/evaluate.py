@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cnet.cli.options import model_folder, output_folder, positive_int
+from cnet.cli.options import model_folder, nearest_existing, output_folder, positive_int
 from cnet.detectors.edges import CannyDetector
 from cnet.engine import SAMPLERS
 from cnet.imageio import ImageLike, to_rgb_array
@@ -844,12 +844,8 @@ def run(args: argparse.Namespace) -> int:
 
 def first_missing(folder: Path) -> Path | None:
     """The outermost of `folder` and its parents that is not there yet (None: it is there)."""
-    missing = None
-    for path in [folder.absolute(), *folder.absolute().parents]:
-        if path.exists():
-            return missing
-        missing = path
-    return missing
+    there, folder = nearest_existing(folder), folder.absolute()
+    return None if folder == there else there / folder.relative_to(there).parts[0]
 
 
 def _run(args: argparse.Namespace) -> int:

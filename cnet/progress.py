@@ -15,10 +15,9 @@ from typing import Any, TextIO
 LINE_EVERY_SECONDS = 60.0
 
 
-def writes_to_terminal(stream: TextIO | None = None) -> bool:
-    """A terminal, or a notebook (whose widgets tqdm draws itself)."""
-    stream = sys.stderr if stream is None else stream
-    return "ipykernel" in sys.modules or (hasattr(stream, "isatty") and stream.isatty())
+def writes_to_terminal() -> bool:
+    """Whether stderr is a terminal, or a notebook's (whose widgets tqdm draws itself)."""
+    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
 def duration(seconds: float) -> str:
@@ -77,9 +76,8 @@ class LogLines:
         now = self.clock()
         # The first step's line says the run is going; after it, one a minute and the last one.
         due = self.last_line is None or now - self.last_line >= self.every or self.n >= self.total
-        if due and not self.disable and self.n > self.last_line_step:
-            self._write_line(self.line(now))
-            self.last_line, self.last_line_step = now, self.n
+        if due:
+            self._say_step(now)
 
     def line(self, now: float) -> str:
         share = 100 * self.n // max(self.total, 1)
@@ -108,8 +106,10 @@ class LogLines:
 
     def close(self) -> None:
         """Says the step reached since the last line, if any (the run ends or stops between)."""
+        self._say_step(self.clock())
+
+    def _say_step(self, now: float) -> None:
         if not self.disable and self.n > self.last_line_step:
-            now = self.clock()
             self._write_line(self.line(now))
             self.last_line, self.last_line_step = now, self.n
 

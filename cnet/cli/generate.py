@@ -128,7 +128,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray, str]:
     """The control map and the preprocessor that made it ("none": the map given as it is)."""
-    from cnet.cli.reading import chosen_reader, read_input
+    from cnet.cli.reading import chosen_reader, keypoints_file, read_input
     from cnet.conditions import CONDITIONS, NONE_BACKEND, detect
     from cnet.imageio import to_rgb_array
 
@@ -136,7 +136,7 @@ def _control_map(args: argparse.Namespace, resolution: int) -> tuple[np.ndarray,
         raise ValueError("Give either a control map image or --detect PHOTO (one of them).")
     condition = CONDITIONS[args.condition]
     if args.control:
-        if Path(args.control).suffix.lower() == ".json" and Path(args.control).is_file():
+        if keypoints_file(args.control):
             pose = "" if args.condition == "pose" else " -c pose"
             raise ValueError(
                 f"{args.control} is a keypoints file, not a control map image: give it as "

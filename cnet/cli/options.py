@@ -41,12 +41,18 @@ def file_size(text: str) -> str:
     return text
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """`path` (absolute) if it is there, else the nearest of its parents that is."""
+    found = Path(path).absolute()
+    while not found.exists():
+        found = found.parent
+    return found
+
+
 def folder_problem(path: str | Path) -> str | None:
     """Why no folder can be written at `path` (a file is there or on the way, or the nearest
     folder is not writable), or None."""
-    folder = Path(path).absolute()
-    while not folder.exists():
-        folder = folder.parent
+    folder = nearest_existing(path)
     if not folder.is_dir():
         return f"{folder} is a file"
     if not os.access(folder, os.W_OK):

@@ -21,6 +21,11 @@ def read_picture(path: str) -> np.ndarray:
     return loaded.array
 
 
+def keypoints_file(path: str) -> bool:
+    """Whether `path` is a .json file that is there: OpenPose keypoints, not a picture."""
+    return Path(path).suffix.lower() == ".json" and Path(path).is_file()
+
+
 def chosen_reader(condition: Condition, path: str) -> Backend:
     """The backend that reads the file `path` when the user named none; a detector that would
     have come first but cannot run here (its weights missing) is named, with how to get it."""
@@ -36,7 +41,7 @@ def read_input(path: str, backend: Backend) -> Any:
     through read_picture."""
     if backend.reads_keypoints:
         return path
-    if Path(path).suffix.lower() == ".json" and Path(path).is_file():
+    if keypoints_file(path):
         raise ValueError(
             f"{path} is a .json file, not a picture: OpenPose keypoints are read by "
             f"--condition pose's keypoints_json backend, not by {backend.name}."
